@@ -1,0 +1,316 @@
+"""Multidirectional 2-D LSTM (Graves, Fernandez, Schmidhuber 2007) and the layers around it.
+
+``MDLSTM2d`` scans an image from up to four corners. The cell at ``(i, j)`` depends on its left
+neighbour ``(i, j-1)`` and its upper neighbour ``(i-1, j)``, so all cells of one anti-diagonal
+``i + j = d`` are independent: the loop runs ``H + W - 1`` steps, each a batched matmul over
+every cell of the diagonal, every image of the batch and every direction at once.
+
+``SeparableLSTM2d`` is the cheap variant (1-D bidirectional LSTMs over rows, then over columns),
+``Tile`` (space-to-depth) and ``Collapse`` (height collapse into a sequence) complete the
+Pham et al. (2014) architecture of seed 003. See docs/mdlstm.md.
+"""
+# B batch, C channels, H height, W width, D directions, L cells on one anti-diagonal,
+# G gates (5 * hidden), N hidden units, T time steps (= W after Collapse)
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from convrnn.layers.base import Shaped, expect_rank
+
+# Scanning directions as (flip H, flip W); the first `directions` are used.
+# 1: from the top-left; 2: from the top-left and the top-right (left-to-right and right-to-left,
+# both top-down); 4: from all four corners.
+SCAN_DIRECTIONS = ((False, False), (False, True), (True, False), (True, True))
+COMBINE_MODES = ("concat", "sum")
+
+
+def _flip(x: torch.Tensor, flip_h: bool, flip_w: bool, width_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mirror (B, C, H, W) along H and/or W. With ``width_index`` (B, W) only the valid columns are
+    mirrored (padding stays on the right), so a right-to-left scan starts at the last valid column."""
+    if flip_h:
+        x = x.flip(2)
+    if flip_w:
+        if width_index is None:
+            x = x.flip(3)
+        else:
+            index = width_index[:, None, None, :].expand_as(x)  # (B, W) -> (B, C, H, W)
+            x = x.gather(3, index)
+    return x
+
+
+def _mirrored_columns(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B,) valid widths -> (B, W) column permutation: j -> len-1-j for j < len, j otherwise (an involution)."""
+    j = torch.arange(width, device=lengths.device)[None, :]
+    lengths = lengths.to(j.device)[:, None]
+    return torch.where(j < lengths, lengths - 1 - j, j)
+
+
+class MDLSTM2d(nn.Module, Shaped):
+    """Multidirectional 2-D LSTM computed along anti-diagonals.
+
+    For each direction the cell at ``(i, j)`` of the (mirrored) image computes, with gates in the
+    order ``i, f_left, f_up, g, o``::
+
+        z = W x[i,j] + U_left h[i,j-1] + U_up h[i-1,j] + b
+        c[i,j] = f_left * c[i,j-1] + f_up * c[i-1,j] + i * g
+        h[i,j] = o * tanh(c[i,j])
+
+    with zero states outside the image. Direction ``k`` scans from corner ``SCAN_DIRECTIONS[k]``:
+    0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right; ``directions=2`` means top-left and
+    top-right (left-to-right and right-to-left, both top-down).
+
+    Args:
+        input_size: channels ``C`` of the input.
+        hidden_size: units ``N`` per direction.
+        directions: 1, 2 or 4 scanning directions.
+        combine: ``'concat'`` (output ``D*N`` channels, direction-major) or ``'sum'`` (``N`` channels).
+        dropout: dropout probability on the output (the paper drops LSTM outputs only).
+
+    Shape:
+        - Input: ``(B, C, H, W)``; optional ``lengths`` ``(B,)`` valid widths (padding on the right).
+          With lengths, right-to-left directions start at each image's last valid column, so the
+          valid outputs do not depend on the padding.
+        - Output: ``(B, D*N, H, W)`` for ``'concat'``, ``(B, N, H, W)`` for ``'sum'``.
+
+    Parameters ``weight_ih (D, 5N, C)``, ``weight_hh_left (D, 5N, N)``, ``weight_hh_up (D, 5N, N)``,
+    ``bias (D, 5N)``, initialised like ``nn.LSTM`` (uniform in ``±1/sqrt(N)``).
+    """
+
+    uses_lengths = True
+
+    def __init__(self, input_size: int, hidden_size: int, *, directions: int = 4,
+                 combine: str = "concat", dropout: float = 0.0):
+        super().__init__()
+        if directions not in (1, 2, 4):
+            raise ValueError(f"MDLSTM2d directions must be 1, 2 or 4, got {directions}")
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"MDLSTM2d combine must be one of {COMBINE_MODES}, got {combine!r}")
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"MDLSTM2d expects positive sizes, got input_size={input_size}, "
+                             f"hidden_size={hidden_size}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.directions, self.combine = directions, combine
+        gates = 5 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(directions, gates, input_size))
+        self.weight_hh_left = nn.Parameter(torch.empty(directions, gates, hidden_size))
+        self.weight_hh_up = nn.Parameter(torch.empty(directions, gates, hidden_size))
+        self.bias = nn.Parameter(torch.empty(directions, gates))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def out_channels(self) -> int:
+        return self.hidden_size * (self.directions if self.combine == "concat" else 1)
+
+    def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
+        expect_rank("MDLSTM2d", input_shape, (4,), "images (B, C, H, W)")
+        b, c, h, w = input_shape
+        if c is not None and c != self.input_size:
+            raise ValueError(f"MDLSTM2d expects {self.input_size} input channels, got {c}")
+        return (b, self.out_channels, h, w)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.input_size:
+            raise ValueError(f"MDLSTM2d expects images (B, {self.input_size}, H, W), got shape {tuple(x.shape)}")
+        width_index = None if lengths is None else _mirrored_columns(lengths, x.shape[3])
+        scans = [_flip(x, fh, fw, width_index) for fh, fw in SCAN_DIRECTIONS[:self.directions]]
+        x_dirs = torch.stack(scans)  # D x (B, C, H, W) -> (D, B, C, H, W)
+        h_dirs = self._scan(x_dirs)  # (D, B, C, H, W) -> (D, B, N, H, W)
+        outs = [_flip(h_dirs[k], fh, fw, width_index)  # mirroring is its own inverse
+                for k, (fh, fw) in enumerate(SCAN_DIRECTIONS[:self.directions])]
+        y = torch.cat(outs, dim=1) if self.combine == "concat" else torch.stack(outs).sum(0)
+        return self.dropout(y)  # (B, D*N or N, H, W)
+
+    def _scan(self, x: torch.Tensor) -> torch.Tensor:
+        """One top-left-to-bottom-right pass for every direction at once: (D, B, C, H, W) -> (D, B, N, H, W)."""
+        d_, b_, _, h_, w_ = x.shape
+        n = self.hidden_size
+        # Input projection of every cell, before the loop: (D, B, C, H, W) -> (D, H, W, B, G)
+        z_in = torch.einsum("dbchw,dgc->dhwbg", x, self.weight_ih)
+        z_in = z_in + self.bias[:, None, None, None, :]
+        w_hh = torch.cat([self.weight_hh_left, self.weight_hh_up], dim=2).transpose(1, 2)  # (D, G, 2N) -> (D, 2N, G)
+        zeros = x.new_zeros(d_, 1, b_, n)  # the state outside the image, one row of a diagonal
+        h_prev = c_prev = x.new_zeros(d_, 0, b_, n)  # (D, L, B, N) on the previous diagonal
+        lo_prev = 0
+        h_diags = []
+        for d in range(h_ + w_ - 1):
+            lo, hi = max(0, d - w_ + 1), min(d, h_ - 1)  # rows of the cells with i + j = d
+            rows = torch.arange(lo, hi + 1, device=x.device)
+            length = hi - lo + 1
+            # Pad the previous diagonal with a zero row on each side; index k <-> row lo_prev + k - 1.
+            h_pad = torch.cat([zeros, h_prev, zeros], dim=1)  # (D, L', B, N) -> (D, L'+2, B, N)
+            c_pad = torch.cat([zeros, c_prev, zeros], dim=1)
+            left = slice(lo - lo_prev + 1, lo - lo_prev + 1 + length)  # cell (i, j-1): row i
+            up = slice(lo - lo_prev, lo - lo_prev + length)  # cell (i-1, j): row i-1
+            h_nb = torch.cat([h_pad[:, left], h_pad[:, up]], dim=3)  # (D, L, B, 2N)
+            z_rec = torch.bmm(h_nb.reshape(d_, length * b_, 2 * n), w_hh)  # (D, L*B, 2N) -> (D, L*B, G)
+            z = z_in[:, rows, d - rows] + z_rec.view(d_, length, b_, 5 * n)  # (D, L, B, G)
+            i, f_left, f_up, g, o = z.chunk(5, dim=3)
+            c = (torch.sigmoid(f_left) * c_pad[:, left] + torch.sigmoid(f_up) * c_pad[:, up]
+                 + torch.sigmoid(i) * torch.tanh(g))
+            h = torch.sigmoid(o) * torch.tanh(c)
+            h_diags.append(h)
+            h_prev, c_prev, lo_prev = h, c, lo
+        # Diagonal order -> row-major order: (D, H*W, B, N) -> (D, H, W, B, N) -> (D, B, N, H, W)
+        h_all = torch.cat(h_diags, dim=1)
+        order = _diagonal_to_raster(h_, w_, x.device)
+        h_all = h_all.index_select(1, order).view(d_, h_, w_, b_, n)
+        return h_all.permute(0, 3, 4, 1, 2)
+
+
+def _diagonal_to_raster(height: int, width: int, device) -> torch.Tensor:
+    """Index into the diagonal-ordered cells for each cell in row-major order: (H*W,)."""
+    i = torch.arange(height, device=device)[:, None].expand(height, width)
+    j = torch.arange(width, device=device)[None, :].expand(height, width)
+    # Cells sorted by (diagonal, row) is the order the scan produced them in.
+    key = (i + j) * height + i
+    return torch.argsort(key.reshape(-1)).argsort()
+
+
+class SeparableLSTM2d(nn.Module, Shaped):
+    """Separable 2-D LSTM: a bidirectional LSTM along each row, then one along each column.
+
+    Rows are folded into the batch (``B*H`` sequences of length ``W``), then columns
+    (``B*W`` sequences of length ``H``); no loop in Python. Each pass sees a whole row or column in
+    both directions, so every output depends on the whole image, for the cost of two 1-D LSTMs.
+
+    Args:
+        input_size: channels ``C`` of the input.
+        hidden_size: units ``N`` per direction of each pass.
+        combine: ``'concat'`` joins forward and backward outputs (``2N`` channels),
+            ``'sum'`` adds them (``N`` channels); applied after both passes.
+
+    Shape:
+        - Input: ``(B, C, H, W)``; optional ``lengths`` ``(B,)`` valid widths: the row pass packs
+          each row to its valid width, so padding does not leak into the valid columns.
+        - Output: ``(B, 2N, H, W)`` for ``'concat'``, ``(B, N, H, W)`` for ``'sum'``.
+    """
+
+    uses_lengths = True
+
+    def __init__(self, input_size: int, hidden_size: int, *, combine: str = "concat"):
+        super().__init__()
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"SeparableLSTM2d combine must be one of {COMBINE_MODES}, got {combine!r}")
+        self.input_size, self.hidden_size, self.combine = input_size, hidden_size, combine
+        mid = 2 * hidden_size if combine == "concat" else hidden_size
+        self.rows = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
+        self.cols = nn.LSTM(mid, hidden_size, batch_first=True, bidirectional=True)
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.hidden_size if self.combine == "concat" else self.hidden_size
+
+    def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
+        expect_rank("SeparableLSTM2d", input_shape, (4,), "images (B, C, H, W)")
+        b, c, h, w = input_shape
+        if c is not None and c != self.input_size:
+            raise ValueError(f"SeparableLSTM2d expects {self.input_size} input channels, got {c}")
+        return (b, self.out_channels, h, w)
+
+    def _combine(self, y: torch.Tensor) -> torch.Tensor:
+        if self.combine == "concat":
+            return y
+        fwd, bwd = y.chunk(2, dim=-1)  # (..., 2N) -> 2 x (..., N)
+        return fwd + bwd
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.input_size:
+            raise ValueError(f"SeparableLSTM2d expects images (B, {self.input_size}, H, W), "
+                             f"got shape {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(b * h, w, c)  # (B, C, H, W) -> (B*H, W, C)
+        if lengths is None:
+            y, _ = self.rows(rows)
+        else:
+            row_lengths = lengths.to("cpu").repeat_interleave(h)  # (B,) -> (B*H,)
+            packed = pack_padded_sequence(rows, row_lengths, batch_first=True, enforce_sorted=False)
+            y, _ = pad_packed_sequence(self.rows(packed)[0], batch_first=True, total_length=w)
+        y = self._combine(y)  # (B*H, W, 2N) -> (B*H, W, F)
+        f = y.shape[-1]
+        cols = y.view(b, h, w, f).transpose(1, 2).reshape(b * w, h, f)  # (B*H, W, F) -> (B*W, H, F)
+        y, _ = self.cols(cols)
+        y = self._combine(y)  # (B*W, H, 2N) -> (B*W, H, F)
+        return y.view(b, w, h, -1).permute(0, 3, 2, 1)  # (B*W, H, F) -> (B, F, H, W)
+
+
+class Tile(nn.Module, Shaped):
+    """Space-to-depth: each ``kh x kw`` tile of pixels becomes one pixel with ``C*kh*kw`` channels.
+
+    H and W are zero-padded at the bottom and right up to multiples of ``kh`` and ``kw``, so the
+    output has ``ceil(H/kh)`` rows and ``ceil(W/kw)`` columns; valid widths map to ``ceil(len/kw)``.
+    Channels are ordered ``(c, dy, dx)`` (channel-major).
+
+    Shape:
+        - Input: ``(B, C, H, W)``
+        - Output: ``(B, C*kh*kw, ceil(H/kh), ceil(W/kw))``
+    """
+
+    def __init__(self, kh: int, kw: int):
+        super().__init__()
+        if kh < 1 or kw < 1:
+            raise ValueError(f"Tile expects a positive tile size, got {kh}x{kw}")
+        self.kh, self.kw = kh, kw
+
+    def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
+        expect_rank("Tile", input_shape, (4,), "images (B, C, H, W)")
+        b, c, h, w = input_shape
+        up = lambda size, k: None if size is None else -(-size // k)  # noqa: E731 - ceil division
+        return (b, None if c is None else c * self.kh * self.kw, up(h, self.kh), up(w, self.kw))
+
+    def output_lengths(self, lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if lengths is None:
+            return None
+        return torch.div(lengths + self.kw - 1, self.kw, rounding_mode="floor")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"Tile expects images (B, C, H, W), got shape {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        pad_h, pad_w = (-h) % self.kh, (-w) % self.kw
+        x = nn.functional.pad(x, (0, pad_w, 0, pad_h))  # (B, C, H, W) -> (B, C, H+ph, W+pw)
+        h2, w2 = (h + pad_h) // self.kh, (w + pad_w) // self.kw
+        x = x.view(b, c, h2, self.kh, w2, self.kw)  # -> (B, C, H', kh, W', kw)
+        x = x.permute(0, 1, 3, 5, 2, 4)  # -> (B, C, kh, kw, H', W')
+        return x.reshape(b, c * self.kh * self.kw, h2, w2)  # -> (B, C*kh*kw, H', W')
+
+
+class Collapse(nn.Module, Shaped):
+    """Collapse the height of a feature map into a sequence along the width.
+
+    Shape:
+        - Input: ``(B, C, H, W)``
+        - Output: ``(B, W, C)``: a feature sequence with ``T = W`` (lengths unchanged).
+    """
+
+    MODES = ("sum", "mean", "max")
+
+    def __init__(self, mode: str = "sum"):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"Collapse mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+
+    def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
+        expect_rank("Collapse", input_shape, (4,), "images (B, C, H, W)")
+        b, c, _, w = input_shape
+        return (b, w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"Collapse expects images (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.mode == "max":
+            y = x.amax(dim=2)
+        else:
+            y = x.sum(dim=2) if self.mode == "sum" else x.mean(dim=2)  # (B, C, H, W) -> (B, C, W)
+        return y.transpose(1, 2)  # (B, C, W) -> (B, W, C)
