@@ -1,0 +1,145 @@
+"""Turn a recipe name and overrides into a training run; evaluate and predict from a run.
+
+This is the library behind ``convrnn train|eval|predict``: the CLI only parses arguments.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from convrnn.errors import CheckpointError, ConfigError
+from convrnn.recipes import DataBundle, get_recipe
+from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
+from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file
+from convrnn.train.rundir import RunDir, new_run_dir
+from convrnn.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_config(recipe_name: str, overrides: dict[str, Any] | None = None,
+                   config_file: Optional[str] = None) -> RunConfig:
+    """Defaults of the recipe, then a saved config file, then explicit overrides (last wins)."""
+    recipe = get_recipe(recipe_name)
+    cfg = RunConfig(recipe=recipe.name, model=ModelConfig(preset=recipe.default_preset),
+                    data=recipe.data_config(), train=TrainConfig())
+    cfg.override({f"train.{k}": v for k, v in recipe.train_defaults.items()})
+    if config_file:
+        saved = load_config_file(config_file)
+        if saved["recipe"] != recipe.name:
+            raise ConfigError(f"{config_file}: this config is for recipe {saved['recipe']!r}, not {recipe.name!r}")
+        saved_flat = flatten_config_dict(saved)
+        saved_flat.pop("train.run_dir", None)  # a re-run gets a fresh directory
+        cfg.override(saved_flat)
+    if overrides:
+        cfg.override(overrides)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_spec(cfg: RunConfig, bundle: DataBundle) -> str:
+    """The spec the run trains: an explicit one, else the preset's, filled for this data."""
+    if cfg.model.spec:
+        return cfg.model.spec
+    from convrnn.models import get_preset
+    return get_preset(cfg.model.preset, num_outputs=bundle.num_outputs, input_shape=bundle.input_shape).spec
+
+
+def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None,
+                  resume: Optional[str] = None) -> Trainer:
+    """Data, model, task, run directory and trainer for ``cfg``; restores ``resume`` when given."""
+    from convrnn.spec.builder import build_model
+
+    recipe = get_recipe(cfg.recipe)
+    seed_everything(cfg.train.seed)
+    bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
+    spec = model_spec(cfg, bundle)
+    model = build_model(spec, tuple(bundle.input_shape), bundle.num_outputs)
+    task = recipe.make_task(bundle.meta)
+    if resume:
+        run_path = Path(resume)
+    else:
+        run_path = Path(cfg.train.run_dir) if cfg.train.run_dir else new_run_dir(recipe.name)
+        if (run_path / "checkpoints" / "last.pt").exists():
+            raise ConfigError(f"{run_path}: this run directory already holds a run; use --resume {run_path} to continue it")
+    run_dir = RunDir(run_path)
+    cfg.train.run_dir = str(run_path)
+    cfg.save(run_path / "config.json")
+    run_dir.attach_log()
+    meta = {"recipe": recipe.name, "spec": spec, "input_shape": list(bundle.input_shape),
+            "num_outputs": bundle.num_outputs, "config": cfg.to_dict(), "meta": bundle.meta}
+    trainer = Trainer(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir,
+                      checkpoint_meta=meta, callbacks=callbacks)
+    trainer.bundle = bundle
+    if resume:
+        ckpt = load_checkpoint(resolve_checkpoint(run_path, prefer="last"))
+        if ckpt.get("spec") != spec:
+            raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the config's ({spec!r})")
+        trainer.restore(ckpt)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", run_path, trainer.pos.step,
+                 trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
+    return trainer
+
+
+def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_file: Optional[str] = None,
+          resume: Optional[str] = None, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None) -> Trainer:
+    """Train a recipe (or resume a run) and return the finished trainer."""
+    if resume:
+        saved = Path(resume) / "config.json"
+        if not saved.is_file():
+            raise ConfigError(f"{resume}: not a run directory (no config.json)")
+        recipe_name = load_config_file(str(saved))["recipe"]
+        cfg = resolve_config(recipe_name, config_file=str(saved))
+        if overrides:
+            cfg.override(overrides)
+    else:
+        cfg = resolve_config(recipe_name, overrides, config_file)
+    trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
+    try:
+        trainer.fit()
+    finally:
+        trainer.run_dir.close()
+    return trainer
+
+
+def load_run(run: str, *, expect_recipe: Optional[str] = None, device: str = "cpu"):
+    """``(model, ckpt, recipe)`` from a run directory or checkpoint file."""
+    from convrnn.train.checkpoint import load_model
+    model, ckpt = load_model(run, map_location=device)
+    recipe_name = ckpt.get("recipe", "")
+    if expect_recipe and recipe_name != expect_recipe:
+        raise CheckpointError(f"{run}: this checkpoint is of recipe {recipe_name!r}, not {expect_recipe!r}")
+    return model, ckpt, get_recipe(recipe_name)
+
+
+def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
+             progress: Optional[Callable] = None) -> dict[str, float]:
+    """Metrics of a run's best checkpoint on its validation (or test) data, rebuilt from its config."""
+    model, ckpt, recipe = load_run(run)
+    cfg = resolve_config(recipe.name)
+    cfg.override(flatten_config_dict(ckpt["config"]))
+    if overrides:
+        cfg.override(overrides)
+    bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
+    data = bundle.test if split == "test" else bundle.val
+    if data is None:
+        raise ConfigError(f"recipe {recipe.name} has no {split} split")
+    task = recipe.make_task(ckpt["meta"])
+    cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
+    trainer = Trainer(model, task, bundle.train, data, cfg.train)
+    return trainer.evaluate(data)
+
+
+def predict(run: str, inputs: list[str], **options) -> list[str]:
+    model, ckpt, recipe = load_run(run)
+    return recipe.predict(model, ckpt, inputs, **options)

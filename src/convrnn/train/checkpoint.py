@@ -1,0 +1,150 @@
+"""Checkpoints: plain dicts, written atomically, loaded without executing code.
+
+A checkpoint holds everything needed to rebuild the model by itself (spec, input shape, number of
+outputs, state dict, recipe metadata) and to resume training exactly (optimizer, schedule, step,
+epoch, position in the epoch, random number generator states).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convrnn.errors import CheckpointError
+
+FORMAT = "convrnn-checkpoint"
+VERSION = 1
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old or the new file.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the file is
+    renamed over ``path``; the directory is fsynced so the rename itself survives a power cut.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the previous file is untouched") from None
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def rng_state() -> dict[str, Any]:
+    """Random number generator states as plain types and tensors (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_state_plain(st):
+    version, internal, gauss = st
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
+    """Serialize ``ckpt`` to memory first, then write it atomically."""
+    ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely: ``torch.load(weights_only=True)`` never runs code from the file.
+
+    A run directory may be given instead of a file: its ``checkpoints/best.pt`` (else ``last.pt``).
+    """
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise CheckpointError(f"{p}: refused to load: the file holds objects other than tensors and plain data ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a convrnn checkpoint")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {ckpt['version']} is newer than this convrnn ({VERSION})")
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint file, or a run directory -> its best (or last) checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in order:
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run directory")
+    if not p.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return p
+
+
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint, from the checkpoint alone. Returns ``(model, ckpt)``."""
+    from convrnn.spec.builder import build_model
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,337 @@
+"""One trainer for every recipe: a plain class with ``fit`` and ``evaluate``.
+
+It owns the loop (optimizer, learning-rate schedule, clipping, non-finite guard, validation,
+checkpoints, exact resume); the task owns loss and metrics; the data owns batch order.
+"""
+# B batch
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from convrnn.data.batching import BatchSource
+from convrnn.errors import ConvrnnError, TrainingDiverged
+from convrnn.tasks.base import Task
+from convrnn.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from convrnn.train.config import TrainConfig, validate_train_config
+from convrnn.train.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+MAX_SKIPPED_STEPS = 10  # consecutive steps with non-finite gradients before giving up
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConvrnnError(f"train.device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConvrnnError(f"train.device={name}: CUDA is not available on this machine (use auto or cpu)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConvrnnError(f"train.device={name}: MPS is not available on this machine (use auto or cpu)")
+    return dev
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1] of the run."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        f = 0.5 * (1.0 + math.cos(math.pi * p))
+    elif schedule == "step":
+        f = 0.1 ** int(p / 0.34)  # x0.1 after a third and after two thirds of the run
+    elif schedule == "onecycle":
+        f = p / 0.3 if p < 0.3 else 0.5 * (1.0 + math.cos(math.pi * (p - 0.3) / 0.7))
+        f = max(f, 0.04)
+    else:
+        f = 1.0
+    return warm * max(f, 0.0)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def detach_state(state):
+    """Cut the graph behind carried recurrent state (truncated backpropagation through time)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(detach_state(s) for s in state)
+
+
+@dataclass
+class Position:
+    """Where training stands; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_time: float = 0.0     # seconds spent in training steps (what max_time limits)
+    best: Optional[float] = None
+    stale: int = 0              # validations since the best one
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` with ``train`` batches, validating on ``val``.
+
+    ``checkpoint_meta`` is stored in every checkpoint (recipe name, spec, input shape, number of
+    outputs, resolved config, class names or vocabulary) so a checkpoint rebuilds its model alone.
+    ``callbacks`` are plain objects with any of ``on_train_start(trainer)``, ``on_step(trainer, info)``,
+    ``on_validation(trainer, metrics)``, ``on_train_end(trainer, metrics)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, task: Task, train: BatchSource, val: Optional[BatchSource],
+                 config: TrainConfig, *, run_dir: Optional[RunDir] = None,
+                 checkpoint_meta: Optional[dict] = None, callbacks: Iterable[Any] = ()):
+        validate_train_config(config)
+        self.cfg = config
+        self.device = resolve_device(config.device)
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.model = model.to(self.device)
+        self.task, self.train_data, self.val_data = task, train, val
+        self.run_dir = run_dir
+        self.meta = dict(checkpoint_meta or {})
+        self.callbacks = list(callbacks)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        self.pos = Position()
+        self.state = None  # recurrent state carried between batches (stateful tasks)
+        self.last_val: dict[str, float] = {}
+        self.skipped = 0
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            **self.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.pos.step, "epoch": self.pos.epoch, "batch_in_epoch": self.pos.batch_in_epoch,
+            "train_time": self.pos.train_time, "best": self.pos.best, "stale": self.pos.stale,
+            "rng": rng_state(),
+            "carried_state": detach_state(self.state),
+            "metrics": dict(self.last_val),
+            "task": self.task.state_dict(),
+        }
+
+    def save(self, name: str) -> Optional[Path]:
+        if self.run_dir is None:
+            return None
+        path = self.run_dir.checkpoints / f"{name}.pt"
+        save_checkpoint(path, self.checkpoint())
+        return path
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue exactly where ``ckpt`` stopped: weights, optimizer, position, RNG, carried state."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.pos = Position(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
+                            train_time=ckpt.get("train_time", 0.0), best=ckpt.get("best"), stale=ckpt.get("stale", 0))
+        set_rng_state(ckpt["rng"])
+        self.state = ckpt.get("carried_state")
+        if self.state is not None:
+            self.state = [s if s is None else _to(s, self.device) for s in self.state]
+        self.last_val = dict(ckpt.get("metrics") or {})
+        if self.run_dir is not None:
+            self.run_dir.truncate_metrics(self.pos.step)
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        total = sum(self.train_data.num_batches(e) for e in range(self.cfg.epochs))
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def _progress(self, total_steps: int) -> float:
+        p = self.pos.step / max(total_steps, 1)
+        if self.cfg.max_time:
+            p = max(p, self.pos.train_time / self.cfg.max_time)
+        return p
+
+    def _limits_reached(self) -> bool:
+        c = self.cfg
+        return bool((c.max_steps and self.pos.step >= c.max_steps) or (c.max_time and self.pos.train_time >= c.max_time))
+
+    def _emit(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def fit(self) -> dict[str, float]:
+        """Train until epochs, max_steps or max_time run out (or early stopping); returns the last validation metrics."""
+        cfg, total = self.cfg, self._total_steps()
+        self.model.train()
+        self._emit("on_train_start")
+        window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
+        stop = self._limits_reached()
+        while not stop and self.pos.epoch < cfg.epochs:
+            epoch, n_batches = self.pos.epoch, self.train_data.num_batches(self.pos.epoch)
+            if self.pos.batch_in_epoch == 0:
+                self.state = None
+            for k, batch in enumerate(self.train_data.batches(epoch, start=self.pos.batch_in_epoch),
+                                      start=self.pos.batch_in_epoch):
+                t0 = time.perf_counter()
+                loss, units = self._train_step(batch, total)
+                dt = time.perf_counter() - t0
+                self.pos.step += 1
+                self.pos.batch_in_epoch = k + 1
+                self.pos.train_time += dt
+                window_loss += loss * units
+                window_n, window_units, window_t = window_n + 1, window_units + units, window_t + dt
+                self._emit("on_step", {"step": self.pos.step, "epoch": epoch, "batch": k + 1, "batches": n_batches,
+                                       "loss": loss, "rate": units / max(dt, 1e-9), "unit": self.task_unit()})
+                if self.pos.step % cfg.log_every == 0 or k + 1 == n_batches:
+                    self._log("train", {"loss": window_loss / max(window_units, 1),
+                                        "lr": self.optimizer.param_groups[0]["lr"],
+                                        f"{self.task_unit()}_per_s": window_units / max(window_t, 1e-9)})
+                    window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
+                stop = self._limits_reached()
+                end_of_epoch = k + 1 == n_batches
+                if cfg.val_every and self.pos.step % cfg.val_every == 0 and not end_of_epoch:
+                    stop = self._validate() or stop
+                if end_of_epoch:
+                    break
+                if self.pos.step % cfg.checkpoint_every == 0:
+                    self.save("last")
+                if stop:
+                    break
+            if self.pos.batch_in_epoch >= n_batches:
+                self.pos.epoch, self.pos.batch_in_epoch = epoch + 1, 0
+                self.state = None
+                stop = self._validate() or stop
+            self.save("last")
+        if not self.last_val and self.val_data is not None:
+            self._validate()
+            self.save("last")
+        self._emit("on_train_end", self.last_val)
+        return dict(self.last_val)
+
+    def task_unit(self) -> str:
+        return getattr(self.task, "unit", "samples")
+
+    def _train_step(self, batch: dict, total_steps: int) -> tuple[float, int]:
+        batch = to_device(batch, self.device)
+        if self.task.stateful and batch.get("reset") is True:
+            self.state = None
+        factor = lr_factor(self.cfg.schedule, self._progress(total_steps), self.pos.step, self.cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
+        try:
+            out = self.model.run(batch["x"], batch.get("lengths"), self.state if self.task.stateful else None)
+            loss = self.task.loss(out, batch)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(self._diverged_message(float(loss.detach())))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            raise ConvrnnError(self._oom_message()) from None
+        if self.cfg.clip_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        else:
+            norm = torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]).norm()
+        if torch.isfinite(norm):
+            self.optimizer.step()
+            self.skipped = 0
+        else:
+            self.skipped += 1
+            log.warning("step %d: non-finite gradient norm, update skipped (%d in a row)", self.pos.step + 1, self.skipped)
+            if self.skipped >= MAX_SKIPPED_STEPS:
+                raise TrainingDiverged(self._diverged_message(float("nan"), what="gradients"))
+        if self.task.stateful:
+            self.state = detach_state(out.state)
+        units = self.task.count(batch) if hasattr(self.task, "count") else int(batch["x"].shape[0])
+        return float(loss.detach()), units
+
+    def _diverged_message(self, value: float, what: str = "loss") -> str:
+        last = self.run_dir.checkpoints / "last.pt" if self.run_dir else None
+        where = f"; the last good checkpoint is {last}" if last is not None and last.exists() else ""
+        return (f"training stopped: the {what} became {value} at step {self.pos.step + 1} "
+                f"(epoch {self.pos.epoch + 1}, batch {self.pos.batch_in_epoch + 1}){where}. "
+                f"Try a lower learning rate (now train.lr={self.cfg.lr:g}), gradient clipping "
+                f"(train.clip_grad_norm=1), or tanh instead of relu activations")
+
+    def _oom_message(self) -> str:
+        msg = f"CUDA ran out of memory at batch size {self.cfg.batch_size}"
+        summary = getattr(self.model, "summary", None)
+        if summary is not None:
+            est = summary(batch_size=self.cfg.batch_size).memory_bytes
+            per_sample = max(est / self.cfg.batch_size, 1)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            fits = max(1, int(0.8 * free / per_sample))
+            msg += f" (estimated training memory {est / 2**20:.0f} MiB); try train.batch_size={min(fits, self.cfg.batch_size // 2 or 1)}"
+        return msg
+
+    # ----- validation --------------------------------------------------------------------------
+    def _validate(self) -> bool:
+        """Validate, log, keep the best checkpoint; True when early stopping says stop."""
+        if self.val_data is None:
+            return False
+        metrics = self.evaluate(self.val_data, max_batches=self.cfg.val_batches)
+        self.last_val = metrics
+        self._log("val", metrics)
+        self._emit("on_validation", metrics)
+        value = metrics.get(self.task.monitor)
+        if value is None:
+            return False
+        better = self.pos.best is None or (value > self.pos.best if self.task.monitor_mode == "max" else value < self.pos.best)
+        if better:
+            self.pos.best, self.pos.stale = value, 0
+            self.save("best")
+        else:
+            self.pos.stale += 1
+        return bool(self.cfg.early_stopping and self.pos.stale >= self.cfg.early_stopping)
+
+    @torch.inference_mode()
+    def evaluate(self, data: BatchSource, max_batches: int = 0) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        acc = self.task.new_metrics()
+        state = None
+        for i, batch in enumerate(data.batches(0)):
+            if max_batches and i >= max_batches:
+                break
+            batch = to_device(batch, self.device)
+            if self.task.stateful and batch.get("reset") is True:
+                state = None
+            out = self.model.run(batch["x"], batch.get("lengths"), state if self.task.stateful else None)
+            state = out.state
+            acc.update(out, batch)
+        self.model.train(was_training)
+        return acc.compute()
+
+    def _log(self, split: str, metrics: dict[str, float]) -> None:
+        if self.run_dir is not None:
+            self.run_dir.log_metrics(self.pos.step, self.pos.epoch, split, metrics)
+        log.debug("step %d %s %s", self.pos.step, split, metrics)
+
+
+def _to(state, device):
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    return type(state)(_to(s, device) for s in state)
