@@ -28,18 +28,21 @@ class BatchSource:
 class IndexedBatches(BatchSource):
     """Batches of items drawn from an indexable dataset.
 
-    ``collate(items) -> dict`` builds one batch (tensors ``x``, ``y``, optionally ``lengths``, ``ids``).
+    ``collate(items) -> dict`` builds one batch (tensors ``x``, ``y``, optionally ``lengths``, ``ids``);
+    ``fetch(indices) -> dict`` instead builds it from the index array in one go (vectorised datasets).
     With ``shuffle`` the order of epoch e is a permutation seeded by ``seed + e``; otherwise in order.
     ``sort_key`` (optional) groups items of similar size: the shuffled order is split into chunks of
     ``50 * batch_size``, each chunk is sorted by the key, and the batches are shuffled again.
     """
 
-    def __init__(self, dataset: Sequence, batch_size: int, collate: Callable[[list], dict], *,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 sort_key: Callable[[int], int] | None = None):
+    def __init__(self, dataset: Sequence, batch_size: int, collate: Callable[[list], dict] | None = None, *,
+                 fetch: Callable[[np.ndarray], dict] | None = None, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, sort_key: Callable[[int], int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        if (collate is None) == (fetch is None):
+            raise ValueError("give exactly one of collate (per item) or fetch (per index array)")
+        self.dataset, self.batch_size, self.collate, self.fetch = dataset, batch_size, collate, fetch
         self.shuffle, self.seed, self.drop_last, self.sort_key = shuffle, seed, drop_last, sort_key
 
     def _order(self, epoch: int) -> list[np.ndarray]:
@@ -64,7 +67,10 @@ class IndexedBatches(BatchSource):
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         for idx in self._order(epoch)[start:]:
-            yield self.collate([self.dataset[int(i)] for i in idx])
+            if self.fetch is not None:
+                yield self.fetch(np.asarray(idx))
+            else:
+                yield self.collate([self.dataset[int(i)] for i in idx])
 
 
 def stack_collate(items: list) -> dict:

@@ -1,0 +1,109 @@
+"""One harness for every benchmark: machine facts, the JSON result, the README table.
+
+A benchmark is a function ``run(quick: bool) -> dict`` returning at least ``metric``, ``value``,
+``unit``, ``target`` and ``baseline`` (the reference measured in the same run, or None), plus any
+``details``. The harness adds ``name``, ``command``, ``machine`` and ``measured_at``, writes
+``bench/results/NAME.json`` and regenerates the table in ``bench/README.md``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+ROOT = BENCH_DIR.parent
+SHARED_DATA = Path(os.environ.get("CONVRNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# name -> "module:function" (modules under bench/)
+REGISTRY = {
+    "fonts_accuracy": "bench.fonts:fonts_accuracy",
+    "fwtk_throughput": "bench.fonts:fwtk_throughput",
+    "mdlstm_speedup": "bench.mdlstm_speed:run",
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    import torch
+    dev = "cpu"
+    if torch.cuda.is_available():
+        dev = f"cuda ({torch.cuda.get_device_name(0)})"
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": dev,
+            "platform": platform.platform()}
+
+
+def write_result(name: str, result: dict, command: str) -> Path:
+    out = {"name": name, **result, "command": command, "machine": machine(),
+           "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for key in ("metric", "value", "unit", "target", "baseline"):
+        out.setdefault(key, None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    update_readme()
+    return path
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def update_readme() -> None:
+    """Regenerate the results table between the markers in bench/README.md."""
+    readme = BENCH_DIR / "README.md"
+    rows = ["| name | metric | value | unit | target | baseline | met | measured at | machine |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(RESULTS.glob("*.json")):
+        r = json.loads(p.read_text())
+        m = r.get("machine", {})
+        met = r.get("met")
+        rows.append(f"| {r['name']} | {r.get('metric', '')} | {_fmt(r.get('value'))} | {r.get('unit', '')} | "
+                    f"{r.get('target_text', _fmt(r.get('target')))} | {_fmt(r.get('baseline'))} | "
+                    f"{'yes' if met else ('no' if met is not None else '-')} | {r.get('measured_at', '')} | "
+                    f"{m.get('cpu', '')}, {m.get('torch_threads', '')} threads, {m.get('device', '')} |")
+    table = "\n".join(rows)
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "list"):
+        print("usage: python -m bench NAME [--quick]\n\nbenchmarks:\n  " + "\n  ".join(sorted(REGISTRY)))
+        return 0 if argv else 2
+    name, quick = argv[0], "--quick" in argv[1:]
+    if name not in REGISTRY:
+        print(f"error: unknown benchmark {name!r}; known: {', '.join(sorted(REGISTRY))}", file=sys.stderr)
+        return 2
+    module, func = REGISTRY[name].split(":")
+    result = getattr(importlib.import_module(module), func)(quick=quick)
+    command = "python -m bench " + " ".join(argv)
+    path = write_result(name, result, command)
+    print(json.dumps(json.loads(path.read_text()), indent=2))
+    return 0

@@ -1,0 +1,247 @@
+"""The ``convrnn`` command line: a thin adapter over the library.
+
+Every user error ends in one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from convrnn import __version__
+from convrnn.errors import ConvrnnError
+
+log = logging.getLogger("convrnn")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("convrnn")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="convrnn")
+@click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
+@click.option("-q", "--quiet", is_flag=True, help="only warnings and results")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Convolutional-recurrent sequence models: train, evaluate, predict, inspect."""
+    _setup_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet}
+
+
+# ----------------------------------------------------------------------------------------- train
+
+def _common_train_options(f):
+    opts = [
+        click.option("--preset", "--model", "preset", help="model preset (see `convrnn models`)"),
+        click.option("--spec", help="model spec string; replaces the preset (see docs/spec.md)"),
+        click.option("--epochs", type=int, help="number of epochs"),
+        click.option("--max-time", type=float, help="stop after this many seconds of training"),
+        click.option("--max-steps", type=int, help="stop after this many optimizer steps"),
+        click.option("--batch-size", type=int, help="batch size"),
+        click.option("--lr", type=float, help="learning rate"),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
+        click.option("--threads", type=int, help="CPU threads for PyTorch"),
+        click.option("--seed", type=int, help="random seed"),
+        click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
+        click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
+        click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="any config field, e.g. --set train.schedule=cosine (repeatable)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+_COMMON_KEYS = {"preset": "model.preset", "spec": "model.spec", "epochs": "train.epochs",
+                "max_time": "train.max_time", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
+                "lr": "train.lr", "device": "train.device", "threads": "train.threads", "seed": "train.seed",
+                "run_dir": "train.run_dir"}
+
+
+@cli.group()
+def train() -> None:
+    """Train a recipe (fonts, ...) with its embedded defaults or your data."""
+
+
+def _make_train_command(recipe_name: str):
+    from convrnn.recipes import get_recipe
+    from convrnn.train.config import parse_pairs
+
+    recipe = get_recipe(recipe_name)
+
+    @click.pass_context
+    def command(ctx: click.Context, config_file, resume, sets, **kwargs):
+        from convrnn.progress import CountProgress, TrainProgress
+        from convrnn.recipes.runner import train as run_train
+
+        overrides: dict = {}
+        for name, key in _COMMON_KEYS.items():
+            if kwargs.get(name) is not None:
+                overrides[key] = kwargs[name]
+        for opt in recipe.cli_options:
+            value = kwargs.get(opt.flag.lstrip("-").replace("-", "_"))
+            if value is None or (opt.multiple and not value):
+                continue
+            overrides[opt.key] = list(value) if opt.multiple else value
+        overrides.update(parse_pairs(list(sets)))
+        quiet = ctx.obj["quiet"]
+        trainer = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
+                            callbacks=[TrainProgress(quiet=quiet)],
+                            progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+        click.echo(f"run: {trainer.run_dir.path}")
+        for k, v in trainer.last_val.items():
+            click.echo(f"{k}: {v:.6g}")
+
+    command.__doc__ = f"Train the {recipe.name} recipe: {recipe.description}."
+    for opt in reversed(recipe.cli_options):
+        kw = {"help": opt.help, "multiple": opt.multiple}
+        if opt.is_flag:
+            kw = {"help": opt.help, "is_flag": True, "default": None}
+        else:
+            kw["type"] = opt.type
+        command = click.option(opt.flag, **kw)(command)
+    command = _common_train_options(command)
+    train.command(name=recipe.name)(command)
+
+
+def _register_train_commands() -> None:
+    from convrnn.recipes import list_recipes
+    for name in list_recipes():
+        _make_train_command(name)
+
+
+# ------------------------------------------------------------------------------- eval / predict
+
+@cli.command(name="eval")
+@click.argument("run", type=click.Path())
+@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
+@click.pass_context
+def eval_cmd(ctx: click.Context, run: str, split: str, sets) -> None:
+    """Evaluate a run's best checkpoint on its validation data."""
+    from convrnn.progress import CountProgress
+    from convrnn.recipes.runner import evaluate
+    from convrnn.train.config import parse_pairs
+
+    metrics = evaluate(run, split=split, overrides=parse_pairs(list(sets)),
+                       progress=CountProgress("preparing data", quiet=ctx.obj["quiet"]))
+    for k, v in metrics.items():
+        click.echo(f"{k}: {v:.6g}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True)
+def predict(run: str, inputs: tuple[str, ...]) -> None:
+    """Predict with a trained run: one line per input."""
+    from convrnn.recipes.runner import predict as run_predict
+    for line in run_predict(run, list(inputs)):
+        click.echo(line)
+
+
+# ------------------------------------------------------------------------------ models / summary
+
+@cli.command()
+def models() -> None:
+    """List the model presets."""
+    from convrnn.models import get_preset, list_models
+    for name in list_models():
+        click.echo(f"{name:12s} {get_preset(name).description}")
+
+
+def _parse_input_shape(text: str) -> tuple:
+    try:
+        return tuple(None if p.strip().lower() in ("", "none", "?") else int(p) for p in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated sizes like 1,16,64, got {text!r}") from None
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--input", "input_shape", help="input shape per sample: C,H,W (image) or T,C,H,W (sequence); "
+              "default: the preset's")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="batch size for the memory estimate")
+@click.option("--num-outputs", type=int, default=None, help="classes/outputs of the head (default: the preset's)")
+def summary(spec: str, input_shape: Optional[str], batch_size: int, num_outputs: Optional[int]) -> None:
+    """Per-layer shapes, parameters and a training-memory estimate for SPEC (a spec string or a preset name)."""
+    from convrnn.models import get_preset, list_models
+    from convrnn.spec.builder import build_model
+
+    shape = _parse_input_shape(input_shape) if input_shape else None
+    if " " not in spec.strip() and spec in list_models():
+        overrides = {k: v for k, v in (("num_outputs", num_outputs), ("input_shape", shape)) if v is not None}
+        preset = get_preset(spec, **overrides)
+        spec_text, shape, n_out = preset.spec, shape or preset.input_shape, num_outputs
+        if n_out is None:
+            n_out = getattr(preset, "num_outputs", None)
+    else:
+        if shape is None:
+            raise click.UsageError("--input C,H,W is required with a spec string")
+        spec_text, n_out = spec, num_outputs
+    model = build_model(spec_text, shape, n_out)
+    click.echo(str(model.summary(batch_size=batch_size)))
+
+
+# ----------------------------------------------------------------------------------------- fonts
+
+@cli.group()
+def fonts() -> None:
+    """The fonts dataset: preview what the model sees."""
+
+
+@fonts.command()
+@click.option("--fonts", "font_paths", multiple=True, help="font file or folder (repeatable); default: bundled faces")
+@click.option("--text", type=click.Path(), help="UTF-8 text file (default: embedded text)")
+@click.option("--out", type=click.Path(dir_okay=False), default="fonts-preview.png", show_default=True)
+@click.option("--samples", type=int, default=8, show_default=True, help="samples per font")
+@click.option("--height", type=int, default=16, show_default=True)
+@click.option("--width", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def preview(font_paths, text, out, samples, height, width, seed) -> None:
+    """Write a PNG grid of rendered samples, one row per font."""
+    from convrnn.data.fonts import load_text_lines, preview_grid, resolve_fonts
+    if samples < 1 or height < 4 or width < 4:
+        raise click.BadParameter("--samples must be at least 1 and --height/--width at least 4")
+    specs = resolve_fonts(list(font_paths))
+    path = preview_grid(specs, load_text_lines(text), out, samples=samples, height=height, width=width, seed=seed)
+    click.echo(f"wrote {path} ({len(specs)} fonts x {samples} samples)")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def main(argv: Optional[list[str]] = None) -> None:
+    _register_train_commands()
+    try:
+        cli.main(args=argv, prog_name="convrnn", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except ConvrnnError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the last checkpoint is intact; continue with --resume RUN", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from convrnn.errors import TrainingDiverged
+from convrnn.tasks.classify import ClassifyTask
+from convrnn.train.checkpoint import load_checkpoint
+from convrnn.train.config import TrainConfig
+from convrnn.train.rundir import RunDir, read_metrics
+from convrnn.train.trainer import Trainer, lr_factor
+
+from helpers import TinyNet, toy_batches, toy_classification
+
+
+def make_trainer(tmp_path, name, **cfg):
+    torch.manual_seed(0)
+    x, y = toy_classification()
+    model = TinyNet()
+    config = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr": 1e-2, "checkpoint_every": 4, "log_every": 2, **cfg})
+    run_dir = RunDir(tmp_path / name, tensorboard=False)
+    return Trainer(model, ClassifyTask(["a", "b", "c"]), toy_batches(x, y), toy_batches(x[:32], y[:32], shuffle=False),
+                   config, run_dir=run_dir, checkpoint_meta={"recipe": "toy"})
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("stop_at", [5, 6, 13])  # mid-epoch, end of epoch (96/16 = 6 batches), later epoch
+def test_resume_equals_uninterrupted(tmp_path, stop_at):
+    straight = make_trainer(tmp_path, "straight", epochs=10, max_steps=2 * stop_at)
+    straight.fit()
+
+    first = make_trainer(tmp_path, "resumed", epochs=10, max_steps=stop_at)
+    first.fit()
+    assert first.pos.step == stop_at
+    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    torch.manual_seed(1234)  # a different global RNG: restore must bring back the saved one
+    second = make_trainer(tmp_path, "resumed", epochs=10, max_steps=2 * stop_at)
+    second.restore(ckpt)
+    second.fit()
+
+    assert second.pos.step == straight.pos.step == 2 * stop_at
+    a, b = weights(straight.model), weights(second.model)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_learns_and_writes_run_files(tmp_path):
+    t = make_trainer(tmp_path, "run", epochs=15)
+    metrics = t.fit()
+    assert metrics["accuracy"] > 0.8
+    rows = read_metrics(tmp_path / "run")
+    assert {r["split"] for r in rows} == {"train", "val"}
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    best = load_checkpoint(tmp_path / "run")
+    assert best["recipe"] == "toy" and best["metrics"]["accuracy"] >= 0.0
+
+
+def test_nonfinite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, "nan", epochs=2)
+    t.fit()
+    before = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")["step"]
+    with torch.no_grad():
+        t.model.net[0].weight.fill_(float("nan"))
+    t.cfg.epochs = 4
+    with pytest.raises(TrainingDiverged, match=r"became nan at step \d+ .*last good checkpoint.*lower learning rate"):
+        t.fit()
+    after = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert after["step"] == before
+    assert all(torch.isfinite(v).all() for v in after["model"].values())
+
+
+def test_max_time_stops(tmp_path):
+    t = make_trainer(tmp_path, "time", epochs=1000, max_time=0.3)
+    t.fit()
+    assert 0.3 <= t.pos.train_time < 5.0
+    assert t.pos.epoch < 1000
+
+
+def test_lr_schedules():
+    assert lr_factor("constant", 0.7, 10, 0) == 1.0
+    assert lr_factor("cosine", 0.0, 0, 0) == pytest.approx(1.0)
+    assert lr_factor("cosine", 1.0, 0, 0) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor("cosine", 0.5, 0, 0) == pytest.approx(0.5)
+    assert lr_factor("step", 0.5, 0, 0) == pytest.approx(0.1)
+    assert lr_factor("constant", 0.0, 0, 10) == pytest.approx(0.1)  # warm-up: step 1 of 10
+    assert math.isclose(lr_factor("onecycle", 0.3, 0, 0), 1.0)
