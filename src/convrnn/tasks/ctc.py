@@ -1,0 +1,341 @@
+"""CTC: loss with explicit handling of impossible targets, greedy and prefix-beam decoding, CER/WER.
+
+Label 0 is the CTC blank; label ``k >= 1`` is ``alphabet[k - 1]``. The model emits per-step
+logits ``(B, T, V)`` with ``V = len(alphabet) + 1`` and the valid frame counts ``(B,)``.
+
+A target needs at least ``len(target) + repeats`` frames (a blank must separate two equal
+adjacent labels). Shorter outputs make the CTC loss infinite; instead of zeroing those
+(``zero_infinity``), ``CTCTask`` finds them before the loss, warns with their ids, counts them in
+``skipped_too_long`` and leaves them out of the loss.
+"""
+# B batch, T time steps, V labels (blank + alphabet), S target labels
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convrnn.metrics_text import error_counts
+from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
+
+log = logging.getLogger(__name__)
+BLANK = 0
+NEG_INF = -math.inf
+
+
+def _logsumexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+# ---------------------------------------------------------------- greedy decoding
+
+def greedy_decode_batch(log_probs: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> list[list[int]]:
+    """Best path per sequence: argmax per frame, collapse repeats, drop blanks. ``(B, T, V)`` -> labels."""
+    best = log_probs.argmax(dim=-1).cpu()  # (B, T, V) -> (B, T)
+    b, t = best.shape
+    lengths = torch.full((b,), t) if lengths is None else lengths.cpu()
+    changed = torch.ones_like(best, dtype=torch.bool)
+    changed[:, 1:] = best[:, 1:] != best[:, :-1]  # first frame of each run
+    valid = torch.arange(t)[None, :] < lengths[:, None]  # (B, T)
+    keep = changed & (best != BLANK) & valid
+    return [best[i][keep[i]].tolist() for i in range(b)]
+
+
+def greedy_decode(log_probs: torch.Tensor, length: Optional[int] = None) -> list[int]:
+    """Best path of one sequence ``(T, V)``, using the first ``length`` frames."""
+    lengths = None if length is None else torch.tensor([int(length)])
+    return greedy_decode_batch(log_probs[None], lengths)[0]
+
+
+# ---------------------------------------------------------------- lexicon and character LM
+
+class Lexicon:
+    """A word list as a character trie: which partial texts can still become words of the list.
+
+    A text is valid when every space-separated word before the last is a word of the list and the
+    last (possibly unfinished) word is a prefix of one.
+    """
+
+    def __init__(self, words: Iterable[str]):
+        self.root: dict = {}
+        for word in words:
+            node = self.root
+            for ch in word:
+                node = node.setdefault(ch, {})
+            node[None] = True  # end-of-word marker
+        if not self.root:
+            raise ValueError("a lexicon needs at least one word, got none")
+
+    def _node(self, word: str) -> Optional[dict]:
+        node = self.root
+        for ch in word:
+            node = node.get(ch)
+            if node is None:
+                return None
+        return node
+
+    def is_word(self, word: str) -> bool:
+        node = self._node(word)
+        return node is not None and None in node
+
+    def allows(self, text: str, *, complete: bool = False) -> bool:
+        """Whether ``text`` can still be extended into words of the list (``complete``: already is)."""
+        *done, last = text.split(" ")
+        if not all(self.is_word(w) for w in done):
+            return False
+        return self.is_word(last) if complete else self._node(last) is not None
+
+
+class CharNgramLM:
+    """Character n-gram language model with add-k smoothing.
+
+    ``score(prev_chars, next_char) = log (count(ctx + next) + k) / (count(ctx) + k * |V|)`` where
+    ``ctx`` is the last ``order - 1`` characters (padded with a start symbol) and ``|V|`` the
+    characters seen in ``fit`` plus one for unseen characters.
+    """
+
+    START = "\x02"
+
+    def __init__(self, order: int = 3, *, k: float = 0.1):
+        if order < 1 or k <= 0:
+            raise ValueError(f"CharNgramLM expects order >= 1 and k > 0, got order={order}, k={k}")
+        self.order, self.k = order, k
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.context_totals: dict[str, int] = defaultdict(int)
+        self.vocab: set[str] = set()
+
+    def _context(self, prev_chars: str) -> str:
+        n = self.order - 1
+        return (self.START * n + prev_chars)[-n:] if n else ""
+
+    def fit(self, texts: Iterable[str]) -> "CharNgramLM":
+        for text in texts:
+            self.vocab.update(text)
+            for i, ch in enumerate(text):
+                ctx = self._context(text[:i])
+                self.counts[ctx][ch] += 1
+                self.context_totals[ctx] += 1
+        return self
+
+    def score(self, prev_chars: str, next_char: str) -> float:
+        ctx = self._context(prev_chars)
+        count = self.counts[ctx][next_char] if ctx in self.counts else 0
+        return math.log((count + self.k) / (self.context_totals.get(ctx, 0) + self.k * (len(self.vocab) + 1)))
+
+
+# ---------------------------------------------------------------- prefix beam search
+
+def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10, *,
+                lexicon: Union[Lexicon, Iterable[str], None] = None, char_lm: Optional[CharNgramLM] = None,
+                lm_weight: float = 0.5, alphabet: Optional[Sequence[str]] = None,
+                length: Optional[int] = None) -> list[int]:
+    """CTC prefix beam search over ``(T, V)`` log-probabilities (blank = 0); returns labels.
+
+    Each prefix keeps the log-probability of all alignments ending in a blank and ending in its
+    last label, so alignments of the same labelling add up (unlike the best path). With a
+    ``lexicon`` (a :class:`Lexicon` or a word list), extensions whose text is not a prefix of
+    words of the list are dropped, and final texts that end mid-word are used only if no complete
+    one survives. With a ``char_lm``, each extension adds ``lm_weight * char_lm.score(text, char)``.
+    ``alphabet`` (label ``k`` -> ``alphabet[k-1]``) is required with ``lexicon`` or ``char_lm``.
+    """
+    lp = log_probs.detach().cpu().double().numpy() if isinstance(log_probs, torch.Tensor) else np.asarray(log_probs)
+    if lp.ndim != 2:
+        raise ValueError(f"beam_search expects log-probabilities (T, V), got shape {lp.shape}")
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    if (lexicon is not None or char_lm is not None) and alphabet is None:
+        raise ValueError("beam_search needs the alphabet to apply a lexicon or a character LM")
+    if alphabet is not None and len(alphabet) + 1 != lp.shape[1]:
+        raise ValueError(f"expected {len(alphabet) + 1} labels (blank + alphabet), got {lp.shape[1]}")
+    if lexicon is not None and not isinstance(lexicon, Lexicon):
+        lexicon = Lexicon(lexicon)
+    text = (lambda prefix: "".join(alphabet[k - 1] for k in prefix)) if alphabet is not None else None
+    steps = lp.shape[0] if length is None else int(length)
+
+    # prefix (tuple of labels) -> [log p ending in blank, log p ending in a label]
+    beams: dict[tuple, list[float]] = {(): [0.0, NEG_INF]}
+    for t in range(steps):  # sequential by nature: each step extends the surviving prefixes
+        frame = lp[t]
+        nxt: dict[tuple, list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        for prefix, (p_b, p_nb) in beams.items():
+            p_all = _logsumexp(p_b, p_nb)
+            entry = nxt[prefix]
+            entry[0] = _logsumexp(entry[0], p_all + frame[BLANK])
+            if prefix:  # repeating the last label without a blank stays on the same prefix
+                entry[1] = _logsumexp(entry[1], p_nb + frame[prefix[-1]])
+            for label in range(1, lp.shape[1]):
+                extended = prefix + (label,)
+                if lexicon is not None and not lexicon.allows(text(extended)):
+                    continue
+                p_ext = (p_b if prefix and label == prefix[-1] else p_all) + frame[label]
+                if char_lm is not None:
+                    p_ext += lm_weight * char_lm.score(text(prefix), alphabet[label - 1])
+                nxt[extended][1] = _logsumexp(nxt[extended][1], p_ext)
+        ranked = sorted(nxt.items(), key=lambda kv: _logsumexp(*kv[1]), reverse=True)
+        beams = dict(ranked[:beam_width])
+
+    ranked = sorted(beams.items(), key=lambda kv: _logsumexp(*kv[1]), reverse=True)
+    if lexicon is not None:
+        complete = [kv for kv in ranked if lexicon.allows(text(kv[0]), complete=True)]
+        ranked = complete or ranked
+    return list(ranked[0][0])
+
+
+# ---------------------------------------------------------------- the task
+
+def required_frames(target_lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fewest frames CTC needs per target: its length plus its adjacent repeats. Concatenated targets."""
+    ends = torch.cumsum(target_lengths, 0)  # (B,) end offset of each target in `targets`
+    same = torch.zeros_like(targets, dtype=torch.bool)
+    same[1:] = targets[1:] == targets[:-1]
+    same[(ends - target_lengths)[target_lengths > 0]] = False  # a target's first label repeats nothing
+    sample = torch.repeat_interleave(torch.arange(len(target_lengths)), target_lengths.cpu())  # (S,)
+    repeats = torch.zeros_like(target_lengths).index_add_(0, sample.to(targets.device), same.long())
+    return target_lengths + repeats
+
+
+def _concatenated(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Padded (B, S) or concatenated (S,) targets -> concatenated (S,)."""
+    if targets.dim() == 1:
+        return targets
+    mask = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
+    return targets[mask]  # (B, S) -> (sum of lengths,)
+
+
+class CTCMetrics(MetricAccumulator):
+    """Mean loss per included sequence, CER and WER of greedy decoding, and skipped targets."""
+
+    def __init__(self, task: "CTCTask"):
+        self.task = task
+        self.loss_sum, self.loss_n, self.skipped = 0.0, 0, 0
+        self.char_edits = self.chars = self.word_edits = self.words = 0
+
+    @torch.no_grad()
+    def update(self, out: ModelOutput, batch: dict) -> None:
+        losses, keep = self.task.per_sequence_loss(out, batch)
+        self.loss_sum += float(losses.sum())
+        self.loss_n += int(keep.sum())
+        self.skipped += int((~keep).sum())
+        hyps = self.task.decode(out)
+        refs = batch.get("texts") or self.task.texts_from_targets(batch)
+        for unit, attr in (("char", "char"), ("word", "word")):
+            edits, total = error_counts(refs, hyps, unit=unit)
+            setattr(self, f"{attr}_edits", getattr(self, f"{attr}_edits") + edits)
+            setattr(self, f"{attr}s", getattr(self, f"{attr}s") + total)
+
+    def compute(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / max(self.loss_n, 1),
+                "cer": self.char_edits / max(self.chars, 1),
+                "wer": self.word_edits / max(self.words, 1),
+                "skipped_too_long": float(self.skipped)}
+
+
+class CTCTask(Task):
+    """Text recognition with CTC.
+
+    Batch: ``targets`` int64 labels (concatenated ``(S,)`` or padded ``(B, S)``), ``target_lengths``
+    ``(B,)``, ``texts`` (list of str, the references for CER/WER) and ``ids``.
+    Model output: ``y`` ``(B, T, V)`` logits, ``lengths`` ``(B,)`` valid frames (all ``T`` if None).
+
+    ``reduction='mean'`` (default) divides each sequence's loss by its target length and averages
+    over the included sequences (``ctc_loss``'s ``'mean'``); ``'sequence'`` averages the per-sequence
+    losses (nats per line). Sequences whose target cannot fit their frames are excluded and counted
+    in ``skipped_too_long``; if a whole batch is excluded the loss is a zero connected to the graph.
+    """
+
+    name = "ctc"
+    monitor = "cer"
+    monitor_mode = "min"
+
+    def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean"):
+        alphabet = list(alphabet)
+        if not alphabet or len(set(alphabet)) != len(alphabet):
+            raise ValueError(f"CTC needs a non-empty alphabet of distinct symbols, got {alphabet!r}")
+        if reduction not in ("mean", "sequence"):
+            raise ValueError(f"reduction must be 'mean' or 'sequence', got {reduction!r}")
+        self.alphabet, self.reduction = alphabet, reduction
+        self.index = {ch: k + 1 for k, ch in enumerate(alphabet)}
+        self.skipped_too_long = 0
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.alphabet) + 1
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - set(self.index))
+        if unknown:
+            raise ValueError(f"text {text!r} has characters outside the alphabet: {unknown}")
+        return [self.index[ch] for ch in text]
+
+    def to_text(self, labels: Iterable[int]) -> str:
+        return "".join(self.alphabet[k - 1] for k in labels)
+
+    def texts_from_targets(self, batch: dict) -> list[str]:
+        targets, lengths = _concatenated(batch["targets"], batch["target_lengths"]), batch["target_lengths"]
+        return [self.to_text(t.tolist()) for t in torch.split(targets.cpu(), lengths.cpu().tolist())]
+
+    def _check_output(self, out: ModelOutput) -> torch.Tensor:
+        if out.y.dim() != 3 or out.y.shape[-1] != self.num_outputs:
+            raise ValueError(f"CTC expects logits (B, T, {self.num_outputs}) for {len(self.alphabet)} symbols "
+                             f"+ blank, got shape {tuple(out.y.shape)}")
+        b, t, _ = out.y.shape
+        return torch.full((b,), t, dtype=torch.long, device=out.y.device) if out.lengths is None else out.lengths
+
+    def per_sequence_loss(self, out: ModelOutput, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses ``(K,)`` of the included sequences (already divided by target length for 'mean')
+        and the ``(B,)`` mask of included ones. Warns about and counts the excluded ones."""
+        frames = self._check_output(out).long()
+        target_lengths = batch["target_lengths"].long().to(frames.device)
+        targets = _concatenated(batch["targets"], batch["target_lengths"]).long().to(frames.device)
+        keep = required_frames(target_lengths, targets) <= frames  # (B,)
+        if not keep.all():
+            dropped = (~keep).nonzero().flatten().tolist()
+            ids = batch.get("ids")
+            names = [str(ids[i]) if ids is not None else f"#{i}" for i in dropped]
+            self.skipped_too_long += len(dropped)
+            log.warning("CTC: %d of %d targets need more frames than the output has and are left out of the "
+                        "loss (ids: %s)", len(dropped), len(keep), ", ".join(names[:10]))
+        if not keep.any():
+            return out.y.new_zeros(0, dtype=torch.float32), keep
+        log_probs = F.log_softmax(out.y.float(), dim=-1).transpose(0, 1)  # (B, T, V) -> (T, B, V)
+        sample = torch.repeat_interleave(keep, target_lengths)  # (S,) which labels belong to kept targets
+        losses = F.ctc_loss(log_probs[:, keep], targets[sample], frames[keep], target_lengths[keep],
+                            blank=BLANK, reduction="none", zero_infinity=False)  # (K,)
+        if self.reduction == "mean":
+            losses = losses / target_lengths[keep].clamp(min=1)
+        return losses, keep
+
+    def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
+        losses, _ = self.per_sequence_loss(out, batch)
+        return losses.mean() if len(losses) else out.y.sum() * 0.0
+
+    def new_metrics(self) -> CTCMetrics:
+        return CTCMetrics(self)
+
+    def state_dict(self) -> dict:
+        return {"alphabet": list(self.alphabet)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "CTCTask":
+        return cls(state["alphabet"])
+
+    @torch.inference_mode()
+    def decode(self, out: ModelOutput) -> list[str]:
+        """Greedy transcription of every sequence of the batch."""
+        return [self.to_text(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
+
+    @torch.inference_mode()
+    def beam_decode(self, logits: torch.Tensor, length: Optional[int] = None, **kwargs) -> str:
+        """Prefix beam search on one sequence of logits ``(T, V)``; keywords go to :func:`beam_search`."""
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        return self.to_text(beam_search(log_probs, alphabet=self.alphabet, length=length, **kwargs))
