@@ -1,0 +1,83 @@
+"""LSTM/GRU stacks over feature sequences, with packed variable lengths and carried state."""
+# B batch, T time steps, F features, H hidden size, L layers, D directions (1 or 2)
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from convrnn.layers.base import Shape, Shaped, expect_rank
+
+State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
+# Per step, layer and direction, how many H-sized tensors autograd keeps (gates and states),
+# relative to the H-sized output; used only by the memory estimate.
+_KEPT_PER_STEP = {"lstm": 6, "gru": 5}
+
+
+class Recurrent(nn.Module, Shaped):
+    """A stack of LSTM or GRU layers (``nn.LSTM``/``nn.GRU``, batch first) returning every step.
+
+    With ``lengths``, the batch is packed (``enforce_sorted=False``) so each sequence stops at
+    its own length: the output is zero past each length and the returned state is the state
+    after each sequence's last valid step. The output is padded back to the input's ``T``.
+
+    ``state`` is what ``nn.LSTM``/``nn.GRU`` take and return: ``(h, c)`` for LSTM and ``h`` for GRU,
+    each ``(L*D, B, H)``. Passing the returned state to the next call continues the sequences
+    (truncated backpropagation through time: the caller detaches it between batches).
+    Picking the last valid step is the head's job, not this layer's.
+
+    ``dropout`` follows PyTorch: it applies between stacked layers, so it needs ``num_layers > 1``.
+
+    Shape:
+        - Input: ``(B, T, F)`` with ``F = input_size``; lengths ``(B,)`` in ``[1, T]``.
+        - Output: ``(B, T, H*D)`` and the new state; lengths pass through unchanged.
+    """
+
+    uses_lengths = True
+    stateful = True
+
+    def __init__(self, input_size: int, hidden_size: int, *, mode: str = "lstm", num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if mode not in _KEPT_PER_STEP:
+            raise ValueError(f"recurrent mode must be 'lstm' or 'gru', got {mode!r}")
+        self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
+        self.bidirectional = bidirectional
+        rnn_cls = nn.LSTM if mode == "lstm" else nn.GRU
+        self.rnn = rnn_cls(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                           dropout=dropout, batch_first=True)
+
+    @property
+    def input_size(self) -> int:
+        return self.rnn.input_size
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def activation_factor(self) -> float:
+        """Output-sized tensors kept for backward: the output plus gates and states of every layer."""
+        return 1.0 + _KEPT_PER_STEP[self.mode] * self.num_layers
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        total = x.shape[1]
+        if lengths is None or bool((lengths == total).all()):
+            return self.rnn(x, state)  # (B, T, F) -> (B, T, H*D)
+        if bool((lengths < 1).any()) or bool((lengths > total).any()):
+            raise ValueError(f"lengths must lie in [1, {total}] for a sequence of {total} steps, got {lengths.tolist()}")
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        y, new_state = self.rnn(packed, state)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=total)  # -> (B, T, H*D), zeros past lengths
+        return y, new_state
+
+    def output_shape(self, input_shape: Sequence[Optional[int]]) -> Shape:
+        expect_rank(self.mode, input_shape, [3], "a feature sequence (B, T, F)")
+        b, t, f = input_shape
+        if f is not None and f != self.input_size:
+            raise ValueError(f"{self.mode} expects {self.input_size} input features, got {f}")
+        return (b, t, self.hidden_size * self.num_directions)

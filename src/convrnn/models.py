@@ -1,0 +1,109 @@
+"""Preset models: small functions behind ``@register_model`` that fill a spec template.
+
+``create_model("fonts", num_classes=8)`` builds the preset's spec; ``get_preset`` returns the
+filled-in :class:`Preset` without building; ``list_models()`` names every preset.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
+
+from convrnn.errors import ConfigError
+
+
+class Preset(NamedTuple):
+    """A filled-in preset: everything ``build_model`` needs, plus what it is for."""
+
+    spec: str
+    input_shape: tuple
+    description: str
+    task: str
+    num_outputs: Optional[int] = None
+
+
+PresetFn = Callable[..., Preset]
+_MODELS: dict[str, PresetFn] = {}
+
+# Override names accepted everywhere, mapped to the preset functions' own field name.
+_ALIASES = {"num_classes": "num_outputs"}
+
+
+def register_model(fn: Optional[PresetFn] = None, *, name: Optional[str] = None) -> Any:
+    """Register a preset function (its name, or ``name``); use as ``@register_model`` or ``@register_model(name=...)``."""
+    def decorate(f: PresetFn) -> PresetFn:
+        key = name or f.__name__
+        if key in _MODELS:
+            raise ValueError(f"model {key!r} is already registered")
+        _MODELS[key] = f
+        return f
+    return decorate(fn) if fn is not None else decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def _lookup(name: str) -> PresetFn:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.4)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"known models: {', '.join(list_models())}"
+        raise ConfigError(f"unknown model {name!r}; {hint}")
+    return _MODELS[name]
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    """The overridable fields of a preset and their defaults."""
+    return {k: p.default for k, p in inspect.signature(_lookup(name)).parameters.items()}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """Fill preset ``name`` with ``overrides`` (unknown fields are a ConfigError listing the known ones).
+
+    ``spec=...`` replaces the preset's spec outright (to try a variant without a new preset).
+    """
+    fn = _lookup(name)
+    fields = preset_fields(name)
+    spec = overrides.pop("spec", None)  # replaces the whole spec; the other fields still apply
+    resolved: dict[str, Any] = {}
+    for key, value in overrides.items():
+        field = _ALIASES.get(key, key)
+        if field not in fields:
+            raise ConfigError(f"model {name!r} has no field {key!r}; known: {', '.join(fields)}")
+        if field in resolved:
+            raise ConfigError(f"model {name!r}: {field!r} given twice (as {key!r} and an alias)")
+        resolved[field] = value
+    if "input_shape" in resolved:
+        resolved["input_shape"] = tuple(resolved["input_shape"])
+    preset = fn(**resolved)
+    return preset if spec is None else preset._replace(spec=str(spec))
+
+
+def create_model(name: str, **overrides: Any):
+    """Build preset ``name`` as a SpecModel (overrides: num_outputs/num_classes, input_shape, hidden_size, ...)."""
+    from convrnn.spec.builder import build_model
+
+    preset = get_preset(name, **overrides)
+    return build_model(preset.spec, preset.input_shape, preset.num_outputs)
+
+
+@register_model
+def fwtk(*, num_outputs: int = 5, input_shape: tuple = (1, 16, 64), hidden_size: int = 32, filters: int = 4,
+         block_width: int = 8) -> Preset:
+    """Seed 001's model: one conv on every block of a 16x64 line, an LSTM over the 8 blocks.
+
+    21,005 parameters with the defaults (the seed's "20k"): 168 kB as float64, 84 kB as float32.
+    """
+    spec = f"blocks:{block_width} conv:{filters},5x5,relu pool:2x2 flatten lstm:{hidden_size} cls:last"
+    return Preset(spec, input_shape, "For Well Thou Know'st: conv per 8-pixel block, LSTM, last step", "classify",
+                  num_outputs)
+
+
+@register_model
+def fonts(*, num_outputs: int = 5, input_shape: tuple = (1, 16, 64), hidden_size: int = 64, filters: int = 16,
+          pool: str = "mean") -> Preset:
+    """The fonts recipe's default: two conv/bn/pool stages, columns, a bidirectional LSTM, mean over steps."""
+    spec = (f"conv:{filters},3x3 bn pool:2x2 conv:{2 * filters},3x3 bn pool:2x2 "
+            f"cols lstm:{hidden_size},bi cls:{pool}")
+    return Preset(spec, input_shape, "font classification of text lines: CRNN-style columns, biLSTM", "classify",
+                  num_outputs)
