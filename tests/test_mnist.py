@@ -1,0 +1,206 @@
+"""IDX reading and validation, load_mnist's directory resolution, the sklearn fallback, as_float."""
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convrnn.data.mnist import FALLBACK_SOURCE, as_float, load_mnist, load_sklearn_digits, read_idx
+from convrnn.errors import DataError
+
+SHARED = Path("/work/shared/data/mnist")
+TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,
+              np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D, np.dtype("float64"): 0x0E}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The obvious IDX encoder: magic, big-endian dims, big-endian payload."""
+    header = bytes([0, 0, TYPE_CODES[array.dtype], array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
+    data = idx_bytes(array)
+    gz = path.name.endswith(".gz") if gz is None else gz
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def fake_split(n: int, seed: int = 0, size: int = 28):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size, size), dtype=np.uint8), rng.integers(0, 10, size=n).astype(np.uint8)
+
+
+def write_mnist_dir(directory: Path, n_train=12, n_test=7, gz=True) -> Path:
+    ext = ".gz" if gz else ""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = fake_split(n, seed=n)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte{ext}", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte{ext}", labels)
+    return directory
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
+def test_read_idx_round_trips_every_type(tmp_path, gz, dtype):
+    array = (np.arange(2 * 3 * 5) - 7).reshape(2, 3, 5).astype(dtype)
+    if dtype == "uint8":
+        array = np.arange(30, dtype=np.uint8).reshape(2, 3, 5) * 8
+    path = write_idx(tmp_path / "f.idx", array, gz=gz)  # gzip told by magic bytes, not by name
+    out = read_idx(path)
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+    np.testing.assert_array_equal(out, array)
+
+
+def test_raw_file_named_gz_is_read_as_raw(tmp_path):
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "labels.gz", labels, gz=False)), labels)
+
+
+def error_of(path) -> str:
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(Path(path).name + ": ")
+    return message
+
+
+def test_truncated_payload_names_expected_and_found_bytes(tmp_path):
+    images, _ = fake_split(10)
+    data = idx_bytes(images)[: 16 + 1200]
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    assert error_of(tmp_path / "t10k-images-idx3-ubyte.gz") == (
+        "t10k-images-idx3-ubyte.gz: expected 7840 bytes of pixel data after the header (dims 10x28x28), found 1200")
+
+
+def test_extra_bytes_are_an_error_too(tmp_path):
+    (tmp_path / "labels").write_bytes(idx_bytes(np.arange(5, dtype=np.uint8)) + b"\0")
+    assert "expected 5 bytes of label data after the header (dims 5), found 6" in error_of(tmp_path / "labels")
+
+
+def test_truncated_gzip_stream(tmp_path):
+    blob = gzip.compress(idx_bytes(fake_split(10)[0]))
+    (tmp_path / "x.gz").write_bytes(blob[: len(blob) // 2])
+    assert "cut off" in error_of(tmp_path / "x.gz")
+
+
+def test_corrupt_gzip_stream(tmp_path):
+    blob = bytearray(gzip.compress(idx_bytes(fake_split(10)[0])))
+    blob[20:40] = b"\xff" * 20
+    (tmp_path / "x.gz").write_bytes(bytes(blob))
+    assert "corrupt" in error_of(tmp_path / "x.gz")
+
+
+@pytest.mark.parametrize("head, found", [(b"\x01\x00\x08\x01", "0x01000801"), (b"\x00\x00\x07\x01", "0x00000701"),
+                                         (b"\x00\x00\x08\x00", "0x00000800")])
+def test_wrong_magic(tmp_path, head, found):
+    (tmp_path / "bad").write_bytes(head + b"\0" * 8)
+    message = error_of(tmp_path / "bad")
+    assert "expected IDX magic" in message and message.endswith(f"found {found}")
+
+
+def test_short_header(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x03" + b"\0" * 5)
+    assert "expected a 16-byte header for 3 dimensions, found only 9 bytes" in error_of(tmp_path / "bad")
+
+
+def test_official_looking_file_must_match_the_published_md5(tmp_path):
+    labels = np.zeros(10000, dtype=np.uint8)  # counted like t10k, but not the real labels
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    message = error_of(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    assert "expected MD5 ec29112dd5afa0611ce80d1b7f02629c" in message
+    # the same bytes under another name, or the official name with a subset's count, are fine
+    write_idx(tmp_path / "my-labels.gz", labels)
+    assert read_idx(tmp_path / "my-labels.gz").shape == (10000,)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(19690, dtype=np.uint8))  # the shared subset's count
+    assert len(read_idx(tmp_path / "train-labels-idx1-ubyte.gz")) == 19690
+    assert read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", verify=False).shape == (10000,)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist_from_a_directory(tmp_path, gz):
+    write_mnist_dir(tmp_path, gz=gz)
+    train, test = load_mnist(tmp_path, "train"), load_mnist(str(tmp_path), split="test")
+    images, labels = fake_split(12, seed=12)
+    np.testing.assert_array_equal(train.images, images)
+    np.testing.assert_array_equal(train.labels, labels)
+    assert train.labels.dtype == np.int64 and train.images.dtype == np.uint8
+    assert len(test) == 7 and test.images.shape == (7, 28, 28) and train.max_value == 255
+    assert train.source.startswith("mnist")
+
+
+def test_data_dir_from_env_var_then_home_cache(tmp_path, monkeypatch):
+    write_mnist_dir(tmp_path / "env")
+    monkeypatch.setenv("CONVRNN_MNIST_DIR", str(tmp_path / "env"))
+    assert len(load_mnist(split="test")) == 7
+    monkeypatch.delenv("CONVRNN_MNIST_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home/.cache/convrnn/mnist"
+    write_mnist_dir(cache, n_test=3)
+    assert len(load_mnist(split="test")) == 3
+
+
+def test_mismatched_counts_and_missing_files_are_errors(tmp_path):
+    write_mnist_dir(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(6, dtype=np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: expected 7 labels .* found 6"):
+        load_mnist(tmp_path, "test")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="expected t10k-labels-idx1-ubyte.gz"):
+        load_mnist(tmp_path, "test")
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(7, 10, dtype=np.uint8))
+    with pytest.raises(DataError, match="expected digit labels 0..9, found 10..10"):
+        load_mnist(tmp_path, "test")
+    with pytest.raises(DataError, match="expected split 'train' or 'test', got 'val'"):
+        load_mnist(tmp_path, "val")
+
+
+def test_empty_directory_falls_back_to_sklearn_digits_with_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
+        train = load_mnist(tmp_path, "train")
+    assert any(r.levelno == logging.WARNING and "scikit-learn" in r.getMessage() for r in caplog.records)
+    test = load_mnist(tmp_path / "does-not-exist", "test")
+    assert train.source == test.source == FALLBACK_SOURCE
+    assert train.images.shape[1:] == (8, 8) and len(train) + len(test) == 1797
+    assert train.max_value == 16 and train.images.max() == 16 and train.images.dtype == np.uint8
+
+
+def test_fallback_halves_are_a_deterministic_partition():
+    from sklearn.datasets import load_digits
+
+    train, test = load_sklearn_digits("train"), load_sklearn_digits("test")
+    again = load_sklearn_digits("train")
+    np.testing.assert_array_equal(train.images, again.images)
+    digits = load_digits()
+
+    def rows(images, labels):  # multiset of (image, label) rows
+        return sorted(im.astype(np.uint8).tobytes() + bytes([lab]) for im, lab in zip(images, labels))
+
+    together = rows(np.concatenate([train.images, test.images]), np.concatenate([train.labels, test.labels]))
+    assert together == rows(digits.images, digits.target)
+    assert abs(len(train) - len(test)) <= 1
+    assert set(np.unique(test.labels)) == set(range(10))
+
+
+def test_as_float_scales_by_the_source_maximum():
+    images = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    np.testing.assert_allclose(as_float(images), [[[0, 128 / 255, 1]]], rtol=1e-6)
+    assert as_float(images).dtype == np.float32
+    small = load_sklearn_digits("test")
+    out = as_float(small)
+    assert out.dtype == np.float32 and out.max() == 1.0 and out.min() == 0.0
+    np.testing.assert_allclose(out, small.images / 16, rtol=1e-6)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared MNIST subset not present")
+def test_shared_subset_and_official_test_set():
+    train, test = load_mnist(SHARED, "train"), load_mnist(SHARED, "test")  # t10k passes the MD5 check
+    assert train.images.shape == (19690, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert np.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
