@@ -1,0 +1,73 @@
+"""Preset registry: every preset builds, runs, and its summary matches real shapes."""
+# B batch, T time steps, C channels, H height, W width, V classes
+import pytest
+import torch
+
+from convrnn.errors import ConfigError
+from convrnn.models import Preset, create_model, get_preset, list_models, preset_fields, register_model
+from convrnn.spec import parse
+
+
+def _sample(input_shape, num_outputs, batch=2, unknown=24):
+    concrete = tuple(unknown if s is None else s for s in input_shape)
+    if len(concrete) == 1:
+        return torch.randint(0, num_outputs or 2, (batch, *concrete))
+    return torch.randn(batch, *concrete)
+
+
+def test_registry_lists_the_presets():
+    assert {"fwtk", "fonts"} <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_builds_runs_and_summary_matches(name):
+    torch.manual_seed(0)
+    preset = get_preset(name)
+    assert isinstance(preset, Preset) and preset.description and preset.task
+    parse(preset.spec)
+    model = create_model(name).eval()
+    x = _sample(preset.input_shape, preset.num_outputs)
+    summary = model.summary(batch_size=x.shape[0])
+    with torch.no_grad():
+        for row, layer in zip(summary.rows, model.layers):
+            x = layer(x, None, None)[0] if layer.stateful else layer(x)
+            assert len(row.shape) == x.dim() and all(s is None or s == a for s, a in zip(row.shape, x.shape)), row
+    assert summary.params == sum(p.numel() for p in model.parameters())
+    if preset.task == "classify":
+        assert tuple(x.shape) == (2, preset.num_outputs)
+
+
+def test_fwtk_matches_the_seed_model():
+    preset = get_preset("fwtk")
+    assert preset.spec == "blocks:8 conv:4,5x5,relu pool:2x2 flatten lstm:32 cls:last"
+    assert preset.input_shape == (1, 16, 64) and preset.num_outputs == 5
+    model = create_model("fwtk")
+    # the seed says "20k parameters"; 104 conv + 20,736 LSTM + 165 head
+    assert sum(p.numel() for p in model.parameters()) == 21005
+
+
+def test_overrides_fill_the_template():
+    model = create_model("fonts", num_classes=8, hidden_size=32, input_shape=[1, 16, None])
+    assert model.num_outputs == 8 and model.input_shape == (1, 16, None)
+    assert "lstm:32,bi" in model.spec
+    out = model(torch.randn(2, 1, 16, 40))
+    assert tuple(out.shape) == (2, 8)
+    assert create_model("fwtk", num_outputs=3, filters=6).spec.startswith("blocks:8 conv:6,5x5")
+    custom = get_preset("fonts", spec="cols lstm:8 cls:last", num_classes=4)
+    assert custom.spec == "cols lstm:8 cls:last" and custom.num_outputs == 4
+
+
+def test_unknown_model_and_field_are_config_errors():
+    with pytest.raises(ConfigError, match=r"unknown model 'fwk'; did you mean: fwtk\?"):
+        create_model("fwk")
+    with pytest.raises(ConfigError, match="has no field 'hiden_size'; known: .*hidden_size"):
+        get_preset("fonts", hiden_size=3)
+    with pytest.raises(ConfigError, match="given twice"):
+        get_preset("fonts", num_classes=3, num_outputs=4)
+    assert "hidden_size" in preset_fields("fwtk")
+
+
+def test_register_model_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(lambda: None, name="fwtk")
