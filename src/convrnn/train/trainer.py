@@ -125,6 +125,7 @@ class Trainer:
         self.pos = Position()
         self.state = None  # recurrent state carried between batches (stateful tasks)
         self.last_val: dict[str, float] = {}
+        self.val_step = -1  # step of the last validation
         self.skipped = 0
 
     # ----- checkpoints -------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class Trainer:
             "train_time": self.pos.train_time, "best": self.pos.best, "stale": self.pos.stale,
             "rng": rng_state(),
             "carried_state": detach_state(self.state),
-            "metrics": dict(self.last_val),
+            "metrics": dict(self.last_val), "val_step": self.val_step,
             "task": self.task.state_dict(),
         }
 
@@ -159,6 +160,7 @@ class Trainer:
         if self.state is not None:
             self.state = [s if s is None else _to(s, self.device) for s in self.state]
         self.last_val = dict(ckpt.get("metrics") or {})
+        self.val_step = ckpt.get("val_step", -1)
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.pos.step)
 
@@ -226,8 +228,11 @@ class Trainer:
                 self.state = None
                 stop = self._validate() or stop
             self.save("last")
-        if not self.last_val and self.val_data is not None:
-            self._validate()
+        if window_units:
+            self._log("train", {"loss": window_loss / window_units, "lr": self.optimizer.param_groups[0]["lr"],
+                                f"{self.task_unit()}_per_s": window_units / max(window_t, 1e-9)})
+        if self.val_step != self.pos.step and self.val_data is not None:
+            self._validate()  # the run ends with metrics of its final weights
             self.save("last")
         self._emit("on_train_end", self.last_val)
         return dict(self.last_val)
@@ -293,7 +298,7 @@ class Trainer:
         if self.val_data is None:
             return False
         metrics = self.evaluate(self.val_data, max_batches=self.cfg.val_batches)
-        self.last_val = metrics
+        self.last_val, self.val_step = metrics, self.pos.step
         self._log("val", metrics)
         self._emit("on_validation", metrics)
         value = metrics.get(self.task.monitor)

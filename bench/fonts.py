@@ -1,0 +1,132 @@
+"""Benchmarks of the fonts recipe.
+
+- ``fonts_accuracy``: validation accuracy of ``convrnn train fonts`` (default fonts, default preset)
+  after at most 2 minutes of training on this machine's CPU cores. Seed 001: about 60% after 300,000 examples.
+- ``fwtk_throughput``: training samples/s of the ``fwtk`` preset through convrnn's Trainer divided by an
+  equivalent hand-written PyTorch loop (folded conv + nn.LSTM) on the same batches, measured side by side.
+"""
+# B batch, T blocks, C channels, H height, W width
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+TARGET_ACCURACY = 0.99
+TRAIN_SECONDS = 110.0  # plus validation passes: the whole run stays within 2 minutes
+
+
+def fonts_accuracy(quick: bool = False) -> dict:
+    from convrnn.recipes.runner import train
+
+    torch.set_num_threads(2)
+    budget = 20.0 if quick else TRAIN_SECONDS
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        trainer = train("fonts", {"train.max_time": budget, "train.run_dir": f"{tmp}/run", "train.threads": 2})
+        wall = time.perf_counter() - t0
+        metrics = dict(trainer.last_val)
+        best = trainer.pos.best
+        steps, train_time = trainer.pos.step, trainer.pos.train_time
+        spec = trainer.model.spec
+        n_train = len(trainer.bundle.train.dataset)
+        n_val = len(trainer.bundle.val.dataset)
+    value = float(metrics.get("accuracy", 0.0))
+    return {
+        "metric": "validation accuracy after <= 2 min of CPU training (default fonts, default preset)",
+        "value": value, "unit": "fraction", "target": TARGET_ACCURACY, "target_text": ">= 0.99",
+        "baseline": 0.60, "baseline_note": "seed 001: about 60% after ~300,000 examples (Keras, one epoch)",
+        "met": value >= TARGET_ACCURACY,
+        "details": {"best_val_accuracy": best, "final_val": metrics, "steps": steps,
+                    "training_seconds": round(train_time, 1), "wall_seconds_incl_data_and_validation": round(wall, 1),
+                    "spec": spec, "train_images": n_train, "val_images": n_val, "quick": quick},
+    }
+
+
+class HandWrittenFWTK(nn.Module):
+    """Seed 001's model written directly: 8 blocks of 16x8, conv 4@5x5 relu 'same', 2x2 max pool, LSTM 32."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        self.lstm = nn.LSTM(4 * 8 * 4, 32, batch_first=True)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        b = x.shape[0]
+        blocks = x.unfold(3, 8, 8)                                  # (B, 1, 16, 64) -> (B, 1, 16, 8, 8)
+        blocks = blocks.permute(0, 3, 1, 2, 4).reshape(b * 8, 1, 16, 8)  # -> (B*T, 1, 16, 8)
+        f = self.pool(torch.relu(self.conv(blocks)))                # -> (B*T, 4, 8, 4)
+        f = f.reshape(b, 8, -1)                                     # -> (B, T, 128)
+        out, _ = self.lstm(f)
+        return self.fc(out[:, -1])
+
+
+def _hand_loop(model, batches, lr: float, clip: float) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t0 = time.perf_counter()
+    n = 0
+    for batch in batches:
+        loss = nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        n += batch["x"].shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def fwtk_throughput(quick: bool = False) -> dict:
+    from convrnn.data.batching import IndexedBatches
+    from convrnn.data.fonts import FontsDataConfig, make_fonts_data
+    from convrnn.models import create_model
+    from convrnn.recipes.fonts import array_fetcher
+    from convrnn.tasks.classify import ClassifyTask
+    from convrnn.train.config import TrainConfig
+    from convrnn.train.trainer import Trainer
+
+    torch.set_num_threads(2)
+    train, _, meta = make_fonts_data(FontsDataConfig())
+    k = len(meta["classes"])
+    steps = 60 if quick else 300
+    bs = 64
+    source = IndexedBatches(train, bs, fetch=array_fetcher(train.images, train.labels), seed=0)
+    batches = [b for _, b in zip(range(steps), source.batches(0))]
+
+    class Fixed(IndexedBatches):
+        def num_batches(self, epoch):
+            return len(batches)
+
+        def batches(self, epoch, start=0):
+            return iter(batches[start:])
+
+    fixed = Fixed(train, bs, fetch=lambda i: {})
+    rounds = 2 if quick else 3
+    ours, theirs = [], []
+    for r in range(rounds):  # interleave so both see the same machine conditions
+        torch.manual_seed(r)
+        model = create_model("fwtk", num_outputs=k)
+        cfg = TrainConfig(epochs=1, batch_size=bs, lr=3e-3, clip_grad_norm=1.0, log_every=10 ** 9,
+                          checkpoint_every=10 ** 9, device="cpu")
+        trainer = Trainer(model, ClassifyTask(meta["classes"]), fixed, None, cfg)
+        t0 = time.perf_counter()
+        trainer.fit()
+        ours.append(len(batches) * bs / (time.perf_counter() - t0))
+        torch.manual_seed(r)
+        theirs.append(_hand_loop(HandWrittenFWTK(k), batches, 3e-3, 1.0))
+    ours_best, theirs_best = max(ours), max(theirs)
+    ratio = ours_best / theirs_best
+    params_ours = sum(p.numel() for p in create_model("fwtk", num_outputs=k).parameters())
+    params_hand = sum(p.numel() for p in HandWrittenFWTK(k).parameters())
+    return {
+        "metric": "fwtk training samples/s: convrnn Trainer / hand-written PyTorch loop (same batches, same run)",
+        "value": ratio, "unit": "ratio", "target": 0.9, "target_text": ">= 0.90 (within 10%)",
+        "baseline": theirs_best, "met": ratio >= 0.9,
+        "details": {"convrnn_samples_per_s": [round(v) for v in ours], "hand_samples_per_s": [round(v) for v in theirs],
+                    "steps_per_round": len(batches), "batch_size": bs, "rounds": rounds,
+                    "params_convrnn": params_ours, "params_hand": params_hand,
+                    "note": "best of interleaved rounds for each side; both clip gradients at norm 1 and use Adam"},
+    }
