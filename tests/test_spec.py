@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convrnn.errors import SpecError
-from convrnn.layers import Classify, Embedding, Project, Recurrent, TimeDistributed
+from convrnn.layers import Embedding, Project
 from convrnn.spec import build_model, format_spec, parse
 from convrnn.spec import grammar
 from convrnn.spec.builder import OPS, SpecModel, register_op
@@ -300,3 +300,22 @@ def test_docs_examples_build_and_run():
         with torch.no_grad():
             y = model(x)
         assert y.shape[-1] == num_outputs, name
+
+
+def test_plugin_modules_are_loaded_on_the_first_unknown_op(tmp_path, monkeypatch):
+    (tmp_path / "convrnn_test_plugin.py").write_text(
+        "from convrnn.layers.conv import Dropout\n"
+        "from convrnn.spec.builder import register_op\n"
+        "from convrnn.spec.grammar import PROB, OpSchema, Param\n"
+        "register_op('pluginop', OpSchema('pluginop', 'pluginop:P', args=(Param('p', PROB),)),\n"
+        "            lambda op, shape, ctx: Dropout(op['p']), accepts=['seq'])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(grammar, "PLUGIN_MODULES", ["convrnn_test_plugin", "convrnn_no_such_plugin"])
+    monkeypatch.setattr(grammar, "_plugins_loaded", False)
+    try:
+        assert parse("cols pluginop:0.1")[1]["p"] == 0.1
+        assert type(build_model("cols pluginop:0.1", (1, 2, 3)).layers[1]).__name__ == "Dropout"
+    finally:
+        grammar.SCHEMAS.pop("pluginop", None)
+        OPS.pop("pluginop", None)
+        sys.modules.pop("convrnn_test_plugin", None)
