@@ -220,8 +220,21 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
 
 # ------------------------------------------------------------------------------------------ main
 
+# Further command groups live in convrnn/commands/<name>.py, each with ``register(cli)``; adding a
+# group means adding its module name here, never growing this file.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_command_modules() -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"convrnn.commands.{name}").register(cli)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    _register_train_commands()
+    if not train.commands:
+        _register_train_commands()
+        _register_command_modules()
     try:
         cli.main(args=argv, prog_name="convrnn", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -1,0 +1,1 @@
+"""Command groups of the CLI beyond the core ones in ``convrnn.cli``; each module has ``register(cli)``."""
