@@ -1,0 +1,459 @@
+"""The ``fonts`` dataset: text lines rendered in K fonts, labelled by font.
+
+Seeds 000/001 ("For Well Thou Know'st") classify the font of a small text-line image. Here every
+sample is one ``height x width`` crop of a text line drawn in one font, white ink (255) on black (0),
+so ``x / 255`` puts ink at 1. To take away size cues (seed 001), every font is drawn at the size
+that makes its ascender-to-descender height fill about ``height - 2`` pixels, and each sample
+fills the whole width: it starts at a random character of its line and keeps the glyphs that fit,
+stopping before the glyph that would overflow the right edge.
+
+Lines are split into train and val *before* rendering, so a line never appears in both splits.
+Rendered arrays are cached on disk as ``.npz``, keyed by everything that changes the pixels.
+
+Shape:
+    - render_line: ``(H, W)`` uint8.
+    - FontsDataset item: ``x`` ``(1, H, W)`` float32 in 0..1 (ink 1), ``y`` int font index.
+
+    H image height, W image width.
+"""
+# H height, W width
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from convrnn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+DEFAULT_FACES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral", "cmr10")
+# Ascenders and descenders: the ink height of this string is what fills ``height - 2`` pixels.
+REFERENCE_TEXT = "bdfghjklpqtyHJQ"
+
+# PostScript names of the ASCII punctuation glyphs. TeX-encoded fonts (cmr10 and friends) map
+# some ASCII codes to other glyphs ('<' is drawn as an inverted exclamation mark); a character whose
+# glyph has neither the expected name nor an accepted typographic variant is left out of the text.
+_ASCII_GLYPHS = {
+    "!": "exclam", '"': "quotedbl quotedblright", "#": "numbersign", "$": "dollar", "%": "percent",
+    "&": "ampersand", "'": "quotesingle quoteright", "(": "parenleft", ")": "parenright",
+    "*": "asterisk", "+": "plus", ",": "comma", "-": "hyphen minus", ".": "period", "/": "slash",
+    ":": "colon", ";": "semicolon", "<": "less", "=": "equal", ">": "greater", "?": "question",
+    "@": "at", "[": "bracketleft", "\\": "backslash", "]": "bracketright", "^": "asciicircum circumflex",
+    "_": "underscore", "`": "grave quoteleft", "{": "braceleft", "|": "bar", "}": "braceright",
+    "~": "asciitilde tilde",
+}
+
+
+@dataclass(frozen=True)
+class FontSpec:
+    """One font class: a short ``name`` (the class name) and the font file ``path``."""
+
+    name: str
+    path: str
+
+
+@dataclass
+class FontsDataConfig:
+    """Everything that decides the rendered pixels (and so the cache key), plus where to cache."""
+
+    fonts: list[str] = field(default_factory=list)   # files or folders; empty = default_fonts()
+    text: str | None = None                         # UTF-8 file of lines; None = embedded corpus
+    height: int = 16
+    width: int = 64
+    samples_per_font: int = 2000                     # train + val
+    val_fraction: float = 0.2
+    jitter: int = 2
+    seed: int = 0
+    cache_dir: str | None = None                     # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
+
+
+# ---------------------------------------------------------------------------------------- fonts
+
+def default_fonts() -> list[FontSpec]:
+    """Five visibly different faces bundled with matplotlib: sans, serif, mono, STIX and Computer Modern."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    specs = [FontSpec(name, str(folder / f"{name}.ttf")) for name in DEFAULT_FACES]
+    for spec in specs:
+        if not os.path.isfile(spec.path):
+            raise DataError(f"matplotlib's bundled font {spec.name} is missing: expected file {spec.path}")
+    return specs
+
+
+def resolve_fonts(paths: list[str]) -> list[FontSpec]:
+    """Font files (.ttf/.otf/.ttc) or folders of them -> one FontSpec per file, names made unique.
+
+    An empty list gives :func:`default_fonts`. Raises DataError naming the path for a missing path,
+    a folder without fonts, a file of another kind, or a font file PIL cannot read.
+    """
+    if not paths:
+        return default_fonts()
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).iterdir() if f.is_file() and f.suffix.lower() in FONT_SUFFIXES)
+            if not found:
+                raise DataError(f"expected font files ({', '.join(FONT_SUFFIXES)}) in folder {p}, found none")
+            files.extend(found)
+        elif os.path.isfile(p):
+            if Path(p).suffix.lower() not in FONT_SUFFIXES:
+                raise DataError(f"expected a font file ({', '.join(FONT_SUFFIXES)}), got {p}")
+            files.append(p)
+        else:
+            raise DataError(f"font path does not exist: {p}")
+    specs, seen = [], {}
+    for path in files:
+        try:
+            ImageFont.truetype(path, 12)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read font file {path}: {e}") from e
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        specs.append(FontSpec(name, path))
+    return specs
+
+
+@lru_cache(maxsize=None)
+def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
+    # BASIC layout: the same pixels with or without libraqm installed.
+    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
+
+
+@lru_cache(maxsize=None)
+def font_size_for(font: FontSpec, height: int) -> int:
+    """Largest font size whose REFERENCE_TEXT ink height is at most ``height - 2`` pixels."""
+    target, size = max(height - 2, 1), 1
+    for s in range(2, 4 * height + 1):
+        _, top, _, bottom = _truetype(font.path, s).getbbox(REFERENCE_TEXT)
+        if bottom - top > target:
+            break
+        size = s
+    return size
+
+
+@lru_cache(maxsize=None)
+def _layout(font: FontSpec, height: int) -> tuple[ImageFont.FreeTypeFont, int]:
+    """The face at :func:`font_size_for` size and the y that centres REFERENCE_TEXT's ink vertically."""
+    face = _truetype(font.path, font_size_for(font, height))
+    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    return face, (height - (bottom - top)) // 2 - top
+
+
+@lru_cache(maxsize=65536)
+def _advance(face: ImageFont.FreeTypeFont, char: str) -> float:
+    return face.getlength(char)
+
+
+def _ink_span(face: ImageFont.FreeTypeFont, text: str) -> tuple[int, int]:
+    """Columns ``[left, right)`` that the ink of ``text`` drawn at x = 0 covers (exact, unlike getbbox)."""
+    mask, (offset, _) = face.getmask2(text, "L")
+    box = mask.getbbox()
+    return (offset + box[0], offset + box[2]) if box else (0, 0)
+
+
+@lru_cache(maxsize=65536)
+def _ink_left(face: ImageFont.FreeTypeFont, char: str) -> int:
+    return _ink_span(face, char)[0]
+
+
+@lru_cache(maxsize=None)
+def supported_chars(font: FontSpec) -> frozenset[str] | None:
+    """Characters the font maps to their proper glyph; None when the character map cannot be read."""
+    try:
+        from matplotlib.ft2font import FT2Font
+
+        face = FT2Font(font.path)
+        charmap = face.get_charmap()
+    except Exception as e:  # noqa: BLE001 - any failure means "unknown", not "broken"
+        log.debug("cannot read the character map of %s (%s); assuming every character is drawn", font.path, e)
+        return None
+    chars = set()
+    for code, glyph in charmap.items():
+        c = chr(code)
+        expected = _ASCII_GLYPHS.get(c)
+        if expected is not None:
+            name = face.get_glyph_name(glyph)
+            if name and name.split(".")[0] not in expected.split():
+                continue
+        chars.add(c)
+    return frozenset(chars)
+
+
+def clean_lines(lines: list[str], fonts: list[FontSpec]) -> list[str]:
+    """Lines restricted to the characters every font draws properly (others dropped), spaces collapsed.
+
+    The same alphabet for all fonts, so the set of characters never gives the font away.
+    Lines left with fewer than two characters are dropped.
+    """
+    sets = [s for s in (supported_chars(f) for f in fonts) if s is not None]
+    alphabet = frozenset.intersection(*sets) if sets else None
+    out = []
+    for line in lines:
+        if alphabet is not None:
+            line = "".join(c if c in alphabet else " " for c in line)
+        line = " ".join(line.split())
+        if len(line) >= 2:
+            out.append(line)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- text
+
+def load_text_lines(path: str | None) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 file; ``None`` gives the embedded English corpus."""
+    if path is None:
+        raw = resources.files("convrnn.data").joinpath("corpus_default.txt").read_bytes()
+        path = "<embedded corpus_default.txt>"
+    else:
+        if not os.path.exists(path):
+            raise DataError(f"text file does not exist: {path}")
+        if os.path.isdir(path):
+            raise DataError(f"expected a text file, got a folder: {path}")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"expected UTF-8 text, got byte 0x{raw[e.start]:02x} at byte offset {e.start} in {path}") from e
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DataError(f"expected at least one non-empty line of text, got none in {path}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+def render_line(text: str, font: FontSpec, *, height: int = 16, width: int = 64,
+                rng: np.random.Generator | None = None, jitter: int = 2) -> np.ndarray:
+    """Draw a width-filling crop of ``text`` in ``font``: uint8 ``(H, W)``, ink 255 on 0.
+
+    With ``rng`` the crop starts at a random character (the line wraps around after a space) and the
+    text is shifted by up to ``jitter`` pixels right and up or down; without it, the crop starts
+    at the first character with no shift. Glyphs are added while their ink fits inside the width.
+    """
+    if not text.strip():
+        raise ValueError(f"expected text with at least one visible character, got {text!r}")
+    face, top_y = _layout(font, height)
+    start, dx, dy = 0, 0, 0
+    if rng is not None:
+        start = int(rng.integers(len(text)))
+        if jitter:
+            dx, dy = int(rng.integers(0, jitter + 1)), int(rng.integers(-jitter, jitter + 1))
+    # Enough wrapped copies of the line to cover the width at any start (one char is >= 1 px).
+    copies = 1 + (width + len(text)) // len(text)
+    run = ((text + " ") * (copies + 1))[start:].lstrip()[: width + 1]
+    x = dx - _ink_left(face, run[0])
+
+    def fits(k: int) -> bool:
+        return x + _ink_span(face, run[:k].rstrip())[1] <= width
+
+    # Guess from the cached advances, then correct with the exact ink box (kerning, overhangs).
+    k, pen = 0, x
+    while k < len(run) and pen + _advance(face, run[k]) <= width:
+        pen += _advance(face, run[k])
+        k += 1
+    k = max(k, 1)
+    while k > 1 and not fits(k):
+        k -= 1
+    while k < len(run) and fits(k + 1):
+        k += 1
+    y = top_y + dy
+    image = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(image).text((x, y), run[:k].rstrip(), font=face, fill=255)
+    return np.asarray(image, dtype=np.uint8)
+
+
+# -------------------------------------------------------------------------------------- dataset
+
+class FontsDataset:
+    """Rendered samples of one split: ``images`` (N, H, W) uint8, ``labels`` (N,), ``line_ids`` (N,).
+
+    ``line_ids[i]`` is the index, in the cleaned line list, of the line sample i was cut from.
+    ``dataset[i]`` is ``(x, y)``: x ``(1, H, W)`` float32 in 0..1 with ink 1, y the font index.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, line_ids: np.ndarray, classes: list[str]):
+        assert len(images) == len(labels) == len(line_ids)
+        self.images, self.labels, self.line_ids, self.classes = images, labels, line_ids, classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[i].astype(np.float32) / 255.0).unsqueeze(0)  # (H, W) -> (1, H, W)
+        return x, int(self.labels[i])
+
+
+def _check_config(config: FontsDataConfig) -> None:
+    checks = [("height", config.height >= 6, "at least 6"), ("width", config.width >= 4, "at least 4"),
+              ("samples_per_font", config.samples_per_font >= 1, "at least 1"),
+              ("val_fraction", 0.0 <= config.val_fraction < 1.0, "in [0, 1)"),
+              ("jitter", config.jitter >= 0, "at least 0")]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"data.{name}: expected {expected}, got {getattr(config, name)!r}")
+
+
+def split_lines(num_lines: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of line indices into (train, val); val gets round(fraction * n), at least 1 if fraction > 0."""
+    order = np.random.default_rng([seed, 0]).permutation(num_lines)
+    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * num_lines))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _render_split(fonts: list[FontSpec], lines: list[str], line_set: np.ndarray, per_font: int,
+                  config: FontsDataConfig, rng: np.random.Generator,
+                  tick: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = per_font * len(fonts)
+    images = np.zeros((n, config.height, config.width), dtype=np.uint8)
+    labels = np.repeat(np.arange(len(fonts), dtype=np.int64), per_font)
+    line_ids = rng.choice(line_set, size=n) if n else np.zeros(0, dtype=np.int64)
+    for i in range(n):
+        images[i] = render_line(lines[line_ids[i]], fonts[labels[i]], height=config.height, width=config.width,
+                                rng=rng, jitter=config.jitter)
+        tick()
+    return images, labels, line_ids.astype(np.int64)
+
+
+def _cache_key(fonts: list[FontSpec], lines: list[str], config: FontsDataConfig) -> str:
+    from PIL import __version__ as pil_version
+
+    def digest(path: str) -> str:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
+    key = {"format": FORMAT_VERSION, "pillow": pil_version, "freetype": ImageFont.core.freetype2_version,
+           "fonts": [[f.name, os.path.abspath(f.path), digest(f.path)] for f in fonts],
+           "text": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(),
+           **{k: v for k, v in asdict(config).items() if k not in ("fonts", "text", "cache_dir")}}
+    return json.dumps(key, sort_keys=True)
+
+
+def default_cache_dir() -> str:
+    """``$CONVRNN_CACHE/fonts`` when the variable is set, else ``~/.cache/convrnn/fonts``."""
+    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
+    return os.path.join(root, "fonts")
+
+
+def _load_cache(path: str, key: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if str(arrays.pop("key")) != key:
+            raise ValueError("key mismatch")
+        return arrays
+    except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt
+        log.warning("fonts cache %s is unreadable (%s: %s); rendering again", path, type(e).__name__, e)
+        return None
+
+
+def _save_cache(path: str, key: str, arrays: dict) -> None:
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, key=np.array(key), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not write fonts cache %s: %s", path, e)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], None] | None = None,
+                    use_cache: bool = True) -> tuple[FontsDataset, FontsDataset, dict]:
+    """Render (or load from the cache) the train and val splits of the fonts dataset.
+
+    Returns ``(train, val, meta)`` with meta ``{"classes", "height", "width", "fonts", "alphabet",
+    "num_lines", "cache"}``. ``progress(done, total)`` is called while rendering.
+    """
+    _check_config(config)
+    fonts = resolve_fonts(list(config.fonts))
+    source = config.text if config.text is not None else "<embedded corpus>"
+    lines = clean_lines(load_text_lines(config.text), fonts)
+    if len(lines) < (2 if config.val_fraction > 0 else 1):
+        raise DataError(f"expected at least 2 text lines the fonts can draw (to split train/val), "
+                        f"got {len(lines)} in {source}")
+    train_lines, val_lines = split_lines(len(lines), config.val_fraction, config.seed)
+    n_val = round(config.samples_per_font * config.val_fraction)
+    n_train = config.samples_per_font - n_val
+
+    key = _cache_key(fonts, lines, config)
+    cache_path = None
+    if use_cache:
+        name = "fonts-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".npz"
+        cache_path = os.path.join(config.cache_dir or default_cache_dir(), name)
+    t0 = time.perf_counter()
+    arrays = _load_cache(cache_path, key) if cache_path else None
+    if arrays is not None:
+        log.info("loaded %d fonts images from cache %s in %.2f s",
+                 len(arrays["train_images"]) + len(arrays["val_images"]), cache_path, time.perf_counter() - t0)
+    else:
+        total, done = len(fonts) * config.samples_per_font, [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None and (done[0] % 64 == 0 or done[0] == total):
+                progress(done[0], total)
+
+        arrays = {}
+        for split, line_set, per_font in (("train", train_lines, n_train), ("val", val_lines, n_val)):
+            rng = np.random.default_rng([config.seed, 1 if split == "train" else 2])
+            images, labels, line_ids = _render_split(fonts, lines, line_set, per_font, config, rng, tick)
+            arrays.update({f"{split}_images": images, f"{split}_labels": labels, f"{split}_line_ids": line_ids})
+        log.info("rendered %d fonts images (%d fonts) in %.2f s", total, len(fonts), time.perf_counter() - t0)
+        if cache_path:
+            _save_cache(cache_path, key, arrays)
+
+    classes = [f.name for f in fonts]
+    train, val = (FontsDataset(arrays[f"{s}_images"], arrays[f"{s}_labels"], arrays[f"{s}_line_ids"], classes)
+                  for s in ("train", "val"))
+    alphabet = "".join(sorted(set("".join(lines))))
+    meta = {"classes": classes, "height": config.height, "width": config.width, "fonts": [f.path for f in fonts],
+            "alphabet": alphabet, "num_lines": {"train": len(train_lines), "val": len(val_lines)},
+            "cache": cache_path}
+    return train, val, meta
+
+
+def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
+                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2, scale: int = 4) -> str:
+    """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
+
+    Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
+    """
+    from convrnn.viz.grid import image_grid, save_png
+
+    specs: list[FontSpec] = []
+    for f in fonts:
+        specs.extend([f] if isinstance(f, FontSpec) else resolve_fonts([str(f)]))
+    lines = clean_lines(list(text_lines), specs)
+    if not lines:
+        raise DataError("expected at least one text line the fonts can draw for the preview, got none")
+    rng = np.random.default_rng(seed)
+    rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
+                               rng=rng, jitter=jitter) for _ in range(samples)] for spec in specs]
+    save_png(image_grid(rows, [s.name for s in specs], scale=scale), out_png)
+    return out_png
