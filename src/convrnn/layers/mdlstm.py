@@ -314,3 +314,75 @@ class Collapse(nn.Module, Shaped):
         else:
             y = x.sum(dim=2) if self.mode == "sum" else x.mean(dim=2)  # (B, C, H, W) -> (B, C, W)
         return y.transpose(1, 2)  # (B, C, W) -> (B, W, C)
+
+
+# ------------------------------------------------------------------------ spec ops (docs/spec.md)
+# Registered on import; convrnn.spec.grammar.PLUGIN_MODULES imports this module the first time a
+# spec names one of these ops.
+
+from convrnn.spec.builder import BuildContext, register_op  # noqa: E402
+from convrnn.spec.grammar import POS_INT, PROB, SIZE, OpSchema, OpSpec, Param, choice, int_choice  # noqa: E402
+
+
+def _build_tile(op: OpSpec, shape: tuple, ctx: BuildContext) -> nn.Module:
+    return Tile(*op["size"])
+
+
+def _build_mdlstm(op: OpSpec, shape: tuple, ctx: BuildContext) -> nn.Module:
+    return MDLSTM2d(shape[1], op["hidden"], directions=op["dirs"], combine="sum" if op["sum"] else "concat",
+                    dropout=op["dropout"])
+
+
+def _build_lstm2d(op: OpSpec, shape: tuple, ctx: BuildContext) -> nn.Module:
+    return SeparableLSTM2d(shape[1], op["hidden"], combine="sum" if op["sum"] else "concat")
+
+
+def _build_collapse(op: OpSpec, shape: tuple, ctx: BuildContext) -> nn.Module:
+    return Collapse(op["mode"])
+
+
+register_op("tile", OpSchema("tile", "tile:KHxKW", "space-to-depth: each KHxKW tile becomes one pixel",
+                             args=(Param("size", SIZE),)), _build_tile, accepts=["image"])
+register_op("mdlstm", OpSchema("mdlstm", "mdlstm:N[,dirs=1|2|4][,sum][,dropout=P]",
+                               "multidirectional 2-D LSTM, N units per direction",
+                               args=(Param("hidden", POS_INT),),
+                               keywords=(Param("dirs", int_choice(1, 2, 4), 4), Param("dropout", PROB, 0.0)),
+                               flags=("sum",)), _build_mdlstm, accepts=["image"])
+register_op("lstm2d", OpSchema("lstm2d", "lstm2d:N[,sum]", "separable 2-D LSTM: biLSTM over rows, then columns",
+                               args=(Param("hidden", POS_INT),), flags=("sum",)), _build_lstm2d, accepts=["image"])
+register_op("collapse", OpSchema("collapse", "collapse[:sum|mean|max]", "height collapse: image -> sequence",
+                                 args=(Param("mode", choice("sum", "mean", "max"), "sum"),)),
+            _build_collapse, accepts=["image"])
+
+
+# ---------------------------------------------------------------- spec ops (docs/spec.md, "Adding an op")
+from convrnn.spec.builder import BuildContext, register_op  # noqa: E402 - the layers above need no spec
+from convrnn.spec.grammar import POS_INT, PROB, SIZE, OpSchema, Param, choice, int_choice  # noqa: E402
+
+
+def _build_mdlstm(op, input_shape, ctx: BuildContext) -> MDLSTM2d:
+    return MDLSTM2d(input_shape[1], op["hidden"], directions=op["dirs"],
+                    combine="sum" if op["sum"] else "concat", dropout=op["dropout"])
+
+
+def _build_seplstm(op, input_shape, ctx: BuildContext) -> SeparableLSTM2d:
+    return SeparableLSTM2d(input_shape[1], op["hidden"], combine="sum" if op["sum"] else "concat")
+
+
+register_op("mdlstm", OpSchema(
+    "mdlstm", "mdlstm:H[,dirs=1|2|4][,sum][,dropout=P]",
+    "multidirectional 2-D LSTM along anti-diagonals: H units per direction, outputs concatenated (D*H) or summed (H)",
+    args=(Param("hidden", POS_INT),),
+    keywords=(Param("dirs", int_choice(1, 2, 4), 4), Param("dropout", PROB, 0.0)),
+    flags=("sum",)), _build_mdlstm, accepts=["image"])
+register_op("seplstm", OpSchema(
+    "seplstm", "seplstm:H[,sum]",
+    "separable 2-D LSTM: bidirectional LSTM over rows then columns, 2H channels (H with sum)",
+    args=(Param("hidden", POS_INT),), flags=("sum",)), _build_seplstm, accepts=["image"])
+register_op("tile", OpSchema(
+    "tile", "tile:KHxKW", "space-to-depth: each KHxKW tile becomes one pixel of C*KH*KW channels (zero-padded)",
+    args=(Param("size", SIZE),)), lambda op, shape, ctx: Tile(*op["size"]), accepts=["image"])
+register_op("collapse", OpSchema(
+    "collapse", "collapse:sum|mean|max", "collapse the height: image (B, C, H, W) -> sequence (B, W, C)",
+    args=(Param("mode", choice(*Collapse.MODES), "sum"),)), lambda op, shape, ctx: Collapse(op["mode"]),
+    accepts=["image"])
