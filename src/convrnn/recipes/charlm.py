@@ -1,0 +1,165 @@
+"""The ``charlm`` recipe: a character (or byte) language model of any text (seed 004, done properly).
+
+Data: one text file or a folder (default: a text shipped with the package, so it runs offline),
+split contiguously (the last ``val_fraction`` validates), cut into ``B`` contiguous streams walked
+``T`` steps at a time; the trainer carries the hidden state from one batch to the next (truncated
+BPTT) and resets it at each epoch start. ``--random-windows`` trains on independent windows instead.
+The vocabulary (256 bytes, or the characters of the training text) is stored in checkpoint meta.
+
+Shape:
+    batch ``x``, ``y``: ``(B, T)`` int64 token ids; model output ``(B, T, V)`` next-token logits.
+    B batch (streams), T time steps (``seq_len``), V vocabulary size.
+"""
+# B batch, T time steps, V vocabulary
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
+from convrnn.errors import ConfigError, DataError
+from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.tasks.lm import LanguageModelTask
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus_default.txt"
+VAL_BATCH_SIZE = 16     # validation streams: few, long stripes, so carried state warms up once per stripe
+VAL_SEQ_LEN = 256
+
+
+@dataclass
+class CharLMDataConfig:
+    """Where the text comes from and how it is cut into training batches."""
+
+    path: str = ""               # text file or folder; empty = the embedded default corpus
+    unit: str = "char"           # char (vocabulary of the training text) or byte (256 symbols, any file)
+    seq_len: int = 128           # T: steps per batch (truncated BPTT length)
+    stateful: bool = True        # contiguous streams with carried state; False = random windows
+    val_fraction: float = 0.1    # the last fraction of the text validates
+    random_offset: bool = True   # stateful: each epoch starts its stripes at a different offset
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def choose_threads(cores: Optional[int] = None, load: Optional[float] = None) -> int:
+    """Default CPU threads: the cores not already busy with other processes, at least 1.
+
+    On a 2-core machine an LSTM runs ~1.9x faster on 2 threads than on 1 when idle, but ~4x slower
+    when another process holds a core (each step waits for the slowest thread), so a thread is only
+    worth adding when its core is idle. ``load`` is the 1-minute load average (other runnable
+    processes; this one has not started working yet).
+    """
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # pragma: no cover
+            load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's CPU threads: ``threads`` when positive, else :func:`choose_threads`; logs the choice."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        return threads
+    chosen = choose_threads()
+    torch.set_num_threads(chosen)
+    log.info("using %d CPU thread(s) of %d cores (1-minute load %.2f); set --threads to override",
+             chosen, available_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    return chosen
+
+
+class CharLMTask(LanguageModelTask):
+    """The LM task with throughput in characters (or bytes): ``count(batch)`` is ``B * T``."""
+
+    def __init__(self, vocab: Vocab):
+        super().__init__(vocab)
+        self.unit = "bytes" if vocab.is_bytes else "chars"
+
+    def count(self, batch: dict) -> int:
+        return int(batch["y"].numel())
+
+
+def load_text(cfg: CharLMDataConfig):
+    """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit byte."""
+    return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit)
+
+
+def validate_data_config(cfg: CharLMDataConfig) -> None:
+    checks = [
+        (cfg.unit in ("char", "byte"), "data.unit", "char or byte", cfg.unit),
+        (cfg.seq_len >= 1, "data.seq_len", "at least 1", cfg.seq_len),
+        (0.0 < cfg.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", cfg.val_fraction),
+    ]
+    for ok, key, expected, got in checks:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+@register_recipe
+class CharLMRecipe(Recipe):
+    name = "charlm"
+    description = "character or byte language model of any text, truncated BPTT, sampling (seed 004)"
+    default_preset = "charlm"
+    data_config = CharLMDataConfig
+    train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
+                      "clip_grad_norm": 1.0, "checkpoint_every": 200, "log_every": 20}
+    cli_options = (
+        CliOption("--data", "data.path", "text file or folder (default: a text embedded in the package)"),
+        CliOption("--unit", "data.unit", "char: vocabulary of the training text (UTF-8); byte: 256 symbols, any file"),
+        CliOption("--seq-len", "data.seq_len", "time steps per batch (truncated BPTT length T)", type=int),
+        CliOption("--stateful/--random-windows", "data.stateful",
+                  "contiguous streams with carried state (default), or independent random windows", is_flag=True),
+        CliOption("--val-fraction", "data.val_fraction", "last fraction of the text used for validation", type=float),
+    )
+
+    def make_data(self, data_cfg: CharLMDataConfig, train_cfg, *, progress=None) -> DataBundle:
+        validate_data_config(data_cfg)
+        apply_threads(train_cfg.threads)
+        text = load_text(data_cfg)
+        train_text, val_text = split_corpus(text, data_cfg.val_fraction)
+        if not train_text or not val_text:
+            raise DataError(f"{data_cfg.path or DEFAULT_CORPUS}: {len(text)} symbols are too few to split "
+                            f"{1 - data_cfg.val_fraction:g}/{data_cfg.val_fraction:g}")
+        vocab = Vocab.from_text(train_text)
+        train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
+        bs, seq_len = train_cfg.batch_size, data_cfg.seq_len
+        if data_cfg.stateful:
+            train = StreamBatches(train_ids, bs, seq_len, random_offset=data_cfg.random_offset, seed=train_cfg.seed)
+        else:
+            train = RandomWindows(train_ids, bs, seq_len, seed=train_cfg.seed)
+        val_bs = max(1, min(VAL_BATCH_SIZE, (len(val_ids) - 1) // 2))
+        val = StreamBatches(val_ids, val_bs, VAL_SEQ_LEN)
+        log.info("%s corpus: %d train and %d validation %s, vocabulary of %d", data_cfg.unit,
+                 len(train_ids), len(val_ids), "bytes" if vocab.is_bytes else "characters", len(vocab))
+        meta = {"vocab": vocab.to_dict(), "unit": data_cfg.unit, "train_symbols": len(train_ids),
+                "val_symbols": len(val_ids)}
+        return DataBundle(train=train, val=val, input_shape=(None,), num_outputs=len(vocab), meta=meta)
+
+    def make_task(self, meta: dict) -> CharLMTask:
+        return CharLMTask(Vocab.from_dict(meta["vocab"]))
+
+    def predict(self, model, ckpt: dict, inputs: list[str], **options) -> list[str]:
+        """One sample (temperature 0.8, seed 0, 200 symbols) continuing each input prime."""
+        from convrnn.sampling import safe_text, sample
+
+        vocab = Vocab.from_dict(ckpt["meta"]["vocab"])
+        out = []
+        for prime in inputs:
+            (text,) = sample(model, vocab, prime=prime, length=options.get("length", 200),
+                             temperature=options.get("temperature", 0.8), seed=options.get("seed", 0))
+            out.append(prime + (safe_text(text) if isinstance(text, bytes) else text))
+        return out
