@@ -107,3 +107,62 @@ def fonts(*, num_outputs: int = 5, input_shape: tuple = (1, 16, 64), hidden_size
             f"cols lstm:{hidden_size},bi cls:{pool}")
     return Preset(spec, input_shape, "font classification of text lines: CRNN-style columns, biLSTM", "classify",
                   num_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Character / byte language models (the charlm recipe, issue 5). Input: token ids (T,).
+
+@register_model
+def charrnn(*, num_outputs: int = 65, input_shape: tuple = (None,), hidden_size: int = 512, num_layers: int = 2,
+            dropout: float = 0.5) -> Preset:
+    """Karpathy's char-rnn: one-hot input, LSTM 512 x 2 (or 3) layers, dropout, per-step projection."""
+    spec = f"onehot lstm:{hidden_size},layers={num_layers},dropout={dropout} drop:{dropout} lm"
+    return Preset(spec, input_shape, "char-rnn: one-hot, LSTM 512 x 2, dropout, next-char logits", "lm",
+                  num_outputs)
+
+
+@register_model
+def charlm(*, num_outputs: int = 65, input_shape: tuple = (None,), hidden_size: int = 512, embed: int = 64) -> Preset:
+    """The charlm recipe's CPU-friendly default: embedding, one wide LSTM layer, next-char projection.
+
+    One 512-wide layer learns more per CPU second than two narrower ones (see docs/charlm.md).
+    """
+    spec = f"embed:{embed} lstm:{hidden_size} lm"
+    return Preset(spec, input_shape, "char LM for CPUs: embed 64, LSTM 512, next-char logits", "lm", num_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text-line recognition with CTC (the lines recipe, issue 4). Input: a line image (1, H, W), W varies.
+
+@register_model
+def crnn(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), filters: int = 32, hidden_size: int = 128,
+         num_layers: int = 2, dropout: float = 0.2) -> Preset:
+    """The lines recipe's fast default (Shi et al. 2015 / Puigcerver 2017 family).
+
+    Three conv/bn/pool blocks (the last pools only the height), one step per column at 1/4 of the
+    width, a bidirectional LSTM stack, per-step logits over the alphabet plus the CTC blank.
+    """
+    f = filters
+    spec = (f"conv:{f},3x3 bn pool:2x2 conv:{2 * f},3x3 bn pool:2x2 conv:{4 * f},3x3 bn pool:2x1 "
+            f"cols lstm:{hidden_size},bi,layers={num_layers},dropout={dropout} ctc")
+    return Preset(spec, input_shape, "text lines: conv blocks, columns, biLSTM stack, CTC (fast default)", "ctc",
+                  num_outputs)
+
+
+@register_model
+def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropout: float = 0.5,
+             subsample: str = "4x2") -> Preset:
+    """Seed 003: Pham, Bluche, Kermorvant and Louradour (2014), dropout on MDLSTM outputs.
+
+    2x2 tiles -> MDLSTM 2 (4 directions) -> conv 6 tanh -> MDLSTM 10 -> conv 20 tanh -> MDLSTM 50
+    -> fully connected to the alphabet (a 1x1 conv on every pixel) -> sum over the height -> CTC.
+    The directions are concatenated; a convolution over the concatenation equals the paper's
+    per-direction convolutions summed. The paper's non-overlapping 2x4 subsampling convolutions are
+    applied 4 pixels tall and 2 wide (``subsample``, height x width) so that a 32-pixel line ends
+    one row high with one frame per 8 pixels of width (see docs/lines.md).
+    """
+    p, s = dropout, subsample
+    spec = (f"tile:2x2 mdlstm:2,dropout={p} conv:6,{s},tanh,s={s},valid mdlstm:10,dropout={p} "
+            f"conv:20,{s},tanh,s={s},valid mdlstm:50,dropout={p} conv:{{num_outputs}},1x1,linear collapse:sum")
+    return Preset(spec.replace("{num_outputs}", str(num_outputs)), input_shape,
+                  "seed 003: Pham et al. 2014 MDLSTM + conv, dropout 0.5, height sum, CTC", "ctc", num_outputs)
