@@ -90,7 +90,7 @@ def _make_train_command(recipe_name: str):
             if kwargs.get(name) is not None:
                 overrides[key] = kwargs[name]
         for opt in recipe.cli_options:
-            value = kwargs.get(opt.flag.lstrip("-").replace("-", "_"))
+            value = kwargs.get(opt.flag.split("/")[0].lstrip("-").replace("-", "_"))  # "--a/--no-a" -> a
             if value is None or (opt.multiple and not value):
                 continue
             overrides[opt.key] = list(value) if opt.multiple else value
@@ -222,7 +222,7 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
 
 # Further command groups live in convrnn/commands/<name>.py, each with ``register(cli)``; adding a
 # group means adding its module name here, never growing this file.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("sample",)
 
 
 def _register_command_modules() -> None:

@@ -67,6 +67,7 @@ def register_recipe(cls):
 
 def _load_builtin() -> None:
     from convrnn.recipes import fonts  # noqa: F401  (registers itself)
+    from convrnn.recipes import charlm  # noqa: F401
 
 
 def list_recipes() -> list[str]:
