@@ -26,7 +26,7 @@ def reference_mdlstm(m: MDLSTM2d, x: torch.Tensor) -> torch.Tensor:
                 h_up, c_up = h.get((i - 1, j), zero), c.get((i - 1, j), zero)
                 z = (xk[:, :, i, j] @ m.weight_ih[k].T + h_left @ m.weight_hh_left[k].T
                      + h_up @ m.weight_hh_up[k].T + m.bias[k])
-                gi, gfl, gfu, gg, go = z.chunk(5, dim=1)
+                gi, gfl, gfu, go, gg = z.chunk(5, dim=1)
                 c[i, j] = (torch.sigmoid(gfl) * c_left + torch.sigmoid(gfu) * c_up
                            + torch.sigmoid(gi) * torch.tanh(gg))
                 h[i, j] = torch.sigmoid(go) * torch.tanh(c[i, j])
@@ -76,9 +76,9 @@ def test_directions_differ():
 
 
 def _lstm_to_mdlstm_gates(w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """nn.LSTM gate blocks (i, f, g, o) -> MDLSTM2d blocks (i, f_left, f_up, g, o)."""
+    """nn.LSTM gate blocks (i, f, g, o) -> MDLSTM2d blocks (i, f_left, f_up, o, g)."""
     i, f, g, o = w.chunk(4, dim=0)
-    return torch.cat([i, f, up, g, o], dim=0)
+    return torch.cat([i, f, up, o, g], dim=0)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -193,3 +193,18 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(m(x), m(x))
     m.train()
     assert (m(x) == 0).any()
+
+
+def test_spec_ops_build_the_pham_stack():
+    from convrnn.spec.builder import build_model
+    from convrnn.spec.grammar import format_spec, parse
+
+    spec = "tile:2x2 mdlstm:4,dropout=0.25 conv:8,2x4,tanh mdlstm:6,dirs=2,sum seplstm:3 collapse:max ctc"
+    assert parse(format_spec(parse(spec))) == parse(spec)
+    torch.manual_seed(8)
+    model = build_model(spec, input_shape=(1, 16, None), num_outputs=5).eval()
+    kinds = [type(m).__name__ for m in model.modules()]
+    assert {"Tile", "MDLSTM2d", "SeparableLSTM2d", "Collapse"} <= set(kinds)
+    out = model.run(torch.randn(2, 1, 16, 40), lengths=torch.tensor([40, 29]))
+    assert out.y.shape == (2, 20, 5)
+    assert out.lengths.tolist() == [20, 15]

@@ -54,7 +54,7 @@ class MDLSTM2d(nn.Module, Shaped):
     """Multidirectional 2-D LSTM computed along anti-diagonals.
 
     For each direction the cell at ``(i, j)`` of the (mirrored) image computes, with gates in the
-    order ``i, f_left, f_up, g, o``::
+    order ``i, f_left, f_up, o, g`` (input, two forget, output, cell candidate)::
 
         z = W x[i,j] + U_left h[i,j-1] + U_up h[i-1,j] + b
         c[i,j] = f_left * c[i,j-1] + f_up * c[i-1,j] + i * g
@@ -82,6 +82,7 @@ class MDLSTM2d(nn.Module, Shaped):
     """
 
     uses_lengths = True
+    activation_factor = 10  # per cell and direction, backward keeps ~10N values per N outputs (docs/spec.md)
 
     def __init__(self, input_size: int, hidden_size: int, *, directions: int = 4,
                  combine: str = "concat", dropout: float = 0.0):
@@ -132,49 +133,60 @@ class MDLSTM2d(nn.Module, Shaped):
         return self.dropout(y)  # (B, D*N or N, H, W)
 
     def _scan(self, x: torch.Tensor) -> torch.Tensor:
-        """One top-left-to-bottom-right pass for every direction at once: (D, B, C, H, W) -> (D, B, N, H, W)."""
-        d_, b_, _, h_, w_ = x.shape
+        """One top-left-to-bottom-right pass for every direction at once: (D, B, C, H, W) -> (D, B, N, H, W).
+
+        The image is skewed (row ``i`` shifted right by ``i``), so anti-diagonal ``d`` becomes
+        column ``d`` of an ``H x (W+H-1)`` grid: the left neighbour of a cell is the same row of the
+        previous column and the upper neighbour the row above in the previous column. Each step
+        updates one whole column (``H`` cells, those outside the image are held at zero) with one
+        batched matmul; states live as (D, N, H, B) so every elementwise op runs on contiguous rows.
+        """
+        d_, b_, c_, h_, w_ = x.shape
         n = self.hidden_size
-        # Input projection of every cell, before the loop: (D, B, C, H, W) -> (D, H, W, B, G)
-        z_in = torch.einsum("dbchw,dgc->dhwbg", x, self.weight_ih)
-        z_in = z_in + self.bias[:, None, None, None, :]
-        w_hh = torch.cat([self.weight_hh_left, self.weight_hh_up], dim=2).transpose(1, 2)  # (D, G, 2N) -> (D, 2N, G)
-        zeros = x.new_zeros(d_, 1, b_, n)  # the state outside the image, one row of a diagonal
-        h_prev = c_prev = x.new_zeros(d_, 0, b_, n)  # (D, L, B, N) on the previous diagonal
-        lo_prev = 0
-        h_diags = []
-        for d in range(h_ + w_ - 1):
-            lo, hi = max(0, d - w_ + 1), min(d, h_ - 1)  # rows of the cells with i + j = d
-            rows = torch.arange(lo, hi + 1, device=x.device)
-            length = hi - lo + 1
-            # Pad the previous diagonal with a zero row on each side; index k <-> row lo_prev + k - 1.
-            h_pad = torch.cat([zeros, h_prev, zeros], dim=1)  # (D, L', B, N) -> (D, L'+2, B, N)
-            c_pad = torch.cat([zeros, c_prev, zeros], dim=1)
-            left = slice(lo - lo_prev + 1, lo - lo_prev + 1 + length)  # cell (i, j-1): row i
-            up = slice(lo - lo_prev, lo - lo_prev + length)  # cell (i-1, j): row i-1
-            h_nb = torch.cat([h_pad[:, left], h_pad[:, up]], dim=3)  # (D, L, B, 2N)
-            z_rec = torch.bmm(h_nb.reshape(d_, length * b_, 2 * n), w_hh)  # (D, L*B, 2N) -> (D, L*B, G)
-            z = z_in[:, rows, d - rows] + z_rec.view(d_, length, b_, 5 * n)  # (D, L, B, G)
-            i, f_left, f_up, g, o = z.chunk(5, dim=3)
-            c = (torch.sigmoid(f_left) * c_pad[:, left] + torch.sigmoid(f_up) * c_pad[:, up]
-                 + torch.sigmoid(i) * torch.tanh(g))
-            h = torch.sigmoid(o) * torch.tanh(c)
-            h_diags.append(h)
-            h_prev, c_prev, lo_prev = h, c, lo
-        # Diagonal order -> row-major order: (D, H*W, B, N) -> (D, H, W, B, N) -> (D, B, N, H, W)
-        h_all = torch.cat(h_diags, dim=1)
-        order = _diagonal_to_raster(h_, w_, x.device)
-        h_all = h_all.index_select(1, order).view(d_, h_, w_, b_, n)
-        return h_all.permute(0, 3, 4, 1, 2)
+        # Skew the input and cut it into columns (one per anti-diagonal), with an all-ones channel
+        # that carries the bias: (D, B, C, H, W) -> (D, C+1, H, W+H-1, B) -> W+H-1 x (D, C+1, H, B)
+        ones = x.new_ones(d_, b_, 1, h_, w_)
+        x_cols = _skew(torch.cat([x, ones], dim=2).permute(0, 2, 3, 4, 1)).permute(3, 0, 1, 2, 4).contiguous()
+        # All weights of a cell side by side: (D, G, C+1+2N) for [x, 1, h_left, h_up]
+        w_all = torch.cat([self.weight_ih, self.bias[:, :, None], self.weight_hh_left, self.weight_hh_up], dim=2)
+        rows = torch.arange(h_, device=x.device)
+        zero_row = x.new_zeros(d_, n, 1, b_)
+        h_prev = c_prev = x.new_zeros(d_, n, h_, b_)  # (D, N, H, B): the column before the first
+        h_cols = []
+        for d, x_col in enumerate(x_cols.unbind(0)):
+            h_up = torch.cat([zero_row, h_prev[:, :, :-1]], dim=2)  # row i-1 of the previous column
+            c_up = torch.cat([zero_row, c_prev[:, :, :-1]], dim=2)
+            inputs = torch.cat([x_col, h_prev, h_up], dim=1)  # (D, C+1+2N, H, B): input, left, up
+            z = torch.bmm(w_all, inputs.view(d_, -1, h_ * b_)).view(d_, 5 * n, h_, b_)  # (D, G, H, B)
+            z_sig, z_g = z.split([4 * n, n], dim=1)  # (D, G, H, B) -> (D, 4N, H, B), (D, N, H, B)
+            i, f_left, f_up, o = torch.sigmoid(z_sig).chunk(4, dim=1)  # 4 x (D, N, H, B)
+            c = torch.addcmul(torch.addcmul(i * torch.tanh(z_g), f_left, c_prev), f_up, c_up)
+            h = o * torch.tanh(c)
+            if d < h_ - 1 or d > w_ - 1:  # some rows of this column lie outside the image: zero them
+                inside = ((d - rows >= 0) & (d - rows < w_)).to(x.dtype)[None, None, :, None]  # (1, 1, H, 1)
+                c, h = c * inside, h * inside
+            h_cols.append(h)
+            h_prev, c_prev = h, c
+        h_skewed = torch.stack(h_cols, dim=3)  # W+H-1 x (D, N, H, B) -> (D, N, H, W+H-1, B)
+        return _unskew(h_skewed, w_).permute(0, 4, 1, 2, 3)  # (D, N, H, W, B) -> (D, B, N, H, W)
 
 
-def _diagonal_to_raster(height: int, width: int, device) -> torch.Tensor:
-    """Index into the diagonal-ordered cells for each cell in row-major order: (H*W,)."""
-    i = torch.arange(height, device=device)[:, None].expand(height, width)
-    j = torch.arange(width, device=device)[None, :].expand(height, width)
-    # Cells sorted by (diagonal, row) is the order the scan produced them in.
-    key = (i + j) * height + i
-    return torch.argsort(key.reshape(-1)).argsort()
+def _skew(t: torch.Tensor) -> torch.Tensor:
+    """Shift row ``i`` right by ``i``: (..., H, W, B) -> (..., H, W+H-1, B), zeros elsewhere.
+    Cell (i, j) lands at (i, i+j), so anti-diagonal ``i + j = d`` becomes column ``d``."""
+    *lead, h, w, b = t.shape
+    t = nn.functional.pad(t, (0, 0, 0, h))  # (..., H, W, B) -> (..., H, W+H, B)
+    # Row i starts at flat offset i*(W+H) = i*(W+H-1) + i: re-read with rows of W+H-1, it is shifted by i.
+    flat = t.reshape(*lead, h * (w + h), b)[..., :h * (w + h - 1), :]  # -> (..., H*(W+H-1), B)
+    return flat.view(*lead, h, w + h - 1, b)  # -> (..., H, W+H-1, B)
+
+
+def _unskew(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of ``_skew``: (..., H, W+H-1, B) -> (..., H, W, B)."""
+    *lead, h, _, b = t.shape
+    flat = t.reshape(*lead, h * (width + h - 1), b)  # (..., H, W+H-1, B) -> (..., H*(W+H-1), B)
+    flat = nn.functional.pad(flat, (0, 0, 0, h))  # -> (..., H*(W+H), B)
+    return flat.view(*lead, h, width + h, b)[..., :width, :]  # -> (..., H, W, B)
 
 
 class SeparableLSTM2d(nn.Module, Shaped):
@@ -354,35 +366,6 @@ register_op("collapse", OpSchema("collapse", "collapse[:sum|mean|max]", "height 
                                  args=(Param("mode", choice("sum", "mean", "max"), "sum"),)),
             _build_collapse, accepts=["image"])
 
-
-# ---------------------------------------------------------------- spec ops (docs/spec.md, "Adding an op")
-from convrnn.spec.builder import BuildContext, register_op  # noqa: E402 - the layers above need no spec
-from convrnn.spec.grammar import POS_INT, PROB, SIZE, OpSchema, Param, choice, int_choice  # noqa: E402
-
-
-def _build_mdlstm(op, input_shape, ctx: BuildContext) -> MDLSTM2d:
-    return MDLSTM2d(input_shape[1], op["hidden"], directions=op["dirs"],
-                    combine="sum" if op["sum"] else "concat", dropout=op["dropout"])
-
-
-def _build_seplstm(op, input_shape, ctx: BuildContext) -> SeparableLSTM2d:
-    return SeparableLSTM2d(input_shape[1], op["hidden"], combine="sum" if op["sum"] else "concat")
-
-
-register_op("mdlstm", OpSchema(
-    "mdlstm", "mdlstm:H[,dirs=1|2|4][,sum][,dropout=P]",
-    "multidirectional 2-D LSTM along anti-diagonals: H units per direction, outputs concatenated (D*H) or summed (H)",
-    args=(Param("hidden", POS_INT),),
-    keywords=(Param("dirs", int_choice(1, 2, 4), 4), Param("dropout", PROB, 0.0)),
-    flags=("sum",)), _build_mdlstm, accepts=["image"])
-register_op("seplstm", OpSchema(
-    "seplstm", "seplstm:H[,sum]",
-    "separable 2-D LSTM: bidirectional LSTM over rows then columns, 2H channels (H with sum)",
-    args=(Param("hidden", POS_INT),), flags=("sum",)), _build_seplstm, accepts=["image"])
-register_op("tile", OpSchema(
-    "tile", "tile:KHxKW", "space-to-depth: each KHxKW tile becomes one pixel of C*KH*KW channels (zero-padded)",
-    args=(Param("size", SIZE),)), lambda op, shape, ctx: Tile(*op["size"]), accepts=["image"])
-register_op("collapse", OpSchema(
-    "collapse", "collapse:sum|mean|max", "collapse the height: image (B, C, H, W) -> sequence (B, W, C)",
-    args=(Param("mode", choice(*Collapse.MODES), "sum"),)), lambda op, shape, ctx: Collapse(op["mode"]),
-    accepts=["image"])
+register_op("seplstm", OpSchema("seplstm", "seplstm:N[,sum]",
+                                "separable 2-D LSTM (same layer as lstm2d): biLSTM over rows, then columns; 2N channels, N with sum",
+                                args=(Param("hidden", POS_INT),), flags=("sum",)), _build_lstm2d, accepts=["image"])
