@@ -163,6 +163,6 @@ def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropo
     """
     p, s = dropout, subsample
     spec = (f"tile:2x2 mdlstm:2,dropout={p} conv:6,{s},tanh,s={s},valid mdlstm:10,dropout={p} "
-            f"conv:20,{s},tanh,s={s},valid mdlstm:50,dropout={p} conv:{{num_outputs}},1x1,linear collapse:sum")
-    return Preset(spec.replace("{num_outputs}", str(num_outputs)), input_shape,
+            f"conv:20,{s},tanh,s={s},valid mdlstm:50,dropout={p} conv:{num_outputs},1x1,linear collapse:sum")
+    return Preset(spec, input_shape,
                   "seed 003: Pham et al. 2014 MDLSTM + conv, dropout 0.5, height sum, CTC", "ctc", num_outputs)
