@@ -71,6 +71,10 @@ def run(quick: bool = False) -> dict:
     slow_subset = _time_fwd_bwd(lambda t: per_cell_mdlstm(m, t), x[..., :columns], 1)
     slow = slow_subset * WIDTH / columns
 
+    torch.set_num_threads(1)  # for reference: small per-step ops gain little from a second thread
+    fast_one_thread = _time_fwd_bwd(m, x, repeats)
+    torch.set_num_threads(2)
+
     ratio = slow / fast
     return {
         "name": "mdlstm_speedup",
@@ -80,7 +84,9 @@ def run(quick: bool = False) -> dict:
             "workload": f"batch {BATCH}, {CHANNELS}x{HEIGHT}x{WIDTH} images, {DIRECTIONS} directions, "
                         f"{HIDDEN} units, float32, 2 threads",
             "anti_diagonal_seconds": fast,
+            "anti_diagonal_seconds_1_thread": fast_one_thread,
             "anti_diagonal_steps": HEIGHT + WIDTH - 1,
+            "note": "wall-clock times on a shared 2-core machine; other jobs running at the same time inflate both sides",
             "per_cell_seconds_estimated": slow,
             "per_cell_seconds_measured": slow_subset,
             "per_cell_note": f"per-cell loop timed on the first {columns} of {WIDTH} columns and scaled "
