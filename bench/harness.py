@@ -43,7 +43,9 @@ def machine() -> dict:
     dev = "cpu"
     if torch.cuda.is_available():
         dev = f"cuda ({torch.cuda.get_device_name(0)})"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None,)
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_avg_1min_at_end": load[0],
             "torch": torch.__version__, "python": platform.python_version(), "device": dev,
             "platform": platform.platform()}
 
