@@ -36,7 +36,7 @@ class FontsRecipe(Recipe):
     description = "font classification of rendered text-line images (seeds 000/001)"
     default_preset = "fonts"
     data_config = FontsDataConfig
-    train_defaults = {"epochs": 30, "max_time": 110.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
+    train_defaults = {"epochs": 30, "max_time": 100.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "checkpoint_every": 500}
     cli_options = (
         CliOption("--fonts", "data.fonts", "font file (.ttf/.otf) or folder; repeat for each class "
