@@ -1,0 +1,111 @@
+"""RegressTask and ValueClassifyTask: losses and metrics against hand-computed examples."""
+import math
+
+import pytest
+import torch
+
+from convrnn.errors import DataError
+from convrnn.tasks.base import ModelOutput
+from convrnn.tasks.regress import RegressTask, ValueClassifyTask
+
+
+def batch_of(y, lengths, mask=None):
+    y = torch.tensor(y)
+    b = {"y_int": y, "y": y.float(), "lengths": torch.tensor(lengths), "x": torch.zeros(len(lengths), 1)}
+    if mask is not None:
+        b["mask"] = torch.tensor(mask)
+    return b
+
+
+def test_sequence_metrics_by_hand():
+    task = RegressTask()  # mean 0, std 1: the output is the value
+    out = ModelOutput(torch.tensor([[3.2], [7.0], [10.6], [0.4]]))
+    batch = batch_of([3, 8, 10, 0], [1, 2, 2, 1])
+    m = task.new_metrics()
+    m.update(out, batch)
+    r = m.compute()
+    errs = [0.2, -1.0, 0.6, 0.4]
+    assert r["mse"] == pytest.approx(sum(e * e for e in errs) / 4)
+    assert r["mae"] == pytest.approx(sum(abs(e) for e in errs) / 4)
+    assert r["exact"] == pytest.approx(2 / 4)  # 3.2 -> 3 yes, 7 vs 8 no, 10.6 -> 11 no, 0.4 -> 0 yes
+    assert r["exact_len1"] == 1.0 and r["exact_len2"] == 0.0
+    assert r["mse_len2"] == pytest.approx((1.0 + 0.36) / 2)
+    assert r["mae_len1"] == pytest.approx(0.3)
+    assert r["loss"] == pytest.approx(r["mse"])
+
+
+def test_metrics_accumulate_over_batches_like_one_batch():
+    task = RegressTask(target_mean=5.0, target_std=2.0)
+    ys, outs, lens = [1, 4, 9, 6, 2], torch.randn(5, 1, generator=torch.Generator().manual_seed(0)), [1, 2, 3, 2, 1]
+    whole = task.new_metrics()
+    whole.update(ModelOutput(outs), batch_of(ys, lens))
+    split = task.new_metrics()
+    split.update(ModelOutput(outs[:2]), batch_of(ys[:2], lens[:2]))
+    split.update(ModelOutput(outs[2:]), batch_of(ys[2:], lens[2:]))
+    a, b = whole.compute(), split.compute()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k]), k
+
+
+def test_standardised_loss_and_values():
+    task = RegressTask(target_mean=10.0, target_std=4.0)
+    out = ModelOutput(torch.tensor([[0.5], [-1.0]]))
+    batch = batch_of([12, 6], [1, 1])
+    assert task.values(out).tolist() == [12.0, 6.0]
+    assert float(task.loss(out, batch)) == pytest.approx(0.0)
+    out2 = ModelOutput(torch.tensor([[1.5], [-1.0]]))  # first is 16 instead of 12: z error 1
+    assert float(task.loss(out2, batch)) == pytest.approx(0.5)
+
+
+def test_per_step_mask_keeps_padding_out():
+    task = RegressTask(per_step=True)
+    # two sequences: lengths 3 and 1; padding outputs are wild and must not count
+    out = ModelOutput(torch.tensor([[[1.0], [3.0], [6.4]], [[5.0], [99.0], [-50.0]]]))
+    batch = batch_of([[1, 3, 6], [5, 0, 0]], [3, 1], mask=[[True, True, True], [True, False, False]])
+    assert float(task.loss(out, batch)) == pytest.approx(0.16 / 4)
+    m = task.new_metrics()
+    m.update(out, batch)
+    r = m.compute()
+    assert r["mse"] == pytest.approx(0.16 / 4)
+    assert r["exact"] == 1.0 and r["exact_step"] == 1.0
+    assert r["mse_len3"] == pytest.approx(0.16 / 3) and r["mse_len1"] == 0.0
+    wrong = ModelOutput(torch.tensor([[[1.0], [2.0], [6.0]], [[5.0], [0.0], [0.0]]]))
+    m = task.new_metrics()
+    m.update(wrong, batch)
+    r = m.compute()
+    assert r["exact"] == 0.5 and r["exact_step"] == pytest.approx(3 / 4)
+
+
+def test_value_classify_argmax_and_ignored_targets():
+    task = ValueClassifyTask(5)
+    logits = torch.full((3, 5), -5.0)
+    logits[0, 2] = logits[1, 4] = logits[2, 1] = 5.0
+    batch = batch_of([2, 3, 7], [1, 2, 3])  # 7 cannot be represented: ignored by the loss, counted wrong
+    out = ModelOutput(logits)
+    assert task.values(out).tolist() == [2, 4, 1]
+    expected = (torch.nn.functional.cross_entropy(logits[:2], torch.tensor([2, 3]))).item()
+    assert float(task.loss(out, batch)) == pytest.approx(expected)
+    m = task.new_metrics()
+    m.update(out, batch)
+    r = m.compute()
+    assert r["exact"] == pytest.approx(1 / 3)
+    assert r["mse"] == pytest.approx((0 + 1 + 36) / 3)
+    assert r["exact_len1"] == 1.0 and r["exact_len3"] == 0.0
+
+
+def test_value_classify_all_ignored_gives_zero_loss_with_graph():
+    task = ValueClassifyTask(3)
+    logits = torch.zeros(2, 3, requires_grad=True)
+    loss = task.loss(ModelOutput(logits), batch_of([5, 9], [2, 2]))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and math.isfinite(float(logits.grad.sum()))
+
+
+def test_shape_errors_name_expected_and_actual():
+    with pytest.raises(DataError, match=r"expected a regression output \(B, 1\), got shape \(2, 3\)"):
+        RegressTask().values(ModelOutput(torch.zeros(2, 3)))
+    with pytest.raises(DataError, match="V = 4"):
+        ValueClassifyTask(4).values(ModelOutput(torch.zeros(2, 3)))
+    with pytest.raises(DataError, match="target_std"):
+        RegressTask(target_std=0.0)
