@@ -144,7 +144,7 @@ def crnn(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), filters: 
     """
     f = filters
     spec = (f"conv:{f},3x3 bn pool:2x2 conv:{2 * f},3x3 bn pool:2x2 conv:{4 * f},3x3 bn pool:2x1 "
-            f"cols lstm:{hidden_size},bi,layers={num_layers},dropout={dropout} ctc")
+            f"cols lstm:{hidden_size},bi,layers={num_layers}{f',dropout={dropout}' if num_layers > 1 else ''} ctc")
     return Preset(spec, input_shape, "text lines: conv blocks, columns, biLSTM stack, CTC (fast default)", "ctc",
                   num_outputs)
 
