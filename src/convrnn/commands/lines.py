@@ -1,0 +1,42 @@
+"""``convrnn plot ctc RUN LINE.png --out PNG``: per-frame character probabilities under the line image.
+
+Adds the ``ctc`` command to the ``plot`` group of :mod:`convrnn.commands.plot`.
+"""
+# B batch, T frames, V labels (blank + alphabet)
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="ctc")
+@click.argument("run", type=click.Path())
+@click.argument("image", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default="ctc.png", show_default=True, help="PNG to write")
+def ctc(run: str, image: str, out: str) -> None:
+    """Draw a lines run's per-frame character probabilities for IMAGE, aligned under the image."""
+    import torch
+
+    from convrnn.recipes.lines import LinesCTCTask, run_lines
+    from convrnn.recipes.runner import load_run
+    from convrnn.tasks.base import ModelOutput
+    from convrnn.viz.ctc_plot import plot_ctc
+
+    model, ckpt, _ = load_run(run, expect_recipe="lines")
+    alphabet = ckpt["meta"]["alphabet"]
+    logits, frames = run_lines(model, ckpt, [image])
+    n = int(frames[0])
+    probs = torch.softmax(logits[0, :n].float(), dim=-1).numpy()  # (T, V)
+    text = LinesCTCTask(alphabet).decode(ModelOutput(logits[:, :n], frames))[0]
+    from convrnn.data.lines import prepare_line
+    pixels = prepare_line(image, int(ckpt["input_shape"][1]))
+    path = plot_ctc(pixels, probs, alphabet, out, text=text)
+    click.echo(f"wrote {path} ({n} frames, greedy text {text!r})")
+
+
+def register(cli: click.Group) -> None:
+    group = cli.commands.get("plot")
+    if group is None:  # the plot group registers itself from convrnn.commands.plot
+        from convrnn.commands import plot as plot_commands
+        plot_commands.register(cli)
+        group = cli.commands["plot"]
+    group.add_command(ctc)

@@ -1,0 +1,292 @@
+"""Text-line images with transcriptions: folder and TSV manifest readers, scaling, batching.
+
+Two on-disk formats (the kraken/calamari/ocropy convention and a manifest):
+
+- a folder of ``name.png`` (any image Pillow reads) next to ``name.gt.txt`` (UTF-8 transcription);
+- a TSV manifest, one ``path<TAB>text`` per line, paths relative to the manifest's folder. Paths that
+  leave that folder (``../x.png``, absolute paths elsewhere) are refused unless allowed.
+
+Every line is read once, before training: turned into ink-bright uint8 (ink 255 on 0, dark-on-light
+scans inverted), scaled to a fixed height keeping its aspect ratio. Bad samples (unreadable or empty
+images, missing or empty transcriptions, text that is not UTF-8) are skipped, counted and logged by
+file name, so nothing can fail mid-epoch; ``strict`` turns the first one into a DataError instead.
+"""
+# B batch, C channels (1), H height, W width
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from convrnn.data.batching import IndexedBatches
+from convrnn.data.images import load_gray, to_ink
+from convrnn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm")
+GT_SUFFIX = ".gt.txt"
+
+
+@dataclass
+class LinesDataConfig:
+    """Where the lines come from and how they are shaped. ``data`` and ``synthetic`` exclude each other."""
+
+    data: str = ""                 # folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)
+    val: str = ""                  # validation folder/manifest; empty = val_fraction of `data`
+    test: str = ""                 # optional test folder/manifest
+    synthetic: str = ""            # "digits" or "text": generated lines instead of `data`
+    height: int = 32               # every line is scaled to this height, keeping its aspect ratio
+    max_width: int = 2048          # lines wider than this after scaling are skipped (0 = no limit)
+    val_fraction: float = 0.1
+    allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
+    strict: bool = False           # a bad sample is an error instead of a counted skip
+    seed: int = 0
+    # synthetic lines (see convrnn.data.synthetic_lines)
+    num_train: int = 20000
+    num_val: int = 1000
+    num_test: int = 1000
+    max_digits: int = 8            # digits: strings of 1..max_digits digits
+    mnist_dir: str = ""            # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
+    text: str = ""                 # text: UTF-8 file of lines to render (empty = embedded corpus)
+    fonts: list[str] = field(default_factory=list)  # text: font files/folders (empty = matplotlib's)
+    max_chars: int = 32            # text: longest rendered line in characters
+
+
+@dataclass
+class LineSet:
+    """Lines of one split: ink-bright uint8 images ``(H, W_i)`` of one height, texts and names."""
+
+    images: list[np.ndarray]
+    texts: list[str]
+    names: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it was left out
+
+    def __post_init__(self):
+        assert len(self.images) == len(self.texts) == len(self.names)
+        self.widths = np.array([im.shape[1] for im in self.images], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: Iterable[int]) -> "LineSet":
+        idx = list(indices)
+        return LineSet([self.images[i] for i in idx], [self.texts[i] for i in idx], [self.names[i] for i in idx])
+
+
+# ---------------------------------------------------------------------------------------- images
+
+def scale_to_height(ink: np.ndarray, height: int) -> np.ndarray:
+    """uint8 ``(H, W)`` -> uint8 ``(height, W')`` with ``W' = max(1, round(W * height / H))``."""
+    from PIL import Image
+
+    h, w = ink.shape
+    if h == height:
+        return ink
+    new_w = max(1, int(round(w * height / h)))
+    return np.asarray(Image.fromarray(ink).resize((new_w, height), Image.BILINEAR), dtype=np.uint8)
+
+
+def prepare_line(path: str | Path, height: int) -> np.ndarray:
+    """An image file -> ink-bright uint8 ``(height, W)``; DataError when unreadable, empty or blank."""
+    gray = load_gray(path)
+    ink = (to_ink(gray) * 255.0 + 0.5).astype(np.uint8)
+    if int(ink.max()) - int(ink.min()) == 0:
+        raise DataError(f"{path}: the image is blank (every pixel is {int(ink.max())})")
+    return scale_to_height(ink, height)
+
+
+def read_transcription(path: Path) -> str:
+    """The stripped UTF-8 text of a ``.gt.txt`` file; DataError when missing, not UTF-8 or empty."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing transcription")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected UTF-8 text, got byte 0x{e.object[e.start]:02x} at offset {e.start}") from None
+    text = " ".join(text.split())  # one line: newlines and runs of spaces become one space
+    if not text:
+        raise DataError(f"{path}: empty transcription")
+    return text
+
+
+# --------------------------------------------------------------------------------------- readers
+
+def _folder_entries(folder: Path) -> list[tuple[str, Optional[Path], Optional[str]]]:
+    """``(name, image path, transcription)`` for every image/.gt.txt stem in ``folder`` (sorted)."""
+    images = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(GT_SUFFIX):
+            images.setdefault(p.name[: -len(p.suffix)], p)
+    gts = {p.name[: -len(GT_SUFFIX)] for p in folder.iterdir() if p.name.endswith(GT_SUFFIX)}
+    entries = []
+    for stem in sorted(set(images) | gts):
+        entries.append((stem, images.get(stem), None))
+    return entries
+
+
+def _manifest_entries(manifest: Path, allow_outside_root: bool) -> list[tuple[str, Optional[Path], Optional[str]]]:
+    root = manifest.parent.resolve()
+    try:
+        lines = manifest.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{manifest}: expected a UTF-8 manifest, got byte 0x{e.object[e.start]:02x} "
+                        f"at offset {e.start}") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise DataError(f"{manifest}:{number}: expected 'path<TAB>text', got {line[:60]!r} (no tab)")
+        rel, text = line.split("\t", 1)
+        path = (root / rel.strip()).resolve()
+        if not allow_outside_root and not path.is_relative_to(root):
+            raise DataError(f"{manifest}:{number}: path {rel!r} leaves the dataset folder {root}; "
+                            f"set data.allow_outside_root=true to allow it")
+        entries.append((f"{rel.strip()} (line {number})", path, " ".join(text.split())))
+    return entries
+
+
+def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_root: bool = False,
+               strict: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
+    """Every good line of a folder or TSV manifest, scaled to ``height``; bad ones skipped and counted."""
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt "
+                        f"or a TSV file of path<TAB>text)")
+    if path.is_dir():
+        entries = _folder_entries(path)
+    else:
+        entries = _manifest_entries(path, allow_outside_root)
+    if not entries:
+        raise DataError(f"{source}: expected line images with transcriptions, found none")
+    images, texts, names, skipped = [], [], [], {}
+    for k, (name, image_path, text) in enumerate(entries):
+        try:
+            if image_path is None:
+                raise DataError(f"{path / name}: a transcription without an image ({name}{GT_SUFFIX})")
+            if text is None:  # folder format: read the .gt.txt next to the image
+                text = read_transcription(image_path.with_name(name + GT_SUFFIX))
+            elif not text:
+                raise DataError(f"{name}: empty transcription")
+            ink = prepare_line(image_path, height)
+            if max_width and ink.shape[1] > max_width:
+                raise DataError(f"{image_path}: {ink.shape[1]} pixels wide at height {height}, "
+                                f"more than data.max_width={max_width}")
+        except DataError as e:
+            if strict:
+                raise
+            skipped[name] = str(e)
+            continue
+        finally:
+            if progress is not None:
+                progress(k + 1, len(entries))
+        images.append(ink)
+        texts.append(text)
+        names.append(name)
+    if skipped:
+        shown = "; ".join(list(skipped.values())[:10])
+        log.warning("%s: skipped %d of %d lines (%s%s)", source, len(skipped), len(entries), shown,
+                    "; ..." if len(skipped) > 10 else "")
+    if not images:
+        raise DataError(f"{source}: all {len(entries)} lines are bad, none left to use "
+                        f"(first problem: {next(iter(skipped.values()))})")
+    lines = LineSet(images, texts, names)
+    lines.skipped = skipped
+    return lines
+
+
+# ------------------------------------------------------------------------------------ alphabets
+
+def build_alphabet(texts: Iterable[str]) -> list[str]:
+    """The sorted distinct characters of the training transcriptions (the CTC labels 1..V-1)."""
+    chars = sorted(set("".join(texts)))
+    if not chars:
+        raise DataError("expected training transcriptions with at least one character, got none")
+    return chars
+
+
+def unseen_characters(texts: Iterable[str], alphabet: Sequence[str]) -> dict[str, int]:
+    """``{character: count}`` of characters in ``texts`` that are not in ``alphabet``."""
+    known, counts = set(alphabet), {}
+    for text in texts:
+        for ch in text:
+            if ch not in known:
+                counts[ch] = counts.get(ch, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def split_lines(lines: LineSet, val_fraction: float, seed: int) -> tuple[LineSet, LineSet]:
+    """A seeded split by distinct transcription, so no validation text appears in training."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: expected a fraction in (0, 1) to split off validation lines, "
+                          f"got {val_fraction}")
+    distinct = sorted(set(lines.texts))
+    if len(distinct) < 2:
+        raise DataError(f"need at least 2 distinct transcriptions to split off validation lines, got {len(distinct)}")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    n_val = min(max(1, int(round(len(distinct) * val_fraction))), len(distinct) - 1)
+    val_texts = {distinct[i] for i in order[:n_val]}
+    val_idx = [i for i, t in enumerate(lines.texts) if t in val_texts]
+    train_idx = [i for i, t in enumerate(lines.texts) if t not in val_texts]
+    return lines.subset(train_idx), lines.subset(val_idx)
+
+
+# -------------------------------------------------------------------------------------- batches
+
+def line_fetcher(lines: LineSet) -> Callable[[np.ndarray], dict]:
+    """Batches padded on the right to the widest line: ``x`` ``(B, 1, H, W)`` in 0..1, ``lengths`` widths.
+
+    Targets are not encoded here: the CTC task encodes ``texts`` with its own alphabet (the
+    checkpoint's at evaluation), so a validation text with unseen characters cannot break a batch.
+    """
+    def fetch(idx: np.ndarray) -> dict:
+        items = [lines.images[int(i)] for i in idx]
+        height, width = items[0].shape[0], max(im.shape[1] for im in items)
+        x = np.zeros((len(items), height, width), dtype=np.uint8)
+        for k, im in enumerate(items):
+            x[k, :, : im.shape[1]] = im
+        x_t = torch.from_numpy(x).unsqueeze(1).float().div_(255.0)  # (B, H, W) -> (B, 1, H, W)
+        return {"x": x_t, "lengths": torch.from_numpy(lines.widths[idx]),
+                "texts": [lines.texts[int(i)] for i in idx], "ids": [lines.names[int(i)] for i in idx]}
+
+    return fetch
+
+
+def line_batches(lines: LineSet, batch_size: int, *, shuffle: bool = True, seed: int = 0) -> IndexedBatches:
+    """Batches of lines of similar width (``sort_key``): less padding, same resumable order."""
+    widths = lines.widths
+    return IndexedBatches(range(len(lines)), batch_size, fetch=line_fetcher(lines), shuffle=shuffle, seed=seed,
+                          sort_key=lambda i: int(widths[i]))
+
+
+def write_line_folder(lines: LineSet, folder: str | Path, *, dark_on_light: bool = True) -> Path:
+    """Write ``lines`` as ``NNNNNN.png`` + ``NNNNNN.gt.txt`` (for other tools, e.g. kraken's ketos)."""
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, (image, text) in enumerate(zip(lines.images, lines.texts)):
+        pixels = 255 - image if dark_on_light else image
+        Image.fromarray(pixels).save(out / f"{k:06d}.png")
+        (out / f"{k:06d}{GT_SUFFIX}").write_text(text + "\n", encoding="utf-8")
+    return out
+
+
+def check_config(cfg: LinesDataConfig) -> None:
+    checks = [("height", cfg.height >= 8, "at least 8"), ("max_width", cfg.max_width >= 0, "0 or more"),
+              ("num_train", cfg.num_train >= 1, "at least 1"), ("num_val", cfg.num_val >= 1, "at least 1"),
+              ("num_test", cfg.num_test >= 0, "0 or more"), ("max_digits", cfg.max_digits >= 1, "at least 1"),
+              ("max_chars", cfg.max_chars >= 2, "at least 2")]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"data.{name}: expected {expected}, got {getattr(cfg, name)!r}")
+    if bool(cfg.data) == bool(cfg.synthetic):
+        raise ConfigError("the lines recipe needs exactly one of --data DIR|MANIFEST or --synthetic digits|text, "
+                          f"got data={cfg.data!r} and synthetic={cfg.synthetic!r}")
+    if cfg.synthetic and cfg.synthetic not in ("digits", "text"):
+        raise ConfigError(f"data.synthetic: expected 'digits' or 'text', got {cfg.synthetic!r}")

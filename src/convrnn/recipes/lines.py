@@ -1,0 +1,195 @@
+"""The ``lines`` recipe: text-line recognition with CTC (seed 003, issue 4).
+
+Data: a folder of ``name.png`` + ``name.gt.txt``, a TSV manifest, or synthetic lines (handwritten
+digit strings, printed text). The alphabet is built from the training transcriptions and stored in
+the checkpoint; the task encodes each batch's texts with it, so evaluating on other data works and
+characters the model never saw are counted (``unseen_chars``) instead of breaking a batch.
+"""
+# B batch, C channels (1), H height, W width, T frames, V labels (blank + alphabet)
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import click
+import torch
+
+from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_config, line_batches,
+                                line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
+from convrnn.errors import DataError
+from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.tasks.base import ModelOutput
+from convrnn.tasks.ctc import CharNgramLM, CTCMetrics, CTCTask, Lexicon
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ task
+
+class LinesCTCTask(CTCTask):
+    """CTC on batches that carry ``texts``: targets are encoded here with the task's alphabet.
+
+    Characters outside the alphabet are left out of the targets (so the loss stays defined) but stay
+    in the references, so CER/WER count them as errors; metrics report how many there were.
+    """
+
+    unit = "lines"
+
+    def with_targets(self, batch: dict) -> dict:
+        if "targets" in batch:
+            return batch
+        labels = [[self.index[ch] for ch in text if ch in self.index] for text in batch["texts"]]
+        flat = [k for lab in labels for k in lab]
+        return {**batch, "targets": torch.tensor(flat, dtype=torch.long),
+                "target_lengths": torch.tensor([len(lab) for lab in labels], dtype=torch.long)}
+
+    def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
+        return super().loss(out, self.with_targets(batch))
+
+    def count(self, batch: dict) -> int:
+        return len(batch["texts"])
+
+    def new_metrics(self) -> "LinesMetrics":
+        return LinesMetrics(self)
+
+
+class LinesMetrics(CTCMetrics):
+    """CTC metrics plus ``unseen_chars``: reference characters outside the model's alphabet."""
+
+    def __init__(self, task: LinesCTCTask):
+        super().__init__(task)
+        self.unseen: dict[str, int] = {}
+
+    def update(self, out: ModelOutput, batch: dict) -> None:
+        super().update(out, self.task.with_targets(batch))
+        for ch, n in unseen_characters(batch["texts"], self.task.alphabet).items():
+            self.unseen[ch] = self.unseen.get(ch, 0) + n
+
+    def compute(self) -> dict[str, float]:
+        if self.unseen:
+            shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
+            log.warning("%d reference characters are not in the model's alphabet and count as errors: %s",
+                        sum(self.unseen.values()), shown)
+        return {**super().compute(), "unseen_chars": float(sum(self.unseen.values()))}
+
+
+# ---------------------------------------------------------------------------------------- recipe
+
+def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSet:
+    from convrnn.data.synthetic_lines import digit_lines, text_lines
+
+    if cfg.synthetic == "digits":
+        return digit_lines(count, split=split, max_digits=cfg.max_digits, height=cfg.height, seed=cfg.seed,
+                           mnist_dir=cfg.mnist_dir or None, progress=progress)
+    return text_lines(count, split=split, height=cfg.height, seed=cfg.seed, text=cfg.text or None,
+                      fonts=cfg.fonts, max_chars=cfg.max_chars, progress=progress)
+
+
+def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
+    """Train, validation and (optional) test lines for ``cfg``."""
+    check_config(cfg)
+    if cfg.synthetic:
+        train = _synthetic(cfg, "train", cfg.num_train, progress)
+        val = _synthetic(cfg, "val", cfg.num_val, progress)
+        test = _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None
+        return train, val, test
+    opts = dict(height=cfg.height, max_width=cfg.max_width, allow_outside_root=cfg.allow_outside_root,
+                strict=cfg.strict, progress=progress)
+    train = read_lines(cfg.data, **opts)
+    if cfg.val:
+        val = read_lines(cfg.val, **opts)
+    else:
+        train, val = split_lines(train, cfg.val_fraction, cfg.seed)
+    test = read_lines(cfg.test, **opts) if cfg.test else None
+    return train, val, test
+
+
+@register_recipe
+class LinesRecipe(Recipe):
+    name = "lines"
+    description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
+    default_preset = "crnn"
+    data_config = LinesDataConfig
+    train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "lr": 1e-3, "schedule": "onecycle",
+                      "checkpoint_every": 500, "val_batches": 0}
+    cli_options = (
+        CliOption("--data", "data.data", "folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)"),
+        CliOption("--synthetic", "data.synthetic", "generated lines instead of --data: handwritten digit "
+                  "strings or printed text", type=click.Choice(["digits", "text"])),
+        CliOption("--val", "data.val", "validation folder/manifest (default: a split of --data by text)"),
+        CliOption("--test", "data.test", "test folder/manifest (for `convrnn eval RUN --split test`)"),
+        CliOption("--height", "data.height", "line height in pixels after scaling", type=int),
+        CliOption("--num-train", "data.num_train", "synthetic training lines", type=int),
+        CliOption("--max-digits", "data.max_digits", "synthetic digits: longest string", type=int),
+        CliOption("--mnist-dir", "data.mnist_dir", "synthetic digits: MNIST IDX folder"),
+        CliOption("--text", "data.text", "synthetic text: UTF-8 file of lines to render"),
+        CliOption("--fonts", "data.fonts", "synthetic text: font file or folder (repeatable)", multiple=True),
+    )
+
+    def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None) -> DataBundle:
+        train, val, test = load_splits(data_cfg, progress)
+        alphabet = build_alphabet(train.texts)
+        unseen = unseen_characters(val.texts, alphabet)
+        if unseen:
+            log.warning("validation texts use %d characters that no training text has (%s): they count as errors",
+                        len(unseen), ", ".join(repr(c) for c in list(unseen)[:20]))
+        bs = train_cfg.batch_size
+        log.info("lines: %d train, %d val%s lines of height %d; alphabet of %d characters", len(train), len(val),
+                 f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))
+        meta = {"alphabet": alphabet, "height": data_cfg.height,
+                "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
+        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed),
+                          val=line_batches(val, max(bs, 64), shuffle=False),
+                          test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
+                          input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
+
+    def make_task(self, meta: dict) -> LinesCTCTask:
+        return LinesCTCTask(meta["alphabet"])
+
+    def predict(self, model, ckpt: dict, inputs: list[str], *, beam: Optional[int] = None,
+                lexicon: Optional[str] = None, lm: Optional[str] = None, **options) -> list[str]:
+        """``path<TAB>text`` per line image: greedy decoding, or prefix beam search with ``beam`` (and a
+        word list ``lexicon`` / a character 3-gram model trained on the text file ``lm``)."""
+        task = self.make_task(ckpt["meta"])
+        logits, lengths = run_lines(model, ckpt, inputs)
+        if not beam and not lexicon and not lm:
+            texts = task.decode(ModelOutput(logits, lengths))
+        else:
+            kwargs = {"beam_width": beam or 10}
+            if lexicon:
+                kwargs["lexicon"] = Lexicon(_read_words(lexicon))
+            if lm:
+                kwargs["char_lm"] = CharNgramLM(3).fit(_read_text(lm).splitlines())
+            texts = [task.beam_decode(logits[i], length=int(lengths[i]), **kwargs) for i in range(len(inputs))]
+        return [f"{path}\t{text}" for path, text in zip(inputs, texts)]
+
+
+def run_lines(model, ckpt: dict, inputs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, T, V)`` and valid frames ``(B,)`` for line image files, scaled to the model's height."""
+    height = int(ckpt["input_shape"][1])
+    images = [prepare_line(p, height) for p in inputs]
+    lines = LineSet(images, [""] * len(images), list(inputs))
+    batch = line_fetcher(lines)(torch.arange(len(images)).numpy())
+    model.eval()
+    with torch.inference_mode():
+        out = model.run(batch["x"], batch["lengths"])
+    frames = out.lengths if out.lengths is not None else torch.full((len(images),), out.y.shape[1])
+    return out.y, frames
+
+
+def _read_text(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected UTF-8 text ({e})") from None
+
+
+def _read_words(path: str) -> list[str]:
+    words = sorted({w for w in _read_text(path).split()})
+    if not words:
+        raise DataError(f"{path}: expected a word list (one word per line), got no words")
+    return words

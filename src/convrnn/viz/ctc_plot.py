@@ -1,0 +1,82 @@
+"""CTC alignments under the line image: per-frame character probabilities, one curve per character.
+
+Frame ``t`` of ``T`` valid frames covers columns ``[t * W / T, (t + 1) * W / T)`` of a ``W``-pixel
+line, so the probability axis shares the image's x axis: a peak sits under the glyph it reads.
+"""
+# H height, W width, T frames, V labels (blank + alphabet)
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+BLANK = 0
+
+
+def frame_centers(num_frames: int, width: int) -> np.ndarray:
+    """The x (pixel) centre of each of ``num_frames`` frames spread over ``width`` pixels: ``(T,)``."""
+    step = width / max(num_frames, 1)
+    return (np.arange(num_frames) + 0.5) * step
+
+
+def characters_to_show(probs: np.ndarray, alphabet: Sequence[str], *, threshold: float = 0.1,
+                       limit: int = 12) -> list[int]:
+    """Labels (>= 1) whose probability reaches ``threshold`` on some frame, most confident first."""
+    peaks = probs[:, 1:].max(axis=0)  # (T, V) -> (V-1,)
+    order = [int(k) + 1 for k in np.argsort(-peaks) if peaks[k] >= threshold]
+    return order[:limit]
+
+
+def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_png: str | Path, *,
+             text: Optional[str] = None, title: Optional[str] = None) -> Path:
+    """Draw ``image`` (uint8 ``(H, W)``, ink bright) over ``probs`` (``(T, V)`` per-frame softmax,
+    label 0 the blank) and write ``out_png`` atomically. Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if probs.ndim != 2 or probs.shape[1] != len(alphabet) + 1:
+        raise ValueError(f"expected probabilities (T, {len(alphabet) + 1}) for {len(alphabet)} characters "
+                         f"+ blank, got shape {probs.shape}")
+    height, width = image.shape
+    t = frame_centers(probs.shape[0], width)
+    fig_w = min(max(6.0, width / 40.0), 30.0)
+    fig, (ax_img, ax_p) = plt.subplots(2, 1, sharex=True, figsize=(fig_w, 4.2),
+                                       gridspec_kw={"height_ratios": [max(height / width * fig_w, 0.6), 2.2]})
+    ax_img.imshow(255 - image, cmap="gray", aspect="auto", extent=(0, width, height, 0), vmin=0, vmax=255)
+    ax_img.set_yticks([])
+    ax_img.set_title(title or (f"greedy: {text!r}" if text is not None else "CTC alignment"), fontsize=10)
+    for edge in np.arange(probs.shape[0] + 1) * (width / max(probs.shape[0], 1)):
+        ax_img.axvline(edge, color="tab:blue", alpha=0.15, linewidth=0.5)
+    ax_p.plot(t, probs[:, BLANK], color="0.6", linestyle="--", linewidth=1.0, label="blank")
+    cmap = plt.get_cmap("tab20")
+    best = probs.argmax(axis=1)
+    for n, label in enumerate(characters_to_show(probs, alphabet)):
+        color = cmap(n % 20)
+        ax_p.plot(t, probs[:, label], color=color, linewidth=1.3, label=repr(alphabet[label - 1]))
+        for frame in np.flatnonzero(best == label):  # name the character where it wins the frame
+            ax_p.annotate(alphabet[label - 1], (t[frame], probs[frame, label]), textcoords="offset points",
+                          xytext=(0, 3), ha="center", fontsize=8, color=color)
+    ax_p.set_ylim(0, 1.08)
+    ax_p.set_xlim(0, width)
+    ax_p.set_xlabel("x (pixels of the scaled line); one tick per frame")
+    ax_p.set_ylabel("p(label | frame)")
+    ax_p.set_xticks(t, minor=True)
+    ax_p.legend(loc="upper right", fontsize=7, ncol=min(6, 1 + len(ax_p.lines) // 2), framealpha=0.8)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,262 @@
+"""The lines recipe: readers with bad files, batching, synthetic splits, overfitting one batch, CLI smoke."""
+# B batch, C channels, H height, W width, T frames
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convrnn.cli import main
+from convrnn.data.lines import (LineSet, build_alphabet, line_batches, read_lines, scale_to_height, split_lines,
+                                unseen_characters, write_line_folder)
+from convrnn.data.synthetic_lines import digit_lines, heldout_text, text_lines
+from convrnn.errors import DataError
+from convrnn.recipes.lines import LinesCTCTask
+from convrnn.spec import build_model, format_spec, parse
+from convrnn.tasks.base import ModelOutput
+
+
+def _line_image(path, width=40, height=20, dark_on_light=True, seed=0):
+    rng = np.random.default_rng(seed)
+    ink = np.zeros((height, width), dtype=np.uint8)
+    ink[5:15, 3:width - 3] = rng.integers(100, 256, size=(10, width - 6))
+    Image.fromarray(255 - ink if dark_on_light else ink).save(path)
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    """Two good lines and one of each kind of bad sample."""
+    d = tmp_path / "lines"
+    d.mkdir()
+    for name, text in (("good1", "ab c"), ("good2", "ba")):
+        _line_image(d / f"{name}.png", seed=len(name))
+        (d / f"{name}.gt.txt").write_text(text + "\n", encoding="utf-8")
+    (d / "garbage.png").write_bytes(b"this is not a png")
+    (d / "garbage.gt.txt").write_text("x", encoding="utf-8")
+    Image.fromarray(np.full((20, 30), 255, np.uint8)).save(d / "blank.png")
+    (d / "blank.gt.txt").write_text("y", encoding="utf-8")
+    _line_image(d / "nogt.png")
+    _line_image(d / "emptygt.png")
+    (d / "emptygt.gt.txt").write_text("  \n", encoding="utf-8")
+    (d / "orphan.gt.txt").write_text("z", encoding="utf-8")
+    _line_image(d / "latin1.png")
+    (d / "latin1.gt.txt").write_bytes("caf\xe9".encode("latin-1"))
+    return d
+
+
+def test_folder_reader_skips_and_names_bad_files(messy_folder, caplog):
+    with caplog.at_level(logging.WARNING):
+        lines = read_lines(str(messy_folder), height=16)
+    assert sorted(lines.names) == ["good1", "good2"] and len(lines) == 2
+    assert sorted(lines.skipped) == ["blank", "emptygt", "garbage", "latin1", "nogt", "orphan"]
+    assert "skipped 6 of 8 lines" in caplog.text and "garbage.png" in caplog.text
+    assert all(im.shape[0] == 16 and im.dtype == np.uint8 for im in lines.images)
+    assert lines.texts[lines.names.index("good1")] == "ab c"
+    with pytest.raises(DataError, match="blank.png: the image is blank"):
+        read_lines(str(messy_folder), height=16, strict=True)
+
+
+def test_lines_are_inverted_to_bright_ink_and_keep_aspect_ratio(tmp_path):
+    _line_image(tmp_path / "a.png", width=80, height=20)
+    (tmp_path / "a.gt.txt").write_text("a", encoding="utf-8")
+    lines = read_lines(str(tmp_path), height=10)
+    im = lines.images[0]
+    assert im.shape == (10, 40)
+    assert im[0, 0] < 30 and im[5, 20] > 50  # background dark, ink bright
+    assert scale_to_height(np.zeros((4, 3), np.uint8), 8).shape == (8, 6)
+
+
+def test_manifest_paths_relative_escaping_and_malformed(tmp_path):
+    root = tmp_path / "set"
+    (root / "img").mkdir(parents=True)
+    _line_image(root / "img" / "a.png")
+    _line_image(tmp_path / "outside.png")
+    manifest = root / "train.tsv"
+    manifest.write_text("img/a.png\thello  world\nimg/a.png\t\n\n", encoding="utf-8")
+    lines = read_lines(str(manifest), height=16)
+    assert lines.texts == ["hello world"] and len(lines.skipped) == 1
+    manifest.write_text("img/a.png\thi\n../outside.png\tout\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.tsv:2: path '../outside.png' leaves the dataset folder"):
+        read_lines(str(manifest), height=16)
+    assert read_lines(str(manifest), height=16, allow_outside_root=True).texts == ["hi", "out"]
+    manifest.write_text("img/a.png hi\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.tsv:1: expected 'path<TAB>text'"):
+        read_lines(str(manifest), height=16)
+    with pytest.raises(DataError, match="no such folder or manifest"):
+        read_lines(str(tmp_path / "missing"), height=16)
+
+
+def test_all_bad_is_an_error_not_an_empty_dataset(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"nope")
+    (tmp_path / "x.gt.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match="all 1 lines are bad"):
+        read_lines(str(tmp_path), height=16)
+
+
+def test_batches_group_similar_widths_pad_and_carry_lengths():
+    rng = np.random.default_rng(0)
+    widths = rng.integers(5, 200, size=64)
+    lines = LineSet([np.full((8, w), 200, np.uint8) for w in widths], [str(i) for i in range(64)],
+                    [f"n{i}" for i in range(64)])
+    src = line_batches(lines, 8, seed=3)
+    batches = list(src.batches(0))
+    assert sorted(i for b in batches for i in b["texts"]) == sorted(lines.texts)
+    spreads = []
+    for b in batches:
+        x, lengths = b["x"], b["lengths"]
+        assert x.shape[:3] == (len(lengths), 1, 8) and x.shape[3] == int(lengths.max())
+        for k, n in enumerate(lengths.tolist()):
+            assert torch.all(x[k, :, :, :n] > 0.7) and torch.all(x[k, :, :, n:] == 0)
+        spreads.append(int(lengths.max() - lengths.min()))
+    assert np.mean(spreads) < 0.5 * (widths.max() - widths.min())  # sorted within chunks, not random
+    assert [b["ids"] for b in src.batches(0, start=3)] == [b["ids"] for b in batches[3:]]
+
+
+def test_split_by_text_keeps_validation_text_out_of_training():
+    texts = ["a", "b", "c", "a", "d", "b", "e", "f", "g", "h"]
+    lines = LineSet([np.ones((4, 4), np.uint8)] * 10, texts, [str(i) for i in range(10)])
+    train, val = split_lines(lines, 0.3, seed=0)
+    assert len(train) + len(val) == 10 and not set(train.texts) & set(val.texts)
+
+
+def test_task_encodes_texts_and_counts_unseen_characters():
+    task = LinesCTCTask(build_alphabet(["ab", "ba c"]))
+    assert task.alphabet == [" ", "a", "b", "c"]
+    batch = task.with_targets({"texts": ["ab", "xa"]})
+    assert batch["targets"].tolist() == [2, 3, 2] and batch["target_lengths"].tolist() == [2, 1]
+    assert unseen_characters(["xa", "yx"], task.alphabet) == {"x": 2, "y": 1}
+    logits = torch.full((2, 4, 5), -10.0)
+    for t, k in enumerate([2, 0, 3, 0]):
+        logits[0, t, k] = 10.0
+    for t, k in enumerate([2, 0, 0, 0]):
+        logits[1, t, k] = 10.0
+    metrics = task.new_metrics()
+    metrics.update(ModelOutput(logits, torch.tensor([4, 4])), {"texts": ["ab", "xa"]})
+    result = metrics.compute()
+    assert result["unseen_chars"] == 1.0 and result["cer"] == pytest.approx(1 / 4)  # 'x' is the one error
+
+
+def test_mdlstm_ops_parse_round_trip_and_map_lengths():
+    spec = "tile:2x2 mdlstm:3,dirs=2,dropout=0.5 conv:4,4x2,tanh,s=4x2,valid lstm2d:2,sum collapse:mean ctc:5"
+    assert parse(format_spec(parse(spec))) == parse(spec)
+    model = build_model(spec, (1, 16, None), 5)
+    out = model.run(torch.rand(2, 1, 16, 30), torch.tensor([30, 17]))
+    assert out.y.shape == (2, 7, 5) and out.lengths.tolist() == [7, 4]  # 30 -> 15 -> 7; 17 -> 9 -> 4
+
+
+# ------------------------------------------------------------------------------------ synthetic
+
+def test_synthetic_digits_heldout_strings_never_in_training(tmp_path):
+    kw = dict(max_digits=4, height=16, mnist_dir=str(tmp_path))  # empty dir: sklearn's 8x8 digits
+    train = digit_lines(300, split="train", **kw)
+    val = digit_lines(60, split="val", **kw)
+    assert not set(train.texts) & set(val.texts)
+    assert all(not heldout_text(t) for t in train.texts) and all(heldout_text(t) for t in val.texts)
+    assert all(1 <= len(t) <= 4 and t.isdigit() for t in train.texts)
+    assert all(im.shape[0] == 16 for im in train.images)
+    again = digit_lines(300, split="train", **kw)
+    assert again.texts == train.texts and all(np.array_equal(a, b) for a, b in zip(again.images, train.images))
+
+
+def test_synthetic_text_heldout_never_in_training(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i} of the quick brown fox {i * 7}" for i in range(60)), encoding="utf-8")
+    train = text_lines(150, split="train", height=16, text=str(corpus), max_chars=12)
+    val = text_lines(30, split="val", height=16, text=str(corpus), max_chars=12)
+    assert not set(train.texts) & set(val.texts)
+    assert all(0 < len(t) <= 12 for t in train.texts)
+    assert all(im.shape[0] == 16 and im.shape[1] > 4 and im.max() > 100 for im in val.images)
+
+
+# ------------------------------------------------------------------------------------ training
+
+def test_tiny_model_overfits_one_batch_to_zero_cer(tmp_path):
+    torch.manual_seed(0)
+    lines = digit_lines(4, split="train", max_digits=3, height=16, mnist_dir=str(tmp_path), seed=1)
+    task = LinesCTCTask(build_alphabet(lines.texts))
+    batch = next(iter(line_batches(lines, 4, shuffle=False).batches(0)))
+    model = build_model("conv:8,3x3,s=2x1 pool:2x2 cols lstm:32,bi ctc", (1, 16, None), task.num_outputs)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(300):
+        loss = task.loss(model.run(batch["x"], batch["lengths"]), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 9:
+            model.eval()
+            with torch.no_grad():
+                metrics = task.new_metrics()
+                metrics.update(model.run(batch["x"], batch["lengths"]), batch)
+            model.train()
+            if metrics.compute()["cer"] == 0.0:
+                break
+    assert metrics.compute()["cer"] == 0.0, (step, metrics.compute())
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lines")
+    run = base / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "train", "lines", "--synthetic", "digits", "--mnist-dir", str(base), "--num-train", "48",
+              "--height", "16", "--max-digits", "3", "--max-steps", "3", "--batch-size", "16", "--run-dir", str(run),
+              "--set", "data.num_val=16", "--set", "data.num_test=8",
+              "--spec", "conv:8,3x3 pool:2x2 cols lstm:8,bi ctc"])
+    assert exc.value.code == 0
+    lines = digit_lines(3, split="val", max_digits=3, height=16, mnist_dir=str(base))
+    folder = write_line_folder(lines, base / "folder")
+    return run, folder
+
+
+def test_cli_train_predict_eval(digits_run, capsys, tmp_path):
+    run, folder = digits_run
+    assert (run / "checkpoints" / "best.pt").is_file()
+    images = sorted(str(p) for p in folder.glob("*.png"))
+    code, out, err = run_cli(capsys, "predict", str(run), *images)
+    assert code == 0, err
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert [r[0] for r in rows] == images and all(set(r[1]) <= set("0123456789") for r in rows if len(r) > 1)
+    words = tmp_path / "words.txt"
+    words.write_text("12\n345\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(run), images[0], "--beam", "3", "--lexicon", str(words))
+    assert code == 0, err
+    assert out.strip().split("\t")[1] in ("12", "345", "1", "3", "34", "")
+    code, out, err = run_cli(capsys, "eval", str(run), "--split", "test")
+    assert code == 0, err
+    assert "cer:" in out and "wer:" in out and "unseen_chars: 0" in out
+    code, out, err = run_cli(capsys, "eval", str(run), "--set", f"data.synthetic=", "--set", f"data.data={folder}",
+                             "--set", f"data.val={folder}")
+    assert code == 0, err and "cer:" in out
+
+
+def test_cli_train_from_folder_and_bad_inputs(digits_run, capsys, tmp_path):
+    run, folder = digits_run
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(folder), "--val", str(folder),
+                             "--height", "16", "--max-steps", "2", "--run-dir", str(tmp_path / "r2"),
+                             "--spec", "conv:4,3x3 pool:2x2 cols lstm:4 ctc")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "train", "lines", "--run-dir", str(tmp_path / "r3"))
+    assert code == 2 and err.count("\n") == 1 and "exactly one of --data" in err
+    assert not (tmp_path / "r3").exists()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, out, err = run_cli(capsys, "predict", str(run), str(bad))
+    assert code == 2 and "bad.png: not a readable image" in err and err.count("\n") == 1
+
+
+def test_cli_plot_ctc(digits_run, capsys, tmp_path):
+    pytest.importorskip("convrnn.commands.plot")
+    run, folder = digits_run
+    image = sorted(folder.glob("*.png"))[0]
+    code, out, err = run_cli(capsys, "plot", "ctc", str(run), str(image), "--out", str(tmp_path / "a.png"))
+    assert code == 0, err
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
