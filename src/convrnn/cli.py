@@ -143,10 +143,13 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets) -> None:
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
-def predict(run: str, inputs: tuple[str, ...]) -> None:
+@click.option("--beam", type=click.IntRange(min=1), help="CTC recipes: prefix beam search of this width")
+@click.option("--lexicon", type=click.Path(dir_okay=False), help="CTC recipes: word list constraining the beam")
+def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str]) -> None:
     """Predict with a trained run: one line per input."""
     from convrnn.recipes.runner import predict as run_predict
-    for line in run_predict(run, list(inputs)):
+    options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon)) if v is not None}
+    for line in run_predict(run, list(inputs), **options):
         click.echo(line)
 
 
