@@ -166,3 +166,53 @@ def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropo
             f"conv:20,{s},tanh,s={s},valid mdlstm:50,dropout={p} conv:{num_outputs},1x1,linear collapse:sum")
     return Preset(spec, input_shape,
                   "seed 003: Pham et al. 2014 MDLSTM + conv, dropout 0.5, height sum, CTC", "ctc", num_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Digit sequences (the digits and mnist recipes, issue 3). Input: an image sequence (T, 1, H, W),
+# T varies; H x W follows the data (28x28 MNIST, 8x8 for the scikit-learn fallback).
+
+def _value_head(head: str, per_step: bool) -> str:
+    """``reg``: real outputs (``num_outputs`` = 1); ``cls``: logits over the possible values."""
+    if head not in ("reg", "cls"):
+        raise ConfigError(f"head: expected reg or cls, got {head!r}")
+    if per_step:
+        return "reg:seq"  # (B, T, num_outputs): values, or logits per step for cls
+    return "reg:last" if head == "reg" else "cls:last"
+
+
+@register_model
+def caine2016(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), activation: str = "tanh",
+              head: str = "reg", per_step: bool = False) -> Preset:
+    """Seed 002 (Caine 2016): time-distributed conv 8@4x4 and 16@3x3 (tanh, valid), GRU 200, GRU 100, dense 1.
+
+    The second GRU returns every step when ``per_step`` (running sums) and only the last otherwise.
+    """
+    a = activation
+    spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid flatten gru:200 gru:100 {_value_head(head, per_step)}"
+    return Preset(spec, input_shape, "seed 002: TimeDistributed conv 8/16 tanh, GRU 200, GRU 100, dense 1",
+                  "regress" if head == "reg" else "value_classify", num_outputs)
+
+
+@register_model
+def digits(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), activation: str = "relu",
+           head: str = "reg", per_step: bool = False, filters: int = 16, hidden_size: int = 64) -> Preset:
+    """The digits recipe's default: two conv/bn/pool stages per digit, one GRU, a value head.
+
+    Pooling shrinks the 8464 features per step of caine2016 to 1568 (32 x 7 x 7), which makes the
+    GRU's input matrix 5x smaller and each step far cheaper; batch norm lets relu train at a high rate.
+    """
+    a, f = activation, filters
+    spec = (f"conv:{f},3x3,{a} bn pool:2x2 conv:{2 * f},3x3,{a} bn pool:2x2 flatten "
+            f"gru:{hidden_size} {_value_head(head, per_step)}")
+    return Preset(spec, input_shape, "digit sequences: conv/bn/pool x2 per digit, GRU 64, value head",
+                  "regress" if head == "reg" else "value_classify", num_outputs)
+
+
+@register_model
+def mnist_cnn(*, num_outputs: int = 10, input_shape: tuple = (1, 28, 28), activation: str = "tanh") -> Preset:
+    """Single-digit classifier whose first two layers match caine2016 (8@4x4, 16@3x3), to compare filters."""
+    a = activation
+    spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid pool:2x2 flatten dense:64,relu cls:last"
+    return Preset(spec, input_shape, "MNIST digit classifier with caine2016's first conv layers", "classify",
+                  num_outputs)
