@@ -69,6 +69,7 @@ def _load_builtin() -> None:
     from convrnn.recipes import fonts  # noqa: F401  (registers itself)
     from convrnn.recipes import charlm  # noqa: F401
     from convrnn.recipes import lines  # noqa: F401
+    from convrnn.recipes import digits, mnist  # noqa: F401
 
 
 def list_recipes() -> list[str]:
