@@ -51,8 +51,15 @@ def model_spec(cfg: RunConfig, bundle: DataBundle) -> str:
     """The spec the run trains: an explicit one, else the preset's, filled for this data."""
     if cfg.model.spec:
         return cfg.model.spec
-    from convrnn.models import get_preset
-    return get_preset(cfg.model.preset, num_outputs=bundle.num_outputs, input_shape=bundle.input_shape).spec
+    from convrnn.models import get_preset, preset_fields
+    # preset fields the data decides (a head kind, per-step outputs, an activation), where the preset has them
+    known = preset_fields(cfg.model.preset)
+    wanted = bundle.meta.get("preset_fields", {}) if isinstance(bundle.meta, dict) else {}
+    skipped = sorted(k for k in wanted if k not in known)
+    if skipped:
+        log.warning("preset %s has no field %s; ignored", cfg.model.preset, ", ".join(skipped))
+    extra = {k: v for k, v in wanted.items() if k in known}
+    return get_preset(cfg.model.preset, num_outputs=bundle.num_outputs, input_shape=bundle.input_shape, **extra).spec
 
 
 def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None,
