@@ -117,3 +117,33 @@ def test_unwritable_directory(tmp_path):
         target = d / "c.pt"
     with pytest.raises(CheckpointError, match="cannot write"):
         atomic_write_bytes(target, b"x")
+
+
+def test_bit_flip_is_caught_by_the_checksum(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.zeros(4096)}})
+    data = bytearray(path.read_bytes())
+    # flip one byte inside the tensor's stored data (a run of zeros in the middle of the file)
+    start = bytes(data).find(b"\x00" * 4096)
+    assert start > 0
+    data[start + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch|truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_rotation_keeps_k_and_falls_back_to_the_previous_good_one(tmp_path):
+    from convrnn.train.checkpoint import load_latest_checkpoint, save_rotating
+    ck = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3, 4):
+        save_rotating(ck, {"step": step, "model": {"w": torch.full((10,), float(step))}}, step, keep=3)
+    assert sorted(p.name for p in ck.glob("step-*.pt")) == ["step-00000002.pt", "step-00000003.pt", "step-00000004.pt"]
+    assert load_checkpoint(ck / "last.pt")["step"] == 4
+    # the newest is truncated (last.pt is the same file): resume falls back to step 3
+    newest = ck / "step-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert load_latest_checkpoint(tmp_path / "run")["step"] == 3
+    for p in ck.glob("*.pt"):
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no loadable checkpoint"):
+        load_latest_checkpoint(tmp_path / "run")

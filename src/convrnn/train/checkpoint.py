@@ -6,7 +6,9 @@ epoch, position in the epoch, random number generator states).
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
 import pickle
 import random
@@ -22,6 +24,8 @@ from convrnn.errors import CheckpointError
 
 FORMAT = "convrnn-checkpoint"
 VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -97,9 +101,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _digest(obj: Any, h) -> None:
+    """Feed a canonical encoding of ``obj`` (dicts by sorted key, tensors by dtype, shape and bytes) to ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _digest(obj[key], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for item in obj:
+            _digest(item, h)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def checksum(ckpt: dict[str, Any]) -> str:
+    """SHA-256 over the checkpoint's content (everything but the ``checksum`` key itself)."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in ckpt.items() if k != "checksum"}, h)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
-    """Serialize ``ckpt`` to memory first, then write it atomically."""
+    """Serialize ``ckpt`` (with a checksum of its content) to memory first, then write it atomically."""
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
+    ckpt["checksum"] = checksum(ckpt)
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -122,7 +155,62 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{p}: not a convrnn checkpoint")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{p}: checkpoint version {ckpt['version']} is newer than this convrnn ({VERSION})")
+    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointError(f"{p}: checksum mismatch: the checkpoint is corrupt")
     return ckpt
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}.pt"
+
+
+def save_rotating(directory: Path, ckpt: dict[str, Any], step: int, keep: int) -> Path:
+    """Write ``step-N.pt``, point ``last.pt`` at it atomically, and keep only the newest ``keep`` step files.
+
+    ``last.pt`` is a hard link to the newest step file (a copy where links are not supported), so the
+    previous good checkpoints stay on disk for :func:`load_latest_checkpoint` to fall back on.
+    """
+    directory = Path(directory)
+    target = directory / step_name(step)
+    save_checkpoint(target, ckpt)
+    last = directory / "last.pt"
+    tmp = directory / f".last.pt.{os.getpid()}.link"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(target, tmp)
+        os.replace(tmp, last)
+        _fsync_dir(directory)
+    except OSError:
+        atomic_write_bytes(last, target.read_bytes())
+    olds = sorted(directory.glob("step-*.pt"))[:-keep] if keep > 0 else []
+    for old in olds:
+        try:
+            old.unlink()
+        except OSError:  # pragma: no cover
+            pass
+    return last
+
+
+def load_latest_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The newest checkpoint of a run that loads and verifies: ``last.pt``, else older ``step-N.pt`` files."""
+    ckdir = Path(run_dir) / "checkpoints"
+    candidates = [ckdir / "last.pt"] + sorted(ckdir.glob("step-*.pt"), reverse=True)
+    errors = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location=map_location)
+        except CheckpointError as e:
+            errors.append(str(e))
+            log.warning("skipping %s", e)
+            continue
+        if errors:
+            log.warning("resuming from %s (step %s) instead", path.name, ckpt.get("step"))
+        return ckpt
+    detail = f": {'; '.join(errors)}" if errors else ""
+    raise CheckpointError(f"{run_dir}: no loadable checkpoint in {ckdir}{detail}")
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:

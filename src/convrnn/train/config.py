@@ -43,6 +43,7 @@ class TrainConfig:
     clip_grad_norm: float = 1.0   # 0 = off
     val_every: int = 0            # steps between validations; 0 = at each epoch end
     checkpoint_every: int = 200   # steps between `last` checkpoints (also at each epoch end)
+    keep_checkpoints: int = 3     # step checkpoints kept for falling back when the newest is corrupt
     log_every: int = 20           # steps between logged training metrics
     seed: int = 0
     device: str = "auto"          # auto, cpu, cuda, cuda:N, mps
@@ -70,6 +71,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (cfg.schedule in SCHEDULES, "train.schedule", "one of " + ", ".join(SCHEDULES), cfg.schedule),
         (cfg.clip_grad_norm >= 0, "train.clip_grad_norm", "0 (off) or a positive norm", cfg.clip_grad_norm),
         (cfg.checkpoint_every >= 1, "train.checkpoint_every", "at least 1", cfg.checkpoint_every),
+        (cfg.keep_checkpoints >= 1, "train.keep_checkpoints", "at least 1", cfg.keep_checkpoints),
         (cfg.log_every >= 1, "train.log_every", "at least 1", cfg.log_every),
     ]
     for ok, key, expected, got in checks:

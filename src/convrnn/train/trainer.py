@@ -18,7 +18,7 @@ import torch
 from convrnn.data.batching import BatchSource
 from convrnn.errors import ConvrnnError, TrainingDiverged
 from convrnn.tasks.base import Task
-from convrnn.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
 from convrnn.train.config import TrainConfig, validate_train_config
 from convrnn.train.rundir import RunDir
 
@@ -145,6 +145,8 @@ class Trainer:
     def save(self, name: str) -> Optional[Path]:
         if self.run_dir is None:
             return None
+        if name == "last":
+            return save_rotating(self.run_dir.checkpoints, self.checkpoint(), self.pos.step, self.cfg.keep_checkpoints)
         path = self.run_dir.checkpoints / f"{name}.pt"
         save_checkpoint(path, self.checkpoint())
         return path
