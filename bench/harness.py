@@ -25,6 +25,10 @@ REGISTRY = {
     "fonts_accuracy": "bench.fonts:fonts_accuracy",
     "fwtk_throughput": "bench.fonts:fwtk_throughput",
     "mdlstm_speedup": "bench.mdlstm_speed:run",
+    "digits_sum": "bench.digits:digits_sum",
+    "digits_product": "bench.digits:digits_product",
+    "digits_vs_keras": "bench.digits:digits_vs_keras",
+    "digits_vs_torch": "bench.digits:digits_vs_torch",
 }
 
 

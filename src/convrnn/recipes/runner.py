@@ -14,7 +14,7 @@ import torch
 
 from convrnn.errors import CheckpointError, ConfigError
 from convrnn.recipes import DataBundle, get_recipe
-from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
+from convrnn.train.checkpoint import load_latest_checkpoint
 from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file
 from convrnn.train.rundir import RunDir, new_run_dir
 from convrnn.train.trainer import Trainer
@@ -89,7 +89,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
                       checkpoint_meta=meta, callbacks=callbacks)
     trainer.bundle = bundle
     if resume:
-        ckpt = load_checkpoint(resolve_checkpoint(run_path, prefer="last"))
+        ckpt = load_latest_checkpoint(run_path)
         if ckpt.get("spec") != spec:
             raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the config's ({spec!r})")
         trainer.restore(ckpt)
