@@ -29,6 +29,9 @@ REGISTRY = {
     "digits_product": "bench.digits:digits_product",
     "digits_vs_keras": "bench.digits:digits_vs_keras",
     "digits_vs_torch": "bench.digits:digits_vs_torch",
+    "lines_digits_cer": "bench.lines:lines_digits_cer",
+    "lines_text_cer": "bench.lines:lines_text_cer",
+    "lines_vs_kraken": "bench.lines:lines_vs_kraken",
 }
 
 
