@@ -16,6 +16,7 @@ def ctc(run: str, image: str, out: str) -> None:
     """Draw a lines run's per-frame character probabilities for IMAGE, aligned under the image."""
     import torch
 
+    from convrnn.data.lines import prepare_line
     from convrnn.recipes.lines import LinesCTCTask, run_lines
     from convrnn.recipes.runner import load_run
     from convrnn.tasks.base import ModelOutput
@@ -27,16 +28,13 @@ def ctc(run: str, image: str, out: str) -> None:
     n = int(frames[0])
     probs = torch.softmax(logits[0, :n].float(), dim=-1).numpy()  # (T, V)
     text = LinesCTCTask(alphabet).decode(ModelOutput(logits[:, :n], frames))[0]
-    from convrnn.data.lines import prepare_line
     pixels = prepare_line(image, int(ckpt["input_shape"][1]))
     path = plot_ctc(pixels, probs, alphabet, out, text=text)
     click.echo(f"wrote {path} ({n} frames, greedy text {text!r})")
 
 
 def register(cli: click.Group) -> None:
-    group = cli.commands.get("plot")
-    if group is None:  # the plot group registers itself from convrnn.commands.plot
-        from convrnn.commands import plot as plot_commands
-        plot_commands.register(cli)
-        group = cli.commands["plot"]
-    group.add_command(ctc)
+    from convrnn.commands import plot as plot_commands
+
+    plot_commands.register(cli)  # adds the group unless it is already there
+    cli.commands["plot"].add_command(ctc)

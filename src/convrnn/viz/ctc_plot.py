@@ -58,7 +58,9 @@ def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_
     for n, label in enumerate(characters_to_show(probs, alphabet)):
         color = cmap(n % 20)
         ax_p.plot(t, probs[:, label], color=color, linewidth=1.3, label=repr(alphabet[label - 1]))
-        for frame in np.flatnonzero(best == label):  # name the character where it wins the frame
+        wins = best == label
+        starts = wins & np.concatenate([[True], ~wins[:-1]])  # first frame of each run the label wins
+        for frame in np.flatnonzero(starts):  # name the character where CTC emits it
             ax_p.annotate(alphabet[label - 1], (t[frame], probs[frame, label]), textcoords="offset points",
                           xytext=(0, 3), ha="center", fontsize=8, color=color)
     ax_p.set_ylim(0, 1.08)
