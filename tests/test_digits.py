@@ -154,23 +154,29 @@ def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog):
     assert batch["x"].shape[-2:] == (8, 8) and float(batch["x"].max()) <= 1.0
 
 
-@pytest.mark.parametrize("clip", ["1.0", "0"])
-def test_relu_caine2016_at_a_high_rate_trains_finitely_or_stops_clearly(mnist_dir, tmp_path, capsys, clip):
+@pytest.mark.parametrize("optimizer, lr, clip, must_stop", [
+    ("rmsprop", "5", "1.0", False),   # seed 002's optimizer at a silly rate, clipped: trains or stops clearly
+    ("sgd", "1e20", "0", True),       # unclipped and absurd: the weights overflow, the guard must stop it
+])
+def test_relu_caine2016_at_a_high_rate_trains_finitely_or_stops_clearly(mnist_dir, tmp_path, capsys, optimizer, lr,
+                                                                        clip, must_stop):
     """Seed 002's relu run stuck at an infinite loss: now it either trains (clipping) or stops with one line."""
     outcomes = []
     for attempt in range(2):
         code, out, err = run_cli(capsys, "-q", "train", "digits", "--preset", "caine2016", "--activation", "relu",
-                                 "--lr", "5", "--set", f"train.clip_grad_norm={clip}", "--set",
-                                 "train.optimizer=rmsprop", "--data-dir", str(mnist_dir),
+                                 "--lr", lr, "--set", f"train.clip_grad_norm={clip}", "--set",
+                                 f"train.optimizer={optimizer}", "--data-dir", str(mnist_dir),
                                  "--run-dir", str(tmp_path / f"relu{attempt}"), *TINY)
         if code == 0:
+            assert not must_stop
             loss = float(next(line for line in out.splitlines() if line.startswith("loss:")).split(": ")[1])
             assert math.isfinite(loss)
             outcomes.append(("trained", round(loss, 4)))
         else:
-            assert code == 2 and len(err.strip().splitlines()) == 1, err
-            assert "training stopped:" in err and "lower learning rate" in err
-            outcomes.append(("stopped", err.split("at step")[1].split()[0]))
+            error = [line for line in err.strip().splitlines() if line.startswith("error:")]
+            assert code == 2 and len(error) == 1 and err.strip().endswith(error[0]), err
+            assert "training stopped:" in error[0] and "lower learning rate" in error[0]
+            outcomes.append(("stopped", error[0].split("at step")[1].split()[0]))
     assert outcomes[0] == outcomes[1]  # deterministic
 
 

@@ -196,16 +196,19 @@ def caine2016(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), a
 
 @register_model
 def digits(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), activation: str = "relu",
-           head: str = "reg", per_step: bool = False, filters: int = 16, hidden_size: int = 64) -> Preset:
-    """The digits recipe's default: two conv/bn/pool stages per digit, one GRU, a value head.
+           head: str = "reg", per_step: bool = False, filters: int = 16, embed: int = 64,
+           hidden_size: int = 64) -> Preset:
+    """The digits recipe's default: two conv/bn/pool stages and a dense layer per digit, one GRU, a value head.
 
-    Pooling shrinks the 8464 features per step of caine2016 to 1568 (32 x 7 x 7), which makes the
-    GRU's input matrix 5x smaller and each step far cheaper; batch norm lets relu train at a high rate.
+    Pooling shrinks the 8464 features per step of caine2016 to 1568 (32 x 7 x 7) and the dense layer
+    to ``embed`` per digit, so the GRU sees a compact code of each digit: in 600 steps this reaches
+    a validation MSE of 1.1 on sums where the same model without the dense layer is at 7.5 (docs/digits.md).
+    Batch norm lets relu train at Adam's 3e-3.
     """
     a, f = activation, filters
-    spec = (f"conv:{f},3x3,{a} bn pool:2x2 conv:{2 * f},3x3,{a} bn pool:2x2 flatten "
+    spec = (f"conv:{f},3x3,{a} bn pool:2x2 conv:{2 * f},3x3,{a} bn pool:2x2 flatten dense:{embed},relu "
             f"gru:{hidden_size} {_value_head(head, per_step)}")
-    return Preset(spec, input_shape, "digit sequences: conv/bn/pool x2 per digit, GRU 64, value head",
+    return Preset(spec, input_shape, "digit sequences: conv/bn/pool x2 + dense per digit, GRU 64, value head",
                   "regress" if head == "reg" else "value_classify", num_outputs)
 
 
