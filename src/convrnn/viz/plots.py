@@ -160,24 +160,15 @@ class FilterPlot:
     panels: list[int]
 
 
-def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, per_kernel_scale: bool = True) -> FilterPlot:
-    """First-layer kernels of ``runs`` on one PNG: a row of panels per run, one panel per kernel.
-
-    Each panel is drawn in grayscale (``per_kernel_scale``: scaled to its own min..max, so the
-    pattern shows whatever the magnitude; otherwise one symmetric scale per run, dark negative,
-    light positive). Kernels with several input channels get one panel per channel.
-    """
-    if not runs:
-        raise DataError("expected at least one run to plot, got none")
-    weights = [first_conv_weights(r) for r in runs]
-    kernels = [w.reshape(-1, *w.shape[2:]) for w in weights]  # (F, C, KH, KW) -> (F*C, KH, KW)
+def filters_figure(weights: Sequence[np.ndarray], labels: Sequence[str], *, per_kernel_scale: bool = True):
+    """The figure of ``plot_filters``: a row per ``(F, C, KH, KW)`` array, a panel per (kernel, channel)."""
+    kernels = [np.asarray(w).reshape(-1, *np.shape(w)[2:]) for w in weights]  # (F, C, KH, KW) -> (F*C, KH, KW)
     width = max(len(k) for k in kernels)
     plt = _pyplot()
     panel = min(1.1, FIGURE_WIDTH / (width + 1.5))
-    fig, axes = plt.subplots(len(runs), width, figsize=(panel * width + 1.5, panel * len(runs) * 1.25 + 0.3),
+    fig, axes = plt.subplots(len(kernels), width, figsize=(panel * width + 1.5, panel * len(kernels) * 1.25 + 0.3),
                              squeeze=False)
-    counts = []
-    for i, (run, ks, w) in enumerate(zip(runs, kernels, weights)):
+    for i, (label, ks, w) in enumerate(zip(labels, kernels, weights)):
         bound = float(np.abs(ks).max()) or 1.0
         for j in range(width):
             ax = axes[i][j]
@@ -190,9 +181,22 @@ def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, p
             lo, hi = (float(k.min()), float(k.max())) if per_kernel_scale else (-bound, bound)
             ax.imshow(k, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest")
             if j == 0:
-                ax.set_ylabel(f"{run_label(run)}\n{w.shape[0]}@{w.shape[2]}x{w.shape[3]}", fontsize=8,
+                ax.set_ylabel(f"{label}\n{w.shape[0]}@{w.shape[2]}x{w.shape[3]}", fontsize=8,
                               rotation=0, ha="right", va="center")
-        counts.append(len(ks))
     fig.suptitle("first convolution layer: one panel per kernel", fontsize=10)
     fig.tight_layout()
-    return FilterPlot(save_figure(fig, out), counts)
+    return fig
+
+
+def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, per_kernel_scale: bool = True) -> FilterPlot:
+    """First-layer kernels of ``runs`` on one PNG: a row of panels per run, one panel per kernel.
+
+    Each panel is drawn in grayscale (``per_kernel_scale``: scaled to its own min..max, so the
+    pattern shows whatever the magnitude; otherwise one symmetric scale per run, dark negative,
+    light positive). Kernels with several input channels get one panel per channel.
+    """
+    if not runs:
+        raise DataError("expected at least one run to plot, got none")
+    weights = [first_conv_weights(r) for r in runs]
+    fig = filters_figure(weights, [run_label(r) for r in runs], per_kernel_scale=per_kernel_scale)
+    return FilterPlot(save_figure(fig, out), [w.shape[0] * w.shape[1] for w in weights])
