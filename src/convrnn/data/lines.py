@@ -238,15 +238,23 @@ def split_lines(lines: LineSet, val_fraction: float, seed: int) -> tuple[LineSet
 
 # -------------------------------------------------------------------------------------- batches
 
-def line_fetcher(lines: LineSet) -> Callable[[np.ndarray], dict]:
-    """Batches padded on the right to the widest line: ``x`` ``(B, 1, H, W)`` in 0..1, ``lengths`` widths.
+PAD_WIDTH_TO = 32  # batch widths are rounded up to a multiple: few distinct shapes for the CPU kernels
+
+
+def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO) -> Callable[[np.ndarray], dict]:
+    """Batches padded on the right: ``x`` ``(B, 1, H, W)`` in 0..1, ``lengths`` the lines' own widths.
+
+    ``W`` is the widest line rounded up to a multiple of ``pad_to``: CPU convolution kernels are
+    prepared once per input shape (seconds each), so a few width buckets train much faster than a
+    new width in every batch; ``lengths`` keep the padding out of the loss and the decoding.
 
     Targets are not encoded here: the CTC task encodes ``texts`` with its own alphabet (the
     checkpoint's at evaluation), so a validation text with unseen characters cannot break a batch.
     """
     def fetch(idx: np.ndarray) -> dict:
         items = [lines.images[int(i)] for i in idx]
-        height, width = items[0].shape[0], max(im.shape[1] for im in items)
+        height, widest = items[0].shape[0], max(im.shape[1] for im in items)
+        width = -(-widest // pad_to) * pad_to
         x = np.zeros((len(items), height, width), dtype=np.uint8)
         for k, im in enumerate(items):
             x[k, :, : im.shape[1]] = im
