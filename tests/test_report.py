@@ -1,0 +1,112 @@
+"""The HTML run report and ``plot confusion``: a tiny fonts run end to end, and the one-line errors."""
+import csv
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convrnn.cli import main
+
+TINY = ["--samples-per-font", "60", "--max-steps", "6", "--batch-size", "16"]
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def fonts_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "fonts-tiny"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "train", "fonts", "--run-dir", str(run), *TINY])
+    assert exc.value.code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def report_html(fonts_run):
+    out = fonts_run.parent / "report.html"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "report", str(fonts_run), "--out", str(out), "--max-batches", "2"])
+    assert exc.value.code == 0
+    return out.read_text(encoding="utf-8")
+
+
+def test_report_is_one_self_contained_file(report_html, fonts_run):
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', report_html)
+    assert len(srcs) >= 4  # curves, filters, confusion
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in report_html and "https://" not in report_html
+    assert "<link" not in report_html and "<script" not in report_html
+    assert list(fonts_run.parent.glob("report.html*")) == [fonts_run.parent / "report.html"]  # no temp left
+
+
+def test_report_holds_config_summary_and_every_metric(report_html, fonts_run):
+    assert "Config" in report_html and "samples_per_font" in report_html and "<td>60</td>" in report_html
+    # the model summary table: every op of the spec with its parameter count
+    assert "conv:16,3x3" in report_html and "lstm:64,bi" in report_html and "Recurrent" in report_html
+    with open(fonts_run / "metrics.csv", newline="") as f:
+        names = {r["metric"] for r in csv.DictReader(f)}
+    assert {"loss", "accuracy", "samples_per_s"} <= names
+    for name in names:
+        assert f'alt="learning curve: {name}"' in report_html
+    assert "samples/s" in report_html  # throughput table
+    assert "torch" in report_html and "CPU" in report_html
+
+
+def test_report_has_a_confusion_matrix_with_class_names(report_html):
+    assert 'alt="confusion matrix"' in report_html
+    for name in ("DejaVuSans", "DejaVuSerif", "STIXGeneral", "cmr10"):
+        assert f"<td>{name}</td>" in report_html
+    assert 'alt="first-layer filters"' in report_html
+
+
+def test_plot_confusion_writes_a_png(fonts_run, capsys, tmp_path):
+    out = tmp_path / "conf.png"
+    code, stdout, err = run_cli(capsys, "-q", "plot", "confusion", str(fonts_run), "--out", str(out),
+                                "--max-batches", "1")
+    assert code == 0, err
+    assert "wrote" in stdout
+    img = np.asarray(Image.open(out).convert("L"))
+    assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 10
+
+
+def test_confusion_counts_equal_the_eval_accuracy(fonts_run):
+    from convrnn.recipes.runner import evaluate
+    from convrnn.viz.confusion import run_confusion
+    counts, classes = run_confusion(fonts_run, max_batches=0)  # 0: every batch, like `convrnn eval`
+    assert counts.shape == (5, 5) and len(classes) == 5
+    metrics = evaluate(str(fonts_run))
+    assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"])
+    assert counts.sum() == 60 * 5 * 0.2  # the validation fraction of 5 fonts x 60 samples
+
+
+def test_report_without_checkpoints_is_a_one_line_error(capsys, tmp_path):
+    run = tmp_path / "empty-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"recipe": "fonts"}')
+    code, out, err = run_cli(capsys, "report", str(run))
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "best.pt" in err
+    assert not (run / "report.html").exists()
+    code, out, err = run_cli(capsys, "report", str(tmp_path / "nowhere"))
+    assert code == 2 and "no such directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plot_confusion_refuses_a_run_that_is_not_classification(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "plot", "confusion", str(tmp_path / "missing"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_missing_recipe_piece_becomes_a_note(monkeypatch, fonts_run):
+    from convrnn.viz import report_sections
+
+    def broken(ctx):
+        raise ImportError("No module named 'convrnn.viz.not_yet'")
+    monkeypatch.setitem(report_sections.RECIPE_SECTIONS, "fonts", broken)
+    sections = report_sections.recipe_sections(str(fonts_run), "fonts", max_batches=1)
+    assert len(sections) == 1 and "Not available" in sections[0].body and "not_yet" in sections[0].body
