@@ -45,8 +45,11 @@ h3 { font-size: 15px; margin: 12px 0 4px; }
 img { max-width: 100%; height: auto; display: block; }
 img.wide { margin: 6px 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 8px; }
-.cols { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 0 18px; }
-.cols td:first-child { color: #56606b; }
+.cols { columns: 3 300px; column-gap: 28px; font-size: 13px; }
+.cols h3 { break-after: avoid; margin: 8px 0 2px; }
+.kv { display: flex; gap: 12px; border-bottom: 1px solid #e4e7eb; padding: 2px 4px; break-inside: avoid; }
+.kv span:first-child { color: #56606b; flex: 0 0 42%; }
+.kv span:last-child { overflow-wrap: anywhere; }
 .grid figure { margin: 0; border: 1px solid #eef0f3; border-radius: 4px; padding: 4px; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
@@ -105,18 +108,21 @@ def config_section(run_path: Path, ckpt: dict) -> Section:
     cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else ckpt.get("config", {})
     source = str(cfg_file) if cfg_file.is_file() else "the checkpoint (no config.json)"
     groups = [(k, v) for k, v in sorted(cfg.items()) if isinstance(v, dict)]
-    plain = [(k, _value(v)) for k, v in sorted(cfg.items()) if not isinstance(v, dict)]
-    tables = [f"<div><h3>{esc(name)}</h3>{table(None, [(k, _value(v)) for k, v in sorted(values.items())])}</div>"
-              for name, values in groups]
+    plain = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
     if plain:
-        tables.insert(0, f"<div><h3>run</h3>{table(None, plain)}</div>")
-    return Section("Config", f'<div class="cols">{"".join(tables)}</div>'
+        groups.insert(0, ("run", plain))
+    parts = []
+    for name, values in groups:  # key/value rows flowing through newspaper columns
+        parts.append(f"<h3>{esc(name)}</h3>")
+        parts += [f'<div class="kv"><span>{esc(k)}</span><span>{esc(_value(v))}</span></div>'
+                  for k, v in sorted(values.items())]
+    return Section("Config", f'<div class="cols">{"".join(parts)}</div>'
                    + note(f"From {source}; `convrnn train {ckpt.get('recipe', 'RECIPE')} --config "
                           f"{cfg_file}` re-runs it."), "config")
 
 
 def _value(v) -> str:
-    return json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v)
+    return v if isinstance(v, str) else json.dumps(v)  # null, true, [..] as in config.json
 
 
 def summary_section(model, ckpt: dict) -> Section:
