@@ -39,7 +39,7 @@ class CharLMDataConfig:
 
     path: str = ""               # text file or folder; empty = the embedded default corpus
     unit: str = "char"           # char (vocabulary of the training text) or byte (256 symbols, any file)
-    seq_len: int = 128           # T: steps per batch (truncated BPTT length)
+    seq_len: int = 64            # T: steps per batch (truncated BPTT length)
     stateful: bool = True        # contiguous streams with carried state; False = random windows
     val_fraction: float = 0.1    # the last fraction of the text validates
     random_offset: bool = True   # stateful: each epoch starts its stripes at a different offset
@@ -115,7 +115,7 @@ class CharLMRecipe(Recipe):
     description = "character or byte language model of any text, truncated BPTT, sampling (seed 004)"
     default_preset = "charlm"
     data_config = CharLMDataConfig
-    train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
+    train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",
                       "clip_grad_norm": 1.0, "checkpoint_every": 200, "log_every": 20}
     cli_options = (
         CliOption("--data", "data.path", "text file or folder (default: a text embedded in the package)"),

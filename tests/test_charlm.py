@@ -1,0 +1,197 @@
+"""The charlm recipe end to end: streams, carried state, exact resume, sampling, byte mode, CLI."""
+# B batch, T time steps, V vocabulary
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from convrnn.cli import main
+from convrnn.data.text import Vocab
+from convrnn.recipes import get_recipe
+from convrnn.recipes.charlm import CharLMDataConfig, CharLMTask, choose_threads
+from convrnn.recipes.runner import load_run, resolve_config, train
+from convrnn.sampling import sample
+from convrnn.spec.builder import build_model
+from convrnn.train.config import TrainConfig
+from convrnn.train.trainer import Trainer
+
+TINY_SPEC = "embed:8 lstm:16 lm"
+TEXT = "".join(f"line {i}: to be or not to be, that is the question {i * 7 % 13}\n" for i in range(60))
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def tiny_overrides(corpus, run_dir, **extra):
+    return {"data.path": str(corpus), "data.seq_len": 8, "train.batch_size": 4, "model.spec": TINY_SPEC,
+            "train.max_time": 0.0, "train.threads": 1, "train.device": "cpu", "train.run_dir": str(run_dir),
+            "train.checkpoint_every": 2, **extra}
+
+
+def test_streams_cover_each_training_position_once_and_contiguously(corpus):
+    cfg = resolve_config("charlm", {"data.path": str(corpus), "data.seq_len": 8, "train.batch_size": 4})
+    bundle = get_recipe("charlm").make_data(cfg.data, cfg.train)
+    src = bundle.train
+    xs = torch.cat([b["x"] for b in src.batches(0)], dim=1)  # (B, T) per batch -> (B, L)
+    ys = torch.cat([b["y"] for b in src.batches(0)], dim=1)
+    offset = src.offset(0)
+    expected = src.ids[offset:offset + src.batch_size * src.stripe_len].view(src.batch_size, -1)  # (B*L,) -> (B, L)
+    assert torch.equal(xs, expected)
+    assert torch.equal(ys[:, :-1], xs[:, 1:])  # each target is the next input of its stream
+    assert [b["reset"] for b in src.batches(0)] == [True] + [False] * (src.num_batches(0) - 1)
+    assert bundle.meta["vocab"]["chars"] == "".join(sorted(set(TEXT[:int(len(TEXT) * 0.9)])))
+
+
+def test_random_windows_flag_and_task_counts_chars(corpus):
+    cfg = resolve_config("charlm", {"data.path": str(corpus), "data.stateful": False, "data.seq_len": 5})
+    bundle = get_recipe("charlm").make_data(cfg.data, cfg.train)
+    batch = next(iter(bundle.train.batches(0)))
+    assert batch["reset"] is True and batch["x"].shape == (cfg.train.batch_size, 5)
+    task = get_recipe("charlm").make_task(bundle.meta)
+    assert task.unit == "chars" and task.count(batch) == cfg.train.batch_size * 5
+    assert CharLMTask(Vocab(unit="byte")).unit == "bytes"
+
+
+def test_two_windows_with_carried_state_equal_the_unsplit_sequence():
+    torch.manual_seed(0)
+    model = build_model("embed:8 lstm:16,layers=2 lm", (None,), 20).eval()
+    x = torch.randint(0, 20, (3, 10))
+    whole = model.run(x).y
+    first = model.run(x[:, :6])
+    second = model.run(x[:, 6:], state=first.state)
+    assert torch.allclose(torch.cat([first.y, second.y], dim=1), whole, atol=1e-6)
+    assert not torch.allclose(model.run(x[:, 6:]).y, whole[:, 6:], atol=1e-3)  # without state it differs
+
+
+def test_evaluate_carries_state_across_validation_batches(corpus):
+    cfg = resolve_config("charlm", {"data.path": str(corpus)})
+    bundle = get_recipe("charlm").make_data(cfg.data, cfg.train)
+    torch.manual_seed(0)
+    model = build_model(TINY_SPEC, (None,), bundle.num_outputs)
+    task = get_recipe("charlm").make_task(bundle.meta)
+    trainer = Trainer(model, task, bundle.train, bundle.val, TrainConfig(device="cpu"))
+    metrics = trainer.evaluate(bundle.val)
+    xs, ys = bundle.val.stripes(0)  # (B, L): one pass over each whole stripe is the reference
+    with torch.no_grad():
+        logits = model.run(xs).y  # (B, L, V)
+        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1))
+    assert metrics["loss"] == pytest.approx(float(nats), rel=1e-5)
+    assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
+
+
+class StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, info):
+        if info["step"] == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
+    whole = train("charlm", tiny_overrides(corpus, tmp_path / "a", **{"train.max_steps": 6}))
+    assert whole.train_data.num_batches(0) > 6  # the interruption falls mid-epoch
+    with pytest.raises(KeyboardInterrupt):
+        train("charlm", tiny_overrides(corpus, tmp_path / "b", **{"train.max_steps": 6}), callbacks=[StopAt(5)])
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["carried_state"] is not None
+    resumed = train("charlm", resume=str(tmp_path / "b"))
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.last_val["loss"] == pytest.approx(whole.last_val["loss"], rel=1e-6)
+
+
+@pytest.fixture()
+def trained(corpus, tmp_path):
+    train("charlm", tiny_overrides(corpus, tmp_path / "run", **{"train.max_steps": 4}))
+    return tmp_path / "run"
+
+
+def test_vocab_is_saved_in_the_checkpoint_and_sampling_respects_temperature_zero(trained):
+    model, ckpt, recipe = load_run(str(trained))
+    vocab = Vocab.from_dict(ckpt["meta"]["vocab"])
+    assert vocab == Vocab.from_text(TEXT[:int(len(TEXT) * 0.9)])
+    greedy = sample(model, vocab, prime="to be", length=30, greedy=True)
+    cold = sample(model, vocab, prime="to be", length=30, temperature=1e-6, seed=3)
+    assert greedy == cold
+    warm = sample(model, vocab, prime="to be", length=200, temperature=1.5, top_k=3, seed=1)[0]
+    assert set(warm) <= set(vocab.chars) and warm != greedy[0]
+
+
+def run_cli(capsysbinary, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capsysbinary.readouterr()
+    return exc.value.code, out, err.decode()
+
+
+def test_cli_train_sample_eval(corpus, tmp_path, capsysbinary):
+    run = tmp_path / "cli"
+    code, out, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(corpus), "--seq-len", "8",
+                             "--batch-size", "4", "--max-steps", "3", "--spec", TINY_SPEC, "--threads", "1",
+                             "--device", "cpu", "--run-dir", str(run), "--random-windows")
+    assert code == 0, err
+    assert b"accuracy:" in out
+    assert '"stateful": false' in (run / "config.json").read_text()
+    code, out, err = run_cli(capsysbinary, "-q", "sample", str(run), "--prime", "to be", "--length", "20",
+                             "--seed", "1", "--threads", "1")
+    assert code == 0, err
+    assert out.startswith(b"to be") and len(out.decode()) == len("to be") + 20 + 1
+    code, out2, _ = run_cli(capsysbinary, "-q", "sample", str(run), "--prime", "to be", "--length", "20",
+                            "--seed", "1", "--threads", "1")
+    assert out2 == out  # reproducible with a seed
+    code, out, _ = run_cli(capsysbinary, "-q", "sample", str(run), "--num-samples", "3", "--length", "10",
+                           "--greedy", "--threads", "1")
+    assert code == 0 and out.count(b"-" * 40) == 2
+    code, out, err = run_cli(capsysbinary, "-q", "eval", str(run))
+    assert code == 0 and b"bits_per_char:" in out and b"perplexity:" in out
+
+
+def test_non_utf8_file_in_char_mode_is_one_line_exit_2(tmp_path, capsysbinary):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff\xfe world\n" * 20)
+    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(bad), "--run-dir",
+                           str(tmp_path / "r"), "--max-steps", "1")
+    assert code == 2
+    assert err.count("\n") == 1 and "--unit byte" in err and "bad.txt" in err
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+
+
+def test_byte_mode_on_arbitrary_binary_input_never_prints_invalid_utf8(tmp_path, capsysbinary):
+    data = tmp_path / "blob.bin"
+    data.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    run = tmp_path / "bytes"
+    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(data), "--unit", "byte",
+                           "--seq-len", "8", "--batch-size", "4", "--max-steps", "2", "--spec", TINY_SPEC,
+                           "--threads", "1", "--device", "cpu", "--run-dir", str(run))
+    assert code == 0, err
+    _, ckpt, _ = load_run(str(run))
+    assert Vocab.from_dict(ckpt["meta"]["vocab"]).is_bytes and ckpt["num_outputs"] == 256
+    code, out, err = run_cli(capsysbinary, "-q", "sample", str(run), "--length", "300", "--temperature", "2",
+                             "--seed", "0", "--threads", "1")
+    assert code == 0, err
+    out.decode("utf-8")  # strict: raises on invalid UTF-8
+    assert b"\\x" in out  # random bytes come out escaped
+
+
+def test_bad_data_config_is_one_line(corpus, tmp_path, capsysbinary):
+    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(corpus), "--val-fraction", "1.5",
+                           "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "data.val_fraction" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("cores, load, expected", [(2, 0.0, 2), (2, 0.3, 2), (2, 1.0, 1), (2, 3.5, 1), (8, 2.2, 6)])
+def test_thread_default_uses_only_idle_cores(cores, load, expected):
+    assert choose_threads(cores, load) == expected
+
+
+def test_default_corpus_ships_with_the_package():
+    cfg = CharLMDataConfig()
+    assert cfg.path == ""
+    from convrnn.recipes.charlm import DEFAULT_CORPUS
+    assert DEFAULT_CORPUS.is_file() and DEFAULT_CORPUS.stat().st_size > 10_000
