@@ -110,3 +110,55 @@ def test_missing_recipe_piece_becomes_a_note(monkeypatch, fonts_run):
     monkeypatch.setitem(report_sections.RECIPE_SECTIONS, "fonts", broken)
     sections = report_sections.recipe_sections(str(fonts_run), "fonts", max_batches=1)
     assert len(sections) == 1 and "Not available" in sections[0].body and "not_yet" in sections[0].body
+
+
+# ------------------------------------------------------------------------------ TensorBoard images
+
+def _event_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_kernel_grid_tiles_each_kernel_on_its_own_scale():
+    from convrnn.train.tb_images import kernel_grid
+    w = np.stack([np.arange(9.0).reshape(1, 3, 3), -5 * np.eye(3)[None]])  # (F=2, C=1, 3, 3)
+    grid = kernel_grid(w, tile=6, gap=2)  # 3x3 kernels enlarged twice -> 6x6 tiles
+    assert grid.shape == (6, 6 + 2 + 6)
+    np.testing.assert_allclose(grid[:, :6][::2, ::2], np.arange(9.0).reshape(3, 3) / 8)
+    np.testing.assert_allclose(grid[:, 8:][::2, ::2], 1 - np.eye(3))  # -5 on the diagonal is the minimum
+    assert (grid[:, 6:8] == 1).all()  # the gap between tiles is white
+
+
+def test_training_writes_filter_images_to_tensorboard(fonts_run):
+    acc = _event_tags(fonts_run)
+    assert "filters/first_conv" in acc.Tags()["images"]
+    image = acc.Images("filters/first_conv")[-1]
+    assert image.step == 6 and image.width > 100  # 16 kernels of 3x3, enlarged
+
+
+def test_language_model_samples_go_to_tensorboard_as_text(tmp_path):
+    from types import SimpleNamespace
+
+    from convrnn.data.text import Vocab
+    from convrnn.spec.builder import build_model
+    from convrnn.train.rundir import RunDir
+    from convrnn.train.tb_images import TensorBoardImages
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    vocab = Vocab.from_text("to be or not to be\n")
+    model = build_model("embed:8 lstm:16 lm", (None,), len(vocab))
+    run_dir = RunDir(tmp_path / "lm")
+    trainer = SimpleNamespace(run_dir=run_dir, model=model, device=torch.device("cpu"), pos=SimpleNamespace(step=3),
+                              meta={"meta": {"vocab": vocab.to_dict()}})
+    rng = torch.get_rng_state()
+    TensorBoardImages(temperatures=(0.5,), sample_length=30).on_validation(trainer, {})
+    assert torch.equal(rng, torch.get_rng_state())  # sampling leaves training's random stream alone
+    run_dir.close()
+    acc = _event_tags(tmp_path / "lm")
+    assert "samples/temperature_0.5/text_summary" in acc.Tags()["tensors"]
+    text = acc.Tensors("samples/temperature_0.5/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert len(text.replace("\n", "").replace("    ", "")) >= 20 and set(text) <= set("to ber n\n")
+    assert "images" not in acc.Tags() or not acc.Tags()["images"]  # no convolution, no filter image
