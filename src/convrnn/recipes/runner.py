@@ -85,8 +85,9 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     run_dir.attach_log()
     meta = {"recipe": recipe.name, "spec": spec, "input_shape": list(bundle.input_shape),
             "num_outputs": bundle.num_outputs, "config": cfg.to_dict(), "meta": bundle.meta}
+    from convrnn.train.tb_images import TensorBoardImages  # filters (and LM samples) in TensorBoard
     trainer = Trainer(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir,
-                      checkpoint_meta=meta, callbacks=callbacks)
+                      checkpoint_meta=meta, callbacks=[*callbacks, TensorBoardImages()])
     trainer.bundle = bundle
     if resume:
         ckpt = load_latest_checkpoint(run_path)
