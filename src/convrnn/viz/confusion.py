@@ -64,10 +64,10 @@ def run_confusion(run: str | os.PathLike, *, split: str = "val", max_batches: in
     from convrnn.viz.report_sections import eval_context, evaluate_metrics
 
     ctx = eval_context(str(run), split=split, max_batches=max_batches, progress=progress, data_progress=data_progress)
-    acc = evaluate_metrics(ctx)
-    if not hasattr(acc, "confusion"):
+    if not hasattr(ctx.task.new_metrics(), "confusion"):  # before any data is built
         raise DataError(f"{run}: expected a classification run (fonts, mnist), got recipe {ctx.recipe.name!r} "
                         "whose metrics keep no confusion matrix")
+    acc = evaluate_metrics(ctx)
     classes = list(ctx.ckpt["meta"].get("classes") or ctx.task.classes)
     return acc.confusion.cpu().numpy(), classes
 

@@ -99,17 +99,24 @@ def missing(what: str, why: str) -> Section:
 
 @dataclass
 class EvalContext:
-    """What evaluating a run's best checkpoint needs: model, checkpoint, recipe, task and data."""
+    """What evaluating a run's best checkpoint needs: model, checkpoint, recipe, task, and the data of
+    one split, rebuilt from the run's config the first time ``data`` is used (samples need none)."""
 
     model: torch.nn.Module
     ckpt: dict
     recipe: Any
     task: Any
-    data: Any                      # BatchSource of the chosen split
+    make_data: Callable[[], Any]   # -> BatchSource of the chosen split
     split: str
     max_batches: int = EVAL_BATCHES
     progress: Optional[Callable[[int, int], None]] = None
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def data(self):
+        if "data" not in self._cache:
+            self._cache["data"] = self.make_data()
+        return self._cache["data"]
 
     def batches(self) -> Iterator[dict]:
         """At most ``max_batches`` batches of the split, reporting ``progress(done, total)``."""
@@ -126,19 +133,23 @@ class EvalContext:
 
 def eval_context(run: str, *, split: str = "val", max_batches: int = EVAL_BATCHES,
                  progress: Optional[Callable] = None, data_progress: Optional[Callable] = None) -> EvalContext:
-    """Rebuild a run's data from its config and load its best checkpoint (like ``convrnn eval``)."""
+    """Load a run's best checkpoint; its data is rebuilt from its config on first use (as ``convrnn eval``)."""
     from convrnn.recipes.runner import load_run, resolve_config
     from convrnn.train.config import flatten_config_dict
 
     model, ckpt, recipe = load_run(run)
-    cfg = resolve_config(recipe.name)
-    cfg.override(flatten_config_dict(ckpt["config"]))
-    bundle = recipe.make_data(cfg.data, cfg.train, progress=data_progress)
-    data = bundle.test if split == "test" else bundle.val
-    if data is None:
-        raise ConfigError(f"recipe {recipe.name} has no {split} split")
+
+    def make_data():
+        cfg = resolve_config(recipe.name)
+        cfg.override(flatten_config_dict(ckpt["config"]))
+        bundle = recipe.make_data(cfg.data, cfg.train, progress=data_progress)
+        data = bundle.test if split == "test" else bundle.val
+        if data is None:
+            raise ConfigError(f"recipe {recipe.name} has no {split} split")
+        return data
+
     model.eval()
-    return EvalContext(model, ckpt, recipe, recipe.make_task(ckpt["meta"]), data, split, max_batches, progress)
+    return EvalContext(model, ckpt, recipe, recipe.make_task(ckpt["meta"]), make_data, split, max_batches, progress)
 
 
 def _run_batch(ctx: EvalContext, batch: dict):
@@ -293,13 +304,14 @@ def recipe_sections(run: str, recipe: str, *, split: Optional[str] = None, max_b
     if builder is None:
         return [missing("Recipe sections", f"the report has no sections for recipe {recipe!r}")]
     try:
-        kw = dict(max_batches=max_batches, progress=progress, data_progress=data_progress)
-        try:
-            ctx = eval_context(run, split=split or SPLIT_FOR.get(recipe, "val"), **kw)
-        except ConfigError:
-            if split is not None or SPLIT_FOR.get(recipe, "val") == "val":
-                raise
-            ctx = eval_context(run, split="val", **kw)
+        chosen = split or SPLIT_FOR.get(recipe, "val")
+        ctx = eval_context(run, split=chosen, max_batches=max_batches, progress=progress, data_progress=data_progress)
+        if split is None and chosen != "val":
+            try:
+                ctx.data  # noqa: B018  (builds the data: does the run have this split?)
+            except ConfigError:
+                ctx = eval_context(run, split="val", max_batches=max_batches, progress=progress,
+                                   data_progress=data_progress)
         return builder(ctx)
     except ImportError as e:  # a recipe piece not written yet
         return [missing(f"{recipe} sections", f"a module they need is missing ({e})")]
