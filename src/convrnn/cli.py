@@ -52,6 +52,9 @@ def _common_train_options(f):
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
         click.option("--threads", type=int, help="CPU threads for PyTorch"),
         click.option("--seed", type=int, help="random seed"),
+        click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]),
+                     help="32, or bf16/fp16 mixed precision (fp16 on CUDA only)"),
+        click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
         click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
         click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
         click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
@@ -66,7 +69,7 @@ def _common_train_options(f):
 _COMMON_KEYS = {"preset": "model.preset", "spec": "model.spec", "epochs": "train.epochs",
                 "max_time": "train.max_time", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
                 "lr": "train.lr", "device": "train.device", "threads": "train.threads", "seed": "train.seed",
-                "run_dir": "train.run_dir"}
+                "run_dir": "train.run_dir", "precision": "train.precision", "compile_": "train.compile"}
 
 
 @cli.group()

@@ -53,10 +53,13 @@ class TrainConfig:
     val_batches: int = 0          # cap on validation batches; 0 = all
     run_dir: str = ""             # empty = runs/<recipe>-<timestamp>
     quiet: bool = False
+    precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
+    compile: bool = False         # torch.compile the training forward pass
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
+PRECISIONS = ("32", "bf16", "fp16")
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
@@ -73,6 +76,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (cfg.checkpoint_every >= 1, "train.checkpoint_every", "at least 1", cfg.checkpoint_every),
         (cfg.keep_checkpoints >= 1, "train.keep_checkpoints", "at least 1", cfg.keep_checkpoints),
         (cfg.log_every >= 1, "train.log_every", "at least 1", cfg.log_every),
+        (cfg.precision in PRECISIONS, "train.precision", "one of " + ", ".join(PRECISIONS), cfg.precision),
     ]
     for ok, key, expected, got in checks:
         if not ok:

@@ -86,6 +86,32 @@ def detach_state(state):
 
 
 @dataclass
+class RunModule(torch.nn.Module):
+    """``forward`` calls ``model.run``: what DDP and ``torch.compile`` wrap, so their hooks see ``run``.
+
+    DistributedDataParallel only synchronises gradients when its own ``forward`` ran, and
+    ``torch.compile`` compiles ``forward``; ``model.run`` (which returns a ModelOutput with lengths
+    and state) goes through them by being this module's ``forward``.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.module = model
+
+    def forward(self, x, lengths=None, state=None):
+        return self.module.run(x, lengths, state)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.precision`` on ``device`` (None for 32); fp16 on CPU is an error."""
+    if precision == "32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConvrnnError(f"train.precision=fp16 needs a CUDA device, got {device}; use bf16 (or 32) on {device.type}")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+@dataclass
 class Position:
     """Where training stands; saved in every checkpoint."""
 
@@ -122,11 +148,19 @@ class Trainer:
         self.meta = dict(checkpoint_meta or {})
         self.callbacks = list(callbacks)
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        # mixed precision: autocast in the training forward pass; fp16 also scales the loss
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.forward_module = self.wrap_forward(RunModule(self.model))
         self.pos = Position()
         self.state = None  # recurrent state carried between batches (stateful tasks)
         self.last_val: dict[str, float] = {}
         self.val_step = -1  # step of the last validation
         self.skipped = 0
+
+    def wrap_forward(self, module: RunModule) -> torch.nn.Module:
+        """The module the training step calls; DistributedTrainer wraps it in DDP first."""
+        return torch.compile(module) if self.cfg.compile else module
 
     # ----- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -140,6 +174,7 @@ class Trainer:
             "carried_state": detach_state(self.state),
             "metrics": dict(self.last_val), "val_step": self.val_step,
             "task": self.task.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
         }
 
     def save(self, name: str) -> Optional[Path]:
@@ -163,6 +198,8 @@ class Trainer:
             self.state = [s if s is None else _to(s, self.device) for s in self.state]
         self.last_val = dict(ckpt.get("metrics") or {})
         self.val_step = ckpt.get("val_step", -1)
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.pos.step)
 
@@ -250,21 +287,28 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor
         try:
-            out = self.model.run(batch["x"], batch.get("lengths"), self.state if self.task.stateful else None)
-            loss = self.task.loss(out, batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.forward_module(batch["x"], batch.get("lengths"), self.state if self.task.stateful else None)
+                loss = self.task.loss(out, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(self._diverged_message(float(loss.detach())))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss * batch.get("loss_weight", 1.0)).backward()
         except torch.cuda.OutOfMemoryError:
             raise ConvrnnError(self._oom_message()) from None
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clipping sees true gradients
         if self.cfg.clip_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         else:
             norm = torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]).norm()
         if torch.isfinite(norm):
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.skipped = 0
+        elif self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0:
+            self.scaler.step(self.optimizer)  # skips the update and lowers the fp16 loss scale
+            self.scaler.update()
+            log.debug("step %d: fp16 overflow, loss scale lowered to %g", self.pos.step + 1, self.scaler.get_scale())
         else:
             self.skipped += 1
             log.warning("step %d: non-finite gradient norm, update skipped (%d in a row)", self.pos.step + 1, self.skipped)
@@ -273,7 +317,11 @@ class Trainer:
         if self.task.stateful:
             self.state = detach_state(out.state)
         units = self.task.count(batch) if hasattr(self.task, "count") else int(batch["x"].shape[0])
-        return float(loss.detach()), units
+        return self.reduce_loss(loss.detach(), batch), units
+
+    def reduce_loss(self, loss: torch.Tensor, batch: dict) -> float:
+        """The step's loss as a float (DistributedTrainer averages it over the ranks)."""
+        return float(loss)
 
     def _diverged_message(self, value: float, what: str = "loss") -> str:
         last = self.run_dir.checkpoints / "last.pt" if self.run_dir else None

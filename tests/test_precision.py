@@ -1,0 +1,51 @@
+"""Mixed precision in the trainer: bf16 autocast on CPU trains like fp32, fp16 on CPU is a clear error."""
+import pytest
+import torch
+
+from convrnn.cli import main
+from convrnn.errors import ConfigError, ConvrnnError
+from convrnn.tasks.classify import ClassifyTask
+from convrnn.train.config import TrainConfig, validate_train_config
+from convrnn.train.trainer import Trainer
+
+from helpers import TinyNet, toy_batches, toy_classification
+
+
+def losses(precision: str, steps: int = 6) -> list[float]:
+    torch.manual_seed(0)
+    x, y = toy_classification()
+    trainer = Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y), None,
+                      TrainConfig(epochs=1, batch_size=16, lr=1e-2, device="cpu", precision=precision))
+    got = []
+    trainer.callbacks.append(type("Rec", (), {"on_step": lambda self, t, info: got.append(info["loss"])})())
+    trainer.fit()
+    return got[:steps]
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32():
+    fp32, bf16 = losses("32"), losses("bf16")
+    assert len(fp32) == len(bf16) == 6
+    # bf16 keeps 8 bits of mantissa: losses agree to ~1e-2 relative, and they are not bit-identical
+    assert all(abs(a - b) <= 3e-2 * abs(a) for a, b in zip(fp32, bf16)), (fp32, bf16)
+    assert fp32 != bf16
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    x, y = toy_classification()
+    with pytest.raises(ConvrnnError, match="fp16 needs a CUDA device"):
+        Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y), None,
+                TrainConfig(device="cpu", precision="fp16"))
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ConfigError, match="train.precision: expected one of 32, bf16, fp16"):
+        validate_train_config(TrainConfig(precision="fp8"))
+
+
+def test_cli_precision_flag_reaches_the_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "fonts", "--device", "cpu", "--precision", "fp16", "--samples-per-font", "4",
+              "--max-steps", "1", "--run-dir", str(tmp_path / "run")])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: train.precision=fp16 needs a CUDA device")
