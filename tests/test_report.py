@@ -162,3 +162,61 @@ def test_language_model_samples_go_to_tensorboard_as_text(tmp_path):
     text = acc.Tensors("samples/temperature_0.5/text_summary")[0].tensor_proto.string_val[0].decode()
     assert len(text.replace("\n", "").replace("    ", "")) >= 20 and set(text) <= set("to ber n\n")
     assert "images" not in acc.Tags() or not acc.Tags()["images"]  # no convolution, no filter image
+
+
+# ---------------------------------------------------------------------- the other recipes' sections
+
+def _train(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "train", *argv])
+    assert exc.value.code == 0
+
+
+def _texts(body, css):
+    import html as html_lib
+    return [html_lib.unescape(t) for t in re.findall(rf'<pre class="{css}">(.*?)</pre>', body, re.S)]
+
+
+def test_digits_section_shows_error_per_length_up_to_twice_the_training_length(tmp_path):
+    from test_digits import write_digits
+
+    from convrnn.viz.report_sections import recipe_sections
+    data = write_digits(tmp_path / "mnist")
+    run = tmp_path / "digits"
+    _train(["digits", "--op", "sum", "--max-len", "2", "--data-dir", str(data), "--run-dir", str(run),
+            "--max-steps", "2", "--batch-size", "16", "--num-train", "32", "--threads", "1",
+            "--set", "data.num_val=16", "--set", "data.num_test=32"])
+    [section] = recipe_sections(str(run), "digits", max_batches=2)
+    assert section.title == "Error per sequence length" and "test split" in section.body
+    lengths = [int(n) for n in re.findall(r'<tr><td class="num">(\d+)</td>', section.body)]
+    assert lengths == [1, 2, 3, 4]  # test sequences go to 2N = 4
+    assert section.body.count("<img") == 1
+
+
+def test_lines_sections_show_worst_lines_and_ctc_alignments(tmp_path):
+    from convrnn.viz.report_sections import recipe_sections
+    run = tmp_path / "lines"
+    _train(["lines", "--synthetic", "digits", "--mnist-dir", str(tmp_path), "--num-train", "32", "--height", "16",
+            "--max-digits", "3", "--max-steps", "2", "--batch-size", "16", "--run-dir", str(run),
+            "--set", "data.num_val=12", "--set", "data.num_test=4", "--spec", "conv:4,3x3 pool:2x2 cols lstm:8,bi ctc"])
+    worst, ctc = recipe_sections(str(run), "lines", max_batches=1)
+    assert worst.title == "Worst-read lines" and ctc.title == "CTC alignments"
+    rows = re.findall(r"<tr><td>(val[^<]*)</td><td class=\"num\">([\d.]+)</td><td>([^<]*)</td>", worst.body)
+    assert 1 <= len(rows) <= 8
+    cers = [float(c) for _, c, _ in rows]
+    assert cers == sorted(cers, reverse=True)  # worst first
+    assert all(ref.isdigit() for _, _, ref in rows)  # references are the digit strings
+    assert ctc.body.count("<img") == min(3, len(rows))
+
+
+def test_charlm_section_samples_at_three_temperatures(tmp_path):
+    from convrnn.viz.report_sections import SAMPLE_LENGTH, SAMPLE_TEMPERATURES, recipe_sections
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question\n" * 40, encoding="utf-8")
+    run = tmp_path / "charlm"
+    _train(["charlm", "--data", str(text), "--run-dir", str(run), "--max-steps", "2", "--batch-size", "4",
+            "--set", "data.seq_len=16", "--spec", "embed:8 lstm:16 lm"])
+    [section] = recipe_sections(str(run), "charlm")
+    samples = _texts(section.body, "sample")
+    assert len(samples) == len(SAMPLE_TEMPERATURES) == 3
+    assert all(len(s) == SAMPLE_LENGTH and set(s) <= set(text.read_text()) for s in samples)
