@@ -30,6 +30,7 @@ class TrainProgress:
         self._task = None
         self._ema: Optional[float] = None
         self._rate: Optional[float] = None
+        self._start = (0, 0.0)  # (step, training seconds) when this process started training
 
     def _print(self, text: str) -> None:
         if self._bar is not None:
@@ -40,6 +41,7 @@ class TrainProgress:
     def on_train_start(self, trainer) -> None:
         from convrnn.train.trainer import Trainer  # noqa: F401  (for type readers)
         cfg = trainer.cfg
+        self._start = (trainer.pos.step, trainer.pos.train_time)
         where = trainer.run_dir.path if trainer.run_dir else "(no run directory)"
         limits = [f"{cfg.epochs} epochs"]
         if cfg.max_steps:
@@ -71,7 +73,10 @@ class TrainProgress:
         now = time.monotonic()
         if not self.quiet and now - self._last_print >= self.every:
             self._last_print = now
-            self._print(f"step {info['step']}  epoch {info['epoch'] + 1} batch {info['batch']}/{info['batches']}  {text}")
+            eta = train_eta(trainer, info, self._start)
+            eta_text = f"  eta {eta:.0f} s" if eta is not None else ""
+            self._print(f"step {info['step']}  epoch {info['epoch'] + 1} batch {info['batch']}/{info['batches']}  "
+                        f"{text}{eta_text}")
 
     def on_validation(self, trainer, metrics: dict) -> None:
         self._print(f"validation at step {trainer.pos.step} (epoch {trainer.pos.epoch}): {_fmt_metrics(metrics)}")
@@ -83,6 +88,23 @@ class TrainProgress:
         where = trainer.run_dir.path if trainer.run_dir else ""
         self._print(f"done: {trainer.pos.step} steps in {trainer.pos.train_time:.1f} s of training; "
                     f"{_fmt_metrics(metrics) or 'no validation'}; run {where}")
+
+
+def train_eta(trainer, info: dict, start: tuple[int, float]) -> Optional[float]:
+    """Training seconds left until the first limit (epochs, max_steps, max_time), from the seconds per
+    step since ``start`` (step, training seconds); None before the first step. Validation is not counted."""
+    cfg, pos = trainer.cfg, trainer.pos
+    steps = pos.step - start[0]
+    if steps <= 0:
+        return None
+    per_step = (pos.train_time - start[1]) / steps
+    left = (cfg.epochs - info["epoch"]) * info["batches"] - info["batch"]  # epochs of this epoch's size
+    if cfg.max_steps:
+        left = min(left, cfg.max_steps - pos.step)
+    eta = max(left, 0) * per_step
+    if cfg.max_time:
+        eta = min(eta, max(cfg.max_time - pos.train_time, 0.0))
+    return eta
 
 
 class CountProgress:
