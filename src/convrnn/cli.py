@@ -102,6 +102,8 @@ def _make_train_command(recipe_name: str):
         trainer = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
                             callbacks=[TrainProgress(quiet=quiet)],
                             progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+        if trainer.run_dir is None:  # a non-main rank of a torchrun job: rank 0 reports
+            return
         click.echo(f"run: {trainer.run_dir.path}")
         for k, v in trainer.last_val.items():
             click.echo(f"{k}: {v:.6g}")

@@ -67,7 +67,10 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     """Data, model, task, run directory and trainer for ``cfg``; restores ``resume`` when given."""
     from convrnn.spec.builder import build_model
 
+    from convrnn.train.distributed import DistributedTrainer, init_from_env
+
     recipe = get_recipe(cfg.recipe)
+    ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
     bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
     spec = model_spec(cfg, bundle)
@@ -77,17 +80,19 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
         run_path = Path(resume)
     else:
         run_path = Path(cfg.train.run_dir) if cfg.train.run_dir else new_run_dir(recipe.name)
-        if (run_path / "checkpoints" / "last.pt").exists():
+        if ctx.is_main and (run_path / "checkpoints" / "last.pt").exists():
             raise ConfigError(f"{run_path}: this run directory already holds a run; use --resume {run_path} to continue it")
-    run_dir = RunDir(run_path)
     cfg.train.run_dir = str(run_path)
-    cfg.save(run_path / "config.json")
-    run_dir.attach_log()
+    run_dir = RunDir(run_path) if ctx.is_main else None  # only rank 0 writes
+    if run_dir is not None:
+        cfg.save(run_path / "config.json")
+        run_dir.attach_log()
     meta = {"recipe": recipe.name, "spec": spec, "input_shape": list(bundle.input_shape),
             "num_outputs": bundle.num_outputs, "config": cfg.to_dict(), "meta": bundle.meta}
     from convrnn.train.tb_images import TensorBoardImages  # filters (and LM samples) in TensorBoard
-    trainer = Trainer(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir,
-                      checkpoint_meta=meta, callbacks=[*callbacks, TensorBoardImages()])
+    kind, extra = (DistributedTrainer, {"ctx": ctx}) if ctx.enabled else (Trainer, {})
+    trainer = kind(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir,
+                   checkpoint_meta=meta, callbacks=[*callbacks, TensorBoardImages()], **extra)
     trainer.bundle = bundle
     if resume:
         ckpt = load_latest_checkpoint(run_path)
@@ -116,7 +121,8 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
     try:
         trainer.fit()
     finally:
-        trainer.run_dir.close()
+        if trainer.run_dir is not None:
+            trainer.run_dir.close()
     return trainer
 
 

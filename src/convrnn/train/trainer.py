@@ -85,7 +85,6 @@ def detach_state(state):
     return type(state)(detach_state(s) for s in state)
 
 
-@dataclass
 class RunModule(torch.nn.Module):
     """``forward`` calls ``model.run``: what DDP and ``torch.compile`` wrap, so their hooks see ``run``.
 
