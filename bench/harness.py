@@ -38,6 +38,7 @@ REGISTRY = {
     "lines_digits_cer": "bench.lines:lines_digits_cer",
     "lines_text_cer": "bench.lines:lines_text_cer",
     "lines_vs_kraken": "bench.lines:lines_vs_kraken",
+    "gpu_precision": "bench.gpu_precision:run",
 }
 
 
