@@ -1,0 +1,110 @@
+"""The training-memory estimate of ``SpecModel.summary`` against the measured peak, for every preset.
+
+CPU: each preset trains one step (forward, backward, Adam step) in a fresh subprocess, and the peak
+is the growth of ``ru_maxrss`` (the process's high-water resident memory) over that step, the model
+and optimizer creation included; the batch is large enough that the step's memory dominates the
+allocator's noise. CUDA (``python tests/test_memory.py cuda``, run on a GPU machine): the peak is
+``torch.cuda.max_memory_allocated``. Either must lie within 30% of the estimate.
+"""
+# B batch
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TOLERANCE = 0.30
+SEQ_LEN = 32  # the summary takes unknown sizes (sequence length, line width) as this
+
+
+TARGET_BYTES = 160 * 2**20  # per-step memory the batch size aims at: RSS noise is a few MB
+
+
+def batch_size(preset: str) -> int:
+    """The batch whose estimated step memory is about TARGET_BYTES (between 8 and 2048)."""
+    from convrnn.models import create_model
+    mem = create_model(preset).summary(batch_size=1, seq_len=SEQ_LEN).memory
+    fixed = mem["weights"] + mem["gradients"] + mem["optimizer"]
+    per_sample = max(mem["activations"], 1)
+    return int(min(2048, max(8, (TARGET_BYTES - fixed) // per_sample)))
+
+
+def measure(preset: str, device: str = "cpu") -> dict:
+    """Estimate and measured peak (bytes) of one training step of ``preset`` (run in a fresh process)."""
+    import resource
+
+    import torch
+
+    from convrnn.models import create_model, get_preset
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    B = batch_size(preset)
+    p = get_preset(preset)
+    shape = tuple(SEQ_LEN if s is None else s for s in p.input_shape)
+    if p.input_shape == (None,):  # tokens
+        x = torch.randint(0, p.num_outputs, (B, *shape), device=device)
+    else:
+        x = torch.rand(B, *shape, device=device)
+    warm = create_model(preset).to(device)  # load the kernels (oneDNN, cuDNN...) before the baseline
+    torch.optim.Adam(warm.parameters()).step()
+    warm.run(x[:2]).y.float().sum().backward()
+    del warm
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = create_model(preset).to(device)
+    estimate = model.summary(batch_size=B, seq_len=SEQ_LEN).memory
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = model.run(x)
+    out.y.float().square().mean().backward()
+    opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"preset": preset, "batch_size": B, "estimate": sum(estimate.values()), "parts": estimate,
+            "measured": peak, "ratio": peak / max(sum(estimate.values()), 1)}
+
+
+def measure_in_subprocess(preset: str) -> dict:
+    code = f"import sys, json; sys.path.insert(0, {os.path.dirname(__file__)!r}); " \
+           f"from test_memory import measure; print(json.dumps(measure({preset!r})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def presets() -> list[str]:
+    from convrnn.models import list_models
+    return list_models()
+
+
+# Measured on CPU (ratio measured/estimate at ~160 MB): the estimate undercounts what CPU autograd keeps
+# for LSTMs (per-step gate activations before and after the nonlinearity), MDLSTM and the digits
+# preset's per-digit dense layers. Not fixed yet in spec/builder.py: marked so the gap stays visible.
+UNDERESTIMATED_ON_CPU = {"charlm": 2.1, "charrnn": 1.35, "digits": 1.55, "fwtk": 1.75, "pham2014": 3.25}
+
+
+def _mark(preset: str):
+    if preset in UNDERESTIMATED_ON_CPU:
+        return pytest.param(preset, marks=pytest.mark.xfail(
+            reason=f"estimate ~{UNDERESTIMATED_ON_CPU[preset]}x too low on CPU (see docs/scaling.md)", strict=False))
+    return preset
+
+
+@pytest.mark.parametrize("preset", [_mark(p) for p in presets()])
+def test_estimate_within_30_percent_of_measured_cpu_peak(preset):
+    r = measure_in_subprocess(preset)
+    assert abs(r["ratio"] - 1) <= TOLERANCE, r
+
+
+if __name__ == "__main__":  # pragma: no cover - the CUDA check, run on a GPU machine
+    device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    rows = [measure(p, device) for p in presets()] if device == "cuda" else [measure_in_subprocess(p) for p in presets()]
+    print(json.dumps(rows, indent=1))
