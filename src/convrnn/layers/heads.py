@@ -26,8 +26,13 @@ def pool_steps(x: torch.Tensor, lengths: Optional[torch.Tensor], mode: str, *,
     and the backward half at step 0, where each direction has seen the whole sequence.
     """
     b, t, f = x.shape
-    if lengths is None:
-        lengths = torch.full((b,), t, dtype=torch.long, device=x.device)
+    if lengths is None:  # every step valid: no size baked in as a constant (traced ONNX export keeps T dynamic)
+        if mode == "last":
+            if not bidirectional_split:
+                return x[:, -1]  # (B, T, F) -> (B, F)
+            half = f // 2
+            return torch.cat([x[:, -1, :half], x[:, 0, half:]], dim=1)  # forward (B, F/2) + backward (B, F/2)
+        return x.mean(1) if mode == "mean" else x.amax(1)  # (B, T, F) -> (B, F)
     lengths = lengths.to(x.device)
     if mode == "last":
         last = x[torch.arange(b, device=x.device), (lengths - 1).clamp(0, t - 1)]  # (B, T, F) -> (B, F)
