@@ -230,7 +230,7 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
 
 # Further command groups live in convrnn/commands/<name>.py, each with ``register(cli)``; adding a
 # group means adding its module name here, never growing this file.
-COMMAND_MODULES: tuple[str, ...] = ("sample", "plot", "data", "lines", "report")
+COMMAND_MODULES: tuple[str, ...] = ("sample", "plot", "data", "lines", "report", "export")
 
 
 def _register_command_modules() -> None:

@@ -1,0 +1,18 @@
+"""``convrnn export RUN --format onnx [--out FILE]``: a run's best model as ONNX (see convrnn.export)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.argument("run", type=click.Path())
+    @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+    @click.option("--out", type=click.Path(dir_okay=False), help="output file (default RUN/model.onnx)")
+    def export(run: str, fmt: str, out: Optional[str]) -> None:
+        """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
+        from convrnn.export import export_run
+
+        click.echo(str(export_run(run, out, fmt)))
