@@ -1,7 +1,8 @@
 """The training-memory estimate of ``SpecModel.summary`` against the measured peak, for every preset.
 
 CPU: each preset trains one step (forward, backward, Adam step) in a fresh subprocess, and the peak
-is the growth of ``ru_maxrss`` (the process's high-water resident memory) over that step, the model
+is the growth of ``VmHWM`` (the high-water resident memory of the process's address space, from
+``/proc/self/status``) over that step, the model
 and optimizer creation included; the batch is large enough that the step's memory dominates the
 allocator's noise. CUDA (``python tests/test_memory.py cuda``, run on a GPU machine): the peak is
 ``torch.cuda.max_memory_allocated``. Either must lie within 30% of the estimate.
@@ -30,10 +31,21 @@ def batch_size(preset: str) -> int:
     return int(min(2048, max(8, (TARGET_BYTES - fixed) // per_sample)))
 
 
+def peak_rss() -> int:
+    """High-water resident bytes of this process's address space.
+
+    Not ``ru_maxrss``: Linux carries that across fork and exec, so a subprocess of a large pytest
+    process starts with the parent's peak and a smaller training step never raises it.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure(preset: str, device: str = "cpu") -> dict:
     """Estimate and measured peak (bytes) of one training step of ``preset`` (run in a fresh process)."""
-    import resource
-
     import torch
 
     from convrnn.models import create_model, get_preset
@@ -56,7 +68,7 @@ def measure(preset: str, device: str = "cpu") -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = peak_rss()
     model = create_model(preset).to(device)
     estimate = model.summary(batch_size=B, seq_len=SEQ_LEN).memory
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -67,7 +79,7 @@ def measure(preset: str, device: str = "cpu") -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = peak_rss() - base
     return {"preset": preset, "batch_size": B, "estimate": sum(estimate.values()), "parts": estimate,
             "measured": peak, "ratio": peak / max(sum(estimate.values()), 1)}
 
