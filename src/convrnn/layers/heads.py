@@ -103,18 +103,31 @@ class Classify(_PooledHead):
 
 
 class Regress(_PooledHead):
-    """Real-valued outputs for a sequence (``last``/``mean``/``max``) or for every step (``seq``).
+    """Real-valued outputs for a sequence (``last``/``mean``/``max``/``sum``) or for every step (``seq``).
+
+    ``sum`` applies the linear layer at every step and adds the outputs of the valid steps (bias
+    included, once per step): the value of a sequence is a sum of per-step values, the right shape
+    for additive targets such as a sum of digits.
 
     Shape:
         - Input: ``(B, T, F)`` with lengths ``(B,)``, or ``(B, F)``.
         - Output: ``(B, num_outputs)``, or ``(B, T, num_outputs)`` for ``pool='seq'`` (lengths pass through).
     """
 
-    pools = POOLS + ("seq",)
+    pools = POOLS + ("sum", "seq")
 
     def __init__(self, in_features: int, num_outputs: int = 1, *, pool: str = "last",
                  bidirectional_split: bool = False):
         super().__init__(in_features, num_outputs, pool, bidirectional_split)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.pool != "sum" or x.dim() != 3:
+            return super().forward(x, lengths)
+        y = self.linear(x)  # (B, T, F) -> (B, T, N)
+        if lengths is None:
+            return y.sum(1)  # (B, T, N) -> (B, N)
+        mask = valid_mask(lengths.to(x.device), x.shape[1])[:, :, None]  # (B, T) -> (B, T, 1)
+        return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)).sum(1)  # -> (B, N)
 
 
 class Project(nn.Module, Shaped):

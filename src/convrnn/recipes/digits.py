@@ -122,10 +122,14 @@ class DigitsRecipe(Recipe):
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)
         per_step = data_cfg.op == "running-sum"
+        if data_cfg.op == "sum":
+            # scale only: a head that adds per-step values (reg:sum) has no constant to subtract a mean
+            # with, and the sum of an empty sequence is 0 either way
+            meta["target_mean"] = 0.0
         fields = {"head": head, "per_step": per_step}
         if data_cfg.activation:
             fields["activation"] = data_cfg.activation
-        meta.update(head=head, per_step=per_step, preset_fields=fields,
+        meta.update(head=head, per_step=per_step, preset_fields=fields, preset_hints={"op": data_cfg.op},
                     image_shape=list(train.image_shape), test_max_len=2 * data_cfg.max_len)
         meta["sizes"]["test"] = len(test)
         num_outputs = meta["num_target_classes"] if head == "cls" else 1

@@ -59,6 +59,9 @@ def model_spec(cfg: RunConfig, bundle: DataBundle) -> str:
     if skipped:
         log.warning("preset %s has no field %s; ignored", cfg.model.preset, ", ".join(skipped))
     extra = {k: v for k, v in wanted.items() if k in known}
+    # hints: fields a preset may use to fit the data (the digits op), silently skipped by presets without them
+    hints = bundle.meta.get("preset_hints", {}) if isinstance(bundle.meta, dict) else {}
+    extra.update({k: v for k, v in hints.items() if k in known and k not in extra})
     return get_preset(cfg.model.preset, num_outputs=bundle.num_outputs, input_shape=bundle.input_shape, **extra).spec
 
 

@@ -19,7 +19,7 @@ a flag word, or ``key=value``. Positional args may also be given as ``key=value`
 | lstm | `lstm:H[,bi][,layers=N][,dropout=P]` | feature sequence -> feature sequence | LSTM stack, H units (2H with `bi`) |
 | gru | `gru:H[,bi][,layers=N][,dropout=P]` | feature sequence -> feature sequence | GRU stack, H units (2H with `bi`) |
 | cls | `cls:POOL[,N]` | feature sequence or vector -> vector | N class logits, POOL last/mean/max over valid steps |
-| reg | `reg:POOL[,N]` | feature sequence or vector -> vector (or sequence for `seq`) | N real outputs, POOL last/mean/max/seq |
+| reg | `reg:POOL[,N]` | feature sequence or vector -> vector (or sequence for `seq`) | N real outputs, POOL last/mean/max/sum/seq |
 | ctc | `ctc[:N]` | feature sequence -> feature sequence | per-step logits over N symbols incl. blank |
 | lm | `lm[:N][,tie]` | feature sequence -> feature sequence | per-step next-token logits; `tie` shares the embed weights |
 
@@ -364,8 +364,8 @@ for _schema in (
     _recurrent("gru", "GRU"),
     OpSchema("cls", "cls:POOL[,N]", "classification head over valid steps",
              args=(Param("pool", choice("last", "mean", "max")), Param("classes", POS_INT, None))),
-    OpSchema("reg", "reg:POOL[,N]", "regression head over valid steps, or per step with seq",
-             args=(Param("pool", choice("last", "mean", "max", "seq")), Param("outputs", POS_INT, None))),
+    OpSchema("reg", "reg:POOL[,N]", "regression head over valid steps (sum: of per-step outputs), or per step with seq",
+             args=(Param("pool", choice("last", "mean", "max", "sum", "seq")), Param("outputs", POS_INT, None))),
     OpSchema("ctc", "ctc[:N]", "per-step logits over N symbols incl. blank", args=(Param("symbols", POS_INT, None),)),
     OpSchema("lm", "lm[:N][,tie]", "per-step next-token logits", args=(Param("vocab", POS_INT, None),),
              flags=("tie",)),
