@@ -116,6 +116,15 @@ def test_running_sum_predicts_a_value_per_image(mnist_dir, tmp_path, capsys):
     assert all(line.split("\t")[1].lstrip("-").isdigit() for line in lines)
 
 
+def test_sum_with_the_default_preset_sums_per_digit_values(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "sum"
+    code, out, err = run_cli(capsys, "-q", "train", "digits", "--max-len", "2",
+                             "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
+    assert code == 0, err
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["spec"].endswith("gru:64 reg:sum") and ckpt["meta"]["target_mean"] == 0.0  # scaled, not shifted
+
+
 def test_product_picks_a_classification_head_over_the_values(mnist_dir, tmp_path, capsys):
     run = tmp_path / "prod"
     code, out, err = run_cli(capsys, "-q", "train", "digits", "--op", "product", "--max-len", "2",

@@ -109,3 +109,28 @@ def test_shape_errors_name_expected_and_actual():
         ValueClassifyTask(4).values(ModelOutput(torch.zeros(2, 3)))
     with pytest.raises(DataError, match="target_std"):
         RegressTask(target_std=0.0)
+
+
+def test_sum_pool_adds_per_step_outputs_of_valid_steps_only():
+    from convrnn.layers.heads import Regress
+
+    torch.manual_seed(0)
+    head = Regress(3, 1, pool="sum")
+    x = torch.randn(2, 4, 3)
+    lengths = torch.tensor([4, 2])
+    y = head(x, lengths)
+    per_step = head.linear(x)  # (B, T, 1)
+    assert torch.allclose(y[0], per_step[0].sum(0)) and torch.allclose(y[1], per_step[1, :2].sum(0))
+    noisy = x.clone()
+    noisy[1, 2:] = 1e6  # padding never leaks in
+    assert torch.equal(head(noisy, lengths), y)
+    assert torch.allclose(head(x), per_step.sum(1))  # no lengths: every step
+    assert head.output_shape((None, None, 3)) == (None, 1)
+
+
+def test_digits_preset_sums_per_step_values_only_for_sums():
+    from convrnn.models import get_preset
+
+    assert get_preset("digits").spec.endswith("gru:64 reg:sum")  # op defaults to sum
+    assert get_preset("digits", op="product").spec.endswith("gru:64 reg:last")
+    assert get_preset("digits", op="sum", per_step=True).spec.endswith("reg:seq")
