@@ -33,3 +33,31 @@ def test_plain_lines_show_rate_and_eta():
     progress.on_step(trainer, {"step": 5, "epoch": 0, "batch": 5, "batches": 10, "loss": 0.5, "rate": 80.0,
                                "unit": "samples"})
     assert out.getvalue().strip() == "step 5  epoch 1 batch 5/10  loss 0.5000  80 samples/s  eta 1 s"
+
+
+def test_quiet_prints_plain_lines_once_a_minute_and_never_a_bar(monkeypatch):
+    from convrnn import progress as progress_module
+    from convrnn.progress import QUIET_EVERY, CountProgress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    progress = TrainProgress(quiet=True, every=10.0, stream=out)
+    assert not progress.fancy and progress.every == QUIET_EVERY
+    trainer = fake_trainer(0, 0.0, epochs=1)
+    info = {"step": 1, "epoch": 0, "batch": 1, "batches": 10, "loss": 0.5, "rate": 80.0, "unit": "samples"}
+    for seconds in (0.0, 10.0, 59.0, 61.0):  # lines at 0 s and 61 s only
+        clock[0] = 1000.0 + seconds
+        progress.on_step(trainer, info)
+    assert len(out.getvalue().strip().splitlines()) == 2
+
+    out = io.StringIO()
+    count = CountProgress("rendering", quiet=True, stream=out)
+    clock[0] = 2000.0
+    count(10, 100)
+    clock[0] = 2030.0
+    count(50, 100)  # within the minute: no line
+    clock[0] = 2070.0
+    count(100, 100)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("rendering: 100/100 items")

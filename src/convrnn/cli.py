@@ -30,7 +30,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="convrnn")
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
-@click.option("-q", "--quiet", is_flag=True, help="only warnings and results")
+@click.option("-q", "--quiet", is_flag=True, help="warnings, results and a plain progress line a minute (no bars, no INFO logs)")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Convolutional-recurrent sequence models: train, evaluate, predict, inspect."""

@@ -1,5 +1,8 @@
 """Progress for long work: a rich bar on a terminal, plain periodic lines elsewhere (CI, pipes, --quiet).
 
+``quiet`` never draws a bar and prints its plain lines less often (every ``QUIET_EVERY`` seconds), so a
+long run under ``--quiet`` still shows that it is alive, with its rate and ETA.
+
 Used by the CLI only; library code reports through callbacks and ``logging``.
 """
 from __future__ import annotations
@@ -7,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import Optional
+
+QUIET_EVERY = 60.0  # seconds between plain progress lines under --quiet
 
 
 def _fmt_metrics(metrics: dict) -> str:
@@ -24,7 +29,7 @@ class TrainProgress:
     def __init__(self, *, fancy: Optional[bool] = None, every: float = 10.0, quiet: bool = False, stream=None):
         self.stream = stream or sys.stderr
         self.fancy = (self.stream.isatty() and not quiet) if fancy is None else fancy
-        self.quiet, self.every = quiet, every
+        self.quiet, self.every = quiet, max(every, QUIET_EVERY) if quiet else every
         self._last_print = 0.0
         self._bar = None
         self._task = None
@@ -71,7 +76,7 @@ class TrainProgress:
             self._bar.update(self._task, completed=info["batch"], info=text)
             return
         now = time.monotonic()
-        if not self.quiet and now - self._last_print >= self.every:
+        if now - self._last_print >= self.every:
             self._last_print = now
             eta = train_eta(trainer, info, self._start)
             eta_text = f"  eta {eta:.0f} s" if eta is not None else ""
@@ -112,7 +117,8 @@ class CountProgress:
 
     def __init__(self, label: str, *, quiet: bool = False, every: float = 5.0, stream=None, unit: str = "items"):
         self.stream = stream or sys.stderr
-        self.label, self.quiet, self.every, self.unit = label, quiet, every, unit
+        self.label, self.quiet, self.unit = label, quiet, unit
+        self.every = max(every, QUIET_EVERY) if quiet else every
         self.fancy = self.stream.isatty() and not quiet
         self._bar = None
         self._task = None
@@ -131,7 +137,7 @@ class CountProgress:
                 self._bar.stop()
             return
         now = time.monotonic()
-        if self.quiet or (now - self._last < self.every and done < total):
+        if now - self._last < self.every and (done < total or self.quiet):
             return
         self._last = now
         rate = done / max(now - self._t0, 1e-9)
