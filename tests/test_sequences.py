@@ -12,7 +12,8 @@ import torch
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.mnist import MnistSplit, load_mnist
 from convrnn.data.sequences import (OPS, DigitSequences, collate_sequences, make_digit_sequences,
-                                    make_length_eval_sets, num_target_classes, sequence_targets, val_test_pools)
+                                    make_length_eval_sets, num_target_classes, random_shift, sequence_targets,
+                                    val_test_pools)
 from convrnn.errors import ConfigError, DataError
 
 
@@ -99,6 +100,29 @@ def test_batched_gather_equals_collating_items(op):
     assert slow.keys() == fast.keys()
     for key in slow:
         assert slow[key].dtype == fast[key].dtype and torch.equal(slow[key], fast[key]), key
+
+
+def test_random_shift_moves_whole_images_within_the_bound():
+    images = np.zeros((200, 9, 9), dtype=np.float32)
+    images[:, 4, 4] = 1.0  # one bright pixel in the middle
+    moved = random_shift(images, 2, np.random.default_rng(0))
+    where = np.argwhere(moved == 1.0)  # (image, row, col) of every bright pixel
+    assert moved.shape == images.shape and len(where) == 200 and moved.sum() == 200  # nothing lost or duplicated
+    offsets = where[:, 1:] - 4
+    assert np.abs(offsets).max() == 2 and {tuple(o) for o in offsets} == {(r, c) for r in range(-2, 3) for c in range(-2, 3)}
+
+
+def test_shifted_training_batches_are_a_function_of_the_batch_and_keep_targets_and_padding():
+    ds = DigitSequences.from_split(TRAIN, op="sum", max_len=4, num_sequences=30, seed=8)
+    ids = [5, 0, 29, 17]
+    plain = ds.batch(ids)
+    ds.shift = 1
+    a, b = ds.batch(ids), ds.batch(ids)
+    assert torch.equal(a["x"], b["x"])  # resuming replays the same augmentation
+    assert not torch.equal(a["x"], plain["x"])
+    assert torch.equal(a["y"], plain["y"]) and torch.equal(a["lengths"], plain["lengths"])
+    assert (a["x"][~a["mask"]] == 0).all()  # padded steps stay blank
+    assert not torch.equal(ds.batch([0, 5, 29, 17])["x"][1], a["x"][0])  # another batch, another draw
 
 
 def test_targets_depend_on_labels_not_pixels():

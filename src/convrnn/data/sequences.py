@@ -91,6 +91,10 @@ class DigitSequences(torch.utils.data.Dataset):
 
     Attributes ``lengths`` (S,), ``indices`` (S, max_len) with -1 past each length, ``digits``
     (S, max_len) with -1 padding and ``targets`` ((S,) or (S, max_len)) hold every sequence.
+    ``shift`` (default 0: off), set on a training set, moves every digit of a batch by a random
+    whole number of pixels, up to ``shift`` in each direction (zeros shifted in), drawn from the
+    batch's item ids and ``seed``: the same batch is always augmented the same way, so resuming
+    replays it exactly.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, max_len: int = 4, min_len: int = 1,
@@ -119,6 +123,7 @@ class DigitSequences(torch.utils.data.Dataset):
         self.indices = np.where(valid, picks, -1)
         self.digits = np.where(valid, labels[picks], -1)
         self.targets = sequence_targets(self.digits, self.lengths, op)
+        self.shift = 0
 
     @classmethod
     def from_split(cls, split, **kwargs) -> "DigitSequences":
@@ -158,6 +163,9 @@ class DigitSequences(torch.utils.data.Dataset):
         mask = rows >= 0
         x = np.zeros((len(ids), steps, *self.images.shape[1:]), dtype=np.float32)  # (B, T, H, W)
         x[mask] = self.images[rows[mask]].astype(np.float32) / np.float32(self.max_value)
+        if self.shift > 0:
+            seed = np.random.SeedSequence([*np.atleast_1d(self.seed), *ids.tolist()])
+            x[mask] = random_shift(x[mask], self.shift, np.random.default_rng(seed))
         y_int = self.targets[ids, :steps] if self.op == "running-sum" else self.targets[ids]
         y_int = torch.from_numpy(np.ascontiguousarray(y_int))
         return {
@@ -170,6 +178,17 @@ class DigitSequences(torch.utils.data.Dataset):
             "indices": torch.from_numpy(rows.copy()),
             "ids": torch.from_numpy(ids),
         }
+
+
+def random_shift(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each ``(N, H, W)`` image by whole pixels, independently up to ``shift`` along each axis;
+    pixels shifted in are 0 (MNIST's background)."""
+    n, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)))  # (N, H + 2s, W + 2s)
+    top, left = rng.integers(0, 2 * shift + 1, size=(2, n))
+    rows = top[:, None] + np.arange(h)  # (N, H)
+    cols = left[:, None] + np.arange(w)  # (N, W)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, H, W)
 
 
 def collate_sequences(items: Sequence[DigitItem]) -> dict[str, torch.Tensor]:

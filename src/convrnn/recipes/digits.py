@@ -50,6 +50,7 @@ class DigitsDataConfig:
     num_train: int = 20000     # training sequences (index arrays over the training digits: cheap)
     num_val: int = 1000
     num_test: int = 2000       # lengths 1..2N, about num_test / 2N of each
+    shift: int = 2             # training digits move by up to this many pixels (at most a tenth of the width; 0 = off)
     head: str = "auto"         # reg, cls, or auto (cls for product, reg otherwise)
     activation: str = ""       # rewrites the preset's conv activations (relu, tanh, ...); empty = the preset's
     seed: int = 0              # which sequences are drawn (the training order follows train.seed)
@@ -99,7 +100,7 @@ class DigitsRecipe(Recipe):
     description = "sum, product or running sum of 1..N MNIST digits (seed 002)"
     default_preset = "digits"
     data_config = DigitsDataConfig
-    train_defaults = {"epochs": 30, "max_time": 300.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
+    train_defaults = {"epochs": 200, "max_time": 300.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "clip_grad_norm": 1.0, "checkpoint_every": 500, "log_every": 50}
     cli_options = (
         CliOption("--op", "data.op", "target: sum, product or running-sum (a value after every digit)"),
@@ -118,6 +119,9 @@ class DigitsRecipe(Recipe):
         train, val, _, meta = make_digit_sequences(
             train_split, test_split, op=data_cfg.op, max_len=data_cfg.max_len, min_len=data_cfg.min_len,
             num_train=data_cfg.num_train, num_val=data_cfg.num_val, num_test=0, seed=data_cfg.seed)
+        if data_cfg.shift < 0:
+            raise ConfigError(f"data.shift: expected 0 or more pixels, got {data_cfg.shift}")
+        train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
         test_pool = val_test_pools(len(test_split))[1]
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)
