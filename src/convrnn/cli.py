@@ -17,9 +17,26 @@ from convrnn.errors import ConvrnnError
 log = logging.getLogger("convrnn")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the moment of each record, not the stream at set-up:
+    a caller that swaps stderr (pytest's capture, an embedding application) and later closes the old
+    one must not leave the ``convrnn`` logger writing into a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("convrnn")
     root.handlers[:] = [handler]
