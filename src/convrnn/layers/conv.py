@@ -91,6 +91,12 @@ class Conv(nn.Module, Shaped):
     def activation_factor(self) -> float:
         return 1.0 if isinstance(self.activation, nn.Identity) else 2.0
 
+    @property
+    def backward_workspace(self) -> float:
+        """Gradients of the output (and of the pre-activation), in the layout CPU kernels (oneDNN) use:
+        channels padded to a block of 8, so a 4-channel conv's buffers are twice its output."""
+        return self.activation_factor * max(1.0, 8 / self.out_channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad)
@@ -133,6 +139,11 @@ class Pool(nn.Module, Shaped):
         self.mode = mode
         pool_cls = nn.MaxPool2d if mode == "max" else nn.AvgPool2d
         self.pool = pool_cls(self.kernel_size, stride=self.stride)
+
+    @property
+    def activation_factor(self) -> float:
+        """Max pooling keeps its argmax indices (int64: two float32 outputs' worth) for backward."""
+        return 3.0 if self.mode == "max" else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x)

@@ -82,7 +82,10 @@ class MDLSTM2d(nn.Module, Shaped):
     """
 
     uses_lengths = True
-    activation_factor = 10  # per cell and direction, backward keeps ~10N values per N outputs (docs/spec.md)
+    # per cell and direction the wavefront keeps ~30N values per N outputs for backward (input and
+    # neighbour projections, 5 gates before and after their nonlinearities, cell, output, the
+    # stacked diagonals); measured on CPU for pham2014 (tests/test_memory.py, docs/spec.md)
+    activation_factor = 30
 
     def __init__(self, input_size: int, hidden_size: int, *, directions: int = 4,
                  combine: str = "concat", dropout: float = 0.0):

@@ -12,9 +12,13 @@ from convrnn.layers.base import Shape, Shaped, expect_rank
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
-# Per step, layer and direction, how many H-sized tensors autograd keeps (gates and states),
-# relative to the H-sized output; used only by the memory estimate.
+# Memory estimate only (docs/spec.md). Per step, layer and direction, how many H-sized tensors autograd
+# keeps for backward (gates and states), and how many H-sized buffers the backward of the stack
+# allocates at once (gradients of the gates and states of a whole layer). Calibrated on CPU against
+# one-layer and two-layer presets (tests/test_memory.py checks every preset within 30%); cuDNN keeps
+# less, so on CUDA the estimate for LSTMs errs high.
 _KEPT_PER_STEP = {"lstm": 6, "gru": 5}
+_BACKWARD_PER_STEP = {"lstm": 9, "gru": 7}
 
 
 class Recurrent(nn.Module, Shaped):
@@ -62,6 +66,11 @@ class Recurrent(nn.Module, Shaped):
     def activation_factor(self) -> float:
         """Output-sized tensors kept for backward: the output plus gates and states of every layer."""
         return 1.0 + _KEPT_PER_STEP[self.mode] * self.num_layers
+
+    @property
+    def backward_workspace(self) -> float:
+        """Output-sized buffers alive while one layer of the stack runs its backward."""
+        return float(_BACKWARD_PER_STEP[self.mode])
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 state: Optional[State] = None) -> tuple[torch.Tensor, State]:

@@ -43,6 +43,11 @@ class TimeDistributed(nn.Module, Shaped):
         """How many output-sized tensors the inner module keeps for backward (memory estimate)."""
         return float(getattr(self.module, "activation_factor", 1.0))
 
+    @property
+    def backward_workspace(self) -> float:
+        """Output-sized buffers the inner module's backward allocates (memory estimate)."""
+        return float(getattr(self.module, "backward_workspace", 1.0))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[:2]
         y = self.module(x.reshape(b * t, *x.shape[2:]))  # (B, T, *S) -> (B*T, *S) -> (B*T, *S')

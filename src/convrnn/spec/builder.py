@@ -396,6 +396,7 @@ def summarize(model: SpecModel, *, batch_size: int = 1, seq_len: Optional[int] =
     concrete: Shape = (batch_size, *(seq_len if s is None else s for s in model.input_shape))
     element = next((p.element_size() for p in model.parameters()), torch.tensor([], dtype=torch.get_default_dtype()).element_size())
     activations = float(_numel(concrete))  # the input batch
+    workspace = 0.0  # the largest backward buffers of one layer: alive, beside everything kept, during its backward
     seen: set[int] = set()
     rows = []
     for index, (layer, token) in enumerate(zip(model.layers, model.names)):
@@ -407,11 +408,12 @@ def summarize(model: SpecModel, *, batch_size: int = 1, seq_len: Optional[int] =
                 params += p.numel()
                 trainable += p.numel() if p.requires_grad else 0
         activations += _numel(concrete) * float(getattr(layer, "activation_factor", 1.0))
+        workspace = max(workspace, _numel(concrete) * float(getattr(layer, "backward_workspace", 1.0)))
         rows.append(SummaryRow(index, token, _layer_name(layer), shape, params, trainable))
     total = sum(r.params for r in rows)
     total_trainable = sum(r.trainable_params for r in rows)
     memory = {"weights": total * element, "gradients": total_trainable * element,
-              "optimizer": 2 * total_trainable * element, "activations": int(activations * element)}
+              "optimizer": 2 * total_trainable * element, "activations": int((activations + workspace) * element)}
     return Summary(model.spec, (batch_size, *model.input_shape), batch_size, seq_len, rows, total,
                    total_trainable, memory)
 
