@@ -11,7 +11,7 @@ from torch import nn
 
 from convrnn.data.text import Vocab
 from convrnn.errors import ConfigError
-from convrnn.sampling import StreamDecoder, filter_logits, safe_text, sample
+from convrnn.sampling import StreamDecoder, filter_logits, one_step_kernels, safe_text, sample
 from convrnn.tasks.base import ModelOutput
 
 TEXT = "the quick brown fox jumps over the lazy dog\n"
@@ -68,6 +68,23 @@ def test_greedy_equals_rerunning_the_prefix_and_never_reruns_it():
     assert got == [expected] * 3
     assert model.calls == [(3, 4)] + [(3, 1)] * 11  # prime once, then one token at a time
     assert model.training  # mode restored
+
+
+def test_one_step_kernels_give_the_same_logits_and_restore_the_setting():
+    """Generation runs single steps on native CPU kernels (faster than oneDNN there): same numbers."""
+    vocab = Vocab.from_text(TEXT)
+    model = TinyLSTM(len(vocab), hidden_size=64).eval()
+    x = torch.tensor([vocab.encode("the quick")])
+    with torch.no_grad():
+        expected = model.run(x).y
+        with one_step_kernels(torch.device("cpu")):
+            assert not torch.backends.mkldnn.enabled
+            got = model.run(x).y
+    assert torch.backends.mkldnn.enabled
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError), one_step_kernels(torch.device("cpu")):
+        raise RuntimeError("interrupted mid-generation")
+    assert torch.backends.mkldnn.enabled  # restored on errors too
 
 
 def test_tiny_temperature_equals_greedy():
