@@ -72,6 +72,16 @@ def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> f
     return warm * max(f, 0.0)
 
 
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of ``grads`` (for the non-finite guard when nothing is clipped), one fused
+    kernel per device and dtype where PyTorch has ``_foreach_norm``, as clipping does."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch, "_foreach_norm"):
+        return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
+    return torch.stack([g.detach().norm() for g in grads]).norm()
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -299,7 +309,7 @@ class Trainer:
         if self.cfg.clip_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         else:
-            norm = torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]).norm()
+            norm = grad_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if torch.isfinite(norm):
             self.scaler.step(self.optimizer)
             self.scaler.update()
