@@ -226,10 +226,10 @@ def _ratio_bench(other: str, quick: bool) -> dict:
         except ImportError:
             raise SystemExit("bench digits_vs_keras: Keras 3 is not installed; install the bench extra "
                              "(pip install -e '.[bench]' or pip install keras) and run with KERAS_BACKEND=torch") from None
-    steps, bs, lr = (8, 32, 1e-3) if quick else (40, 32, 1e-3)
+    steps, bs, lr = (8, 32, 1e-3) if quick else (80, 32, 1e-3)
     batches = _throughput_batches(steps, bs)
     rate_other = _keras_rate if other == "keras" else _torch_rate
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     _convrnn_rate(batches[:2], lr)  # warm up both sides (allocator, kernels, Keras tracing) outside the timing
     rate_other(batches[:2], lr)
     ours, theirs = [], []

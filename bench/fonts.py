@@ -95,6 +95,9 @@ def fwtk_throughput(quick: bool = False) -> dict:
     bs = 64
     source = IndexedBatches(train, bs, fetch=array_fetcher(train.images, train.labels), seed=0)
     batches = [b for _, b in zip(range(steps), source.batches(0))]
+    # one pass is 125 batches (8,000 lines), about half a second: pass over them three times per round,
+    # so that a round is long enough for the timer and the scheduler's noise to average out
+    batches = batches * (1 if quick else 3)
 
     class Fixed(IndexedBatches):
         def num_batches(self, epoch):
@@ -104,7 +107,7 @@ def fwtk_throughput(quick: bool = False) -> dict:
             return iter(batches[start:])
 
     fixed = Fixed(train, bs, fetch=lambda i: {})
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     ours, theirs = [], []
     for r in range(rounds):  # interleave so both see the same machine conditions
         torch.manual_seed(r)
