@@ -12,7 +12,7 @@ import torch
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.mnist import MnistSplit, load_mnist
 from convrnn.data.sequences import (OPS, DigitSequences, collate_sequences, make_digit_sequences,
-                                    make_length_eval_sets, num_target_classes, random_shift, sequence_targets,
+                                    make_length_eval_sets, num_target_classes, random_affine, random_shift, sequence_targets,
                                     val_test_pools)
 from convrnn.errors import ConfigError, DataError
 
@@ -123,6 +123,30 @@ def test_shifted_training_batches_are_a_function_of_the_batch_and_keep_targets_a
     assert torch.equal(a["y"], plain["y"]) and torch.equal(a["lengths"], plain["lengths"])
     assert (a["x"][~a["mask"]] == 0).all()  # padded steps stay blank
     assert not torch.equal(ds.batch([0, 5, 29, 17])["x"][1], a["x"][0])  # another batch, another draw
+
+
+def test_random_affine_is_the_identity_at_zero_and_turns_a_bar_by_the_angle():
+    images = np.random.default_rng(1).random((5, 12, 12), dtype=np.float32)
+    same = random_affine(images, np.random.default_rng(0), rotate=0.0, zoom=0.0)
+    np.testing.assert_allclose(same, images, atol=1e-6)
+    bar = np.zeros((1, 21, 21), dtype=np.float32)
+    bar[0, 10, 3:18] = 1.0  # a horizontal bar through the centre
+    turned = random_affine(np.repeat(bar, 50, axis=0), np.random.default_rng(2), rotate=30.0, zoom=0.0)
+    for img in turned:  # the ink's principal axis: a line at most 30 degrees from horizontal
+        rows, cols = np.nonzero(img > 0.3)
+        angle = np.degrees(np.arctan2(*np.polyfit(cols - 10.0, rows - 10.0, 1)[:1], 1.0))
+        assert abs(angle) <= 31.0
+    assert np.ptp([np.polyfit(*np.nonzero(img > 0.3)[::-1], 1)[0] for img in turned]) > 0.3  # angles differ
+
+
+def test_affine_training_batches_are_a_function_of_the_batch():
+    ds = DigitSequences.from_split(TRAIN, op="sum", max_len=4, num_sequences=30, seed=8)
+    ids = [5, 0, 29, 17]
+    plain = ds.batch(ids)
+    ds.rotate, ds.zoom = 10.0, 0.1
+    a, b = ds.batch(ids), ds.batch(ids)
+    assert torch.equal(a["x"], b["x"]) and not torch.equal(a["x"], plain["x"])
+    assert torch.equal(a["y"], plain["y"]) and (a["x"][~a["mask"]] == 0).all()
 
 
 def test_targets_depend_on_labels_not_pixels():

@@ -94,7 +94,9 @@ class DigitSequences(torch.utils.data.Dataset):
     ``shift`` (default 0: off), set on a training set, moves every digit of a batch by a random
     whole number of pixels, up to ``shift`` in each direction (zeros shifted in), drawn from the
     batch's item ids and ``seed``: the same batch is always augmented the same way, so resuming
-    replays it exactly.
+    replays it exactly. ``rotate`` (degrees) and ``zoom`` (a fraction), also 0 by default, add a
+    random rotation within +-rotate and a scale within 1 +- zoom about the image centre, drawn the
+    same way.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, max_len: int = 4, min_len: int = 1,
@@ -124,6 +126,8 @@ class DigitSequences(torch.utils.data.Dataset):
         self.digits = np.where(valid, labels[picks], -1)
         self.targets = sequence_targets(self.digits, self.lengths, op)
         self.shift = 0
+        self.rotate = 0.0
+        self.zoom = 0.0
 
     @classmethod
     def from_split(cls, split, **kwargs) -> "DigitSequences":
@@ -163,9 +167,12 @@ class DigitSequences(torch.utils.data.Dataset):
         mask = rows >= 0
         x = np.zeros((len(ids), steps, *self.images.shape[1:]), dtype=np.float32)  # (B, T, H, W)
         x[mask] = self.images[rows[mask]].astype(np.float32) / np.float32(self.max_value)
-        if self.shift > 0:
-            seed = np.random.SeedSequence([*np.atleast_1d(self.seed), *ids.tolist()])
-            x[mask] = random_shift(x[mask], self.shift, np.random.default_rng(seed))
+        if self.shift > 0 or self.rotate > 0 or self.zoom > 0:
+            rng = np.random.default_rng(np.random.SeedSequence([*np.atleast_1d(self.seed), *ids.tolist()]))
+            if self.rotate > 0 or self.zoom > 0:
+                x[mask] = random_affine(x[mask], rng, rotate=self.rotate, zoom=self.zoom)
+            if self.shift > 0:
+                x[mask] = random_shift(x[mask], self.shift, rng)
         y_int = self.targets[ids, :steps] if self.op == "running-sum" else self.targets[ids]
         y_int = torch.from_numpy(np.ascontiguousarray(y_int))
         return {
@@ -178,6 +185,21 @@ class DigitSequences(torch.utils.data.Dataset):
             "indices": torch.from_numpy(rows.copy()),
             "ids": torch.from_numpy(ids),
         }
+
+
+def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float, zoom: float) -> np.ndarray:
+    """Rotate each ``(N, H, W)`` image by a random angle within +-``rotate`` degrees and scale it by a
+    random factor within ``1 +- zoom`` about its centre (bilinear; pixels from outside are 0)."""
+    n = len(images)
+    angle = np.deg2rad(rng.uniform(-rotate, rotate, size=n))
+    scale = rng.uniform(1.0 - zoom, 1.0 + zoom, size=n)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale  # output -> input coordinates: the inverse map
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    x = torch.from_numpy(images).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
+    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.squeeze(1).numpy()  # (N, 1, H, W) -> (N, H, W)
 
 
 def random_shift(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
