@@ -6,7 +6,9 @@ import torch
 
 from convrnn.errors import DataError
 from convrnn.tasks.base import ModelOutput
-from convrnn.tasks.regress import RegressTask, ValueClassifyTask
+import itertools
+
+from convrnn.tasks.regress import RegressTask, SumOfValuesTask, ValueClassifyTask, sum_log_distribution
 
 
 def batch_of(y, lengths, mask=None):
@@ -134,3 +136,48 @@ def test_digits_preset_sums_per_step_values_only_for_sums():
     assert get_preset("digits").spec.endswith("gru:64 reg:sum")  # op defaults to sum
     assert get_preset("digits", op="product").spec.endswith("gru:64 reg:last")
     assert get_preset("digits", op="sum", per_step=True).spec.endswith("reg:seq")
+
+
+def brute_force_sum_probs(p: torch.Tensor, length: int, size: int) -> torch.Tensor:
+    """P(sum = s) by enumerating every combination of per-step values (exponential; tests only)."""
+    ref = torch.zeros(size, dtype=p.dtype)
+    for combo in itertools.product(range(p.shape[-1]), repeat=length):
+        ref[sum(combo)] += torch.prod(torch.stack([p[t, c] for t, c in enumerate(combo)]))
+    return ref
+
+
+def test_sum_distribution_is_the_convolution_of_the_steps_and_ignores_padding():
+    torch.manual_seed(0)
+    logp = torch.randn(3, 4, 5, dtype=torch.float64).log_softmax(-1)  # B=3, T=4, values 0..4
+    lengths = torch.tensor([4, 2, 1])
+    dist = sum_log_distribution(logp, lengths)
+    assert dist.shape == (3, 4 * 4 + 1)
+    for b in range(3):
+        ref = brute_force_sum_probs(logp[b].exp(), int(lengths[b]), 17)
+        torch.testing.assert_close(dist[b].exp(), ref)
+    # a very confident step never underflows to -inf where the sum is possible
+    sharp = torch.full((1, 3, 10), -200.0, dtype=torch.float64)
+    sharp[:, :, 9] = 0.0
+    d = sum_log_distribution(sharp.log_softmax(-1), None)
+    assert torch.isfinite(d).all() and int(d.argmax()) == 27
+
+
+def test_sum_of_values_loss_values_and_metrics():
+    task = SumOfValuesTask(3)  # values 0, 1, 2
+    logits = torch.full((2, 2, 3), -30.0)
+    logits[0, 0, 2] = logits[0, 1, 1] = 30.0  # sequence 0: surely 2 + 1
+    logits[1, 0, 0] = 30.0  # sequence 1: one step, surely 0; step 2 is padding (anything)
+    logits[1, 1] = torch.tensor([0.0, 0.0, 30.0])
+    out = ModelOutput(logits.requires_grad_(), torch.tensor([2, 1]))
+    assert task.values(out).tolist() == pytest.approx([3.0, 0.0], abs=1e-6)
+    right = task.loss(out, batch_of([3, 0], [2, 1]))
+    wrong = task.loss(out, batch_of([4, 1], [2, 1]))
+    assert float(right) < 1e-6 and float(wrong) > 20
+    wrong.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[1, 1].abs().max() == 0  # padding gets no gradient
+    m = task.new_metrics()
+    m.update(out, batch_of([3, 1], [2, 1]))
+    r = m.compute()
+    assert r["exact"] == pytest.approx(0.5) and r["mse"] == pytest.approx(0.5, abs=1e-5)
+    with pytest.raises(DataError, match="reg:seq,3"):
+        task.loss(ModelOutput(torch.zeros(2, 1)), batch_of([3, 0], [2, 1]))

@@ -172,12 +172,16 @@ def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropo
 # Digit sequences (the digits and mnist recipes, issue 3). Input: an image sequence (T, 1, H, W),
 # T varies; H x W follows the data (28x28 MNIST, 8x8 for the scikit-learn fallback).
 
+_VALUE_TASKS = {"reg": "regress", "cls": "value_classify", "dist": "value_sum"}
+
+
 def _value_head(head: str, per_step: bool, reg_pool: str = "last") -> str:
-    """``reg``: real outputs (``num_outputs`` = 1); ``cls``: logits over the possible values."""
-    if head not in ("reg", "cls"):
-        raise ConfigError(f"head: expected reg or cls, got {head!r}")
-    if per_step:
-        return "reg:seq"  # (B, T, num_outputs): values, or logits per step for cls
+    """``reg``: real outputs (``num_outputs`` = 1); ``cls``: logits over the possible values; ``dist``:
+    logits over the values of each step (a sum's distribution is their convolution, ``SumOfValuesTask``)."""
+    if head not in ("reg", "cls", "dist"):
+        raise ConfigError(f"head: expected reg, cls or dist, got {head!r}")
+    if per_step or head == "dist":
+        return "reg:seq"  # (B, T, num_outputs): values, or logits per step for cls and dist
     return f"reg:{reg_pool}" if head == "reg" else "cls:last"
 
 
@@ -191,7 +195,7 @@ def caine2016(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), a
     a = activation
     spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid flatten gru:200 gru:100 {_value_head(head, per_step)}"
     return Preset(spec, input_shape, "seed 002: TimeDistributed conv 8/16 tanh, GRU 200, GRU 100, dense 1",
-                  "regress" if head == "reg" else "value_classify", num_outputs)
+                  _VALUE_TASKS[head], num_outputs)
 
 
 @register_model
@@ -211,7 +215,7 @@ def digits(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), acti
     spec = (f"conv:{f},3x3,{a} bn pool:2x2 conv:{2 * f},3x3,{a} bn pool:2x2 flatten dense:{embed},relu "
             f"gru:{hidden_size} {_value_head(head, per_step, pool)}")
     return Preset(spec, input_shape, "digit sequences: conv/bn/pool x2 + dense per digit, GRU 64, value head",
-                  "regress" if head == "reg" else "value_classify", num_outputs)
+                  _VALUE_TASKS[head], num_outputs)
 
 
 @register_model

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from convrnn.errors import DataError
+from convrnn.layers.heads import valid_mask
 from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
 
 IGNORE = -100  # cross_entropy's ignore_index: targets the classification head cannot represent
@@ -192,3 +194,89 @@ class ValueClassifyTask(Task):
 
     def state_dict(self) -> dict:
         return {"num_values": self.num_values, "per_step": self.per_step}
+
+
+def sum_log_distribution(logp: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """Log-probabilities of the sum of independent per-step values, by exact convolution.
+
+    Step t of sequence b takes the value k with probability ``exp(logp[b, t, k])``; steps at or past
+    ``lengths[b]`` add nothing. Computed in log space (one ``logsumexp`` per step), so confident
+    steps never underflow.
+
+    Shape:
+        ``logp`` ``(B, T, K)`` (log-softmax over K values 0..K-1), ``lengths`` ``(B,)`` or None ->
+        ``(B, (K - 1) * T + 1)``: entry s is log P(sum = s).
+    """
+    b, t, k = logp.shape
+    dist = logp.new_full((b, 1), 0.0)  # log P(empty sum = 0) = 0
+    flipped = logp.flip(-1)  # value k at index K-1-k, to line up with the sliding windows below
+    for step in range(t):
+        size = dist.shape[1]
+        padded = F.pad(dist, (k - 1, k - 1), value=-math.inf)  # (B, S) -> (B, S + 2K - 2)
+        windows = padded.unfold(1, k, 1)  # (B, S + K - 1, K): window j holds dist[j-K+1 .. j]
+        new = torch.logsumexp(windows + flipped[:, step, None, :], dim=-1)  # (B, S + K - 1)
+        if lengths is not None:
+            keep = F.pad(dist, (0, k - 1), value=-math.inf)  # a padded step leaves the sum as it was
+            new = torch.where((lengths > step)[:, None].to(new.device), new, keep)
+        dist = new
+        assert dist.shape[1] == size + k - 1
+    return dist
+
+
+class SumOfValuesTask(Task):
+    """A sequence's target is the sum of per-step values 0..K-1 (digits): the model gives a distribution
+    per step, the distribution of the sum is their convolution, and the loss is ``-log P(sum = y)``.
+
+    The sum's likelihood is a much stronger training signal than a squared error on the total: the
+    model is told which totals are possible and how each step's belief moves them. The prediction is
+    the expected sum (what minimises the squared error under the model's beliefs), so ``mse``,
+    ``mae`` and ``exact`` are measured as for ``RegressTask``.
+
+    Shape:
+        ``out.y`` ``(B, T, K)`` per-step logits with ``out.lengths`` ``(B,)`` (a ``reg:seq,K`` head);
+        ``batch["y_int"]`` ``(B,)``.
+    """
+
+    name = "value_sum"
+    monitor = "mse"
+    monitor_mode = "min"
+    unit = "sequences"
+    per_step = False
+
+    def __init__(self, num_values: int = 10):
+        if num_values < 2:
+            raise DataError(f"expected at least 2 values per step, got {num_values}")
+        self.num_values = int(num_values)
+
+    def _log_probs(self, out: ModelOutput) -> torch.Tensor:
+        y = out.y
+        if y.dim() != 3 or y.shape[-1] != self.num_values:
+            raise DataError(f"expected per-step logits (B, T, {self.num_values}) from a reg:seq,{self.num_values} "
+                            f"head, got shape {tuple(y.shape)}")
+        return F.log_softmax(y.float(), dim=-1)
+
+    def values(self, out: ModelOutput) -> torch.Tensor:
+        """The expected sum ``(B,)``: the per-step expected values added over valid steps."""
+        p = self._log_probs(out).exp()  # (B, T, K)
+        per_step = (p * torch.arange(self.num_values, device=p.device, dtype=p.dtype)).sum(-1)  # (B, T)
+        if out.lengths is not None:
+            per_step = per_step * valid_mask(out.lengths.to(p.device), per_step.shape[1])
+        return per_step.sum(1)
+
+    def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
+        y, _ = _targets_and_mask(batch, per_step=False)
+        dist = sum_log_distribution(self._log_probs(out), out.lengths)  # (B, S)
+        ok = (y >= 0) & (y < dist.shape[1])  # a total no sum of these steps can reach is ignored
+        if not bool(ok.any()):
+            return dist.sum() * 0.0
+        picked = dist.gather(1, y.clamp(0, dist.shape[1] - 1)[:, None].to(dist.device)).squeeze(1)  # (B,)
+        return -(picked[ok.to(dist.device)]).mean()
+
+    def new_metrics(self) -> ValueMetrics:
+        return ValueMetrics(self)
+
+    def count(self, batch: dict) -> int:
+        return int(batch["x"].shape[0])
+
+    def state_dict(self) -> dict:
+        return {"num_values": self.num_values}
