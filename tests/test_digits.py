@@ -116,13 +116,39 @@ def test_running_sum_predicts_a_value_per_image(mnist_dir, tmp_path, capsys):
     assert all(line.split("\t")[1].lstrip("-").isdigit() for line in lines)
 
 
-def test_sum_with_the_default_preset_sums_per_digit_values(mnist_dir, tmp_path, capsys):
+def test_sum_with_the_default_preset_gets_the_dist_head(mnist_dir, tmp_path, capsys):
     run = tmp_path / "sum"
     code, out, err = run_cli(capsys, "-q", "train", "digits", "--max-len", "2",
                              "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
     assert code == 0, err
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10 and ckpt["meta"]["head"] == "dist"
+    assert json.loads((run / "config.json").read_text())["data"]["head"] == "dist"  # resolved, re-runnable
+
+
+def test_sum_with_a_regression_head_sums_per_digit_values(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "sum"
+    code, out, err = run_cli(capsys, "-q", "train", "digits", "--head", "reg", "--max-len", "2",
+                             "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
+    assert code == 0, err
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["spec"].endswith("gru:64 reg:sum") and ckpt["meta"]["target_mean"] == 0.0  # scaled, not shifted
+
+
+def test_dist_head_trains_on_sums_and_predicts_a_total(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "dist"
+    code, out, err = run_cli(capsys, "-q", "train", "digits", "--head", "dist", "--max-len", "3",
+                             "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
+    assert code == 0, err
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10
+    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 4]))
+    assert code == 0, err
+    op, value, raw = out.strip().split("\t")
+    assert op == "sum" and 0 <= int(value) <= 18 and raw.startswith("raw=")
+    code, out, err = run_cli(capsys, "train", "digits", "--head", "dist", "--op", "product",
+                             "--data-dir", str(mnist_dir), "--run-dir", str(tmp_path / "bad"), *TINY)
+    assert code == 2 and "data.head" in err and not (tmp_path / "bad").exists()
 
 
 def test_product_picks_a_classification_head_over_the_values(mnist_dir, tmp_path, capsys):
@@ -140,8 +166,9 @@ def test_product_picks_a_classification_head_over_the_values(mnist_dir, tmp_path
 
 def test_train_and_eval_digits_come_from_their_own_splits(mnist_dir):
     recipe = get_recipe("digits")
-    # shift=0: the tag pixel at (0, 0) must stay where it is (augmentation is tested in test_sequences.py)
-    cfg = recipe.data_config(data_dir=str(mnist_dir), max_len=3, num_train=200, num_val=50, num_test=120, shift=0)
+    # no augmentation: the tag pixel at (0, 0) must stay where it is (augmentation: test_sequences.py)
+    cfg = recipe.data_config(data_dir=str(mnist_dir), max_len=3, num_train=200, num_val=50, num_test=120, shift=0,
+                             rotate=0.0, zoom=0.0)
     bundle = recipe.make_data(cfg, TrainConfig(batch_size=32))
     for source, tag in ((bundle.train, 11), (bundle.val, 22), (bundle.test, 22)):
         lengths = set()
@@ -205,7 +232,7 @@ def test_mnist_predict_and_filters_side_by_side(mnist_run, digits_run, capsys, t
 
 @pytest.mark.parametrize("argv, message", [
     (["--op", "divide"], "data.op: expected one of sum, product, running-sum, got 'divide'"),
-    (["--head", "softmax"], "data.head: expected one of auto, reg, cls, got 'softmax'"),
+    (["--head", "softmax"], "data.head: expected one of auto, reg, cls, dist, got 'softmax'"),
     (["--activation", "swish"], "data.activation: expected one of"),
 ])
 def test_bad_options_are_one_line_errors(mnist_dir, tmp_path, capsys, argv, message):

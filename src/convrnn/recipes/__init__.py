@@ -46,6 +46,10 @@ class Recipe:
     cli_options: tuple[CliOption, ...] = ()
     train_defaults: dict[str, Any] = {}
 
+    def prepare(self, cfg) -> None:
+        """Settle data choices that depend on the model (a ``RunConfig``), before ``make_data``; the
+        resolved config is what the run saves. Default: nothing to settle."""
+
     def make_data(self, data_cfg, train_cfg, *, progress: Optional[Callable] = None) -> DataBundle:
         raise NotImplementedError
 

@@ -5,10 +5,13 @@ halves of its test digits (``convrnn.data.sequences``). Validation holds lengths
 the test split holds lengths 1..2N (uniform) from the test half, so ``convrnn eval RUN --split test``
 reports how the model generalises to longer sequences, per length.
 
-The head is a regression (``reg``: one standardised real value, MSE) or a classification over the
-possible values (``cls``: ``0..9N`` for sums, ``0..9^N`` for products). ``auto`` picks ``cls`` for
-products (a regression head must learn a multiplication table's large, sparse values with a squared
-error dominated by the rare big products, see docs/digits.md) and ``reg`` otherwise.
+The head is a regression (``reg``: one standardised real value, MSE), a classification over the
+possible values (``cls``: ``0..9N`` for sums, ``0..9^N`` for products) or, for sums, a distribution
+over 0..9 per digit whose convolution is the distribution of the sum (``dist``, trained by the sum's
+likelihood: ``SumOfValuesTask``). ``auto`` picks ``dist`` for sums, ``cls`` for products (a
+regression head must learn a multiplication table's large, sparse values with a squared error
+dominated by the rare big products, see docs/digits.md) and ``reg`` for running sums. Training
+digits are shifted, turned and scaled a little per batch (``shift``, ``rotate``, ``zoom``).
 
 Shape:
     batch ``x``: ``(B, T, 1, H, W)``; ``lengths``: ``(B,)``; ``mask``: ``(B, T)``;
@@ -31,11 +34,12 @@ from convrnn.data.sequences import (OPS, DigitSequences, make_digit_sequences, n
                                     val_test_pools)
 from convrnn.errors import ConfigError, DataError
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
-from convrnn.tasks.regress import RegressTask, ValueClassifyTask
+from convrnn.tasks.regress import RegressTask, SumOfValuesTask, ValueClassifyTask
 
 log = logging.getLogger(__name__)
 
-HEADS = ("auto", "reg", "cls")
+HEADS = ("auto", "reg", "cls", "dist")
+DIGIT_VALUES = 10  # a digit is worth 0..9: the per-step distributions of the ``dist`` head
 ACTIVATIONS = ("", "relu", "tanh", "sigmoid", "gelu", "elu", "leaky", "linear")
 
 
@@ -51,7 +55,9 @@ class DigitsDataConfig:
     num_val: int = 1000
     num_test: int = 2000       # lengths 1..2N, about num_test / 2N of each
     shift: int = 2             # training digits move by up to this many pixels (at most a tenth of the width; 0 = off)
-    head: str = "auto"         # reg, cls, or auto (cls for product, reg otherwise)
+    rotate: float = 10.0       # training digits turn by up to this many degrees (0 = off)
+    zoom: float = 0.1          # training digits scale by up to 1 +- zoom (0 = off)
+    head: str = "auto"         # reg, cls, dist (sums only), or auto (dist for sum, cls for product, reg otherwise)
     activation: str = ""       # rewrites the preset's conv activations (relu, tanh, ...); empty = the preset's
     seed: int = 0              # which sequences are drawn (the training order follows train.seed)
 
@@ -59,7 +65,7 @@ class DigitsDataConfig:
 def resolve_head(cfg: DigitsDataConfig) -> str:
     if cfg.head not in HEADS:
         raise ConfigError(f"data.head: expected one of {', '.join(HEADS)}, got {cfg.head!r}")
-    if cfg.head == "auto":
+    if cfg.head == "auto":  # before DigitsRecipe.prepare knows the model: a head any spec can have
         return "cls" if cfg.op == "product" else "reg"
     return cfg.head
 
@@ -74,6 +80,8 @@ def validate(cfg: DigitsDataConfig) -> None:
         (cfg.num_test >= 0, "data.num_test", "0 or more", cfg.num_test),
         (cfg.activation in ACTIVATIONS, "data.activation", "one of " + ", ".join(a for a in ACTIVATIONS if a),
          cfg.activation),
+        (resolve_head(cfg) != "dist" or cfg.op == "sum", "data.head",
+         "reg, cls or auto for a product or running sum (dist models a sum of per-digit values)", cfg.head),
         (not (cfg.op == "product" and cfg.max_len > 4 and resolve_head(cfg) == "cls"), "data.max_len",
          "at most 4 for a product classification head (9^N + 1 classes)", cfg.max_len),
     ]
@@ -107,10 +115,22 @@ class DigitsRecipe(Recipe):
         CliOption("--max-len", "data.max_len", "longest training sequence N (test sequences go to 2N)", type=int),
         CliOption("--data-dir", "data.data_dir", "folder of MNIST IDX files (default $CONVRNN_MNIST_DIR, "
                   "else ~/.cache/convrnn/mnist; scikit-learn's 8x8 digits when none are found)"),
-        CliOption("--head", "data.head", "reg (regression), cls (a class per possible value) or auto"),
+        CliOption("--head", "data.head", "reg (regression), cls (a class per possible value), dist (sums: a "
+                  "distribution per digit, the sum's by convolution) or auto"),
         CliOption("--activation", "data.activation", "conv activation replacing the preset's (relu, tanh, ...)"),
         CliOption("--num-train", "data.num_train", "number of training sequences", type=int),
     )
+
+    def prepare(self, cfg) -> None:
+        """Resolve ``head=auto`` once the model is known: ``dist`` for sums when the preset builds its head
+        from the op (the ``digits`` preset); ``reg`` for a seed reproduction (caine2016's dense 1) or a
+        user's spec, whose head the user wrote; ``cls`` for products."""
+        from convrnn.models import preset_fields
+
+        d = cfg.data
+        if d.head == "auto":
+            builds_head = not cfg.model.spec and "op" in preset_fields(cfg.model.preset or self.default_preset)
+            d.head = "dist" if d.op == "sum" and builds_head else resolve_head(d)
 
     def make_data(self, data_cfg: DigitsDataConfig, train_cfg, *, progress=None) -> DataBundle:
         validate(data_cfg)
@@ -122,6 +142,9 @@ class DigitsRecipe(Recipe):
         if data_cfg.shift < 0:
             raise ConfigError(f"data.shift: expected 0 or more pixels, got {data_cfg.shift}")
         train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
+        if not (0 <= data_cfg.rotate <= 45 and 0 <= data_cfg.zoom < 0.5):
+            raise ConfigError(f"data.rotate/zoom: expected 0..45 degrees and 0..0.5, got {data_cfg.rotate}/{data_cfg.zoom}")
+        train.rotate, train.zoom = data_cfg.rotate, data_cfg.zoom
         test_pool = val_test_pools(len(test_split))[1]
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)
@@ -136,7 +159,7 @@ class DigitsRecipe(Recipe):
         meta.update(head=head, per_step=per_step, preset_fields=fields, preset_hints={"op": data_cfg.op},
                     image_shape=list(train.image_shape), test_max_len=2 * data_cfg.max_len)
         meta["sizes"]["test"] = len(test)
-        num_outputs = meta["num_target_classes"] if head == "cls" else 1
+        num_outputs = {"cls": meta["num_target_classes"], "dist": DIGIT_VALUES}.get(head, 1)
         bs = train_cfg.batch_size
         return DataBundle(train=sequence_batches(train, bs, shuffle=True, seed=train_cfg.seed),
                           val=sequence_batches(val, max(bs, 256), shuffle=False),
@@ -146,6 +169,8 @@ class DigitsRecipe(Recipe):
     def make_task(self, meta: dict):
         if meta["head"] == "cls":
             return ValueClassifyTask(meta["num_target_classes"], per_step=meta["per_step"])
+        if meta["head"] == "dist":
+            return SumOfValuesTask(DIGIT_VALUES)
         return RegressTask(per_step=meta["per_step"], target_mean=meta["target_mean"],
                            target_std=meta["target_std"])
 

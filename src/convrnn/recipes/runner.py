@@ -75,6 +75,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     recipe = get_recipe(cfg.recipe)
     ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
+    recipe.prepare(cfg)
     bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
     spec = model_spec(cfg, bundle)
     model = build_model(spec, tuple(bundle.input_shape), bundle.num_outputs)
