@@ -78,8 +78,9 @@ def compose_digits(digits: list[np.ndarray], rng: np.random.Generator, *, max_ga
     return canvas
 
 
-def _digit_pool(images: np.ndarray, labels: np.ndarray, max_value: int) -> list[list[np.ndarray]]:
-    """Per digit class, its images as uint8 ``(28, w)`` ink crops (8x8 fallback digits upscaled)."""
+def _digit_pool(images: np.ndarray, labels: np.ndarray, max_value: int, crop: bool = True) -> list[list[np.ndarray]]:
+    """Per digit class, its images as uint8 ``(28, w)`` ink crops, or whole ``(28, 28)`` images with
+    ``crop=False`` (8x8 fallback digits upscaled)."""
     from PIL import Image
 
     pool: list[list[np.ndarray]] = [[] for _ in range(10)]
@@ -87,7 +88,7 @@ def _digit_pool(images: np.ndarray, labels: np.ndarray, max_value: int) -> list[
         img = (img.astype(np.float32) * (255.0 / max_value)).clip(0, 255).astype(np.uint8)
         if img.shape != (28, 28):
             img = np.asarray(Image.fromarray(img).resize((28, 28), Image.BILINEAR))
-        pool[int(label)].append(_crop_columns(img))
+        pool[int(label)].append(_crop_columns(img) if crop else img)
     missing = [d for d in range(10) if not pool[d]]
     if missing:
         raise ValueError(f"expected images of every digit 0..9, got none of {missing}")
@@ -96,12 +97,16 @@ def _digit_pool(images: np.ndarray, labels: np.ndarray, max_value: int) -> list[
 
 def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32, seed: int = 0,
                 heldout_fraction: float = 0.1, mnist_dir: Optional[str] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
+                progress: Optional[Callable[[int, int], None]] = None, rotate: float = 0.0,
+                zoom: float = 0.0) -> LineSet:
     """``count`` lines of 1..``max_digits`` handwritten digits, scaled to ``height``.
 
     ``split`` ``'train'`` draws MNIST training digits and training strings; ``'val'`` and ``'test'``
     draw MNIST test digits (val the even-indexed, test the odd-indexed ones) and held-out strings.
+    ``rotate`` (degrees) and ``zoom`` turn and scale every digit by a random amount within +-rotate
+    and 1 +- zoom before it is pasted, so the same MNIST digit looks different in every line.
     """
+    from convrnn.data.sequences import random_affine
     from convrnn.data.mnist import load_mnist
 
     if split not in ("train", "val", "test"):
@@ -111,7 +116,8 @@ def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32
     if split != "train":
         half = slice(0, None, 2) if split == "val" else slice(1, None, 2)
         images, labels = images[half], labels[half]
-    pool = _digit_pool(images, labels, source.max_value)
+    distort = rotate > 0 or zoom > 0
+    pool = _digit_pool(images, labels, source.max_value, crop=not distort)
     salt = {"train": 0, "val": 1, "test": 2}[split]
     rng = np.random.default_rng([seed, salt])
 
@@ -123,6 +129,9 @@ def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32
     out = []
     for k, text in enumerate(texts):
         digits = [pool[int(c)][int(rng.integers(len(pool[int(c)])))] for c in text]
+        if distort:
+            moved = random_affine(np.stack(digits).astype(np.float32), rng, rotate=rotate, zoom=zoom)
+            digits = [_crop_columns(d) for d in moved.round().clip(0, 255).astype(np.uint8)]
         out.append(scale_to_height(compose_digits(digits, rng), height))
         if progress is not None and (k + 1) % 500 == 0:
             progress(k + 1, count)

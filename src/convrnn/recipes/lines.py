@@ -80,8 +80,9 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
     from convrnn.data.synthetic_lines import digit_lines, text_lines
 
     if cfg.synthetic == "digits":
+        distort = {"rotate": cfg.rotate, "zoom": cfg.zoom} if split == "train" else {}  # held-out digits stay as drawn
         return digit_lines(count, split=split, max_digits=cfg.max_digits, height=cfg.height, seed=cfg.seed,
-                           mnist_dir=cfg.mnist_dir or None, progress=progress)
+                           mnist_dir=cfg.mnist_dir or None, progress=progress, **distort)
     return text_lines(count, split=split, height=cfg.height, seed=cfg.seed, text=cfg.text or None,
                       fonts=cfg.fonts, max_chars=cfg.max_chars, progress=progress)
 
