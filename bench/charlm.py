@@ -35,9 +35,9 @@ LONG_OVERRIDES = {  # GPU: a wider, deeper, regularised model; nanoGPT's GPU res
     "train.val_every": 1000, "train.device": "auto",
 }
 
-CPU_LONG_OVERRIDES = {  # CPU, one hour: two regularised 512-wide layers (the 5-minute default has one, no dropout,
+CPU_LONG_OVERRIDES = {  # CPU, one hour: two 512-wide layers with dropout 0.4 (the 5-minute default has one, no dropout,
     # and would overfit Tiny Shakespeare's 1M training characters over ~60 epochs)
-    "model.spec": "embed:64 lstm:512,layers=2,dropout=0.25 drop:0.25 lm",
+    "model.spec": "embed:64 lstm:512,layers=2,dropout=0.4 drop:0.4 lm",
     "train.lr": 4e-3, "train.max_time": 3600.0, "train.epochs": 200,
 }
 
@@ -59,7 +59,8 @@ def train_for(seconds: float, overrides: Optional[dict[str, Any]] = None, *, thr
         t0 = time.perf_counter()
         trainer = train("charlm", cfg)
         wall = time.perf_counter() - t0
-        return {"val": dict(trainer.last_val), "steps": trainer.pos.step, "epochs": trainer.pos.epoch,
+        return {"val": dict(trainer.last_val), "best_val_loss": trainer.pos.best,
+                "steps": trainer.pos.step, "epochs": trainer.pos.epoch,
                 "training_seconds": round(trainer.pos.train_time, 1), "wall_seconds": round(wall, 1),
                 "spec": trainer.model.spec, "overrides": {k: v for k, v in cfg.items() if k != "train.run_dir"},
                 "chars_trained": trainer.pos.step * trainer.cfg.batch_size * trainer.bundle.train.seq_len}
@@ -105,14 +106,16 @@ def charlm_val_105s(quick: bool = False) -> dict:
 
 
 def charlm_long(quick: bool = False) -> dict:
-    """The longer documented run: GPU when one is there (the overrides above), else CPU with the defaults."""
+    """The longer documented run: GPU when one is there, else CPU (the overrides above); the value is the
+    best validation loss of the run (the best checkpoint's), the final one is in details.val."""
     gpu = torch.cuda.is_available()
     overrides = dict(LONG_OVERRIDES if gpu else CPU_LONG_OVERRIDES)
     if quick:
         overrides["train.max_time"] = 20.0
     run = train_for(overrides["train.max_time"], overrides, threads=THREADS if not gpu else 4)
-    value = float(run["val"]["loss"])
-    return {"metric": "Tiny Shakespeare validation nats/char, longer run (" + ("GPU" if gpu else "CPU") + ")",
+    value = float(run["best_val_loss"])  # the best checkpoint's, as nanoGPT reports its best validation loss
+    where = "GPU" if gpu else "CPU, 1 hour, 2 threads"
+    return {"metric": f"Tiny Shakespeare best validation nats/char, longer run ({where})",
             "value": value, "unit": "nats/char", "target": 1.42, "target_text": "<= 1.42", "baseline": 1.47,
             "baseline_note": "nanoGPT's char-level Shakespeare on GPU: 1.4697", "met": value <= 1.42,
             "details": {**run, "quick": quick}}
