@@ -116,31 +116,28 @@ def test_running_sum_predicts_a_value_per_image(mnist_dir, tmp_path, capsys):
     assert all(line.split("\t")[1].lstrip("-").isdigit() for line in lines)
 
 
-def test_sum_with_the_default_preset_gets_the_dist_head(mnist_dir, tmp_path, capsys):
-    run = tmp_path / "sum"
-    code, out, err = run_cli(capsys, "-q", "train", "digits", "--max-len", "2",
+def train_sum_run(capsys, mnist_dir, run, *head) -> dict:
+    """A tiny `convrnn train digits` run of sums (``head``: extra CLI options); its last checkpoint."""
+    code, out, err = run_cli(capsys, "-q", "train", "digits", *head, "--max-len", "3",
                              "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
     assert code == 0, err
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_sum_with_the_default_preset_gets_the_dist_head(mnist_dir, tmp_path, capsys):
+    ckpt = train_sum_run(capsys, mnist_dir, tmp_path / "sum")
     assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10 and ckpt["meta"]["head"] == "dist"
-    assert json.loads((run / "config.json").read_text())["data"]["head"] == "dist"  # resolved, re-runnable
+    assert json.loads((tmp_path / "sum" / "config.json").read_text())["data"]["head"] == "dist"  # resolved
 
 
 def test_sum_with_a_regression_head_sums_per_digit_values(mnist_dir, tmp_path, capsys):
-    run = tmp_path / "sum"
-    code, out, err = run_cli(capsys, "-q", "train", "digits", "--head", "reg", "--max-len", "2",
-                             "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
-    assert code == 0, err
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = train_sum_run(capsys, mnist_dir, tmp_path / "sum", "--head", "reg")
     assert ckpt["spec"].endswith("gru:64 reg:sum") and ckpt["meta"]["target_mean"] == 0.0  # scaled, not shifted
 
 
 def test_dist_head_trains_on_sums_and_predicts_a_total(mnist_dir, tmp_path, capsys):
     run = tmp_path / "dist"
-    code, out, err = run_cli(capsys, "-q", "train", "digits", "--head", "dist", "--max-len", "3",
-                             "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
-    assert code == 0, err
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = train_sum_run(capsys, mnist_dir, run, "--head", "dist")
     assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10
     code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 4]))
     assert code == 0, err
