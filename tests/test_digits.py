@@ -231,6 +231,9 @@ def test_mnist_predict_and_filters_side_by_side(mnist_run, digits_run, capsys, t
     (["--op", "divide"], "data.op: expected one of sum, product, running-sum, got 'divide'"),
     (["--head", "softmax"], "data.head: expected one of auto, reg, cls, dist, got 'softmax'"),
     (["--activation", "swish"], "data.activation: expected one of"),
+    (["--set", "data.rotate=60"], "data.rotate: expected 0..45 degrees, got 60"),
+    (["--set", "data.zoom=0.5"], "data.zoom: expected 0 <= zoom < 0.5, got 0.5"),
+    (["--set", "data.shift=-1"], "data.shift: expected 0 or more pixels, got -1"),
 ])
 def test_bad_options_are_one_line_errors(mnist_dir, tmp_path, capsys, argv, message):
     code, out, err = run_cli(capsys, "train", "digits", "--data-dir", str(mnist_dir), "--run-dir",

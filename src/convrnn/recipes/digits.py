@@ -80,6 +80,9 @@ def validate(cfg: DigitsDataConfig) -> None:
         (cfg.num_test >= 0, "data.num_test", "0 or more", cfg.num_test),
         (cfg.activation in ACTIVATIONS, "data.activation", "one of " + ", ".join(a for a in ACTIVATIONS if a),
          cfg.activation),
+        (cfg.shift >= 0, "data.shift", "0 or more pixels", cfg.shift),
+        (0 <= cfg.rotate <= 45, "data.rotate", "0..45 degrees", cfg.rotate),
+        (0 <= cfg.zoom < 0.5, "data.zoom", "0 <= zoom < 0.5", cfg.zoom),
         (resolve_head(cfg) != "dist" or cfg.op == "sum", "data.head",
          "reg, cls or auto for a product or running sum (dist models a sum of per-digit values)", cfg.head),
         (not (cfg.op == "product" and cfg.max_len > 4 and resolve_head(cfg) == "cls"), "data.max_len",
@@ -139,11 +142,7 @@ class DigitsRecipe(Recipe):
         train, val, _, meta = make_digit_sequences(
             train_split, test_split, op=data_cfg.op, max_len=data_cfg.max_len, min_len=data_cfg.min_len,
             num_train=data_cfg.num_train, num_val=data_cfg.num_val, num_test=0, seed=data_cfg.seed)
-        if data_cfg.shift < 0:
-            raise ConfigError(f"data.shift: expected 0 or more pixels, got {data_cfg.shift}")
         train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
-        if not (0 <= data_cfg.rotate <= 45 and 0 <= data_cfg.zoom < 0.5):
-            raise ConfigError(f"data.rotate/zoom: expected 0..45 degrees and 0..0.5, got {data_cfg.rotate}/{data_cfg.zoom}")
         train.rotate, train.zoom = data_cfg.rotate, data_cfg.zoom
         test_pool = val_test_pools(len(test_split))[1]
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
