@@ -220,14 +220,13 @@ def charlm_throughput(quick: bool = False) -> dict:
 @torch.inference_mode()
 def _hand_sample(model: HandLSTM, prime_ids: torch.Tensor, length: int, temperature: float, seed: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
+    logits, state = model(prime_ids.view(1, -1))  # (T,) -> (1, T)
     out = []
-    with torch.inference_mode():  # what a careful hand-written loop does: no autograd bookkeeping
-        logits, state = model(prime_ids.view(1, -1))  # (T,) -> (1, T)
-        for _ in range(length):
-            probs = (logits[:, -1] / temperature).softmax(dim=-1)
-            token = torch.multinomial(probs, 1, generator=gen)
-            out.append(int(token))
-            logits, state = model(token, state)
+    for _ in range(length):
+        probs = (logits[:, -1] / temperature).softmax(dim=-1)
+        token = torch.multinomial(probs, 1, generator=gen)
+        out.append(int(token))
+        logits, state = model(token, state)
     return out
 
 

@@ -1,4 +1,5 @@
-"""RegressTask and ValueClassifyTask: losses and metrics against hand-computed examples."""
+"""RegressTask, ValueClassifyTask and SumOfValuesTask: losses and metrics against hand-computed examples."""
+import itertools
 import math
 
 import pytest
@@ -6,8 +7,6 @@ import torch
 
 from convrnn.errors import DataError
 from convrnn.tasks.base import ModelOutput
-import itertools
-
 from convrnn.tasks.regress import RegressTask, SumOfValuesTask, ValueClassifyTask, sum_log_distribution
 
 

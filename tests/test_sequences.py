@@ -12,8 +12,8 @@ import torch
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.mnist import MnistSplit, load_mnist
 from convrnn.data.sequences import (OPS, DigitSequences, collate_sequences, make_digit_sequences,
-                                    make_length_eval_sets, num_target_classes, random_affine, random_shift, sequence_targets,
-                                    val_test_pools)
+                                    make_length_eval_sets, num_target_classes, random_affine, random_shift,
+                                    sequence_targets, val_test_pools)
 from convrnn.errors import ConfigError, DataError
 
 

@@ -211,7 +211,6 @@ def sum_log_distribution(logp: torch.Tensor, lengths: Optional[torch.Tensor]) ->
     dist = logp.new_full((b, 1), 0.0)  # log P(empty sum = 0) = 0
     flipped = logp.flip(-1)  # value k at index K-1-k, to line up with the sliding windows below
     for step in range(t):
-        size = dist.shape[1]
         padded = F.pad(dist, (k - 1, k - 1), value=-math.inf)  # (B, S) -> (B, S + 2K - 2)
         windows = padded.unfold(1, k, 1)  # (B, S + K - 1, K): window j holds dist[j-K+1 .. j]
         new = torch.logsumexp(windows + flipped[:, step, None, :], dim=-1)  # (B, S + K - 1)
@@ -219,7 +218,6 @@ def sum_log_distribution(logp: torch.Tensor, lengths: Optional[torch.Tensor]) ->
             keep = F.pad(dist, (0, k - 1), value=-math.inf)  # a padded step leaves the sum as it was
             new = torch.where((lengths > step)[:, None].to(new.device), new, keep)
         dist = new
-        assert dist.shape[1] == size + k - 1
     return dist
 
 

@@ -73,13 +73,11 @@ def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> f
 
 
 def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of ``grads`` (for the non-finite guard when nothing is clipped), one fused
-    kernel per device and dtype where PyTorch has ``_foreach_norm``, as clipping does."""
+    """The global L2 norm of ``grads`` (for the non-finite guard when nothing is clipped): one fused
+    ``_foreach_norm``, as ``clip_grad_norm_`` computes it."""
     if not grads:
         return torch.zeros(())
-    if hasattr(torch, "_foreach_norm"):
-        return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
-    return torch.stack([g.detach().norm() for g in grads]).norm()
+    return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
