@@ -71,6 +71,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     if ctx.is_main:
         torch.save({"losses": rec.losses, "model": trainer.model.state_dict()}, f"{out_dir}/ddp.pt")
         run_dir.close()
+    del trainer  # release DDP's reducer (it holds the process group) before the group is destroyed
     shutdown()
 
 

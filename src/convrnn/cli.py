@@ -119,11 +119,14 @@ def _make_train_command(recipe_name: str):
         trainer = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
                             callbacks=[TrainProgress(quiet=quiet)],
                             progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
-        if trainer.run_dir is None:  # a non-main rank of a torchrun job: rank 0 reports
-            return
-        click.echo(f"run: {trainer.run_dir.path}")
-        for k, v in trainer.last_val.items():
-            click.echo(f"{k}: {v:.6g}")
+        from convrnn.train.distributed import shutdown
+
+        report = [] if trainer.run_dir is None else [  # only rank 0 of a torchrun job reports
+            f"run: {trainer.run_dir.path}", *(f"{k}: {v:.6g}" for k, v in trainer.last_val.items())]
+        del trainer  # its DDP wrapper holds the process group
+        shutdown()  # a torchrun job leaves its process group together; nothing for one process
+        for line in report:
+            click.echo(line)
 
     command.__doc__ = f"Train the {recipe.name} recipe: {recipe.description}."
     for opt in reversed(recipe.cli_options):

@@ -19,6 +19,7 @@ Shape:
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -112,7 +113,17 @@ def broadcast_from_main(values: list[float], device: torch.device) -> list[float
 
 
 def shutdown() -> None:
+    """Leave the process group together and while Python is fully alive (no-op for one process).
+
+    Without it a rank could abort at exit ("terminate called without an active exception", seen in
+    4 of about 130 two-process test runs): gloo work objects still referenced from garbage cycles
+    were destroyed during interpreter finalization. So: collect those cycles, wait until every rank
+    has arrived (rank 0 may still be writing files), then destroy the group. Callers drop their
+    DDP-wrapped trainer first: its reducer holds the group too.
+    """
     if dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
