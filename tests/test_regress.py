@@ -171,7 +171,7 @@ def test_sum_of_values_loss_values_and_metrics():
     assert task.values(out).tolist() == pytest.approx([3.0, 0.0], abs=1e-6)
     right = task.loss(out, batch_of([3, 0], [2, 1]))
     wrong = task.loss(out, batch_of([4, 1], [2, 1]))
-    assert float(right) < 1e-6 and float(wrong) > 20
+    assert right.item() < 1e-6 and wrong.item() > 20
     wrong.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[1, 1].abs().max() == 0  # padding gets no gradient
     m = task.new_metrics()

@@ -74,7 +74,7 @@ def test_one_step_kernels_give_the_same_logits_and_restore_the_setting():
     """Generation runs single steps on native CPU kernels (faster than oneDNN there): same numbers."""
     vocab = Vocab.from_text(TEXT)
     model = TinyLSTM(len(vocab), hidden_size=64).eval()
-    x = torch.tensor([vocab.encode("the quick")])
+    x = torch.as_tensor(vocab.encode("the quick"))[None]
     with torch.no_grad():
         expected = model.run(x).y
         with one_step_kernels(torch.device("cpu")):
