@@ -27,17 +27,18 @@ def weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("stop_at", [5, 6, 13])  # mid-epoch, end of epoch (96/16 = 6 batches), later epoch
-def test_resume_equals_uninterrupted(tmp_path, stop_at):
-    straight = make_trainer(tmp_path, "straight", epochs=10, max_steps=2 * stop_at)
+@pytest.mark.parametrize("stop_at,ema", [(5, 0.0), (6, 0.0), (13, 0.0), (5, 0.9)])  # mid-epoch, end of epoch
+# (96/16 = 6 batches), later epoch; and with weight averaging (both the raw and the averaged weights resume)
+def test_resume_equals_uninterrupted(tmp_path, stop_at, ema):
+    straight = make_trainer(tmp_path, "straight", epochs=10, max_steps=2 * stop_at, ema=ema)
     straight.fit()
 
-    first = make_trainer(tmp_path, "resumed", epochs=10, max_steps=stop_at)
+    first = make_trainer(tmp_path, "resumed", epochs=10, max_steps=stop_at, ema=ema)
     first.fit()
     assert first.pos.step == stop_at
     ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     torch.manual_seed(1234)  # a different global RNG: restore must bring back the saved one
-    second = make_trainer(tmp_path, "resumed", epochs=10, max_steps=2 * stop_at)
+    second = make_trainer(tmp_path, "resumed", epochs=10, max_steps=2 * stop_at, ema=ema)
     second.restore(ckpt)
     second.fit()
 
@@ -45,6 +46,9 @@ def test_resume_equals_uninterrupted(tmp_path, stop_at):
     a, b = weights(straight.model), weights(second.model)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    if ema:
+        a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["train_model"] for name in ("straight", "resumed"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_learns_and_writes_run_files(tmp_path):

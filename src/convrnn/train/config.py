@@ -55,6 +55,7 @@ class TrainConfig:
     quiet: bool = False
     precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
+    ema: float = 0.0              # weight averaging: decay of the moving average (e.g. 0.999); 0 = off
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -76,6 +77,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (cfg.checkpoint_every >= 1, "train.checkpoint_every", "at least 1", cfg.checkpoint_every),
         (cfg.keep_checkpoints >= 1, "train.keep_checkpoints", "at least 1", cfg.keep_checkpoints),
         (cfg.log_every >= 1, "train.log_every", "at least 1", cfg.log_every),
+        (cfg.ema == 0 or 0 < cfg.ema < 1, "train.ema", "0 (off) or a decay between 0 and 1, e.g. 0.999", cfg.ema),
         (cfg.precision in PRECISIONS, "train.precision", "one of " + ", ".join(PRECISIONS), cfg.precision),
     ]
     for ok, key, expected, got in checks:

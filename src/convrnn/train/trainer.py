@@ -18,6 +18,7 @@ import torch
 from convrnn.data.batching import BatchSource
 from convrnn.errors import ConvrnnError, TrainingDiverged
 from convrnn.tasks.base import Task
+from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
 from convrnn.train.config import TrainConfig, validate_train_config
 from convrnn.train.rundir import RunDir
@@ -159,6 +160,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.forward_module = self.wrap_forward(RunModule(self.model))
+        # validation, the best and last checkpoints' `model` and the finished run use averaged weights
+        self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None
         self.pos = Position()
         self.state = None  # recurrent state carried between batches (stateful tasks)
         self.last_val: dict[str, float] = {}
@@ -171,9 +174,16 @@ class Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """Everything a resume needs. ``model`` holds the weights to use (the averaged ones with
+        ``train.ema``, which then adds the raw ``train_model`` that training continues from)."""
+        if self.average is not None:
+            averaged, raw = self.average.state_dicts(self.model)
+            weights = {"model": averaged, "train_model": raw, "ema_updates": self.average.updates}
+        else:
+            weights = {"model": self.model.state_dict()}
         return {
             **self.meta,
-            "model": self.model.state_dict(),
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "step": self.pos.step, "epoch": self.pos.epoch, "batch_in_epoch": self.pos.batch_in_epoch,
             "train_time": self.pos.train_time, "best": self.pos.best, "stale": self.pos.stale,
@@ -195,7 +205,12 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Continue exactly where ``ckpt`` stopped: weights, optimizer, position, RNG, carried state."""
-        self.model.load_state_dict(ckpt["model"])
+        raw = ckpt.get("train_model", ckpt["model"])
+        if self.average is not None:
+            self.average.load(self.model, ckpt["model"] if "train_model" in ckpt else raw, raw)
+            self.average.updates = ckpt.get("ema_updates", 0)
+        else:
+            self.model.load_state_dict(raw)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.pos = Position(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
                             train_time=ckpt.get("train_time", 0.0), best=ckpt.get("best"), stale=ckpt.get("stale", 0))
@@ -234,6 +249,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until epochs, max_steps or max_time run out (or early stopping); returns the last validation metrics."""
         cfg, total = self.cfg, self._total_steps()
+        if self.average is not None and self.average.swapped:
+            self.average.swap()  # a second fit() continues from the trained weights, not the averages
         self.model.train()
         self._emit("on_train_start")
         window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
@@ -280,6 +297,8 @@ class Trainer:
         if self.val_step != self.pos.step and self.val_data is not None:
             self._validate()  # the run ends with metrics of its final weights
             self.save("last")
+        if self.average is not None:
+            self.average.swap()  # the finished model is the averaged one (evaluate, predict, export)
         self._emit("on_train_end", self.last_val)
         return dict(self.last_val)
 
@@ -312,6 +331,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.skipped = 0
+            if self.average is not None:
+                self.average.update()
         elif self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0:
             self.scaler.step(self.optimizer)  # skips the update and lowers the fp16 loss scale
             self.scaler.update()
@@ -354,6 +375,12 @@ class Trainer:
         """Validate, log, keep the best checkpoint; True when early stopping says stop."""
         if self.val_data is None:
             return False
+        if self.average is not None:
+            with self.average:  # callbacks (sample text, filter pictures) see the averaged weights too
+                return self._validate_current()
+        return self._validate_current()
+
+    def _validate_current(self) -> bool:
         metrics = self.evaluate(self.val_data, max_batches=self.cfg.val_batches)
         self.last_val, self.val_step = metrics, self.pos.step
         self._log("val", metrics)
