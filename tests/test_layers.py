@@ -109,6 +109,32 @@ def test_recurrent_state_carried_over_two_windows_equals_one_run(mode):
     torch.testing.assert_close(last_state, whole_state)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_weight_dropout_masks_the_recurrent_matrices_once_per_batch(mode):
+    """Training with wdrop equals a plain stack whose hidden-to-hidden matrices carry one fixed mask
+    (the same at every step); evaluation and the input matrices are untouched; gradients reach the weights."""
+    torch.manual_seed(0)
+    layer = Recurrent(3, 4, mode=mode, num_layers=2, weight_dropout=0.5)
+    x, lengths = torch.randn(2, 7, 3), torch.tensor([7, 4])
+    plain = (nn.LSTM if mode == "lstm" else nn.GRU)(3, 4, num_layers=2, batch_first=True)
+    plain.load_state_dict(layer.rnn.state_dict())
+    layer.eval()
+    torch.testing.assert_close(layer(x)[0], plain(x)[0])
+    layer.train()
+    torch.manual_seed(1)
+    y, _ = layer(x, lengths)
+    torch.manual_seed(1)  # the same draws, in the layer's order (named_parameters), outside it
+    with torch.no_grad():
+        for name, w in plain.named_parameters():
+            if name.startswith("weight_hh"):
+                w.copy_(nn.functional.dropout(w, 0.5))
+    expected = layer.__class__(3, 4, mode=mode, num_layers=2)
+    expected.rnn = plain
+    torch.testing.assert_close(y, expected(x, lengths)[0])
+    y.sum().backward()
+    assert layer.rnn.weight_hh_l0.grad.abs().sum() > 0 and layer.rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("head", [
     lambda: Classify(6, 3, pool="last"), lambda: Classify(6, 3, pool="mean"), lambda: Classify(6, 3, pool="max"),
     lambda: Classify(6, 3, pool="last", bidirectional_split=True), lambda: Regress(6, 2, pool="mean"),

@@ -56,7 +56,7 @@ def test_parsed_values_are_typed_with_defaults():
     conv, pool, lstm, lm = parse("conv:4,5 pool:3x2,avg  lstm:32,bi,dropout=0.25,layers=2 lm:tie")
     assert conv.args == {"filters": 4, "kernel": (5, 5), "act": "relu", "s": (1, 1), "valid": False}
     assert pool["kernel"] == (3, 2) and pool["s"] is None and pool["avg"] is True
-    assert lstm.args == {"hidden": 32, "bi": True, "layers": 2, "dropout": 0.25}
+    assert lstm.args == {"hidden": 32, "bi": True, "layers": 2, "dropout": 0.25, "wdrop": 0.0}
     assert lm["tie"] is True and lm["vocab"] is None
     assert [op.position for op in parse("conv:4,5 pool:3x2,avg  lstm:32")] == [0, 9, 23]
     assert parse("conv:4,3x3,none")[0]["act"] == "linear"

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from convrnn.layers.base import Shape, Shaped, expect_rank
@@ -34,6 +35,10 @@ class Recurrent(nn.Module, Shaped):
     Picking the last valid step is the head's job, not this layer's.
 
     ``dropout`` follows PyTorch: it applies between stacked layers, so it needs ``num_layers > 1``.
+    ``weight_dropout`` drops entries of the hidden-to-hidden matrices in training (DropConnect, the
+    weight drop of Merity et al. 2017, "Regularizing and Optimizing LSTM Language Models"): one mask
+    per batch, the same at every step, so it regularises the recurrence itself without disturbing the
+    memory from step to step, and the fused LSTM/GRU kernels still run.
 
     Shape:
         - Input: ``(B, T, F)`` with ``F = input_size``; lengths ``(B,)`` in ``[1, T]``.
@@ -44,12 +49,12 @@ class Recurrent(nn.Module, Shaped):
     stateful = True
 
     def __init__(self, input_size: int, hidden_size: int, *, mode: str = "lstm", num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0):
+                 bidirectional: bool = False, dropout: float = 0.0, weight_dropout: float = 0.0):
         super().__init__()
         if mode not in _KEPT_PER_STEP:
             raise ValueError(f"recurrent mode must be 'lstm' or 'gru', got {mode!r}")
         self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
-        self.bidirectional = bidirectional
+        self.bidirectional, self.weight_dropout = bidirectional, weight_dropout
         rnn_cls = nn.LSTM if mode == "lstm" else nn.GRU
         self.rnn = rnn_cls(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                            dropout=dropout, batch_first=True)
@@ -72,15 +77,22 @@ class Recurrent(nn.Module, Shaped):
         """Output-sized buffers alive while one layer of the stack runs its backward."""
         return float(_BACKWARD_PER_STEP[self.mode])
 
+    def _rnn(self, x, state):
+        if not (self.training and self.weight_dropout):
+            return self.rnn(x, state)
+        weights = {name: nn.functional.dropout(w, self.weight_dropout) if name.startswith("weight_hh") else w
+                   for name, w in self.rnn.named_parameters()}
+        return functional_call(self.rnn, weights, (x, state))
+
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 state: Optional[State] = None) -> tuple[torch.Tensor, State]:
         total = x.shape[1]
         if lengths is None or bool((lengths == total).all()):
-            return self.rnn(x, state)  # (B, T, F) -> (B, T, H*D)
+            return self._rnn(x, state)  # (B, T, F) -> (B, T, H*D)
         if bool((lengths < 1).any()) or bool((lengths > total).any()):
             raise ValueError(f"lengths must lie in [1, {total}] for a sequence of {total} steps, got {lengths.tolist()}")
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        y, new_state = self.rnn(packed, state)
+        y, new_state = self._rnn(packed, state)
         y, _ = pad_packed_sequence(y, batch_first=True, total_length=total)  # -> (B, T, H*D), zeros past lengths
         return y, new_state
 

@@ -173,7 +173,7 @@ def _recurrent(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
         raise ctx.error(op, f"{op.name}: dropout applies between stacked layers and needs layers >= 2; "
                             "use a drop:P token for dropout on the output")
     return Recurrent(ctx.features(op, shape), op["hidden"], mode=op.name, num_layers=op["layers"],
-                     bidirectional=op["bi"], dropout=op["dropout"])
+                     bidirectional=op["bi"], dropout=op["dropout"], weight_dropout=op["wdrop"])
 
 
 register_op("lstm", SCHEMAS["lstm"], _recurrent, accepts=SEQUENCE)

@@ -16,8 +16,8 @@ a flag word, or ``key=value``. Positional args may also be given as ``key=value`
 | dense | `dense:N[,ACT]` | features -> features | linear layer (per step on sequences), activation ACT (linear) |
 | embed | `embed:D[,vocab=V]` | tokens -> feature sequence | learned D-dim vectors; V defaults to num_outputs |
 | onehot | `onehot[:vocab=V]` | tokens -> feature sequence | one-hot vectors; V defaults to num_outputs |
-| lstm | `lstm:H[,bi][,layers=N][,dropout=P]` | feature sequence -> feature sequence | LSTM stack, H units (2H with `bi`) |
-| gru | `gru:H[,bi][,layers=N][,dropout=P]` | feature sequence -> feature sequence | GRU stack, H units (2H with `bi`) |
+| lstm | `lstm:H[,bi][,layers=N][,dropout=P][,wdrop=P]` | feature sequence -> feature sequence | LSTM stack, H units (2H with `bi`); `wdrop` drops recurrent weights in training |
+| gru | `gru:H[,bi][,layers=N][,dropout=P][,wdrop=P]` | feature sequence -> feature sequence | GRU stack, H units (2H with `bi`) |
 | cls | `cls:POOL[,N]` | feature sequence or vector -> vector | N class logits, POOL last/mean/max over valid steps |
 | reg | `reg:POOL[,N]` | feature sequence or vector -> vector (or sequence for `seq`) | N real outputs, POOL last/mean/max/sum/seq |
 | ctc | `ctc[:N]` | feature sequence -> feature sequence | per-step logits over N symbols incl. blank |
@@ -338,9 +338,9 @@ def format_spec(ops: Iterable[OpSpec]) -> str:
 
 
 def _recurrent(name: str, cell: str) -> OpSchema:
-    return OpSchema(name, f"{name}:H[,bi][,layers=N][,dropout=P]", f"{cell} stack with H units per direction",
+    return OpSchema(name, f"{name}:H[,bi][,layers=N][,dropout=P][,wdrop=P]", f"{cell} stack with H units per direction",
                     args=(Param("hidden", POS_INT),), flags=("bi",),
-                    keywords=(Param("layers", POS_INT, 1), Param("dropout", PROB, 0.0)))
+                    keywords=(Param("layers", POS_INT, 1), Param("dropout", PROB, 0.0), Param("wdrop", PROB, 0.0)))
 
 
 for _schema in (
