@@ -74,6 +74,14 @@ def test_user_errors_are_one_line_exit_2(capsys, tmp_path, argv, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag, value", [("--ema", "1.5"), ("--lr", "-1")])
+def test_bad_training_value_is_refused_before_anything_is_written(capsys, tmp_path, monkeypatch, flag, value):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", "fonts", flag, value, *TINY)
+    assert code == 2 and f"train.{flag[2:]}: expected" in err.strip().splitlines()[-1], err
+    assert list(tmp_path.iterdir()) == []  # no half-made run directory
+
+
 def test_text_not_utf8_and_wrong_image_size(capsys, tmp_path, trained_run):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 3)

@@ -72,6 +72,8 @@ def _common_train_options(f):
         click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]),
                      help="32, or bf16/fp16 mixed precision (fp16 on CUDA only)"),
         click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
+        click.option("--ema", type=float, metavar="DECAY",
+                     help="validate and save a moving average of the weights (e.g. 0.999; 0 = off)"),
         click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
         click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
         click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
@@ -86,7 +88,8 @@ def _common_train_options(f):
 _COMMON_KEYS = {"preset": "model.preset", "spec": "model.spec", "epochs": "train.epochs",
                 "max_time": "train.max_time", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
                 "lr": "train.lr", "device": "train.device", "threads": "train.threads", "seed": "train.seed",
-                "run_dir": "train.run_dir", "precision": "train.precision", "compile_": "train.compile"}
+                "run_dir": "train.run_dir", "precision": "train.precision", "compile_": "train.compile",
+                "ema": "train.ema"}
 
 
 @cli.group()

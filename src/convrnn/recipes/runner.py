@@ -15,7 +15,7 @@ import torch
 from convrnn.errors import CheckpointError, ConfigError
 from convrnn.recipes import DataBundle, get_recipe
 from convrnn.train.checkpoint import load_latest_checkpoint
-from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file
+from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file, validate_train_config
 from convrnn.train.rundir import RunDir, new_run_dir
 from convrnn.train.trainer import Trainer
 
@@ -73,6 +73,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     from convrnn.train.distributed import DistributedTrainer, init_from_env
 
     recipe = get_recipe(cfg.recipe)
+    validate_train_config(cfg.train)  # before data and the run directory: a bad value leaves nothing on disk
     ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
     recipe.prepare(cfg)
