@@ -36,3 +36,18 @@ def toy_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 16, shuffle: boo
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     return IndexedBatches(range(len(x)), batch_size, fetch=lambda idx: {"x": xt[idx], "y": yt[idx]},
                           shuffle=shuffle, seed=seed)
+
+
+def make_trainer(tmp_path, name: str, **cfg):
+    """A Trainer of TinyNet on the toy classification, writing its run to ``tmp_path / name``."""
+    from convrnn.tasks.classify import ClassifyTask
+    from convrnn.train.config import TrainConfig
+    from convrnn.train.rundir import RunDir
+    from convrnn.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    x, y = toy_classification()
+    config = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr": 1e-2, "checkpoint_every": 4, "log_every": 2, **cfg})
+    return Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y),
+                   toy_batches(x[:32], y[:32], shuffle=False), config,
+                   run_dir=RunDir(tmp_path / name, tensorboard=False), checkpoint_meta={"recipe": "toy"})

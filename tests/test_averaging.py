@@ -8,10 +8,9 @@ from convrnn.tasks.classify import ClassifyTask
 from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import load_checkpoint
 from convrnn.train.config import TrainConfig
-from convrnn.train.rundir import RunDir
 from convrnn.train.trainer import Trainer
 
-from helpers import TinyNet, toy_batches, toy_classification
+from helpers import TinyNet, make_trainer
 
 
 def test_average_follows_the_formula_and_swap_is_its_own_inverse():
@@ -51,16 +50,8 @@ def test_update_while_swapped_is_refused():
         avg.update()
 
 
-def _trainer(tmp_path, **cfg):
-    torch.manual_seed(0)
-    x, y = toy_classification()
-    config = TrainConfig(**{"epochs": 4, "batch_size": 16, "lr": 1e-2, "log_every": 2, **cfg})
-    return Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y), toy_batches(x[:32], y[:32], shuffle=False),
-                   config, run_dir=RunDir(tmp_path / "run", tensorboard=False), checkpoint_meta={"recipe": "toy"})
-
-
 def test_trainer_validates_saves_and_finishes_with_the_averaged_weights(tmp_path):
-    t = _trainer(tmp_path, ema=0.9)
+    t = make_trainer(tmp_path, "run", epochs=4, ema=0.9)
     metrics = t.fit()
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert set(last) >= {"model", "train_model", "ema_updates"} and last["ema_updates"] == t.pos.step
@@ -73,7 +64,7 @@ def test_trainer_validates_saves_and_finishes_with_the_averaged_weights(tmp_path
 
 
 def test_training_without_averaging_keeps_the_old_checkpoint_layout(tmp_path):
-    t = _trainer(tmp_path, epochs=1)
+    t = make_trainer(tmp_path, "run", epochs=1)
     t.fit()
     assert "train_model" not in load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
 

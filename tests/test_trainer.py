@@ -4,23 +4,11 @@ import pytest
 import torch
 
 from convrnn.errors import TrainingDiverged
-from convrnn.tasks.classify import ClassifyTask
 from convrnn.train.checkpoint import load_checkpoint
-from convrnn.train.config import TrainConfig
-from convrnn.train.rundir import RunDir, read_metrics
-from convrnn.train.trainer import Trainer, lr_factor
+from convrnn.train.rundir import read_metrics
+from convrnn.train.trainer import lr_factor
 
-from helpers import TinyNet, toy_batches, toy_classification
-
-
-def make_trainer(tmp_path, name, **cfg):
-    torch.manual_seed(0)
-    x, y = toy_classification()
-    model = TinyNet()
-    config = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr": 1e-2, "checkpoint_every": 4, "log_every": 2, **cfg})
-    run_dir = RunDir(tmp_path / name, tensorboard=False)
-    return Trainer(model, ClassifyTask(["a", "b", "c"]), toy_batches(x, y), toy_batches(x[:32], y[:32], shuffle=False),
-                   config, run_dir=run_dir, checkpoint_meta={"recipe": "toy"})
+from helpers import make_trainer
 
 
 def weights(model):

@@ -15,7 +15,8 @@ import torch
 from convrnn.errors import CheckpointError, ConfigError
 from convrnn.recipes import DataBundle, get_recipe
 from convrnn.train.checkpoint import load_latest_checkpoint
-from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file, validate_train_config
+from convrnn.train.config import (ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file,
+                                   validate_train_config)
 from convrnn.train.rundir import RunDir, new_run_dir
 from convrnn.train.trainer import Trainer
 

@@ -27,11 +27,11 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        seen: set[int] = set()
+        self.index: dict[int, int] = {}  # id of a model tensor -> its position in tensors and shadow
         self.tensors: list[torch.Tensor] = []
         for t in (*model.parameters(), *model.buffers()):  # each shared (tied) tensor once
-            if t.dtype.is_floating_point and id(t) not in seen:
-                seen.add(id(t))
+            if t.dtype.is_floating_point and id(t) not in self.index:
+                self.index[id(t)] = len(self.tensors)
                 self.tensors.append(t)
         self.shadow = [t.detach().clone() for t in self.tensors]
         self.updates = 0
@@ -57,11 +57,9 @@ class WeightAverage:
 
     def state_dicts(self, model: torch.nn.Module) -> tuple[dict, dict]:
         """``(averaged, raw)`` state dicts of ``model``, whichever of the two it holds now."""
-        live = model.state_dict()
-        index = {id(t): i for i, t in enumerate(self.tensors)}
-        other = {k: self.shadow[index[id(v)]] if id(v) in index else v
-                 for k, v in model.state_dict(keep_vars=True).items()}
-        other = {k: v.detach() for k, v in other.items()}
+        held = model.state_dict(keep_vars=True)
+        live = {k: v.detach() for k, v in held.items()}
+        other = {k: self.shadow[self.index[id(v)]] if id(v) in self.index else live[k] for k, v in held.items()}
         return (live, other) if self.swapped else (other, live)
 
     @torch.no_grad()

@@ -207,7 +207,7 @@ class Trainer:
         """Continue exactly where ``ckpt`` stopped: weights, optimizer, position, RNG, carried state."""
         raw = ckpt.get("train_model", ckpt["model"])
         if self.average is not None:
-            self.average.load(self.model, ckpt["model"] if "train_model" in ckpt else raw, raw)
+            self.average.load(self.model, ckpt["model"], raw)  # an unaveraged checkpoint: both are its weights
             self.average.updates = ckpt.get("ema_updates", 0)
         else:
             self.model.load_state_dict(raw)
