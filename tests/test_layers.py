@@ -173,6 +173,25 @@ def test_pooling_matches_reference():
     torch.testing.assert_close(split[1], torch.cat([x[1, 1, :3], x[1, 0, 3:]]))
 
 
+def test_batch_norm_on_channels_last_images_equals_contiguous_and_keeps_the_layout():
+    x = torch.randn(4, 3, 5, 6)
+    plain, last = BatchNorm(3), BatchNorm(3)
+    last.load_state_dict(plain.state_dict())
+    a = x.clone().requires_grad_()
+    b = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ya, yb = plain(a), last(b)
+    assert yb.is_contiguous(memory_format=torch.channels_last) and not yb.is_contiguous()
+    torch.testing.assert_close(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(a.grad, b.grad)
+    for p, q in zip(plain.parameters(), last.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    for key, value in plain.state_dict().items():  # running mean, variance (unbiased, over B*H*W) and count
+        torch.testing.assert_close(value, last.state_dict()[key])
+
+
 def test_conv_same_padding_keeps_size_for_even_and_odd_kernels():
     for k in (1, 2, 3, 4, 5):
         conv = Conv(1, 2, k, padding="same")

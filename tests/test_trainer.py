@@ -79,3 +79,48 @@ def test_lr_schedules():
     assert lr_factor("step", 0.5, 0, 0) == pytest.approx(0.1)
     assert lr_factor("constant", 0.0, 0, 10) == pytest.approx(0.1)  # warm-up: step 1 of 10
     assert math.isclose(lr_factor("onecycle", 0.3, 0, 0), 1.0)
+
+
+def _conv_trainer(tmp_path, name, memory_format):
+    from convrnn.spec.builder import build_model
+    from convrnn.tasks.classify import ClassifyTask
+    from convrnn.train.config import TrainConfig
+    from convrnn.train.trainer import Trainer
+
+    from helpers import toy_batches
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8).numpy()
+    y = (x[:, 0, :4].mean((1, 2)) > 0).astype("int64")
+    model = build_model("conv:4,3x3,relu bn pool:2x2 conv:8,3x3,relu bn pool:2x2 flatten dense:2,linear", (1, 8, 8), 2)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format,
+                      run_dir=str(tmp_path / name), quiet=True)
+    return Trainer(model, ClassifyTask(["a", "b"]), toy_batches(x, y), toy_batches(x, y, shuffle=False), cfg)
+
+
+def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_path):
+    from convrnn.spec.builder import build_model
+
+    last, plain = _conv_trainer(tmp_path, "last", "auto"), _conv_trainer(tmp_path, "plain", "contiguous")
+    kernels = [n for n, p in last.model.named_parameters() if p.dim() == 4]
+    assert len(kernels) == 2
+    params = dict(last.model.named_parameters())
+    assert all(params[n].is_contiguous(memory_format=torch.channels_last) for n in kernels)  # auto on the CPU
+    assert not params[kernels[1]].is_contiguous()  # (with one input channel the first kernel is both layouts)
+    assert all(p.is_contiguous() for p in plain.model.parameters())
+    last.fit()
+    plain.fit()
+    a, b = last.model.state_dict(), plain.model.state_dict()
+    for k in a:  # 8 Adam steps apart only by the summation order of the kernels
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+    fresh = build_model(last.model.spec, (1, 8, 8), 2).eval()  # a channels-last checkpoint loads into a plain model
+    fresh.load_state_dict(a)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(fresh(x), last.model.eval()(x))
+
+
+def test_memory_format_rejects_unknown_values(tmp_path):
+    from convrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.memory_format: expected one of auto, channels_last, contiguous, got 'nhwc'"):
+        _conv_trainer(tmp_path, "bad", "nhwc")

@@ -181,7 +181,11 @@ class BatchNorm(nn.Module, Shaped):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
-            return self.norm(x.flatten(2)).view_as(x)  # (B, C, H, W) -> (B, C, H*W) -> (B, C, H, W)
+            if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+                return self.norm(x.flatten(2)).view_as(x)  # (B, C, H, W) -> (B, C, H*W) -> (B, C, H, W)
+            b, c, h, w = x.shape  # channels last: normalise (B*H*W, C) rows, a view, so the layout survives
+            y = self.norm(x.permute(0, 2, 3, 1).reshape(b * h * w, c))  # (B, C, H, W) -> (B*H*W, C)
+            return y.view(b, h, w, c).permute(0, 3, 1, 2)  # (B*H*W, C) -> (B, C, H, W), channels last
         if x.dim() == 3:
             return self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, T, F) -> (B, F, T) -> (B, T, F)
         return self.norm(x)

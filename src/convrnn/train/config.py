@@ -56,11 +56,13 @@ class TrainConfig:
     precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
     ema: float = 0.0              # weight averaging: decay of the moving average (e.g. 0.999); 0 = off
+    memory_format: str = "auto"   # image layout of 2-D convolutions: channels_last, contiguous, or auto (channels_last on CPU)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
 PRECISIONS = ("32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
@@ -79,6 +81,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (cfg.log_every >= 1, "train.log_every", "at least 1", cfg.log_every),
         (cfg.ema == 0 or 0 < cfg.ema < 1, "train.ema", "0 (off) or a decay between 0 and 1, e.g. 0.999", cfg.ema),
         (cfg.precision in PRECISIONS, "train.precision", "one of " + ", ".join(PRECISIONS), cfg.precision),
+        (cfg.memory_format in MEMORY_FORMATS, "train.memory_format", "one of " + ", ".join(MEMORY_FORMATS),
+         cfg.memory_format),
     ]
     for ok, key, expected, got in checks:
         if not ok:
