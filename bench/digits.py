@@ -1,7 +1,8 @@
 """Benchmarks of the digits recipe (seed 002), on ../shared/data/mnist (19,690 training digits, 10,000 test).
 
 - ``digits_sum``: test MSE of ``convrnn train digits --op sum --max-len 4`` after 5 minutes of training
-  on 2 CPU threads; target MSE <= 0.15 and exact match >= 92% (both). Seed 002: MSE 0.61 after 20 epochs.
+  on 2 CPU threads, the median of three runs (training seeds 0..2); target MSE <= 0.15 and exact match
+  >= 92% (both). Seed 002: MSE 0.61 after 20 epochs.
 - ``digits_product``: exact-match fraction of ``--op product --max-len 2`` (products up to 81), same
   budget; target >= 80%, with the accuracy on sequences of two 9s reported (seed 002 "never gets 9x9").
 - ``digits_vs_keras``: training samples/s of ``caine2016`` through convrnn's Trainer divided by the same
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 TRAIN_SECONDS = 300.0
 THREADS = 2
 SUM_MSE, SUM_EXACT, PRODUCT_EXACT = 0.15, 0.92, 0.80
+SUM_RUNS = 3  # digits_sum reports the median of this many runs
 NINE_PAIRS = 500  # test sequences of two 9s (different images) for the 9x9 accuracy
 
 
@@ -91,12 +93,24 @@ def _run_digits(op: str, max_len: int, quick: bool, overrides: dict) -> tuple[di
 
 
 def digits_sum(quick: bool = False, **overrides) -> dict:
-    results, details = _run_digits("sum", 4, quick, overrides)
-    mse, exact = results["test"]["mse"], results["test"]["exact"]
+    """Median of ``SUM_RUNS`` independent 5-minute runs (training seeds 0, 1, 2): one run's MSE moves by
+    several hundredths with the few digits it happens to misread, so a single run says little about
+    whether the target is met. The median run's details are reported, with every run's numbers."""
+    runs = []
+    for seed in range(1 if quick else SUM_RUNS):
+        results, details = _run_digits("sum", 4, quick, {"train.seed": seed, **overrides})
+        runs.append((results["test"]["mse"], results["test"]["exact"], seed, details))
+        log.info("digits_sum run %d: test MSE %.4f, exact %.4f", seed, runs[-1][0], runs[-1][1])
+    runs.sort(key=lambda r: r[0])
+    mse, _, _, details = runs[len(runs) // 2]
+    exact = sorted(r[1] for r in runs)[len(runs) // 2]
     details["exact"] = exact
+    details["runs"] = [{"train_seed": seed, "mse": round(m, 4), "exact": round(e, 4), "steps": d["steps"]}
+                       for m, e, seed, d in sorted(runs, key=lambda r: r[2])]
     return {
-        "metric": "test MSE of digit sums (1..4 MNIST test digits) after 5 min of training on 2 CPU threads",
-        "value": mse, "unit": "MSE", "target": SUM_MSE, "target_text": "<= 0.15 and exact match >= 0.92",
+        "metric": f"test MSE of digit sums (1..4 MNIST test digits) after 5 min of training on 2 CPU threads, "
+                  f"median of {len(runs)} runs",
+        "value": mse, "unit": "MSE", "target": SUM_MSE, "target_text": "<= 0.15 and exact match >= 0.92 (medians)",
         "baseline": 0.61, "baseline_note": "seed 002 (Keras, caine2016): MSE 0.61 after 20 epochs",
         "met": bool(mse <= SUM_MSE and exact >= SUM_EXACT), "details": details,
     }

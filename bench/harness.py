@@ -64,11 +64,17 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
-def write_result(name: str, result: dict, command: str) -> Path:
+def result_record(name: str, result: dict, command: str) -> dict:
+    """A benchmark's result with its name, command, machine and time: what bench/results/NAME.json holds."""
     out = {"name": name, **result, "command": command, "machine": machine(),
            "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     for key in ("metric", "value", "unit", "target", "baseline"):
         out.setdefault(key, None)
+    return out
+
+
+def write_result(name: str, result: dict, command: str) -> Path:
+    out = result_record(name, result, command)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -120,6 +126,10 @@ def main(argv: list[str]) -> int:
     module, func = REGISTRY[name].split(":")
     result = getattr(importlib.import_module(module), func)(quick=quick)
     command = "python -m bench " + " ".join(argv)
+    if quick:  # a smoke run of the code path: its numbers must not replace a measured result
+        print(json.dumps(result_record(name, result, command), indent=2, default=str))
+        print(f"bench {name} --quick: a smoke run, not written to {RESULTS}", file=sys.stderr)
+        return 0
     path = write_result(name, result, command)
     print(json.dumps(json.loads(path.read_text()), indent=2))
     return 0
