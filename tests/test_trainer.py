@@ -81,7 +81,7 @@ def test_lr_schedules():
     assert math.isclose(lr_factor("onecycle", 0.3, 0, 0), 1.0)
 
 
-def _conv_trainer(tmp_path, name, memory_format):
+def _conv_trainer(tmp_path, name, memory_format, spec="conv:8,3x3,relu bn pool:2x2 conv:16,3x3,relu bn pool:2x2"):
     from convrnn.spec.builder import build_model
     from convrnn.tasks.classify import ClassifyTask
     from convrnn.train.config import TrainConfig
@@ -92,7 +92,7 @@ def _conv_trainer(tmp_path, name, memory_format):
     torch.manual_seed(0)
     x = torch.randn(64, 1, 8, 8).numpy()
     y = (x[:, 0, :4].mean((1, 2)) > 0).astype("int64")
-    model = build_model("conv:4,3x3,relu bn pool:2x2 conv:8,3x3,relu bn pool:2x2 flatten dense:2,linear", (1, 8, 8), 2)
+    model = build_model(f"{spec} flatten dense:2,linear", (1, 8, 8), 2)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format,
                       run_dir=str(tmp_path / name), quiet=True)
     return Trainer(model, ClassifyTask(["a", "b"]), toy_batches(x, y), toy_batches(x, y, shuffle=False), cfg)
@@ -117,6 +117,13 @@ def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_
     fresh.load_state_dict(a)
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(fresh(x), last.model.eval()(x))
+
+
+def test_memory_format_auto_leaves_narrow_convolutions_contiguous(tmp_path):
+    narrow = _conv_trainer(tmp_path, "narrow", "auto", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
+    assert all(p.is_contiguous() for p in narrow.model.parameters())
+    forced = _conv_trainer(tmp_path, "forced", "channels_last", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
+    assert not forced.model.layers[2].conv.weight.is_contiguous()  # the second kernel (4 input channels)
 
 
 def test_memory_format_rejects_unknown_values(tmp_path):

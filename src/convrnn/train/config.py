@@ -56,7 +56,8 @@ class TrainConfig:
     precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
     ema: float = 0.0              # weight averaging: decay of the moving average (e.g. 0.999); 0 = off
-    memory_format: str = "auto"   # image layout of 2-D convolutions: channels_last, contiguous, or auto (channels_last on CPU)
+    memory_format: str = "auto"   # layout of 2-D convolutions: channels_last, contiguous, or auto (channels
+                                  # last on the CPU when a convolution has 16 or more output channels)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

@@ -119,9 +119,13 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+CHANNELS_LAST_MIN_CHANNELS = 16  # train.memory_format=auto: the widest convolution needs this many outputs
+
+
 def apply_memory_format(model: torch.nn.Module, memory_format: str, device: torch.device) -> bool:
     """Store the kernels of ``model``'s 2-D convolutions channels last when ``memory_format`` asks for it
-    (``auto``: on the CPU). Returns whether any were converted.
+    (``auto``: on the CPU, for models with a convolution of at least ``CHANNELS_LAST_MIN_CHANNELS``
+    output channels). Returns whether any were converted.
 
     A convolution whose kernel is channels last gives channels-last activations, and batch norm,
     activations and pooling keep that layout, so no input needs converting. On the CPU this is
@@ -133,6 +137,8 @@ def apply_memory_format(model: torch.nn.Module, memory_format: str, device: torc
     if memory_format == "contiguous" or (memory_format == "auto" and device.type != "cpu"):
         return False
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if memory_format == "auto" and max((c.out_channels for c in convs), default=0) < CHANNELS_LAST_MIN_CHANNELS:
+        return False  # a few channels fill no vector register: the layout changes cost more than they save
     for conv in convs:
         conv.to(memory_format=torch.channels_last)
     return bool(convs)
