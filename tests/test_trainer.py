@@ -108,6 +108,7 @@ def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_
     assert all(params[n].is_contiguous(memory_format=torch.channels_last) for n in kernels)  # auto on the CPU
     assert not params[kernels[1]].is_contiguous()  # (with one input channel the first kernel is both layouts)
     assert all(p.is_contiguous() for p in plain.model.parameters())
+    assert last.channels_last and not plain.channels_last  # what the progress line reports
     last.fit()
     plain.fit()
     a, b = last.model.state_dict(), plain.model.state_dict()
@@ -121,7 +122,7 @@ def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_
 
 def test_memory_format_auto_leaves_narrow_convolutions_contiguous(tmp_path):
     narrow = _conv_trainer(tmp_path, "narrow", "auto", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
-    assert all(p.is_contiguous() for p in narrow.model.parameters())
+    assert all(p.is_contiguous() for p in narrow.model.parameters()) and not narrow.channels_last
     forced = _conv_trainer(tmp_path, "forced", "channels_last", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
     assert not forced.model.layers[2].conv.weight.is_contiguous()  # the second kernel (4 input channels)
 

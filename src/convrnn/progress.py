@@ -54,8 +54,9 @@ class TrainProgress:
         if cfg.max_time:
             limits.append(f"{cfg.max_time:g} s")
         params = sum(p.numel() for p in trainer.model.parameters())
+        layout = " (channels-last convolutions)" if getattr(trainer, "channels_last", False) else ""
         self._print(f"training {getattr(trainer.model, 'spec', type(trainer.model).__name__)!s} "
-                    f"({params:,} parameters) on {trainer.device}, up to {', '.join(limits)}; run {where}")
+                    f"({params:,} parameters) on {trainer.device}{layout}, up to {', '.join(limits)}; run {where}")
         if self.fancy:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),

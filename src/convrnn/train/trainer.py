@@ -177,7 +177,7 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
-        apply_memory_format(self.model, config.memory_format, self.device)
+        self.channels_last = apply_memory_format(self.model, config.memory_format, self.device)
         self.task, self.train_data, self.val_data = task, train, val
         self.run_dir = run_dir
         self.meta = dict(checkpoint_meta or {})
