@@ -96,17 +96,18 @@ def digits_sum(quick: bool = False, **overrides) -> dict:
     """Median of ``SUM_RUNS`` independent 5-minute runs (training seeds 0, 1, 2): one run's MSE moves by
     several hundredths with the few digits it happens to misread, so a single run says little about
     whether the target is met. The median run's details are reported, with every run's numbers."""
-    runs = []
+    runs = []  # (test results, details) by training seed
     for seed in range(1 if quick else SUM_RUNS):
         results, details = _run_digits("sum", 4, quick, {"train.seed": seed, **overrides})
-        runs.append((results["test"]["mse"], results["test"]["exact"], seed, details))
-        log.info("digits_sum run %d: test MSE %.4f, exact %.4f", seed, runs[-1][0], runs[-1][1])
-    runs.sort(key=lambda r: r[0])
-    mse, _, _, details = runs[len(runs) // 2]
-    exact = sorted(r[1] for r in runs)[len(runs) // 2]
+        runs.append((results["test"], details))
+        log.info("digits_sum run %d: test MSE %.4f, exact %.4f", seed,
+                 results["test"]["mse"], results["test"]["exact"])
+    middle = len(runs) // 2
+    test, details = sorted(runs, key=lambda r: r[0]["mse"])[middle]
+    mse, exact = test["mse"], sorted(t["exact"] for t, _ in runs)[middle]
     details["exact"] = exact
-    details["runs"] = [{"train_seed": seed, "mse": round(m, 4), "exact": round(e, 4), "steps": d["steps"]}
-                       for m, e, seed, d in sorted(runs, key=lambda r: r[2])]
+    details["runs"] = [{"train_seed": seed, "mse": round(t["mse"], 4), "exact": round(t["exact"], 4),
+                        "steps": d["steps"]} for seed, (t, d) in enumerate(runs)]
     return {
         "metric": f"test MSE of digit sums (1..4 MNIST test digits) after 5 min of training on 2 CPU threads, "
                   f"median of {len(runs)} runs",
