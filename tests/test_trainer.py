@@ -3,12 +3,15 @@ import math
 import pytest
 import torch
 
-from convrnn.errors import TrainingDiverged
+from convrnn.errors import ConfigError, TrainingDiverged
+from convrnn.spec.builder import build_model
+from convrnn.tasks.classify import ClassifyTask
 from convrnn.train.checkpoint import load_checkpoint
+from convrnn.train.config import TrainConfig
 from convrnn.train.rundir import read_metrics
-from convrnn.train.trainer import lr_factor
+from convrnn.train.trainer import Trainer, lr_factor
 
-from helpers import make_trainer
+from helpers import make_trainer, toy_batches
 
 
 def weights(model):
@@ -81,27 +84,18 @@ def test_lr_schedules():
     assert math.isclose(lr_factor("onecycle", 0.3, 0, 0), 1.0)
 
 
-def _conv_trainer(tmp_path, name, memory_format, spec="conv:8,3x3,relu bn pool:2x2 conv:16,3x3,relu bn pool:2x2"):
-    from convrnn.spec.builder import build_model
-    from convrnn.tasks.classify import ClassifyTask
-    from convrnn.train.config import TrainConfig
-    from convrnn.train.trainer import Trainer
-
-    from helpers import toy_batches
-
+def _conv_trainer(memory_format, spec="conv:8,3x3,relu bn pool:2x2 conv:16,3x3,relu bn pool:2x2"):
+    """A Trainer (no run directory) of a small conv model on random 8x8 images."""
     torch.manual_seed(0)
     x = torch.randn(64, 1, 8, 8).numpy()
     y = (x[:, 0, :4].mean((1, 2)) > 0).astype("int64")
     model = build_model(f"{spec} flatten dense:2,linear", (1, 8, 8), 2)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format,
-                      run_dir=str(tmp_path / name), quiet=True)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format, quiet=True)
     return Trainer(model, ClassifyTask(["a", "b"]), toy_batches(x, y), toy_batches(x, y, shuffle=False), cfg)
 
 
-def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_path):
-    from convrnn.spec.builder import build_model
-
-    last, plain = _conv_trainer(tmp_path, "last", "auto"), _conv_trainer(tmp_path, "plain", "contiguous")
+def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights():
+    last, plain = _conv_trainer("auto"), _conv_trainer("contiguous")
     kernels = [n for n, p in last.model.named_parameters() if p.dim() == 4]
     assert len(kernels) == 2
     params = dict(last.model.named_parameters())
@@ -120,15 +114,13 @@ def test_memory_format_lays_out_conv_kernels_and_trains_to_the_same_weights(tmp_
     torch.testing.assert_close(fresh(x), last.model.eval()(x))
 
 
-def test_memory_format_auto_leaves_narrow_convolutions_contiguous(tmp_path):
-    narrow = _conv_trainer(tmp_path, "narrow", "auto", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
+def test_memory_format_auto_leaves_narrow_convolutions_contiguous():
+    narrow = _conv_trainer("auto", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
     assert all(p.is_contiguous() for p in narrow.model.parameters()) and not narrow.channels_last
-    forced = _conv_trainer(tmp_path, "forced", "channels_last", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
+    forced = _conv_trainer("channels_last", spec="conv:4,3x3,relu pool:2x2 conv:8,3x3,relu")
     assert not forced.model.layers[2].conv.weight.is_contiguous()  # the second kernel (4 input channels)
 
 
-def test_memory_format_rejects_unknown_values(tmp_path):
-    from convrnn.errors import ConfigError
-
+def test_memory_format_rejects_unknown_values():
     with pytest.raises(ConfigError, match=r"train.memory_format: expected one of auto, channels_last, contiguous, got 'nhwc'"):
-        _conv_trainer(tmp_path, "bad", "nhwc")
+        _conv_trainer("nhwc")

@@ -131,9 +131,9 @@ def apply_memory_format(model: torch.nn.Module, memory_format: str, device: torc
     activations and pooling keep that layout, so no input needs converting. On the CPU this is
     what oneDNN's kernels want: max pooling with indices runs about five times faster than on
     ``(B, C, H, W)``-contiguous tensors, convolutions and batch norm a fifth to a third faster
-    (docs/decisions.md has the numbers). Parameters keep
-    their identity (only their storage changes), so optimizers and weight averaging built later
-    see the same tensors, and checkpoints load into models of either layout.
+    (docs/decisions.md has the numbers). Parameters keep their identity (only their storage
+    changes), so optimizers and weight averaging built later see the same tensors, and checkpoints
+    load into models of either layout.
     """
     if memory_format == "contiguous" or (memory_format == "auto" and device.type != "cpu"):
         return False
