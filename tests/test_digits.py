@@ -233,6 +233,7 @@ def test_mnist_predict_and_filters_side_by_side(mnist_run, digits_run, capsys, t
     (["--activation", "swish"], "data.activation: expected one of"),
     (["--set", "data.rotate=60"], "data.rotate: expected 0..45 degrees, got 60"),
     (["--set", "data.zoom=0.5"], "data.zoom: expected 0 <= zoom < 0.5, got 0.5"),
+    (["--set", "data.elastic=6"], "data.elastic: expected 0..5 pixels, got 6"),
     (["--set", "data.shift=-1"], "data.shift: expected 0 or more pixels, got -1"),
 ])
 def test_bad_options_are_one_line_errors(mnist_dir, tmp_path, capsys, argv, message):

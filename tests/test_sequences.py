@@ -139,6 +139,25 @@ def test_random_affine_is_the_identity_at_zero_and_turns_a_bar_by_the_angle():
     assert np.ptp([np.polyfit(*np.nonzero(img > 0.3)[::-1], 1)[0] for img in turned]) > 0.3  # angles differ
 
 
+def test_elastic_warp_moves_pixels_by_at_most_its_bound_and_leaves_the_affine_draws_alone():
+    dot = np.zeros((40, 28, 28), dtype=np.float32)
+    dot[:, 14, 14] = 1.0  # one lit pixel: where it lands is the displacement at the centre
+    bent = random_affine(dot, np.random.default_rng(3), rotate=0.0, zoom=0.0, elastic=2.0)
+    ys, xs = np.indices((28, 28))
+    mass = bent.sum(axis=(1, 2))
+    cy, cx = (bent * ys).sum(axis=(1, 2)) / mass, (bent * xs).sum(axis=(1, 2)) / mass
+    moved = np.hypot(cy - 14, cx - 14)
+    assert moved.max() <= 2.0 * np.sqrt(2) + 0.5 and moved.mean() > 0.3  # bounded, but it does move
+    plain = np.random.default_rng(4).random((6, 28, 28), dtype=np.float32)
+    without = random_affine(plain, np.random.default_rng(5), rotate=10.0, zoom=0.1)
+    np.testing.assert_array_equal(random_affine(plain, np.random.default_rng(5), rotate=10.0, zoom=0.1, elastic=0.0),
+                                  without)  # elastic=0 draws nothing more: earlier runs replay exactly
+    ds = DigitSequences.from_split(TRAIN, op="sum", max_len=4, num_sequences=30, seed=8)
+    ds.elastic = 1.5
+    a, b = ds.batch([5, 0, 29]), ds.batch([5, 0, 29])
+    assert torch.equal(a["x"], b["x"]) and (a["x"][~a["mask"]] == 0).all()
+
+
 def test_affine_training_batches_are_a_function_of_the_batch():
     ds = DigitSequences.from_split(TRAIN, op="sum", max_len=4, num_sequences=30, seed=8)
     ids = [5, 0, 29, 17]

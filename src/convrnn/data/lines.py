@@ -53,6 +53,7 @@ class LinesDataConfig:
     max_digits: int = 8            # digits: strings of 1..max_digits digits
     rotate: float = 0.0            # digits: training digits turn by up to this many degrees (0 = off)
     zoom: float = 0.0              # digits: training digits scale by up to 1 +- zoom (0 = off)
+    elastic: float = 0.0           # digits: training digits bend smoothly by up to this many pixels (0 = off)
     mnist_dir: str = ""            # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
     text: str = ""                 # text: UTF-8 file of lines to render (empty = embedded corpus)
     fonts: list[str] = field(default_factory=list)  # text: font files/folders (empty = matplotlib's)
@@ -292,7 +293,7 @@ def check_config(cfg: LinesDataConfig) -> None:
               ("num_train", cfg.num_train >= 1, "at least 1"), ("num_val", cfg.num_val >= 1, "at least 1"),
               ("num_test", cfg.num_test >= 0, "0 or more"), ("max_digits", cfg.max_digits >= 1, "at least 1"),
               ("max_chars", cfg.max_chars >= 2, "at least 2"), ("rotate", 0 <= cfg.rotate <= 45, "0..45 degrees"),
-              ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5")]
+              ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5"), ("elastic", 0 <= cfg.elastic <= 5, "0..5 pixels")]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"data.{name}: expected {expected}, got {getattr(cfg, name)!r}")

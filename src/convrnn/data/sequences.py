@@ -95,8 +95,8 @@ class DigitSequences(torch.utils.data.Dataset):
     whole number of pixels, up to ``shift`` in each direction (zeros shifted in), drawn from the
     batch's item ids and ``seed``: the same batch is always augmented the same way, so resuming
     replays it exactly. ``rotate`` (degrees) and ``zoom`` (a fraction), also 0 by default, add a
-    random rotation within +-rotate and a scale within 1 +- zoom about the image centre, drawn the
-    same way.
+    random rotation within +-rotate and a scale within 1 +- zoom about the image centre, and
+    ``elastic`` (pixels, 0 by default) a smooth random bend (``random_affine``), drawn the same way.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, max_len: int = 4, min_len: int = 1,
@@ -128,6 +128,7 @@ class DigitSequences(torch.utils.data.Dataset):
         self.shift = 0
         self.rotate = 0.0
         self.zoom = 0.0
+        self.elastic = 0.0
 
     @classmethod
     def from_split(cls, split, **kwargs) -> "DigitSequences":
@@ -167,10 +168,10 @@ class DigitSequences(torch.utils.data.Dataset):
         mask = rows >= 0
         x = np.zeros((len(ids), steps, *self.images.shape[1:]), dtype=np.float32)  # (B, T, H, W)
         x[mask] = self.images[rows[mask]].astype(np.float32) / np.float32(self.max_value)
-        if self.shift > 0 or self.rotate > 0 or self.zoom > 0:
+        if self.shift > 0 or self.rotate > 0 or self.zoom > 0 or self.elastic > 0:
             rng = np.random.default_rng(np.random.SeedSequence([*np.atleast_1d(self.seed), *ids.tolist()]))
-            if self.rotate > 0 or self.zoom > 0:
-                x[mask] = random_affine(x[mask], rng, rotate=self.rotate, zoom=self.zoom)
+            if self.rotate > 0 or self.zoom > 0 or self.elastic > 0:
+                x[mask] = random_affine(x[mask], rng, rotate=self.rotate, zoom=self.zoom, elastic=self.elastic)
             if self.shift > 0:
                 x[mask] = random_shift(x[mask], self.shift, rng)
         y_int = self.targets[ids, :steps] if self.op == "running-sum" else self.targets[ids]
@@ -187,10 +188,20 @@ class DigitSequences(torch.utils.data.Dataset):
         }
 
 
-def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float, zoom: float) -> np.ndarray:
+ELASTIC_GRID = 5  # control points per side of an elastic field: smooth bends over a fifth of a digit
+
+
+def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float, zoom: float,
+                  elastic: float = 0.0) -> np.ndarray:
     """Rotate each ``(N, H, W)`` image by a random angle within +-``rotate`` degrees and scale it by a
-    random factor within ``1 +- zoom`` about its centre (bilinear; pixels from outside are 0)."""
-    n = len(images)
+    random factor within ``1 +- zoom`` about its centre (bilinear; pixels from outside are 0).
+
+    ``elastic`` > 0 also bends each image by a smooth random displacement field (Simard, Steinkraus and
+    Platt 2003): every one of ``ELASTIC_GRID`` x ``ELASTIC_GRID`` control points moves by up to
+    ``elastic`` pixels along each axis, and bicubic interpolation spreads that over the pixels. The
+    warp and the affine map share one resampling. With ``elastic=0`` the random draws are the same as
+    without the argument."""
+    n, h, w = images.shape
     angle = np.deg2rad(rng.uniform(-rotate, rotate, size=n))
     scale = rng.uniform(1.0 - zoom, 1.0 + zoom, size=n)
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale  # output -> input coordinates: the inverse map
@@ -198,6 +209,12 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     x = torch.from_numpy(images).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
     grid = torch.nn.functional.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+    if elastic > 0:
+        control = rng.uniform(-elastic, elastic, size=(n, 2, ELASTIC_GRID, ELASTIC_GRID)).astype(np.float32)
+        field = torch.nn.functional.interpolate(torch.from_numpy(control), size=(h, w), mode="bicubic",
+                                                align_corners=True)  # (N, 2, H, W) in pixels: (dx, dy)
+        pixel = torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)  # a pixel in grid_sample's -1..1 units
+        grid = grid + (field * pixel).permute(0, 2, 3, 1)  # (N, H, W, 2)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.squeeze(1).numpy()  # (N, 1, H, W) -> (N, H, W)
 

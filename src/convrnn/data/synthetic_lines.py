@@ -98,13 +98,14 @@ def _digit_pool(images: np.ndarray, labels: np.ndarray, max_value: int, crop: bo
 def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32, seed: int = 0,
                 heldout_fraction: float = 0.1, mnist_dir: Optional[str] = None,
                 progress: Optional[Callable[[int, int], None]] = None, rotate: float = 0.0,
-                zoom: float = 0.0) -> LineSet:
+                zoom: float = 0.0, elastic: float = 0.0) -> LineSet:
     """``count`` lines of 1..``max_digits`` handwritten digits, scaled to ``height``.
 
     ``split`` ``'train'`` draws MNIST training digits and training strings; ``'val'`` and ``'test'``
     draw MNIST test digits (val the even-indexed, test the odd-indexed ones) and held-out strings.
     ``rotate`` (degrees) and ``zoom`` turn and scale every digit by a random amount within +-rotate
-    and 1 +- zoom before it is pasted, so the same MNIST digit looks different in every line.
+    and 1 +- zoom before it is pasted, and ``elastic`` bends it smoothly by up to that many pixels
+    (``convrnn.data.sequences.random_affine``), so the same MNIST digit looks different in every line.
     """
     from convrnn.data.sequences import random_affine
     from convrnn.data.mnist import load_mnist
@@ -116,7 +117,7 @@ def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32
     if split != "train":
         half = slice(0, None, 2) if split == "val" else slice(1, None, 2)
         images, labels = images[half], labels[half]
-    distort = rotate > 0 or zoom > 0
+    distort = rotate > 0 or zoom > 0 or elastic > 0
     pool = _digit_pool(images, labels, source.max_value, crop=not distort)
     salt = {"train": 0, "val": 1, "test": 2}[split]
     rng = np.random.default_rng([seed, salt])
@@ -130,7 +131,8 @@ def digit_lines(count: int, *, split: str, max_digits: int = 8, height: int = 32
     for k, text in enumerate(texts):
         digits = [pool[int(c)][int(rng.integers(len(pool[int(c)])))] for c in text]
         if distort:
-            moved = random_affine(np.stack(digits).astype(np.float32), rng, rotate=rotate, zoom=zoom)
+            moved = random_affine(np.stack(digits).astype(np.float32), rng, rotate=rotate, zoom=zoom,
+                                  elastic=elastic)
             digits = [_crop_columns(d) for d in moved.round().clip(0, 255).astype(np.uint8)]
         out.append(scale_to_height(compose_digits(digits, rng), height))
         if progress is not None and (k + 1) % 500 == 0:

@@ -57,6 +57,7 @@ class DigitsDataConfig:
     shift: int = 2             # training digits move by up to this many pixels (at most a tenth of the width; 0 = off)
     rotate: float = 10.0       # training digits turn by up to this many degrees (0 = off)
     zoom: float = 0.1          # training digits scale by up to 1 +- zoom (0 = off)
+    elastic: float = 0.0       # training digits bend smoothly by up to this many pixels (0 = off)
     head: str = "auto"         # reg, cls, dist (sums only), or auto (dist for sum, cls for product, reg otherwise)
     activation: str = ""       # rewrites the preset's conv activations (relu, tanh, ...); empty = the preset's
     seed: int = 0              # which sequences are drawn (the training order follows train.seed)
@@ -83,6 +84,7 @@ def validate(cfg: DigitsDataConfig) -> None:
         (cfg.shift >= 0, "data.shift", "0 or more pixels", cfg.shift),
         (0 <= cfg.rotate <= 45, "data.rotate", "0..45 degrees", cfg.rotate),
         (0 <= cfg.zoom < 0.5, "data.zoom", "0 <= zoom < 0.5", cfg.zoom),
+        (0 <= cfg.elastic <= 5, "data.elastic", "0..5 pixels", cfg.elastic),
         (resolve_head(cfg) != "dist" or cfg.op == "sum", "data.head",
          "reg, cls or auto for a product or running sum (dist models a sum of per-digit values)", cfg.head),
         (not (cfg.op == "product" and cfg.max_len > 4 and resolve_head(cfg) == "cls"), "data.max_len",
@@ -143,7 +145,7 @@ class DigitsRecipe(Recipe):
             train_split, test_split, op=data_cfg.op, max_len=data_cfg.max_len, min_len=data_cfg.min_len,
             num_train=data_cfg.num_train, num_val=data_cfg.num_val, num_test=0, seed=data_cfg.seed)
         train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
-        train.rotate, train.zoom = data_cfg.rotate, data_cfg.zoom
+        train.rotate, train.zoom, train.elastic = data_cfg.rotate, data_cfg.zoom, data_cfg.elastic
         test_pool = val_test_pools(len(test_split))[1]
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)

@@ -80,7 +80,8 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
     from convrnn.data.synthetic_lines import digit_lines, text_lines
 
     if cfg.synthetic == "digits":
-        distort = {"rotate": cfg.rotate, "zoom": cfg.zoom} if split == "train" else {}  # held-out digits stay as drawn
+        # held-out digits stay as drawn
+        distort = {"rotate": cfg.rotate, "zoom": cfg.zoom, "elastic": cfg.elastic} if split == "train" else {}
         return digit_lines(count, split=split, max_digits=cfg.max_digits, height=cfg.height, seed=cfg.seed,
                            mnist_dir=cfg.mnist_dir or None, progress=progress, **distort)
     return text_lines(count, split=split, height=cfg.height, seed=cfg.seed, text=cfg.text or None,
