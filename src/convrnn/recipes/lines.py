@@ -113,7 +113,7 @@ class LinesRecipe(Recipe):
     description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
     default_preset = "crnn"
     data_config = LinesDataConfig
-    train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "lr": 1e-3, "schedule": "onecycle",
+    train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle",
                       "checkpoint_every": 500, "val_batches": 0}
     cli_options = (
         CliOption("--data", "data.data", "folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)"),
