@@ -188,7 +188,7 @@ class DigitSequences(torch.utils.data.Dataset):
         }
 
 
-ELASTIC_GRID = 5  # control points per side of an elastic field: smooth bends over a fifth of a digit
+ELASTIC_GRID = 5  # control points per side of an elastic field: one bend spans about a quarter of the image
 
 
 def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float, zoom: float,
