@@ -168,9 +168,10 @@ class DigitSequences(torch.utils.data.Dataset):
         mask = rows >= 0
         x = np.zeros((len(ids), steps, *self.images.shape[1:]), dtype=np.float32)  # (B, T, H, W)
         x[mask] = self.images[rows[mask]].astype(np.float32) / np.float32(self.max_value)
-        if self.shift > 0 or self.rotate > 0 or self.zoom > 0 or self.elastic > 0:
+        warp = self.rotate > 0 or self.zoom > 0 or self.elastic > 0
+        if self.shift > 0 or warp:
             rng = np.random.default_rng(np.random.SeedSequence([*np.atleast_1d(self.seed), *ids.tolist()]))
-            if self.rotate > 0 or self.zoom > 0 or self.elastic > 0:
+            if warp:
                 x[mask] = random_affine(x[mask], rng, rotate=self.rotate, zoom=self.zoom, elastic=self.elastic)
             if self.shift > 0:
                 x[mask] = random_shift(x[mask], self.shift, rng)
