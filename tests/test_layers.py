@@ -99,6 +99,30 @@ def test_recurrent_packed_lengths_equal_unpadded_runs(mode, bidirectional):
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional,num_layers", [(False, 1), (True, 2)])
+def test_recurrent_without_state_equals_packed_run(mode, bidirectional, num_layers):
+    """need_state=False runs unequal lengths unpacked (fused kernels); outputs and gradients are the
+    packed run's, from zero or a given initial state, and padding stays zero."""
+    torch.manual_seed(0)
+    layer = Recurrent(3, 4, mode=mode, num_layers=num_layers, bidirectional=bidirectional).double()
+    x = torch.randn(3, 7, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 7])
+    h0 = torch.randn(num_layers * (2 if bidirectional else 1), 3, 4, dtype=torch.float64)
+    weight = torch.randn(3, 7, 4 * (2 if bidirectional else 1), dtype=torch.float64)
+    for state in (None, (h0, h0.flip(0)) if mode == "lstm" else h0):
+        packed, _ = layer(x, lengths, state)
+        fast, fast_state = layer(x, lengths, state, need_state=False)
+        assert fast_state is None
+        torch.testing.assert_close(fast, packed, atol=1e-12, rtol=0)
+        wanted = [x, *layer.parameters()]
+        grads = torch.autograd.grad((packed * weight).sum(), wanted)
+        fast_grads = torch.autograd.grad((fast * weight).sum(), wanted)
+        for g, f in zip(grads, fast_grads):
+            torch.testing.assert_close(f, g, atol=1e-12, rtol=0)
+    assert torch.count_nonzero(fast[1, 2:]) == 0
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_recurrent_state_carried_over_two_windows_equals_one_run(mode):
     layer = Recurrent(3, 4, mode=mode, num_layers=2)
     x = torch.randn(2, 9, 3)
@@ -123,6 +147,8 @@ def test_weight_dropout_masks_the_recurrent_matrices_once_per_batch(mode):
     layer.train()
     torch.manual_seed(1)
     y, _ = layer(x, lengths)
+    torch.manual_seed(1)  # the unpacked path draws the same masks
+    torch.testing.assert_close(layer(x, lengths, need_state=False)[0], y)
     torch.manual_seed(1)  # the same draws, in the layer's order (named_parameters), outside it
     with torch.no_grad():
         for name, w in plain.named_parameters():

@@ -20,7 +20,8 @@ class Shaped:
     - ``output_lengths(lengths)`` maps valid lengths along the variable axis (``T`` for sequences,
       ``W`` for images) through the layer; identity unless the layer changes that axis.
     - ``uses_lengths``: when True, ``forward(x, lengths)`` is called with the input lengths.
-    - ``stateful``: when True, ``forward(x, lengths, state)`` returns ``(y, new_state)``.
+    - ``stateful``: when True, ``forward(x, lengths, state, need_state=True)`` returns ``(y, new_state)``;
+      with ``need_state=False`` the caller will not use ``new_state``, which may then be None.
     """
 
     uses_lengths: bool = False

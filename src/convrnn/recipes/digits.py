@@ -183,7 +183,7 @@ class DigitsRecipe(Recipe):
         lengths = torch.tensor([len(inputs)])
         task = self.make_task(meta)
         with torch.inference_mode():
-            out = model.run(x, lengths)
+            out = model.run(x, lengths, need_state=False)
             values = task.values(out)[0]  # (1,) or (1, T) -> () or (T,)
         if meta["per_step"]:
             return [f"{path}\t{int(round(float(v)))}" for path, v in zip(inputs, values.reshape(-1))]

@@ -175,7 +175,7 @@ def run_lines(model, ckpt: dict, inputs: list[str]) -> tuple[torch.Tensor, torch
     batch = line_fetcher(lines)(torch.arange(len(images)).numpy())
     model.eval()
     with torch.inference_mode():
-        out = model.run(batch["x"], batch["lengths"])
+        out = model.run(batch["x"], batch["lengths"], need_state=False)
     frames = out.lengths if out.lengths is not None else torch.full((len(images),), out.y.shape[1])
     return out.y, frames
 

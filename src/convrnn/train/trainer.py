@@ -106,8 +106,8 @@ class RunModule(torch.nn.Module):
         super().__init__()
         self.module = model
 
-    def forward(self, x, lengths=None, state=None):
-        return self.module.run(x, lengths, state)
+    def forward(self, x, lengths=None, state=None, need_state=True):
+        return self.module.run(x, lengths, state, need_state=need_state)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -341,7 +341,8 @@ class Trainer:
             group["lr"] = self.cfg.lr * factor
         try:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.forward_module(batch["x"], batch.get("lengths"), self.state if self.task.stateful else None)
+                out = self.forward_module(batch["x"], batch.get("lengths"), self.state if self.task.stateful else None,
+                                          need_state=self.task.stateful)
                 loss = self.task.loss(out, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(self._diverged_message(float(loss.detach())))
@@ -435,7 +436,8 @@ class Trainer:
             batch = to_device(batch, self.device)
             if self.task.stateful and batch.get("reset") is True:
                 state = None
-            out = self.model.run(batch["x"], batch.get("lengths"), state if self.task.stateful else None)
+            out = self.model.run(batch["x"], batch.get("lengths"), state if self.task.stateful else None,
+                                 need_state=self.task.stateful)
             state = out.state
             acc.update(out, batch)
         self.model.train(was_training)

@@ -154,7 +154,7 @@ def eval_context(run: str, *, split: str = "val", max_batches: int = EVAL_BATCHE
 
 def _run_batch(ctx: EvalContext, batch: dict):
     with torch.inference_mode():
-        return ctx.model.run(batch["x"], batch.get("lengths"))
+        return ctx.model.run(batch["x"], batch.get("lengths"), need_state=False)
 
 
 def evaluate_metrics(ctx: EvalContext):
@@ -166,7 +166,8 @@ def evaluate_metrics(ctx: EvalContext):
             if getattr(ctx.task, "stateful", False) and batch.get("reset") is True:
                 state = None
             with torch.inference_mode():
-                out = ctx.model.run(batch["x"], batch.get("lengths"), state if ctx.task.stateful else None)
+                out = ctx.model.run(batch["x"], batch.get("lengths"), state if ctx.task.stateful else None,
+                                    need_state=ctx.task.stateful)
             state = out.state
             acc.update(out, batch)
         ctx._cache["metrics"] = acc
