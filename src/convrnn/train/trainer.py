@@ -6,6 +6,8 @@ checkpoints, exact resume); the task owns loss and metrics; the data owns batch 
 # B batch
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import time
@@ -107,7 +109,23 @@ class RunModule(torch.nn.Module):
         self.module = model
 
     def forward(self, x, lengths=None, state=None, need_state=True):
-        return self.module.run(x, lengths, state, need_state=need_state)
+        return run_model(self.module, x, lengths, state, need_state=need_state)
+
+
+def run_model(model, x, lengths=None, state=None, *, need_state: bool = True):
+    """``model.run(x, lengths, state, need_state=...)``, leaving ``need_state`` out for models whose
+    ``run`` does not take it (a model of your own written before it existed)."""
+    if _takes_need_state(type(model)):
+        return model.run(x, lengths, state, need_state=need_state)
+    return model.run(x, lengths, state)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_need_state(cls) -> bool:
+    try:
+        return "need_state" in inspect.signature(cls.run).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -436,8 +454,8 @@ class Trainer:
             batch = to_device(batch, self.device)
             if self.task.stateful and batch.get("reset") is True:
                 state = None
-            out = self.model.run(batch["x"], batch.get("lengths"), state if self.task.stateful else None,
-                                 need_state=self.task.stateful)
+            out = run_model(self.model, batch["x"], batch.get("lengths"), state if self.task.stateful else None,
+                            need_state=self.task.stateful)
             state = out.state
             acc.update(out, batch)
         self.model.train(was_training)
