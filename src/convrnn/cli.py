@@ -74,6 +74,8 @@ def _common_train_options(f):
         click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
         click.option("--ema", type=float, metavar="DECAY",
                      help="validate and save a moving average of the weights (e.g. 0.999; 0 = off)"),
+        click.option("--ensemble", type=int, metavar="K",
+                     help="train K models one after another, each on 1/K of the time, and average them"),
         click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
         click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
         click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
@@ -89,7 +91,7 @@ _COMMON_KEYS = {"preset": "model.preset", "spec": "model.spec", "epochs": "train
                 "max_time": "train.max_time", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
                 "lr": "train.lr", "device": "train.device", "threads": "train.threads", "seed": "train.seed",
                 "run_dir": "train.run_dir", "precision": "train.precision", "compile_": "train.compile",
-                "ema": "train.ema"}
+                "ema": "train.ema", "ensemble": "train.ensemble"}
 
 
 @cli.group()

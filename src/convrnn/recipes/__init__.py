@@ -45,6 +45,7 @@ class Recipe:
     data_config: type = type(None)
     cli_options: tuple[CliOption, ...] = ()
     train_defaults: dict[str, Any] = {}
+    ensemble_refusal: str = ""  # why train.ensemble cannot average this recipe's models; empty = it can
 
     def prepare(self, cfg) -> None:
         """Settle data choices that depend on the model (a ``RunConfig``), before ``make_data``; the

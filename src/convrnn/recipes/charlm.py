@@ -115,6 +115,7 @@ class CharLMRecipe(Recipe):
     description = "character or byte language model of any text, truncated BPTT, sampling (seed 004)"
     default_preset = "charlm"
     data_config = CharLMDataConfig
+    ensemble_refusal = "its task carries recurrent state from batch to batch, which an average of members cannot"
     train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",
                       "clip_grad_norm": 1.0, "checkpoint_every": 200, "log_every": 20}
     cli_options = (

@@ -113,6 +113,8 @@ class LinesRecipe(Recipe):
     description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
     default_preset = "crnn"
     data_config = LinesDataConfig
+    ensemble_refusal = ("CTC members emit each character at frames of their own, so the average of their "
+                        "per-frame probabilities reads worse than either member (docs/decisions.md)")
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle",
                       "checkpoint_every": 500, "val_batches": 0}
     cli_options = (

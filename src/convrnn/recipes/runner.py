@@ -123,12 +123,104 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
             cfg.override(overrides)
     else:
         cfg = resolve_config(recipe_name, overrides, config_file)
+    if cfg.train.ensemble > 1:
+        return train_ensemble(cfg, callbacks=callbacks, progress=progress, resume=resume)
     trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
     try:
         trainer.fit()
     finally:
         if trainer.run_dir is not None:
             trainer.run_dir.close()
+    return trainer
+
+
+def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None,
+                   resume: Optional[str] = None) -> Trainer:
+    """Train ``train.ensemble`` members one after another into ``RUN/members/i``, each on 1/K of the
+    time and step budget with seed ``seed + i``, then validate their average and save it as the run's
+    ``best`` checkpoint (convrnn.ensemble). A resumed run skips finished members and continues the
+    interrupted one from its own last checkpoint. Returns a trainer holding the ensemble."""
+    import copy
+    import json
+    import os
+
+    from convrnn.ensemble import DONE_FILE, MEMBERS_DIR, EnsembleModel
+    from convrnn.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+
+    k = cfg.train.ensemble
+    validate_train_config(cfg.train)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("train.ensemble: members are trained one after another in one process; "
+                          "run without torchrun, or train single models with train.ensemble=1")
+    recipe = get_recipe(cfg.recipe)
+    if recipe.ensemble_refusal:
+        raise ConfigError(f"train.ensemble: not for recipe {recipe.name}: {recipe.ensemble_refusal}; use train.ensemble=1")
+    root = Path(resume) if resume else (Path(cfg.train.run_dir) if cfg.train.run_dir else new_run_dir(recipe.name))
+    members_dir = root / MEMBERS_DIR
+    if not resume and (members_dir.exists() or (root / "checkpoints" / "best.pt").exists()):
+        raise ConfigError(f"{root}: this run directory already holds a run; use --resume {root} to continue it")
+    cfg.train.run_dir = str(root)
+    run_dir = RunDir(root)
+    cfg.save(root / "config.json")
+    done_path = members_dir / DONE_FILE
+    done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
+    member_trainer, positions = None, []
+    for i in range(k):
+        member = copy.deepcopy(cfg)
+        member.train.ensemble, member.train.seed = 1, cfg.train.seed + i
+        member.train.max_time = cfg.train.max_time / k
+        member.train.max_steps = max(1, cfg.train.max_steps // k) if cfg.train.max_steps else 0
+        path = members_dir / str(i)
+        member.train.run_dir = str(path)
+        if i in done:
+            ckpt = load_checkpoint(path, map_location="cpu")
+            positions.append((ckpt.get("step", 0), ckpt.get("epoch", 0), ckpt.get("train_time", 0.0)))
+            continue
+        again = (path / "checkpoints" / "last.pt").exists()
+        log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
+                 f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", path)
+        member_trainer = build_trainer(member, callbacks=callbacks, progress=progress,
+                                       resume=str(path) if again else None)
+        try:
+            member_trainer.fit()
+        finally:
+            if member_trainer.run_dir is not None:
+                member_trainer.run_dir.close()
+        pos = member_trainer.pos
+        positions.append((pos.step, pos.epoch, pos.train_time))
+        done.add(i)
+        atomic_write_text(done_path, json.dumps(sorted(done)))
+    if member_trainer is None:  # every member was done: the data only, for validation
+        recipe.prepare(cfg)
+        bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
+        first = load_checkpoint(members_dir / "0", map_location="cpu")
+        meta = {key: first[key] for key in ("recipe", "spec", "input_shape", "num_outputs", "meta")}
+    else:
+        bundle, meta = member_trainer.bundle, {key: member_trainer.meta[key] for key in
+                                               ("recipe", "spec", "input_shape", "num_outputs", "meta")}
+    task = recipe.make_task(meta["meta"])
+    model = EnsembleModel(meta["spec"], tuple(meta["input_shape"]), meta["num_outputs"], k, task.ensemble_combine)
+    for i, m in enumerate(model.members):
+        m.load_state_dict(load_checkpoint(members_dir / str(i), map_location="cpu")["model"])
+    ens_cfg = copy.deepcopy(cfg.train)
+    ens_cfg.ensemble = 1  # the trainer only validates the finished ensemble
+    meta = {**meta, "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine}}
+    trainer = Trainer(model, task, bundle.train, bundle.val, ens_cfg, run_dir=run_dir, checkpoint_meta=meta)
+    trainer.bundle = bundle
+    trainer.pos.step = sum(p[0] for p in positions)
+    trainer.pos.epoch = max(p[1] for p in positions)
+    trainer.pos.train_time = sum(p[2] for p in positions)
+    model.eval()
+    metrics = trainer.evaluate(bundle.val) if bundle.val is not None else {}
+    trainer.last_val = dict(metrics)
+    log.info("ensemble of %d: validation %s", k, ", ".join(f"{n} {v:.4g}" for n, v in metrics.items()))
+    try:
+        run_dir.log_metrics(trainer.pos.step, trainer.pos.epoch, "val", metrics)
+        ckpt = trainer.checkpoint()
+        save_checkpoint(run_dir.checkpoints / "best.pt", ckpt)  # the ensemble is both the best and the last
+        save_checkpoint(run_dir.checkpoints / "last.pt", ckpt)
+    finally:
+        run_dir.close()
     return trainer
 
 

@@ -32,12 +32,15 @@ class Task:
     ``monitor_mode`` says whether larger (``"max"``) or smaller (``"min"``) is better.
     ``stateful`` tasks (language models trained with truncated BPTT) have the trainer carry the
     recurrent state from one batch to the next.
+    ``ensemble_combine`` says how an ensemble averages its members' outputs (convrnn.ensemble):
+    ``probs`` for logits (the softmax over the last axis is averaged), ``mean`` for values.
     """
 
     name: str = "task"
     monitor: str = "loss"
     monitor_mode: str = "min"
     stateful: bool = False
+    ensemble_combine: str = "probs"
 
     def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -115,6 +115,7 @@ class RegressTask(Task):
     monitor = "mse"
     monitor_mode = "min"
     unit = "sequences"
+    ensemble_combine = "mean"  # the outputs are values, not logits
 
     def __init__(self, *, per_step: bool = False, target_mean: float = 0.0, target_std: float = 1.0):
         if not (math.isfinite(target_std) and target_std > 0):

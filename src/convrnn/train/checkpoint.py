@@ -232,7 +232,13 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
     from convrnn.spec.builder import build_model
 
     ckpt = load_checkpoint(path, map_location=map_location)
-    model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
+    if ckpt.get("ensemble"):  # K members of the spec, averaged (convrnn.ensemble)
+        from convrnn.ensemble import EnsembleModel
+        ens = ckpt["ensemble"]
+        model = EnsembleModel(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"),
+                              int(ens["members"]), str(ens["combine"]))
+    else:
+        model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt

@@ -56,6 +56,7 @@ class TrainConfig:
     precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
     ema: float = 0.0              # weight averaging: decay of the moving average (e.g. 0.999); 0 = off
+    ensemble: int = 1             # members trained one after another on 1/K of the budget each, averaged
     memory_format: str = "auto"   # layout of 2-D convolutions: channels_last, contiguous, or auto (channels
                                   # last on the CPU when a convolution has 16 or more output channels)
 
@@ -73,6 +74,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (cfg.max_steps >= 0, "train.max_steps", "0 or more", cfg.max_steps),
         (cfg.max_time >= 0, "train.max_time", "0 or more seconds", cfg.max_time),
         (cfg.batch_size >= 1, "train.batch_size", "at least 1", cfg.batch_size),
+        (cfg.ensemble >= 1, "train.ensemble", "at least 1 (1 = a single model)", cfg.ensemble),
         (cfg.lr > 0, "train.lr", "a positive number", cfg.lr),
         (cfg.optimizer in OPTIMIZERS, "train.optimizer", "one of " + ", ".join(OPTIMIZERS), cfg.optimizer),
         (cfg.schedule in SCHEDULES, "train.schedule", "one of " + ", ".join(SCHEDULES), cfg.schedule),

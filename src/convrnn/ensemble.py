@@ -1,0 +1,67 @@
+"""Ensembles: K members of one spec, each trained on 1/K of the budget with its own seed, averaged.
+
+Two runs of the same recipe that differ only in their seed misread different inputs: of the digits
+one 5-minute digits run gets wrong, about half are also wrong in another run and half are its own
+(docs/digits.md). Averaging the members' beliefs removes most of the run-specific mistakes, or makes
+them uncertain, and a member trained for half the time reads about as well as one trained for all
+of it. So ``train.ensemble=K`` trains K members one after another, each with ``max_time / K`` (and
+``max_steps / K``) and seed ``seed + i``, into ``RUN/members/i``, and then writes one checkpoint in
+``RUN/checkpoints/best.pt`` that holds them all (``ckpt["ensemble"]``), which ``eval``, ``predict``
+and the library load like any other run.
+
+How the members' outputs combine depends on what they are, which the task knows
+(``Task.ensemble_combine``): ``probs`` averages the softmax over the last axis and returns its log
+(classes, per-step digit values, CTC frames, characters), ``mean`` averages the outputs (regression).
+
+Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state).
+"""
+# B batch, K members
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from convrnn.tasks.base import ModelOutput
+
+COMBINES = ("probs", "mean")
+MEMBERS_DIR = "members"
+DONE_FILE = "done.json"
+
+
+class EnsembleModel(nn.Module):
+    """``members`` copies of the model of ``spec``, run on the same input and combined by ``combine``."""
+
+    def __init__(self, spec: str, input_shape: Sequence, num_outputs: Optional[int], members: int, combine: str):
+        super().__init__()
+        from convrnn.spec.builder import SpecModel
+
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        if combine not in COMBINES:
+            raise ValueError(f"ensemble combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        self.members = nn.ModuleList(SpecModel(spec, input_shape, num_outputs) for _ in range(members))
+        first = self.members[0]
+        self.spec, self.input_shape, self.num_outputs = first.spec, first.input_shape, first.num_outputs
+        self.output_shape, self.combine = first.output_shape, combine
+        self.num_stateful = 0  # members run without carried state
+
+    def config(self) -> dict:
+        return {**self.members[0].config(), "ensemble": {"members": len(self.members), "combine": self.combine}}
+
+    def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
+            *, need_state: bool = True) -> ModelOutput:
+        if state:
+            raise ValueError("an ensemble carries no recurrent state; call run() without state")
+        outs = [m.run(x, lengths, need_state=False) for m in self.members]
+        ys = torch.stack([o.y.float() for o in outs])  # (K, B, ...)
+        if self.combine == "probs":  # log of the mean probability: log sum_k p_k - log K
+            y = torch.logsumexp(torch.log_softmax(ys, dim=-1), dim=0) - math.log(len(outs))
+        else:
+            y = ys.mean(0)
+        return ModelOutput(y, outs[0].lengths, [])
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.run(x, lengths).y

@@ -1,0 +1,102 @@
+"""Ensembles (train.ensemble=K): how members combine, the run layout, eval/predict, resume, bad values."""
+import json
+
+import pytest
+import torch
+
+from convrnn.ensemble import EnsembleModel
+from convrnn.errors import ConfigError
+from convrnn.recipes.runner import load_run, train
+from convrnn.train.checkpoint import load_checkpoint
+from test_digits import TINY, digit_pngs, run_cli, write_digits
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp("mnist"))
+
+
+def _settings(mnist_dir, run, **extra):
+    base = {"data.op": "sum", "data.max_len": 3, "data.data_dir": str(mnist_dir), "train.max_steps": 4,
+            "train.batch_size": 16, "data.num_train": 64, "train.threads": 1, "data.num_val": 16,
+            "data.num_test": 32, "train.ensemble": 2, "train.run_dir": str(run), "train.quiet": True}
+    return {**base, **extra}
+
+
+def test_probs_average_the_members_distributions_and_mean_their_values():
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 4, 6)  # (B, C, H, W)
+    probs = EnsembleModel("flatten dense:4,relu cls:last", (1, 4, 6), 3, 3, "probs")
+    members = torch.stack([torch.softmax(m(x), -1) for m in probs.members])  # (K, B, 3)
+    y = probs(x)
+    torch.testing.assert_close(y.exp(), members.mean(0))
+    torch.testing.assert_close(y.exp().sum(-1), torch.ones(5))
+    mean = EnsembleModel("flatten dense:4,relu reg:last", (1, 4, 6), 1, 2, "mean")
+    torch.testing.assert_close(mean(x), torch.stack([m(x) for m in mean.members]).mean(0))
+    with pytest.raises(ValueError, match="at least 2 members"):
+        EnsembleModel("flatten dense:4,relu cls:last", (1, 4, 6), 3, 1, "probs")
+
+
+def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_model(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "ens"
+    trainer = train("digits", _settings(mnist_dir, run, **{"train.seed": 5}))
+    configs = [json.loads((run / "members" / str(i) / "config.json").read_text())["train"] for i in (0, 1)]
+    assert [c["seed"] for c in configs] == [5, 6] and [c["max_steps"] for c in configs] == [2, 2]
+    assert [c["ensemble"] for c in configs] == [1, 1]
+    assert json.loads((run / "members" / "done.json").read_text()) == [0, 1]
+    assert trainer.pos.step == 4 and "mse" in trainer.last_val
+    ckpt = load_checkpoint(run)
+    assert ckpt["ensemble"] == {"members": 2, "combine": "probs"}  # the dist head's per-digit logits
+    model, _, _ = load_run(str(run))
+    assert isinstance(model, EnsembleModel)
+    assert not torch.equal(next(model.members[0].parameters()), next(model.members[1].parameters()))
+    member0 = load_checkpoint(run / "members" / "0")["model"]
+    for name, value in member0.items():
+        torch.testing.assert_close(model.members[0].state_dict()[name], value)
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0, err
+    assert "mse" in out
+    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]))
+    assert code == 0, err
+    assert out.startswith("sum\t")
+
+
+def test_a_regression_head_averages_values(mnist_dir, tmp_path):
+    run = tmp_path / "reg"
+    train("digits", _settings(mnist_dir, run, **{"data.head": "reg"}))
+    assert load_checkpoint(run)["ensemble"]["combine"] == "mean"
+
+
+class _Crash:
+    """Stops the second member at its first step, as a kill would."""
+
+    def on_step(self, trainer, info):
+        if trainer.cfg.seed == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_skips_finished_members_and_finishes_the_ensemble(mnist_dir, tmp_path):
+    run = tmp_path / "ens"
+    settings = _settings(mnist_dir, run, **{"train.checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        train("digits", settings, callbacks=[_Crash()])
+    first = (run / "members" / "0" / "checkpoints" / "best.pt").read_bytes()
+    assert json.loads((run / "members" / "done.json").read_text()) == [0]
+    assert not (run / "checkpoints" / "best.pt").exists()  # no ensemble before every member is done
+    with pytest.raises(ConfigError, match="--resume"):
+        train("digits", settings)
+    trainer = train("digits", None, resume=str(run))
+    assert (run / "members" / "0" / "checkpoints" / "best.pt").read_bytes() == first  # not trained again
+    assert trainer.pos.step == 4
+    assert load_checkpoint(run)["ensemble"]["members"] == 2
+
+
+def test_bad_ensemble_values_are_one_line_errors(mnist_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "digits", "--data-dir", str(mnist_dir), "--run-dir",
+                             str(tmp_path / "bad"), "--ensemble", "0", *TINY)
+    assert code == 2 and "train.ensemble" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    for recipe, reason in (("charlm", "carries recurrent state"), ("lines", "CTC members")):
+        with pytest.raises(ConfigError, match=reason):
+            train(recipe, {"train.ensemble": 2, "train.run_dir": str(tmp_path / recipe)})
+        assert not (tmp_path / recipe).exists()
