@@ -96,6 +96,10 @@ def test_bad_ensemble_values_are_one_line_errors(mnist_dir, tmp_path, capsys):
                              str(tmp_path / "bad"), "--ensemble", "0", *TINY)
     assert code == 2 and "train.ensemble" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+    code, out, err = run_cli(capsys, "train", "digits", "--data-dir", str(mnist_dir), "--run-dir",
+                             str(tmp_path / "bad"), "--ensemble", "2", *TINY, "--set", "data.num_train=0")
+    assert code == 2 and "data.num_train" in err
+    assert not (tmp_path / "bad").exists()  # bad data: no half-made ensemble on disk
     for recipe, reason in (("charlm", "carries recurrent state"), ("lines", "CTC members")):
         with pytest.raises(ConfigError, match=reason):
             train(recipe, {"train.ensemble": 2, "train.run_dir": str(tmp_path / recipe)})

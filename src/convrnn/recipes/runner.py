@@ -160,8 +160,6 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
     if not resume and (members_dir.exists() or (root / "checkpoints" / "best.pt").exists()):
         raise ConfigError(f"{root}: this run directory already holds a run; use --resume {root} to continue it")
     cfg.train.run_dir = str(root)
-    run_dir = RunDir(root)
-    cfg.save(root / "config.json")
     done_path = members_dir / DONE_FILE
     done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
     member_trainer, positions = None, []
@@ -181,6 +179,8 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
                  f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", path)
         member_trainer = build_trainer(member, callbacks=callbacks, progress=progress,
                                        resume=str(path) if again else None)
+        if not (root / "config.json").exists():  # once the data and the member's run are set up
+            cfg.save(root / "config.json")
         try:
             member_trainer.fit()
         finally:
@@ -202,6 +202,8 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
     model = EnsembleModel(meta["spec"], tuple(meta["input_shape"]), meta["num_outputs"], k, task.ensemble_combine)
     for i, m in enumerate(model.members):
         m.load_state_dict(load_checkpoint(members_dir / str(i), map_location="cpu")["model"])
+    run_dir = RunDir(root)
+    cfg.save(root / "config.json")
     ens_cfg = copy.deepcopy(cfg.train)
     ens_cfg.ensemble = 1  # the trainer only validates the finished ensemble
     meta = {**meta, "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine}}
