@@ -48,9 +48,6 @@ class EnsembleModel(nn.Module):
         self.output_shape, self.combine = first.output_shape, combine
         self.num_stateful = 0  # members run without carried state
 
-    def config(self) -> dict:
-        return {**self.members[0].config(), "ensemble": {"members": len(self.members), "combine": self.combine}}
-
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
         if state:

@@ -117,8 +117,9 @@ class Recurrent(nn.Module, Shaped):
         weights = self._weights()
         fused = torch._VF.lstm if self.mode == "lstm" else torch._VF.gru
         d_count, h_size = self.num_directions, self.hidden_size
-        if state is not None:  # (L*D, B, H) each
-            state = state if isinstance(state, tuple) else (state,)
+        if state is None:  # (L*D, B, H) each: h, and c for an LSTM
+            zeros = x.new_zeros(self.num_layers * d_count, b, h_size)
+            state = (zeros, zeros) if self.mode == "lstm" else zeros
         y = x
         for layer in range(self.num_layers):
             outs = []
@@ -127,13 +128,8 @@ class Recurrent(nn.Module, Shaped):
                 flat = [weights[f"{kind}{suffix}"] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
                         if f"{kind}{suffix}" in weights]
                 k = layer * d_count + d
-                if state is not None:
-                    hx = tuple(s[k:k + 1] for s in state)
-                else:
-                    zeros = y.new_zeros(1, b, h_size)
-                    hx = (zeros, zeros) if self.mode == "lstm" else (zeros,)
+                hx = tuple(s[k:k + 1] for s in state) if self.mode == "lstm" else state[k:k + 1]
                 inp = y if d == 0 else _gather_steps(y, reverse_index)
-                hx = hx if self.mode == "lstm" else hx[0]
                 out = fused(inp, hx, flat, self.rnn.bias, 1, 0.0, self.training, False, True)[0]  # (B, T, H)
                 outs.append(out if d == 0 else _gather_steps(out, reverse_index))
             y = torch.cat(outs, dim=2) if d_count == 2 else outs[0]  # (B, T, H*D)

@@ -162,18 +162,16 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
     cfg.train.run_dir = str(root)
     done_path = members_dir / DONE_FILE
     done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
-    member_trainer, positions = None, []
+    member_trainer = None
     for i in range(k):
+        if i in done:
+            continue
         member = copy.deepcopy(cfg)
         member.train.ensemble, member.train.seed = 1, cfg.train.seed + i
         member.train.max_time = cfg.train.max_time / k
         member.train.max_steps = max(1, cfg.train.max_steps // k) if cfg.train.max_steps else 0
         path = members_dir / str(i)
         member.train.run_dir = str(path)
-        if i in done:
-            ckpt = load_checkpoint(path, map_location="cpu")
-            positions.append((ckpt.get("step", 0), ckpt.get("epoch", 0), ckpt.get("train_time", 0.0)))
-            continue
         again = (path / "checkpoints" / "last.pt").exists()
         log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
                  f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", path)
@@ -186,22 +184,20 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
         finally:
             if member_trainer.run_dir is not None:
                 member_trainer.run_dir.close()
-        pos = member_trainer.pos
-        positions.append((pos.step, pos.epoch, pos.train_time))
         done.add(i)
         atomic_write_text(done_path, json.dumps(sorted(done)))
-    if member_trainer is None:  # every member was done: the data only, for validation
+    if member_trainer is None:  # every member was done before: the data only, for validation
         recipe.prepare(cfg)
         bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
-        first = load_checkpoint(members_dir / "0", map_location="cpu")
-        meta = {key: first[key] for key in ("recipe", "spec", "input_shape", "num_outputs", "meta")}
     else:
-        bundle, meta = member_trainer.bundle, {key: member_trainer.meta[key] for key in
-                                               ("recipe", "spec", "input_shape", "num_outputs", "meta")}
+        bundle = member_trainer.bundle
+    best = [load_checkpoint(members_dir / str(i), map_location="cpu") for i in range(k)]  # weights to average
+    last = [load_latest_checkpoint(members_dir / str(i), map_location="cpu") for i in range(k)]  # how far each got
+    meta = {key: best[0][key] for key in ("recipe", "spec", "input_shape", "num_outputs", "meta")}
     task = recipe.make_task(meta["meta"])
     model = EnsembleModel(meta["spec"], tuple(meta["input_shape"]), meta["num_outputs"], k, task.ensemble_combine)
-    for i, m in enumerate(model.members):
-        m.load_state_dict(load_checkpoint(members_dir / str(i), map_location="cpu")["model"])
+    for m, ckpt in zip(model.members, best):
+        m.load_state_dict(ckpt["model"])
     run_dir = RunDir(root)
     cfg.save(root / "config.json")
     ens_cfg = copy.deepcopy(cfg.train)
@@ -209,9 +205,9 @@ def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: O
     meta = {**meta, "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine}}
     trainer = Trainer(model, task, bundle.train, bundle.val, ens_cfg, run_dir=run_dir, checkpoint_meta=meta)
     trainer.bundle = bundle
-    trainer.pos.step = sum(p[0] for p in positions)
-    trainer.pos.epoch = max(p[1] for p in positions)
-    trainer.pos.train_time = sum(p[2] for p in positions)
+    trainer.pos.step = sum(c["step"] for c in last)
+    trainer.pos.epoch = max(c["epoch"] for c in last)
+    trainer.pos.train_time = sum(c["train_time"] for c in last)
     model.eval()
     metrics = trainer.evaluate(bundle.val) if bundle.val is not None else {}
     trainer.last_val = dict(metrics)
