@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from convrnn.cli import main
-from convrnn.data.lines import (LineSet, build_alphabet, line_batches, read_lines, scale_to_height, split_lines,
+from convrnn.data.lines import (LineSet, build_alphabet, line_batches, warp_lines, read_lines, scale_to_height, split_lines,
                                 unseen_characters, write_line_folder)
 from convrnn.data.synthetic_lines import digit_lines, heldout_text, text_lines
 from convrnn.errors import DataError
@@ -112,6 +112,33 @@ def test_batches_group_similar_widths_pad_and_carry_lengths():
         spreads.append(int(lengths.max() - lengths.min()))
     assert np.mean(spreads) < 0.5 * (widths.max() - widths.min())  # sorted within chunks, not random
     assert [b["ids"] for b in src.batches(0, start=3)] == [b["ids"] for b in batches[3:]]
+
+
+def test_warped_batches_are_fresh_per_batch_reproducible_and_keep_shapes():
+    rng = np.random.default_rng(0)
+    images = [np.zeros((16, w), np.uint8) for w in rng.integers(40, 90, size=16)]
+    for im in images:
+        im[4:12, 8:-8:6] = 255  # vertical strokes a slant leans and a bend moves
+    lines = LineSet(images, [str(i) for i in range(16)], [f"n{i}" for i in range(16)])
+    plain = list(line_batches(lines, 4, seed=1).batches(0))
+    warped = list(line_batches(lines, 4, seed=1, slant=0.3, bend=1.5).batches(0))
+    again = list(line_batches(lines, 4, seed=1, slant=0.3, bend=1.5).batches(0))
+    for p, w, a in zip(plain, warped, again):
+        assert p["ids"] == w["ids"] and torch.equal(p["lengths"], w["lengths"]) and p["x"].shape == w["x"].shape
+        assert torch.equal(w["x"], a["x"])  # the batch's ids and the seed decide the warp: resuming replays it
+        assert not torch.allclose(w["x"], p["x"], atol=0.05)
+        assert float(w["x"].min()) >= 0 and float(w["x"].max()) <= 1
+        assert abs(float(w["x"].sum()) / float(p["x"].sum()) - 1) < 0.15  # ink moves, little is lost
+    x = plain[0]["x"]
+    assert torch.equal(warp_lines(x, np.random.default_rng(0)), x)  # both off: untouched
+    stroke = torch.zeros(4, 1, 16, 32)
+    stroke[:, :, 2:14, 8] = 1.0  # one vertical stroke at column 8
+    leaned = warp_lines(stroke, np.random.default_rng(0), slant=0.3)
+    shear = np.random.default_rng(0).uniform(-0.3, 0.3, size=4)  # the draws warp_lines makes
+    top, bottom = leaned[:, 0, 4].argmax(-1).numpy(), leaned[:, 0, 11].argmax(-1).numpy()
+    # output column c samples input column c + shear * (row - 8): the stroke at column 8 lands at
+    # 8 + 3.5 shear in row 4 and 8 - 3.5 shear in row 11
+    assert np.all(np.abs((top - bottom) - 7 * shear) <= 1)
 
 
 def test_split_by_text_keeps_validation_text_out_of_training():

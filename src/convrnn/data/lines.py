@@ -54,6 +54,9 @@ class LinesDataConfig:
     rotate: float = 0.0            # digits: training digits turn by up to this many degrees (0 = off)
     zoom: float = 0.0              # digits: training digits scale by up to 1 +- zoom (0 = off)
     elastic: float = 0.0           # digits: training digits bend smoothly by up to this many pixels (0 = off)
+    # any lines: every training batch warped afresh (``warp_lines``); 0 turns each off
+    slant: float = 0.0             # horizontal shear of a whole line, up to this many pixels per pixel of height
+    bend: float = 0.0              # smooth random displacement, up to this many pixels, control points BEND_SPACING apart
     mnist_dir: str = ""            # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
     text: str = ""                 # text: UTF-8 file of lines to render (empty = embedded corpus)
     fonts: list[str] = field(default_factory=list)  # text: font files/folders (empty = matplotlib's)
@@ -244,7 +247,38 @@ def split_lines(lines: LineSet, val_fraction: float, seed: int) -> tuple[LineSet
 PAD_WIDTH_TO = 32  # batch widths are rounded up to a multiple: few distinct shapes for the CPU kernels
 
 
-def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO) -> Callable[[np.ndarray], dict]:
+BEND_SPACING = 8  # pixels between a bend's control points along the width (3 rows of them over the height)
+
+
+def warp_lines(x: torch.Tensor, rng: np.random.Generator, *, slant: float = 0.0, bend: float = 0.0) -> torch.Tensor:
+    """Warp each line of ``x`` ``(B, 1, H, W)`` by a random slant and a smooth random bend (one resampling).
+
+    The slant is a horizontal shear about the middle row, drawn within +-``slant`` pixels per pixel of
+    height (0.2 leans a 32-pixel line by up to 3 pixels at its top and bottom). The bend moves control
+    points ``BEND_SPACING`` pixels apart along the width (three over the height) by up to ``bend``
+    pixels along each axis and interpolates between them bicubically, so neighbouring characters of one
+    line bend differently: the per-character distortion of Simard et al. (2003) for whole lines. The
+    width, and so the line's length in frames, does not change; ink moved past the padding is cut off.
+    """
+    b, _, h, w = x.shape
+    if b == 0 or (slant <= 0 and bend <= 0):
+        return x
+    ys = torch.arange(h, dtype=torch.float32) + 0.5  # pixel centres
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    shear = torch.from_numpy(rng.uniform(-slant, slant, size=b).astype(np.float32)) if slant > 0 else torch.zeros(b)
+    src_x = xs.view(1, 1, w) + shear.view(b, 1, 1) * (ys.view(1, h, 1) - h / 2)  # (B, H, W)
+    src_y = ys.view(1, h, 1).expand(b, h, w)
+    if bend > 0:
+        cols = max(2, -(-w // BEND_SPACING) + 1)
+        control = torch.from_numpy(rng.uniform(-bend, bend, size=(b, 2, 3, cols)).astype(np.float32))
+        field = torch.nn.functional.interpolate(control, size=(h, w), mode="bicubic", align_corners=True)
+        src_x, src_y = src_x + field[:, 0], src_y + field[:, 1]
+    grid = torch.stack((src_x * (2.0 / w) - 1.0, src_y * (2.0 / h) - 1.0), dim=-1)  # (B, H, W, 2) in -1..1
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO, *, slant: float = 0.0, bend: float = 0.0,
+                 seed: int = 0) -> Callable[[np.ndarray], dict]:
     """Batches padded on the right: ``x`` ``(B, 1, H, W)`` in 0..1, ``lengths`` the lines' own widths.
 
     ``W`` is the widest line rounded up to a multiple of ``pad_to``: CPU convolution kernels are
@@ -253,6 +287,8 @@ def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO) -> Callable[[np.nda
 
     Targets are not encoded here: the CTC task encodes ``texts`` with its own alphabet (the
     checkpoint's at evaluation), so a validation text with unseen characters cannot break a batch.
+    ``slant`` and ``bend`` warp every batch (``warp_lines``) with draws from ``seed`` and the batch's
+    line indices: the same batch is warped the same way, so a resumed run replays it.
     """
     def fetch(idx: np.ndarray) -> dict:
         items = [lines.images[int(i)] for i in idx]
@@ -262,16 +298,22 @@ def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO) -> Callable[[np.nda
         for k, im in enumerate(items):
             x[k, :, : im.shape[1]] = im
         x_t = torch.from_numpy(x).unsqueeze(1).float().div_(255.0)  # (B, H, W) -> (B, 1, H, W)
+        if slant > 0 or bend > 0:
+            rng = np.random.default_rng(np.random.SeedSequence([seed, *np.asarray(idx, dtype=np.int64).tolist()]))
+            x_t = warp_lines(x_t, rng, slant=slant, bend=bend)
         return {"x": x_t, "lengths": torch.from_numpy(lines.widths[idx]),
                 "texts": [lines.texts[int(i)] for i in idx], "ids": [lines.names[int(i)] for i in idx]}
 
     return fetch
 
 
-def line_batches(lines: LineSet, batch_size: int, *, shuffle: bool = True, seed: int = 0) -> IndexedBatches:
-    """Batches of lines of similar width (``sort_key``): less padding, same resumable order."""
+def line_batches(lines: LineSet, batch_size: int, *, shuffle: bool = True, seed: int = 0, slant: float = 0.0,
+                 bend: float = 0.0) -> IndexedBatches:
+    """Batches of lines of similar width (``sort_key``): less padding, same resumable order; ``slant`` and
+    ``bend`` warp each batch (``warp_lines``; for training batches)."""
     widths = lines.widths
-    return IndexedBatches(range(len(lines)), batch_size, fetch=line_fetcher(lines), shuffle=shuffle, seed=seed,
+    fetch = line_fetcher(lines, slant=slant, bend=bend, seed=seed)
+    return IndexedBatches(range(len(lines)), batch_size, fetch=fetch, shuffle=shuffle, seed=seed,
                           sort_key=lambda i: int(widths[i]))
 
 
@@ -293,7 +335,8 @@ def check_config(cfg: LinesDataConfig) -> None:
               ("num_train", cfg.num_train >= 1, "at least 1"), ("num_val", cfg.num_val >= 1, "at least 1"),
               ("num_test", cfg.num_test >= 0, "0 or more"), ("max_digits", cfg.max_digits >= 1, "at least 1"),
               ("max_chars", cfg.max_chars >= 2, "at least 2"), ("rotate", 0 <= cfg.rotate <= 45, "0..45 degrees"),
-              ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5"), ("elastic", 0 <= cfg.elastic <= 5, "0..5 pixels")]
+              ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5"), ("elastic", 0 <= cfg.elastic <= 5, "0..5 pixels"),
+              ("slant", 0 <= cfg.slant <= 1, "0..1 pixels per pixel of height"), ("bend", 0 <= cfg.bend <= 5, "0..5 pixels")]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"data.{name}: expected {expected}, got {getattr(cfg, name)!r}")

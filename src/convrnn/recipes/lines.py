@@ -143,7 +143,7 @@ class LinesRecipe(Recipe):
                  f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))
         meta = {"alphabet": alphabet, "height": data_cfg.height,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
-        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed),
+        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, slant=data_cfg.slant, bend=data_cfg.bend),
                           val=line_batches(val, max(bs, 64), shuffle=False),
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
