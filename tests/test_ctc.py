@@ -18,14 +18,21 @@ def posteriors(rows):
     return (p / p.sum(dim=1, keepdim=True)).log()
 
 
-def brute_force_best_labelling(log_probs):
-    """Sum the probability of every path per labelling; return the most probable labelling."""
+def labelling_probabilities(log_probs):
+    """Sum the probability of every path per labelling: {labels: probability}."""
     t, v = log_probs.shape
     totals = {}
     for path in itertools.product(range(v), repeat=t):
         labels = tuple(k for k, _ in itertools.groupby(path) if k != 0)
         totals[labels] = totals.get(labels, 0.0) + math.exp(sum(log_probs[i, k] for i, k in enumerate(path)))
-    return list(max(totals, key=totals.get))
+    return totals
+
+
+def brute_force_best_labelling(log_probs):
+    """The most probable labelling of ``(T, V)``, or of the product of ``(K, T, V)`` models' probabilities."""
+    models = [labelling_probabilities(lp) for lp in (log_probs[None] if log_probs.dim() == 2 else log_probs)]
+    joint = {labels: math.prod(m.get(labels, 0.0) for m in models) for labels in models[0]}
+    return list(max(joint, key=joint.get))
 
 
 # ---------------------------------------------------------------- metrics
@@ -74,6 +81,38 @@ def test_beam_matches_brute_force_on_random_posteriors():
     for _ in range(5):
         lp = torch.randn(4, 3, generator=gen, dtype=torch.float64).log_softmax(-1)
         assert beam_search(lp, beam_width=50) == brute_force_best_labelling(lp)
+
+
+def test_joint_beam_over_models_is_their_product_not_their_frame_average():
+    # Two models read "a" from different frames. The frame average is below one half for "a" at
+    # every frame (greedy on it: ""), but each model puts 0.8 on "a": jointly "a" wins.
+    first = posteriors([[0.2, 0.8], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    second = posteriors([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])
+    both = torch.stack([first, second])  # (K, T, V)
+    average = torch.logsumexp(both, dim=0) - math.log(2)
+    assert greedy_decode(average) == []
+    assert beam_search(both, beam_width=4) == brute_force_best_labelling(both) == [1]
+    assert beam_search(first[None], beam_width=4) == beam_search(first, beam_width=4)  # one model: as before
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        models = torch.randn(3, 4, 3, generator=gen, dtype=torch.float64).log_softmax(-1)
+        assert beam_search(models, beam_width=50) == brute_force_best_labelling(models)
+    with pytest.raises(ValueError, match=r"\(T, V\) or \(K, T, V\)"):
+        beam_search(torch.zeros(2, 2, 3, 4))
+
+
+def test_task_decodes_and_scores_an_ensembles_members():
+    task = CTCTask(["a"])
+    first = posteriors([[0.2, 0.8], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    second = posteriors([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])
+    members = torch.stack([first, second])[:, None].float()  # (K, B, T, V), B = 1
+    average = torch.logsumexp(members, dim=0) - math.log(2)
+    batch = {"targets": torch.tensor([1]), "target_lengths": torch.tensor([1])}
+    out = ModelOutput(average, torch.tensor([4]), [], members)
+    assert task.decode(ModelOutput(average, torch.tensor([4]))) == [""]
+    assert task.decode(out) == ["a"]
+    losses = [task.per_sequence_loss(ModelOutput(m, torch.tensor([4])), batch)[0] for m in members]
+    torch.testing.assert_close(task.per_sequence_loss(out, batch)[0], (losses[0] + losses[1]) / 2)
 
 
 def test_beam_width_one_equals_greedy_on_peaked_posteriors():

@@ -11,7 +11,12 @@ and the library load like any other run.
 
 How the members' outputs combine depends on what they are, which the task knows
 (``Task.ensemble_combine``): ``probs`` averages the softmax over the last axis and returns its log
-(classes, per-step digit values, CTC frames, characters), ``mean`` averages the outputs (regression).
+(classes, per-step digit values, characters), ``mean`` averages the outputs (regression), and
+``labellings`` (CTC) returns the frame average as ``y`` and every member's per-frame log-probabilities
+as ``ModelOutput.members``. CTC members emit a character at frames of their own, so averaging frames
+mixes one member's character with another's blank; the CTC task instead decodes the members jointly,
+scoring each candidate text by the product of the members' probabilities of it, each member summing
+over its own alignments (``convrnn.tasks.ctc.beam_search`` with ``(K, T, V)``).
 
 Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state).
 """
@@ -26,7 +31,7 @@ from torch import nn
 
 from convrnn.tasks.base import ModelOutput
 
-COMBINES = ("probs", "mean")
+COMBINES = ("probs", "mean", "labellings")
 MEMBERS_DIR = "members"
 DONE_FILE = "done.json"
 
@@ -54,11 +59,11 @@ class EnsembleModel(nn.Module):
             raise ValueError("an ensemble carries no recurrent state; call run() without state")
         outs = [m.run(x, lengths, need_state=False) for m in self.members]
         ys = torch.stack([o.y.float() for o in outs])  # (K, B, ...)
-        if self.combine == "probs":  # log of the mean probability: log sum_k p_k - log K
-            y = torch.logsumexp(torch.log_softmax(ys, dim=-1), dim=0) - math.log(len(outs))
-        else:
-            y = ys.mean(0)
-        return ModelOutput(y, outs[0].lengths, [])
+        if self.combine == "mean":
+            return ModelOutput(ys.mean(0), outs[0].lengths, [])
+        log_probs = torch.log_softmax(ys, dim=-1)
+        y = torch.logsumexp(log_probs, dim=0) - math.log(len(outs))  # log of the mean probability
+        return ModelOutput(y, outs[0].lengths, [], log_probs if self.combine == "labellings" else None)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y

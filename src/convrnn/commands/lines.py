@@ -19,15 +19,14 @@ def ctc(run: str, image: str, out: str) -> None:
     from convrnn.data.lines import prepare_line
     from convrnn.recipes.lines import LinesCTCTask, run_lines
     from convrnn.recipes.runner import load_run
-    from convrnn.tasks.base import ModelOutput
     from convrnn.viz.ctc_plot import plot_ctc
 
     model, ckpt, _ = load_run(run, expect_recipe="lines")
     alphabet = ckpt["meta"]["alphabet"]
-    logits, frames = run_lines(model, ckpt, [image])
-    n = int(frames[0])
-    probs = torch.softmax(logits[0, :n].float(), dim=-1).numpy()  # (T, V)
-    text = LinesCTCTask(alphabet).decode(ModelOutput(logits[:, :n], frames))[0]
+    output = run_lines(model, ckpt, [image])  # an ensemble's y: its members' mean frame probabilities
+    n = int(output.lengths[0])
+    probs = torch.softmax(output.y[0, :n].float(), dim=-1).numpy()  # (T, V)
+    text = LinesCTCTask(alphabet).decode(output)[0]
     pixels = prepare_line(image, int(ckpt["input_shape"][1]))
     path = plot_ctc(pixels, probs, alphabet, out, text=text)
     click.echo(f"wrote {path} ({n} frames, greedy text {text!r})")

@@ -113,8 +113,6 @@ class LinesRecipe(Recipe):
     description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
     default_preset = "crnn"
     data_config = LinesDataConfig
-    ensemble_refusal = ("CTC members emit each character at frames of their own, so the average of their "
-                        "per-frame probabilities reads worse than either member (docs/decisions.md)")
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle",
                       "checkpoint_every": 500, "val_batches": 0}
     cli_options = (
@@ -156,9 +154,10 @@ class LinesRecipe(Recipe):
         """``path<TAB>text`` per line image: greedy decoding, or prefix beam search with ``beam`` (and a
         word list ``lexicon`` / a character 3-gram model trained on the text file ``lm``)."""
         task = self.make_task(ckpt["meta"])
-        logits, lengths = run_lines(model, ckpt, inputs)
+        out = run_lines(model, ckpt, inputs)
+        logits, lengths = (out.y if out.members is None else out.members.transpose(0, 1)), out.lengths  # (B, [K,] T, V)
         if not beam and not lexicon and not lm:
-            texts = task.decode(ModelOutput(logits, lengths))
+            texts = task.decode(out)
         else:
             kwargs = {"beam_width": beam or 10}
             if lexicon:
@@ -169,8 +168,9 @@ class LinesRecipe(Recipe):
         return [f"{path}\t{text}" for path, text in zip(inputs, texts)]
 
 
-def run_lines(model, ckpt: dict, inputs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(B, T, V)`` and valid frames ``(B,)`` for line image files, scaled to the model's height."""
+def run_lines(model, ckpt: dict, inputs: list[str]) -> ModelOutput:
+    """The model's output for line image files, scaled to the model's height: logits ``(B, T, V)``
+    (an ensemble's members in ``members``) and valid frames ``(B,)``."""
     height = int(ckpt["input_shape"][1])
     images = [prepare_line(p, height) for p in inputs]
     lines = LineSet(images, [""] * len(images), list(inputs))
@@ -179,7 +179,7 @@ def run_lines(model, ckpt: dict, inputs: list[str]) -> tuple[torch.Tensor, torch
     with torch.inference_mode():
         out = model.run(batch["x"], batch["lengths"], need_state=False)
     frames = out.lengths if out.lengths is not None else torch.full((len(images),), out.y.shape[1])
-    return out.y, frames
+    return out._replace(lengths=frames)
 
 
 def _read_text(path: str) -> str:

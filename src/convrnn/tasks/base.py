@@ -13,6 +13,9 @@ class ModelOutput(NamedTuple):
     y: torch.Tensor
     lengths: Optional[torch.Tensor] = None
     state: Optional[list] = None
+    # (K, *y.shape): an ensemble's member outputs, for a task that combines them itself (CTC decodes
+    # the members jointly); None for single models
+    members: Optional[torch.Tensor] = None
 
 
 class MetricAccumulator:

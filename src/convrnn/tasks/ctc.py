@@ -26,15 +26,9 @@ from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
 log = logging.getLogger(__name__)
 BLANK = 0
 NEG_INF = -math.inf
-
-
-def _logsumexp(a: float, b: float) -> float:
-    if a == NEG_INF:
-        return b
-    if b == NEG_INF:
-        return a
-    m = max(a, b)
-    return m + math.log(math.exp(a - m) + math.exp(b - m))
+# beam width of an ensemble's joint decoding: on 2,000 test lines of digits, three members' joint CER
+# was 0.0126 at width 1, 0.0111 at 4 and 0.0110 at 8 (docs/lines.md)
+ENSEMBLE_BEAM = 8
 
 
 # ---------------------------------------------------------------- greedy decoding
@@ -147,44 +141,58 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
     words of the list are dropped, and final texts that end mid-word are used only if no complete
     one survives. With a ``char_lm``, each extension adds ``lm_weight * char_lm.score(text, char)``.
     ``alphabet`` (label ``k`` -> ``alphabet[k-1]``) is required with ``lexicon`` or ``char_lm``.
+
+    ``(K, T, V)`` log-probabilities of K models (an ensemble's members) search jointly: every prefix
+    keeps each model's two sums over its own alignments, and prefixes rank by the sum of the models'
+    log-probabilities, a product of experts over texts. Frame averages would mix one model's
+    character with another's blank where their alignments differ; this does not.
     """
     lp = log_probs.detach().cpu().double().numpy() if isinstance(log_probs, torch.Tensor) else np.asarray(log_probs)
-    if lp.ndim != 2:
-        raise ValueError(f"beam_search expects log-probabilities (T, V), got shape {lp.shape}")
+    if lp.ndim not in (2, 3):
+        raise ValueError(f"beam_search expects log-probabilities (T, V) or (K, T, V), got shape {lp.shape}")
+    lp = lp[None] if lp.ndim == 2 else lp  # (T, V) -> (1, T, V)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     if (lexicon is not None or char_lm is not None) and alphabet is None:
         raise ValueError("beam_search needs the alphabet to apply a lexicon or a character LM")
-    if alphabet is not None and len(alphabet) + 1 != lp.shape[1]:
-        raise ValueError(f"expected {len(alphabet) + 1} labels (blank + alphabet), got {lp.shape[1]}")
+    if alphabet is not None and len(alphabet) + 1 != lp.shape[2]:
+        raise ValueError(f"expected {len(alphabet) + 1} labels (blank + alphabet), got {lp.shape[2]}")
     if lexicon is not None and not isinstance(lexicon, Lexicon):
         lexicon = Lexicon(lexicon)
     text = (lambda prefix: "".join(alphabet[k - 1] for k in prefix)) if alphabet is not None else None
-    steps = lp.shape[0] if length is None else int(length)
+    models, frames, labels = lp.shape
+    steps = frames if length is None else int(length)
+    lm_share = lm_weight / models  # the LM's score counts once in the sum over models
+    never = np.full(models, NEG_INF)
 
-    # prefix (tuple of labels) -> [log p ending in blank, log p ending in a label]
-    beams: dict[tuple, list[float]] = {(): [0.0, NEG_INF]}
+    def score(entry: tuple) -> float:
+        return float(np.logaddexp(*entry).sum())
+
+    # prefix (tuple of labels) -> (log p ending in a blank, log p ending in a label), one per model
+    beams: dict[tuple, tuple] = {(): (np.zeros(models), never)}
     for t in range(steps):  # sequential by nature: each step extends the surviving prefixes
-        frame = lp[t]
-        nxt: dict[tuple, list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        frame = lp[:, t]  # (K, V)
+        nxt: dict[tuple, tuple] = {}
+
+        def add(prefix: tuple, p_b: np.ndarray, p_nb: np.ndarray) -> None:
+            old = nxt.get(prefix)
+            nxt[prefix] = (p_b, p_nb) if old is None else (np.logaddexp(old[0], p_b), np.logaddexp(old[1], p_nb))
+
         for prefix, (p_b, p_nb) in beams.items():
-            p_all = _logsumexp(p_b, p_nb)
-            entry = nxt[prefix]
-            entry[0] = _logsumexp(entry[0], p_all + frame[BLANK])
-            if prefix:  # repeating the last label without a blank stays on the same prefix
-                entry[1] = _logsumexp(entry[1], p_nb + frame[prefix[-1]])
-            for label in range(1, lp.shape[1]):
+            p_all = np.logaddexp(p_b, p_nb)
+            # a blank, or repeating the last label without a blank, stays on the same prefix
+            add(prefix, p_all + frame[:, BLANK], p_nb + frame[:, prefix[-1]] if prefix else never)
+            for label in range(1, labels):
                 extended = prefix + (label,)
                 if lexicon is not None and not lexicon.allows(text(extended)):
                     continue
-                p_ext = (p_b if prefix and label == prefix[-1] else p_all) + frame[label]
+                p_ext = (p_b if prefix and label == prefix[-1] else p_all) + frame[:, label]
                 if char_lm is not None:
-                    p_ext += lm_weight * char_lm.score(text(prefix), alphabet[label - 1])
-                nxt[extended][1] = _logsumexp(nxt[extended][1], p_ext)
-        ranked = sorted(nxt.items(), key=lambda kv: _logsumexp(*kv[1]), reverse=True)
-        beams = dict(ranked[:beam_width])
+                    p_ext = p_ext + lm_share * char_lm.score(text(prefix), alphabet[label - 1])
+                add(extended, never, p_ext)
+        beams = dict(sorted(nxt.items(), key=lambda kv: score(kv[1]), reverse=True)[:beam_width])
 
-    ranked = sorted(beams.items(), key=lambda kv: _logsumexp(*kv[1]), reverse=True)
+    ranked = sorted(beams.items(), key=lambda kv: score(kv[1]), reverse=True)
     if lexicon is not None:
         complete = [kv for kv in ranked if lexicon.allows(text(kv[0]), complete=True)]
         ranked = complete or ranked
@@ -256,6 +264,7 @@ class CTCTask(Task):
     name = "ctc"
     monitor = "cer"
     monitor_mode = "min"
+    ensemble_combine = "labellings"  # members decoded jointly (convrnn.ensemble), not averaged per frame
 
     def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean"):
         alphabet = list(alphabet)
@@ -293,7 +302,8 @@ class CTCTask(Task):
 
     def per_sequence_loss(self, out: ModelOutput, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses ``(K,)`` of the included sequences (already divided by target length for 'mean')
-        and the ``(B,)`` mask of included ones. Warns about and counts the excluded ones."""
+        and the ``(B,)`` mask of included ones. Warns about and counts the excluded ones. For an
+        ensemble's output (``out.members``), each sequence's loss is the mean of its members' losses."""
         frames = self._check_output(out).long()
         target_lengths = batch["target_lengths"].long().to(frames.device)
         targets = _concatenated(batch["targets"], batch["target_lengths"]).long().to(frames.device)
@@ -307,10 +317,13 @@ class CTCTask(Task):
                         "loss (ids: %s)", len(dropped), len(keep), ", ".join(names[:10]))
         if not keep.any():
             return out.y.new_zeros(0, dtype=torch.float32), keep
-        log_probs = F.log_softmax(out.y.float(), dim=-1).transpose(0, 1)  # (B, T, V) -> (T, B, V)
         sample = torch.repeat_interleave(keep, target_lengths)  # (S,) which labels belong to kept targets
-        losses = F.ctc_loss(log_probs[:, keep], targets[sample], frames[keep], target_lengths[keep],
-                            blank=BLANK, reduction="none", zero_infinity=False)  # (K,)
+        outputs = [out.y] if out.members is None else list(out.members)
+        losses = torch.stack([
+            F.ctc_loss(F.log_softmax(y.float(), dim=-1).transpose(0, 1)[:, keep],  # (B, T, V) -> (T, B, V)
+                       targets[sample], frames[keep], target_lengths[keep], blank=BLANK, reduction="none",
+                       zero_infinity=False)  # (K,)
+            for y in outputs]).mean(0)
         if self.reduction == "mean":
             losses = losses / target_lengths[keep].clamp(min=1)
         return losses, keep
@@ -331,11 +344,18 @@ class CTCTask(Task):
 
     @torch.inference_mode()
     def decode(self, out: ModelOutput) -> list[str]:
-        """Greedy transcription of every sequence of the batch."""
-        return [self.to_text(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
+        """Greedy transcription of every sequence of the batch; an ensemble's (``out.members``) is
+        decoded jointly by a beam search of width ``ENSEMBLE_BEAM`` over its members (``beam_search``)."""
+        if out.members is None:
+            return [self.to_text(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
+        log_probs = F.log_softmax(out.members.float(), dim=-1)  # (K, B, T, V)
+        frames = self._check_output(out).tolist()
+        return [self.to_text(beam_search(log_probs[:, b], ENSEMBLE_BEAM, length=frames[b]))
+                for b in range(log_probs.shape[1])]
 
     @torch.inference_mode()
     def beam_decode(self, logits: torch.Tensor, length: Optional[int] = None, **kwargs) -> str:
-        """Prefix beam search on one sequence of logits ``(T, V)``; keywords go to :func:`beam_search`."""
+        """Prefix beam search on one sequence of logits ``(T, V)``, or ``(K, T, V)`` of an ensemble's
+        members (searched jointly); keywords go to :func:`beam_search`."""
         log_probs = F.log_softmax(logits.float(), dim=-1)
         return self.to_text(beam_search(log_probs, alphabet=self.alphabet, length=length, **kwargs))
