@@ -155,7 +155,7 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))
     meta = {"convrnn_recipe": recipe.name, "convrnn_input_shape": list(ckpt["input_shape"])}
-    if ckpt.get("ensemble"):  # y is then the log of the members' mean probability (or their mean value)
+    if ckpt.get("ensemble"):  # y: log of the members' mean probability per frame/step (or their mean value)
         meta["convrnn_ensemble"] = ckpt["ensemble"]
     for key in ("vocab", "classes", "alphabet"):
         if isinstance(ckpt.get("meta"), dict) and key in ckpt["meta"]:
