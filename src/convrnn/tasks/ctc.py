@@ -163,40 +163,45 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
     models, frames, labels = lp.shape
     steps = frames if length is None else int(length)
     lm_share = lm_weight / models  # the LM's score counts once in the sum over models
-    never = np.full(models, NEG_INF)
+    def ranked(entries: dict) -> list:
+        """``entries`` best first by the sum over models of log p(prefix); ties keep their order."""
+        keys = list(entries)
+        sums = np.array([entries[k] for k in keys])  # (N, 2, K)
+        order = np.argsort(-np.logaddexp(sums[:, 0], sums[:, 1]).sum(1), kind="stable")
+        return [(keys[i], entries[keys[i]]) for i in order]
 
-    def score(entry: tuple) -> float:
-        return float(np.logaddexp(*entry).sum())
-
-    # prefix (tuple of labels) -> (log p ending in a blank, log p ending in a label), one per model
-    beams: dict[tuple, tuple] = {(): (np.zeros(models), never)}
+    # prefix (tuple of labels) -> (2, K): log p of its alignments ending in a blank / in its last label
+    beams: dict[tuple, np.ndarray] = {(): np.stack([np.zeros(models), np.full(models, NEG_INF)])}
     for t in range(steps):  # sequential by nature: each step extends the surviving prefixes
         frame = lp[:, t]  # (K, V)
-        nxt: dict[tuple, tuple] = {}
+        nxt: dict[tuple, np.ndarray] = {}
 
-        def add(prefix: tuple, p_b: np.ndarray, p_nb: np.ndarray) -> None:
+        def add(prefix: tuple, sums: np.ndarray) -> None:
             old = nxt.get(prefix)
-            nxt[prefix] = (p_b, p_nb) if old is None else (np.logaddexp(old[0], p_b), np.logaddexp(old[1], p_nb))
+            nxt[prefix] = sums if old is None else np.logaddexp(old, sums)
 
         for prefix, (p_b, p_nb) in beams.items():
             p_all = np.logaddexp(p_b, p_nb)
-            # a blank, or repeating the last label without a blank, stays on the same prefix
-            add(prefix, p_all + frame[:, BLANK], p_nb + frame[:, prefix[-1]] if prefix else never)
+            # a blank, or the last label repeated without a blank between
+            add(prefix, np.array([p_all + frame[:, BLANK], p_nb + frame[:, prefix[-1]] if prefix else p_nb]))
+            extensions = np.full((labels - 1, 2, models), NEG_INF)  # each label after the prefix: (2, K)
+            extensions[:, 1] = (p_all[:, None] + frame[:, 1:]).T
+            if prefix:  # the last label again starts a new character only after a blank
+                extensions[prefix[-1] - 1, 1] = p_b + frame[:, prefix[-1]]
+            if char_lm is not None:
+                context = text(prefix)
+                extensions[:, 1] += lm_share * np.array([char_lm.score(context, ch) for ch in alphabet])[:, None]
             for label in range(1, labels):
                 extended = prefix + (label,)
-                if lexicon is not None and not lexicon.allows(text(extended)):
-                    continue
-                p_ext = (p_b if prefix and label == prefix[-1] else p_all) + frame[:, label]
-                if char_lm is not None:
-                    p_ext = p_ext + lm_share * char_lm.score(text(prefix), alphabet[label - 1])
-                add(extended, never, p_ext)
-        beams = dict(sorted(nxt.items(), key=lambda kv: score(kv[1]), reverse=True)[:beam_width])
+                if lexicon is None or lexicon.allows(text(extended)):
+                    add(extended, extensions[label - 1])
+        beams = dict(ranked(nxt)[:beam_width])
 
-    ranked = sorted(beams.items(), key=lambda kv: score(kv[1]), reverse=True)
+    best = ranked(beams)
     if lexicon is not None:
-        complete = [kv for kv in ranked if lexicon.allows(text(kv[0]), complete=True)]
-        ranked = complete or ranked
-    return list(ranked[0][0])
+        complete = [kv for kv in best if lexicon.allows(text(kv[0]), complete=True)]
+        best = complete or best
+    return list(best[0][0])
 
 
 # ---------------------------------------------------------------- the task
