@@ -72,6 +72,9 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run))
     assert code == 0 and "cer:" in out, err
+    code, out, err = run_cli(capsys, "plot", "ctc", str(run), images[0], "--out", str(tmp_path / "ctc.png"))
+    assert code == 0 and (tmp_path / "ctc.png").stat().st_size > 0, err
+    assert f"text {joint[0]!r}, joint beam search" in out  # drawn over the members' mean frames
 
 
 def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_model(mnist_dir, tmp_path, capsys):

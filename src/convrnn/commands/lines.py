@@ -29,7 +29,8 @@ def ctc(run: str, image: str, out: str) -> None:
     text = LinesCTCTask(alphabet).decode(output)[0]
     pixels = prepare_line(image, int(ckpt["input_shape"][1]))
     path = plot_ctc(pixels, probs, alphabet, out, text=text)
-    click.echo(f"wrote {path} ({n} frames, greedy text {text!r})")
+    how = "joint beam search of its members" if output.members is not None else "greedy"
+    click.echo(f"wrote {path} ({n} frames, text {text!r}, {how})")
 
 
 def register(cli: click.Group) -> None:
