@@ -151,20 +151,21 @@ class LinesRecipe(Recipe):
 
     def predict(self, model, ckpt: dict, inputs: list[str], *, beam: Optional[int] = None,
                 lexicon: Optional[str] = None, lm: Optional[str] = None, **options) -> list[str]:
-        """``path<TAB>text`` per line image: greedy decoding, or prefix beam search with ``beam`` (and a
-        word list ``lexicon`` / a character 3-gram model trained on the text file ``lm``)."""
+        """``path<TAB>text`` per line image: greedy decoding (an ensemble's: joint beam search), or prefix
+        beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained on the
+        text file ``lm``), over an ensemble's members jointly."""
         task = self.make_task(ckpt["meta"])
         out = run_lines(model, ckpt, inputs)
-        logits, lengths = (out.y if out.members is None else out.members.transpose(0, 1)), out.lengths  # (B, [K,] T, V)
         if not beam and not lexicon and not lm:
             texts = task.decode(out)
         else:
+            logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
             kwargs = {"beam_width": beam or 10}
             if lexicon:
                 kwargs["lexicon"] = Lexicon(_read_words(lexicon))
             if lm:
                 kwargs["char_lm"] = CharNgramLM(3).fit(_read_text(lm).splitlines())
-            texts = [task.beam_decode(logits[i], length=int(lengths[i]), **kwargs) for i in range(len(inputs))]
+            texts = [task.beam_decode(logits[i], length=int(out.lengths[i]), **kwargs) for i in range(len(inputs))]
         return [f"{path}\t{text}" for path, text in zip(inputs, texts)]
 
 
