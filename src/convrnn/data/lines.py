@@ -24,6 +24,7 @@ import torch
 
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, to_ink
+from convrnn.data.sequences import smooth_field
 from convrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,7 @@ def warp_lines(x: torch.Tensor, rng: np.random.Generator, *, slant: float = 0.0,
     src_y = ys.view(1, h, 1).expand(b, h, w)
     if bend > 0:
         cols = max(2, -(-w // BEND_SPACING) + 1)
-        control = torch.from_numpy(rng.uniform(-bend, bend, size=(b, 2, 3, cols)).astype(np.float32))
-        field = torch.nn.functional.interpolate(control, size=(h, w), mode="bicubic", align_corners=True)
+        field = smooth_field(rng, b, (3, cols), (h, w), bend)  # (B, 2, H, W) in pixels: (dx, dy)
         src_x, src_y = src_x + field[:, 0], src_y + field[:, 1]
     grid = torch.stack((src_x * (2.0 / w) - 1.0, src_y * (2.0 / h) - 1.0), dim=-1)  # (B, H, W, 2) in -1..1
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -192,6 +192,15 @@ class DigitSequences(torch.utils.data.Dataset):
 ELASTIC_GRID = 5  # control points per side of an elastic field: one bend spans about a quarter of the image
 
 
+def smooth_field(rng: np.random.Generator, n: int, points: tuple[int, int], size: tuple[int, int],
+                 amplitude: float) -> torch.Tensor:
+    """``(N, 2, H, W)`` random displacements in pixels, (dx, dy) per pixel: a ``points`` (rows, columns)
+    grid of control points each moved by up to ``amplitude`` along each axis, interpolated bicubically
+    over ``size`` (H, W). The bend of Simard, Steinkraus and Platt (2003), shared by digits and lines."""
+    control = rng.uniform(-amplitude, amplitude, size=(n, 2, *points)).astype(np.float32)
+    return torch.nn.functional.interpolate(torch.from_numpy(control), size=size, mode="bicubic", align_corners=True)
+
+
 def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float, zoom: float,
                   elastic: float = 0.0) -> np.ndarray:
     """Rotate each ``(N, H, W)`` image by a random angle within +-``rotate`` degrees and scale it by a
@@ -211,9 +220,7 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, *, rotate: float
     x = torch.from_numpy(images).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
     grid = torch.nn.functional.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
     if elastic > 0:
-        control = rng.uniform(-elastic, elastic, size=(n, 2, ELASTIC_GRID, ELASTIC_GRID)).astype(np.float32)
-        field = torch.nn.functional.interpolate(torch.from_numpy(control), size=(h, w), mode="bicubic",
-                                                align_corners=True)  # (N, 2, H, W) in pixels: (dx, dy)
+        field = smooth_field(rng, n, (ELASTIC_GRID, ELASTIC_GRID), (h, w), elastic)  # (N, 2, H, W) in pixels
         pixel = torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)  # a pixel in grid_sample's -1..1 units
         grid = grid + (field * pixel).permute(0, 2, 3, 1)  # (N, H, W, 2)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
