@@ -18,7 +18,8 @@ mixes one member's character with another's blank; the CTC task instead decodes 
 scoring each candidate text by the product of the members' probabilities of it, each member summing
 over its own alignments (``convrnn.tasks.ctc.beam_search`` with ``(K, T, V)``).
 
-Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state).
+Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state), with
+``members`` ``(K, *y.shape)`` for ``labellings``.
 """
 # B batch, K members
 from __future__ import annotations

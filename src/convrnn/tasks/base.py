@@ -36,7 +36,9 @@ class Task:
     ``stateful`` tasks (language models trained with truncated BPTT) have the trainer carry the
     recurrent state from one batch to the next.
     ``ensemble_combine`` says how an ensemble averages its members' outputs (convrnn.ensemble):
-    ``probs`` for logits (the softmax over the last axis is averaged), ``mean`` for values.
+    ``probs`` for logits (the softmax over the last axis is averaged), ``mean`` for values,
+    ``labellings`` for CTC (the members' log-probabilities go to ``ModelOutput.members`` and the
+    task decodes them jointly).
     """
 
     name: str = "task"

@@ -163,6 +163,7 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
     models, frames, labels = lp.shape
     steps = frames if length is None else int(length)
     lm_share = lm_weight / models  # the LM's score counts once in the sum over models
+
     def ranked(entries: dict) -> list:
         """``entries`` best first by the sum over models of log p(prefix); ties keep their order."""
         keys = list(entries)
@@ -197,7 +198,7 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
                     add(extended, extensions[label - 1])
         beams = dict(ranked(nxt)[:beam_width])
 
-    best = ranked(beams)
+    best = list(beams.items())  # already best first: each step keeps ranked(...)[:beam_width] in order
     if lexicon is not None:
         complete = [kv for kv in best if lexicon.allows(text(kv[0]), complete=True)]
         best = complete or best
