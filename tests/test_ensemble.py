@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from convrnn.ensemble import EnsembleModel
+from convrnn.ensemble import EnsembleModel, ShiftedViews
 from convrnn.errors import ConfigError
 from convrnn.recipes.runner import load_run, train
 from convrnn.train.checkpoint import load_checkpoint
@@ -49,6 +49,30 @@ def test_labellings_keep_each_members_log_probabilities_beside_the_frame_average
     assert out.lengths.tolist() == [6, 4]
 
 
+def test_shifted_views_read_each_line_moved_by_every_offset_on_one_frame_grid():
+    from convrnn.spec.builder import SpecModel
+
+    torch.manual_seed(0)
+    x, lengths = torch.rand(2, 1, 4, 12), torch.tensor([12, 9])  # (B, C, H, W), pixel widths
+    model = SpecModel("conv:4,3x3 pool:2x2 cols lstm:4 ctc", (1, 4, None), 3).eval()
+    with torch.no_grad():
+        out = ShiftedViews(model, 3).run(x, lengths)
+        assert out.members.shape[0] == 3 and out.lengths.tolist() == [7, 5]  # (12 + 2) / 2, (9 + 2) / 2
+        for d in range(3):  # view d: d background columns on the left, 2 - d on the right
+            moved = torch.zeros(2, 1, 4, 14)
+            moved[..., d:d + 12] = x
+            torch.testing.assert_close(out.members[d], torch.log_softmax(model(moved, lengths + 2), -1))
+        torch.testing.assert_close(out.y, torch.logsumexp(out.members, 0) - math.log(3))
+        one = ShiftedViews(model, 1).run(x, lengths)  # no shift: the model's own output as one member
+        torch.testing.assert_close(one.members[0], torch.log_softmax(model(x, lengths), -1))
+        ensemble = EnsembleModel("conv:4,3x3 pool:2x2 cols lstm:4 ctc", (1, 4, None), 3, 2, "labellings").eval()
+        both = ShiftedViews(ensemble, 2).run(x, lengths)  # views x members
+        torch.testing.assert_close(both.members[:2], ensemble.run(torch.nn.functional.pad(x, (0, 1)), lengths + 1).members)
+        assert both.members.shape[0] == 4
+    with pytest.raises(ValueError, match="shifts must be >= 1"):
+        ShiftedViews(model, 0)
+
+
 def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     from convrnn.data.lines import write_line_folder
     from convrnn.data.synthetic_lines import digit_lines
@@ -71,6 +95,13 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     code, out, err = run_cli(capsys, "predict", str(run), images[0], "--beam", "3")
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0 and "cer:" in out, err
+    code, out, err = run_cli(capsys, "predict", str(run), *images, "--shifts", "2")  # 2 views x 2 members
+    from convrnn.recipes.runner import with_shifts
+    shifted = with_shifts(model, LinesRecipe().make_task(ckpt["meta"]), "lines", 2)
+    joint = LinesRecipe().make_task(ckpt["meta"]).decode(run_lines(shifted, ckpt, images))
+    assert code == 0 and out.splitlines() == [f"{p}\t{t}" for p, t in zip(images, joint)], err
+    code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "2")
     assert code == 0 and "cer:" in out, err
     code, out, err = run_cli(capsys, "plot", "ctc", str(run), images[0], "--out", str(tmp_path / "ctc.png"))
     assert code == 0 and (tmp_path / "ctc.png").stat().st_size > 0, err
@@ -99,6 +130,10 @@ def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_
     code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]))
     assert code == 0, err
     assert out.startswith("sum\t")
+    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]), "--shifts", "2")
+    assert code == 2 and "CTC line recognisers, not to recipe digits" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "0")
+    assert code == 2 and "--shifts" in err
 
 
 def test_a_regression_head_averages_values(mnist_dir, tmp_path):

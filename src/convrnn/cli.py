@@ -157,14 +157,16 @@ def _register_train_commands() -> None:
 @click.argument("run", type=click.Path())
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
+@click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CTC line recipes: also read each line moved right by 1..N-1 pixels, decoding all views jointly")
 @click.pass_context
-def eval_cmd(ctx: click.Context, run: str, split: str, sets) -> None:
+def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> None:
     """Evaluate a run's best checkpoint on its validation data."""
     from convrnn.progress import CountProgress
     from convrnn.recipes.runner import evaluate
     from convrnn.train.config import parse_pairs
 
-    metrics = evaluate(run, split=split, overrides=parse_pairs(list(sets)),
+    metrics = evaluate(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
                        progress=CountProgress("preparing data", quiet=ctx.obj["quiet"]))
     for k, v in metrics.items():
         click.echo(f"{k}: {v:.6g}")
@@ -175,10 +177,13 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--beam", type=click.IntRange(min=1), help="CTC recipes: prefix beam search of this width")
 @click.option("--lexicon", type=click.Path(dir_okay=False), help="CTC recipes: word list constraining the beam")
-def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str]) -> None:
+@click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CTC line recipes: also read each line moved right by 1..N-1 pixels, decoding all views jointly")
+def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], shifts: int) -> None:
     """Predict with a trained run: one line per input."""
     from convrnn.recipes.runner import predict as run_predict
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon)) if v is not None}
+    options["shifts"] = shifts
     for line in run_predict(run, list(inputs), **options):
         click.echo(line)
 

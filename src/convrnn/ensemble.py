@@ -20,6 +20,10 @@ over its own alignments (``convrnn.tasks.ctc.beam_search`` with ``(K, T, V)``).
 
 Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state), with
 ``members`` ``(K, *y.shape)`` for ``labellings``.
+
+``ShiftedViews`` reads every line image several times, moved right by 0, 1, ... pixels, and hands all
+the views to the CTC task as members of one ensemble (test-time augmentation for line recognisers,
+``--shifts N`` of ``convrnn eval`` and ``convrnn predict``).
 """
 # B batch, K members
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convrnn.tasks.base import ModelOutput
@@ -65,6 +70,47 @@ class EnsembleModel(nn.Module):
         log_probs = torch.log_softmax(ys, dim=-1)
         y = torch.logsumexp(log_probs, dim=0) - math.log(len(outs))  # log of the mean probability
         return ModelOutput(y, outs[0].lengths, [], log_probs if self.combine == "labellings" else None)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.run(x, lengths).y
+
+
+class ShiftedViews(nn.Module):
+    """``model`` run on ``shifts`` copies of each line, moved right by 0..shifts-1 pixels; the views
+    (times the members of an ensemble) become ``ModelOutput.members`` for a joint CTC decoding.
+
+    A line recogniser that pools the width by s gives one frame per s pixels, so where a character
+    falls on that grid is an accident of the line's left margin. Views moved by 0..s-1 pixels see
+    every phase of the grid; each reads a few characters differently, and the joint decoding keeps
+    the text they agree on (docs/lines.md). Every view is padded to the same width (``shifts - 1``
+    columns of background, 0, split between the left and the right), so all views have the same
+    frames. For inputs ``(B, C, H, W)`` with ``lengths`` in pixels along W (the lines recipe).
+    """
+
+    def __init__(self, model: nn.Module, shifts: int):
+        super().__init__()
+        if shifts < 1:
+            raise ValueError(f"shifts must be >= 1, got {shifts}")
+        self.model, self.shifts = model, int(shifts)
+        self.spec, self.input_shape = model.spec, model.input_shape
+        self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
+        self.num_stateful = 0
+
+    def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
+            *, need_state: bool = True) -> ModelOutput:
+        if state:
+            raise ValueError("shifted views carry no recurrent state; call run() without state")
+        pad = self.shifts - 1
+        wide = None if lengths is None else lengths + pad  # every view ends at the same column
+        views, frames = [], None
+        for d in range(self.shifts):
+            out = self.model.run(F.pad(x, (d, pad - d)), wide, need_state=False)
+            log_probs = out.members if out.members is not None else torch.log_softmax(out.y.float(), -1)[None]
+            views.append(log_probs)
+            frames = out.lengths
+        members = torch.cat(views)  # (views x members, B, T, V)
+        y = torch.logsumexp(members, dim=0) - math.log(members.shape[0])
+        return ModelOutput(y, frames, [], members)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y

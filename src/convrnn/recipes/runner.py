@@ -233,23 +233,39 @@ def load_run(run: str, *, expect_recipe: Optional[str] = None, device: str = "cp
 
 
 def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
-             progress: Optional[Callable] = None) -> dict[str, float]:
-    """Metrics of a run's best checkpoint on its validation (or test) data, rebuilt from its config."""
+             progress: Optional[Callable] = None, shifts: int = 1) -> dict[str, float]:
+    """Metrics of a run's best checkpoint on its validation (or test) data, rebuilt from its config.
+    ``shifts`` > 1 (CTC line recipes) reads every line that many times, moved right by 0, 1, ...
+    pixels, and decodes the views jointly (``convrnn.ensemble.ShiftedViews``)."""
     model, ckpt, recipe = load_run(run)
     cfg = resolve_config(recipe.name)
     cfg.override(flatten_config_dict(ckpt["config"]))
     if overrides:
         cfg.override(overrides)
+    task = recipe.make_task(ckpt["meta"])
+    model = with_shifts(model, task, recipe.name, shifts)
     bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
     data = bundle.test if split == "test" else bundle.val
     if data is None:
         raise ConfigError(f"recipe {recipe.name} has no {split} split")
-    task = recipe.make_task(ckpt["meta"])
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
     trainer = Trainer(model, task, bundle.train, data, cfg.train)
     return trainer.evaluate(data)
 
 
-def predict(run: str, inputs: list[str], **options) -> list[str]:
+def with_shifts(model, task, recipe_name: str, shifts: int):
+    """``model`` itself for ``shifts`` 1, else its :class:`~convrnn.ensemble.ShiftedViews` (CTC tasks only)."""
+    if shifts == 1:
+        return model
+    if shifts < 1:
+        raise ConfigError(f"shifts must be >= 1, got {shifts}")
+    if getattr(task, "ensemble_combine", None) != "labellings":
+        raise ConfigError(f"shifts: reading shifted copies applies to CTC line recognisers, not to recipe {recipe_name}")
+    from convrnn.ensemble import ShiftedViews
+    return ShiftedViews(model, shifts)
+
+
+def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:
     model, ckpt, recipe = load_run(run)
+    model = with_shifts(model, recipe.make_task(ckpt["meta"]), recipe.name, shifts)
     return recipe.predict(model, ckpt, inputs, **options)
