@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import SHARED_DATA
+from bench.harness import SHARED_DATA, native_bf16
 
 DIGITS_SECONDS = 540.0   # training seconds; with data and validation the run stays within 10 minutes
 TEXT_SECONDS = 1200.0
@@ -42,15 +42,6 @@ THREADS = 2
 ENSEMBLE = 3  # lines_digits_cer's members, 180 s each (docs/lines.md: 3 x 180 s beat 4 x 135 s)
 SHIFTS = 4  # test lines read at 0..3 pixels of offset: every phase of crnn's 4-pixel frame grid
 
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast gives
-    crnn 60% more steps in the same time (docs/lines.md); elsewhere it is emulated, and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _train_and_test(overrides: dict, run_dir: str, shifts: int = 1) -> dict:
