@@ -43,7 +43,6 @@ ENSEMBLE = 3  # lines_digits_cer's members, 180 s each (docs/lines.md: 3 x 180 s
 SHIFTS = 4  # test lines read at 0..3 pixels of offset: every phase of crnn's 4-pixel frame grid
 
 
-
 def _train_and_test(overrides: dict, run_dir: str, shifts: int = 1) -> dict:
     """Train the lines recipe with ``overrides``; test CER of the best checkpoint on the test split
     (also read at ``shifts`` offsets and decoded jointly, as ``test_shifted``, when ``shifts`` > 1)."""

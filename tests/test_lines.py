@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from convrnn.cli import main
-from convrnn.data.lines import (LineSet, build_alphabet, line_batches, warp_lines, read_lines, scale_to_height, split_lines,
-                                unseen_characters, write_line_folder)
+from convrnn.data.lines import (LineSet, build_alphabet, line_batches, read_lines, scale_to_height, split_lines,
+                                unseen_characters, warp_lines, write_line_folder)
 from convrnn.data.synthetic_lines import digit_lines, heldout_text, text_lines
 from convrnn.errors import DataError
 from convrnn.recipes.lines import LinesCTCTask

@@ -42,6 +42,11 @@ MEMBERS_DIR = "members"
 DONE_FILE = "done.json"
 
 
+def log_mean_prob(log_probs: torch.Tensor) -> torch.Tensor:
+    """``(K, ...)`` log-probabilities -> the log of their mean probability, ``log sum_k p_k - log K``."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+
+
 class EnsembleModel(nn.Module):
     """``members`` copies of the model of ``spec``, run on the same input and combined by ``combine``."""
 
@@ -68,8 +73,8 @@ class EnsembleModel(nn.Module):
         if self.combine == "mean":
             return ModelOutput(ys.mean(0), outs[0].lengths, [])
         log_probs = torch.log_softmax(ys, dim=-1)
-        y = torch.logsumexp(log_probs, dim=0) - math.log(len(outs))  # log of the mean probability
-        return ModelOutput(y, outs[0].lengths, [], log_probs if self.combine == "labellings" else None)
+        return ModelOutput(log_mean_prob(log_probs), outs[0].lengths, [],
+                           log_probs if self.combine == "labellings" else None)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y
@@ -102,15 +107,10 @@ class ShiftedViews(nn.Module):
             raise ValueError("shifted views carry no recurrent state; call run() without state")
         pad = self.shifts - 1
         wide = None if lengths is None else lengths + pad  # every view ends at the same column
-        views, frames = [], None
-        for d in range(self.shifts):
-            out = self.model.run(F.pad(x, (d, pad - d)), wide, need_state=False)
-            log_probs = out.members if out.members is not None else torch.log_softmax(out.y.float(), -1)[None]
-            views.append(log_probs)
-            frames = out.lengths
-        members = torch.cat(views)  # (views x members, B, T, V)
-        y = torch.logsumexp(members, dim=0) - math.log(members.shape[0])
-        return ModelOutput(y, frames, [], members)
+        outs = [self.model.run(F.pad(x, (d, pad - d)), wide, need_state=False) for d in range(self.shifts)]
+        members = torch.cat([o.members if o.members is not None else torch.log_softmax(o.y.float(), -1)[None]
+                             for o in outs])  # (views x members, B, T, V)
+        return ModelOutput(log_mean_prob(members), outs[0].lengths, [], members)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y

@@ -259,7 +259,7 @@ def with_shifts(model, task, recipe_name: str, shifts: int):
         return model
     if shifts < 1:
         raise ConfigError(f"shifts must be >= 1, got {shifts}")
-    if getattr(task, "ensemble_combine", None) != "labellings":
+    if task.ensemble_combine != "labellings":
         raise ConfigError(f"shifts: reading shifted copies applies to CTC line recognisers, not to recipe {recipe_name}")
     from convrnn.ensemble import ShiftedViews
     return ShiftedViews(model, shifts)
