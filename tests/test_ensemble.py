@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from convrnn.ensemble import EnsembleModel, ShiftedViews
+from convrnn.ensemble import EnsembleModel, MovedViews, ShiftedViews, move_image
 from convrnn.errors import ConfigError
 from convrnn.recipes.runner import load_run, train
 from convrnn.train.checkpoint import load_checkpoint
@@ -73,6 +73,43 @@ def test_shifted_views_read_each_line_moved_by_every_offset_on_one_frame_grid():
         ShiftedViews(model, 0)
 
 
+def test_move_image_moves_by_whole_pixels_with_background_coming_in():
+    x = torch.arange(12.0).reshape(1, 3, 4) + 1  # (C, H, W)
+    right = move_image(x, 1, 0)
+    assert right[..., 0].eq(0).all() and torch.equal(right[..., 1:], x[..., :-1])
+    up_left = move_image(x, -1, -1)
+    assert torch.equal(up_left[..., :-1, :-1], x[..., 1:, 1:]) and up_left[..., -1, :].eq(0).all()
+    assert up_left[..., :, -1].eq(0).all()
+    assert torch.equal(move_image(x, 0, 0), x)
+
+
+def test_moved_views_combine_the_image_and_its_one_pixel_moves_as_members():
+    from convrnn.spec.builder import SpecModel
+
+    torch.manual_seed(0)
+    x, lengths = torch.rand(3, 2, 1, 6, 6), torch.tensor([2, 1, 2])  # (B, T, C, H, W) digit sequences
+    model = SpecModel("conv:4,3x3 flatten gru:5 reg:seq", (None, 1, 6, 6), 10).eval()
+    with torch.no_grad():
+        out = MovedViews(model, 3, "probs").run(x, lengths)
+        views = [x, move_image(x, 1, 0), move_image(x, -1, 0)]  # as drawn, one right, one left
+        probs = torch.stack([torch.softmax(model(v, lengths), -1) for v in views])
+        torch.testing.assert_close(out.y.exp(), probs.mean(0))
+        one = MovedViews(model, 1, "probs").run(x, lengths)
+        torch.testing.assert_close(one.y.exp(), torch.softmax(model(x, lengths), -1))
+        mean = MovedViews(model, 2, "mean").run(x, lengths)
+        torch.testing.assert_close(mean.y, (model(x, lengths) + model(move_image(x, 1, 0), lengths)) / 2)
+    with pytest.raises(ValueError, match="views must be 1..9"):
+        MovedViews(model, 10, "probs")
+    with pytest.raises(ValueError, match="probs or mean"):
+        MovedViews(model, 2, "labellings")
+    from convrnn.recipes.runner import with_shifts
+    from convrnn.tasks.base import Task
+
+    tokens = SpecModel("embed:4 lstm:4 lm", (None,), 8)  # a character model reads tokens, not images
+    with pytest.raises(ConfigError, match=r"models of images, not to recipe charlm \(its input is \(None,\)\)"):
+        with_shifts(tokens, Task(), "charlm", 2)
+
+
 def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     from convrnn.data.lines import write_line_folder
     from convrnn.data.synthetic_lines import digit_lines
@@ -130,8 +167,12 @@ def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_
     code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]))
     assert code == 0, err
     assert out.startswith("sum\t")
-    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]), "--shifts", "2")
-    assert code == 2 and "CTC line recognisers, not to recipe digits" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]), "--shifts", "9")
+    assert code == 0 and out.startswith("sum\t"), err
+    code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "5")
+    assert code == 0 and "mse" in out, err
+    code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]), "--shifts", "10")
+    assert code == 2 and "at most 9 for recipe digits" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "0")
     assert code == 2 and "--shifts" in err
 

@@ -153,12 +153,17 @@ def _register_train_commands() -> None:
 
 # ------------------------------------------------------------------------------- eval / predict
 
+SHIFTS_HELP = ("read every input N times: a line moved right by 0..N-1 pixels, all views decoded jointly (CTC "
+               "recipes); other images as drawn and moved one pixel right, left, down, up, then diagonally "
+               "(N <= 9), outputs averaged")
+
+
 @cli.command(name="eval")
 @click.argument("run", type=click.Path())
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CTC line recipes: also read each line moved right by 1..N-1 pixels, decoding all views jointly")
+              help=SHIFTS_HELP)
 @click.pass_context
 def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> None:
     """Evaluate a run's best checkpoint on its validation data."""
@@ -178,7 +183,7 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> Non
 @click.option("--beam", type=click.IntRange(min=1), help="CTC recipes: prefix beam search of this width")
 @click.option("--lexicon", type=click.Path(dir_okay=False), help="CTC recipes: word list constraining the beam")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CTC line recipes: also read each line moved right by 1..N-1 pixels, decoding all views jointly")
+              help=SHIFTS_HELP)
 def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], shifts: int) -> None:
     """Predict with a trained run: one line per input."""
     from convrnn.recipes.runner import predict as run_predict

@@ -23,7 +23,9 @@ Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no 
 
 ``ShiftedViews`` reads every line image several times, moved right by 0, 1, ... pixels, and hands all
 the views to the CTC task as members of one ensemble (test-time augmentation for line recognisers,
-``--shifts N`` of ``convrnn eval`` and ``convrnn predict``).
+``--shifts N`` of ``convrnn eval`` and ``convrnn predict``). ``MovedViews`` is the same for models
+that are not decoded jointly (digits, fonts): every image moved by one pixel in up to eight directions,
+the views' outputs combined as an ensemble's members are.
 """
 # B batch, K members
 from __future__ import annotations
@@ -38,6 +40,8 @@ from torch import nn
 from convrnn.tasks.base import ModelOutput
 
 COMBINES = ("probs", "mean", "labellings")
+# MovedViews' views after the image itself: one pixel right, left, down, up, then the diagonals (dx, dy)
+MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 MEMBERS_DIR = "members"
 DONE_FILE = "done.json"
 
@@ -45,6 +49,16 @@ DONE_FILE = "done.json"
 def log_mean_prob(log_probs: torch.Tensor) -> torch.Tensor:
     """``(K, ...)`` log-probabilities -> the log of their mean probability, ``log sum_k p_k - log K``."""
     return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+
+
+def combine_outputs(outs: Sequence[ModelOutput], combine: str) -> ModelOutput:
+    """The members' outputs as one: their mean (``mean``) or the log of their mean probability, with
+    every member's log-probabilities kept as ``members`` for ``labellings``."""
+    ys = torch.stack([o.y.float() for o in outs])  # (K, B, ...)
+    if combine == "mean":
+        return ModelOutput(ys.mean(0), outs[0].lengths, [])
+    log_probs = torch.log_softmax(ys, dim=-1)
+    return ModelOutput(log_mean_prob(log_probs), outs[0].lengths, [], log_probs if combine == "labellings" else None)
 
 
 class EnsembleModel(nn.Module):
@@ -68,13 +82,7 @@ class EnsembleModel(nn.Module):
             *, need_state: bool = True) -> ModelOutput:
         if state:
             raise ValueError("an ensemble carries no recurrent state; call run() without state")
-        outs = [m.run(x, lengths, need_state=False) for m in self.members]
-        ys = torch.stack([o.y.float() for o in outs])  # (K, B, ...)
-        if self.combine == "mean":
-            return ModelOutput(ys.mean(0), outs[0].lengths, [])
-        log_probs = torch.log_softmax(ys, dim=-1)
-        return ModelOutput(log_mean_prob(log_probs), outs[0].lengths, [],
-                           log_probs if self.combine == "labellings" else None)
+        return combine_outputs([m.run(x, lengths, need_state=False) for m in self.members], self.combine)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y
@@ -111,6 +119,51 @@ class ShiftedViews(nn.Module):
         members = torch.cat([o.members if o.members is not None else torch.log_softmax(o.y.float(), -1)[None]
                              for o in outs])  # (views x members, B, T, V)
         return ModelOutput(log_mean_prob(members), outs[0].lengths, [], members)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.run(x, lengths).y
+
+
+def move_image(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``x`` ``(..., H, W)`` moved ``dx`` pixels right and ``dy`` down (negative: left, up); the
+    columns and rows moved in are background (0), what leaves the frame is lost."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+class MovedViews(nn.Module):
+    """``model`` run on ``views`` copies of its input images: as drawn, then moved by one pixel right,
+    left, down, up and along the diagonals (``MOVES``, up to 9 views), outputs combined by ``combine``
+    (``probs`` or ``mean``, as an ensemble's members).
+
+    Test-time augmentation for models that read images (``(B, T, C, H, W)`` per-step digits, or
+    ``(B, C, H, W)``): a digit read with confidence from where it was drawn may be read otherwise one
+    pixel away, and the average over the neighbourhood keeps what the views agree on. The training
+    augmentation of the digits recipe moves digits by up to 2 pixels, so every view is one the model
+    has learnt to read (docs/digits.md).
+    """
+
+    def __init__(self, model: nn.Module, views: int, combine: str):
+        super().__init__()
+        if not 1 <= views <= len(MOVES) + 1:
+            raise ValueError(f"views must be 1..{len(MOVES) + 1} (the image and its one-pixel moves), got {views}")
+        if combine not in ("probs", "mean"):
+            raise ValueError(f"moved views combine by probs or mean, got {combine!r}")
+        self.model, self.views, self.combine = model, int(views), combine
+        self.spec, self.input_shape = model.spec, model.input_shape
+        self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
+        self.num_stateful = 0
+
+    def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
+            *, need_state: bool = True) -> ModelOutput:
+        if state:
+            raise ValueError("moved views carry no recurrent state; call run() without state")
+        moves = ((0, 0),) + MOVES[:self.views - 1]
+        return combine_outputs([self.model.run(move_image(x, dx, dy), lengths, need_state=False) for dx, dy in moves],
+                               self.combine)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y

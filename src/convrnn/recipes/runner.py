@@ -235,8 +235,8 @@ def load_run(run: str, *, expect_recipe: Optional[str] = None, device: str = "cp
 def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
              progress: Optional[Callable] = None, shifts: int = 1) -> dict[str, float]:
     """Metrics of a run's best checkpoint on its validation (or test) data, rebuilt from its config.
-    ``shifts`` > 1 (CTC line recipes) reads every line that many times, moved right by 0, 1, ...
-    pixels, and decodes the views jointly (``convrnn.ensemble.ShiftedViews``)."""
+    ``shifts`` > 1 reads every input that many times, moved by a pixel or so, and combines the views
+    (``with_shifts``)."""
     model, ckpt, recipe = load_run(run)
     cfg = resolve_config(recipe.name)
     cfg.override(flatten_config_dict(ckpt["config"]))
@@ -254,15 +254,25 @@ def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None =
 
 
 def with_shifts(model, task, recipe_name: str, shifts: int):
-    """``model`` itself for ``shifts`` 1, else its :class:`~convrnn.ensemble.ShiftedViews` (CTC tasks only)."""
+    """``model`` itself for ``shifts`` 1; else, for CTC line recognisers, its
+    :class:`~convrnn.ensemble.ShiftedViews` (moved right by 0..shifts-1 pixels, decoded jointly), and for
+    other models of images its :class:`~convrnn.ensemble.MovedViews` (the image and its first
+    shifts-1 one-pixel moves, outputs combined as an ensemble's)."""
+    from convrnn.ensemble import MOVES, MovedViews, ShiftedViews
+
     if shifts == 1:
         return model
     if shifts < 1:
         raise ConfigError(f"shifts must be >= 1, got {shifts}")
-    if task.ensemble_combine != "labellings":
-        raise ConfigError(f"shifts: reading shifted copies applies to CTC line recognisers, not to recipe {recipe_name}")
-    from convrnn.ensemble import ShiftedViews
-    return ShiftedViews(model, shifts)
+    if task.ensemble_combine == "labellings":
+        return ShiftedViews(model, shifts)
+    if len(model.input_shape) < 3:
+        raise ConfigError(f"shifts: reading shifted copies applies to models of images, not to recipe {recipe_name} "
+                          f"(its input is {tuple(model.input_shape)})")
+    if shifts > len(MOVES) + 1:
+        raise ConfigError(f"shifts: at most {len(MOVES) + 1} for recipe {recipe_name} (the image and its eight "
+                          f"one-pixel moves), got {shifts}")
+    return MovedViews(model, shifts, task.ensemble_combine)
 
 
 def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:
