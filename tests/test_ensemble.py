@@ -92,8 +92,9 @@ def test_moved_views_combine_the_image_and_its_one_pixel_moves_as_members():
     with torch.no_grad():
         out = MovedViews(model, 3, "probs").run(x, lengths)
         views = [x, move_image(x, 1, 0), move_image(x, -1, 0)]  # as drawn, one right, one left
-        probs = torch.stack([torch.softmax(model(v, lengths), -1) for v in views])
-        torch.testing.assert_close(out.y.exp(), probs.mean(0))
+        log_probs = torch.stack([torch.log_softmax(model(v, lengths), -1) for v in views])
+        torch.testing.assert_close(out.y.exp(), torch.softmax(log_probs.mean(0), -1))  # the views' product
+        torch.testing.assert_close(out.y.exp().sum(-1), torch.ones(3, 2))
         one = MovedViews(model, 1, "probs").run(x, lengths)
         torch.testing.assert_close(one.y.exp(), torch.softmax(model(x, lengths), -1))
         mean = MovedViews(model, 2, "mean").run(x, lengths)

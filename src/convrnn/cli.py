@@ -155,7 +155,7 @@ def _register_train_commands() -> None:
 
 SHIFTS_HELP = ("read every input N times: a line moved right by 0..N-1 pixels, all views decoded jointly (CTC "
                "recipes); other images as drawn and moved one pixel right, left, down, up, then diagonally "
-               "(N <= 9), outputs averaged")
+               "(N <= 9), the views' distributions multiplied (values averaged)")
 
 
 @cli.command(name="eval")
