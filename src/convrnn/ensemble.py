@@ -25,7 +25,7 @@ Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no 
 the views to the CTC task as members of one ensemble (test-time augmentation for line recognisers,
 ``--shifts N`` of ``convrnn eval`` and ``convrnn predict``). ``MovedViews`` is the same for models
 that are not decoded jointly (digits, fonts): every image moved by one pixel in up to eight directions,
-the views' outputs combined as an ensemble's members are.
+the views' distributions multiplied (values averaged).
 """
 # B batch, K members
 from __future__ import annotations
@@ -88,7 +88,26 @@ class EnsembleModel(nn.Module):
         return self.run(x, lengths).y
 
 
-class ShiftedViews(nn.Module):
+class _Views(nn.Module):
+    """A model read at several views of its input: describes itself as ``model`` does, carries no state."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.spec, self.input_shape = model.spec, model.input_shape
+        self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
+        self.num_stateful = 0
+
+    @staticmethod
+    def _no_state(state: Optional[list]) -> None:
+        if state:
+            raise ValueError("views of a model carry no recurrent state; call run() without state")
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.run(x, lengths).y
+
+
+class ShiftedViews(_Views):
     """``model`` run on ``shifts`` copies of each line, moved right by 0..shifts-1 pixels; the views
     (times the members of an ensemble) become ``ModelOutput.members`` for a joint CTC decoding.
 
@@ -101,27 +120,20 @@ class ShiftedViews(nn.Module):
     """
 
     def __init__(self, model: nn.Module, shifts: int):
-        super().__init__()
+        super().__init__(model)
         if shifts < 1:
             raise ValueError(f"shifts must be >= 1, got {shifts}")
-        self.model, self.shifts = model, int(shifts)
-        self.spec, self.input_shape = model.spec, model.input_shape
-        self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
-        self.num_stateful = 0
+        self.shifts = int(shifts)
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
-        if state:
-            raise ValueError("shifted views carry no recurrent state; call run() without state")
+        self._no_state(state)
         pad = self.shifts - 1
         wide = None if lengths is None else lengths + pad  # every view ends at the same column
         outs = [self.model.run(F.pad(x, (d, pad - d)), wide, need_state=False) for d in range(self.shifts)]
         members = torch.cat([o.members if o.members is not None else torch.log_softmax(o.y.float(), -1)[None]
                              for o in outs])  # (views x members, B, T, V)
         return ModelOutput(log_mean_prob(members), outs[0].lengths, [], members)
-
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.run(x, lengths).y
 
 
 def move_image(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -134,7 +146,7 @@ def move_image(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
-class MovedViews(nn.Module):
+class MovedViews(_Views):
     """``model`` run on ``views`` copies of its input images: as drawn, then moved by one pixel right,
     left, down, up and along the diagonals (``MOVES``, up to 9 views). Values (``combine="mean"``) are
     averaged; distributions (``"probs"``) are multiplied, as the joint CTC decoding multiplies the
@@ -149,26 +161,19 @@ class MovedViews(nn.Module):
     """
 
     def __init__(self, model: nn.Module, views: int, combine: str):
-        super().__init__()
+        super().__init__(model)
         if not 1 <= views <= len(MOVES) + 1:
             raise ValueError(f"views must be 1..{len(MOVES) + 1} (the image and its one-pixel moves), got {views}")
         if combine not in ("probs", "mean"):
             raise ValueError(f"moved views combine by probs or mean, got {combine!r}")
-        self.model, self.views, self.combine = model, int(views), combine
-        self.spec, self.input_shape = model.spec, model.input_shape
-        self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
-        self.num_stateful = 0
+        self.views, self.combine = int(views), combine
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
-        if state:
-            raise ValueError("moved views carry no recurrent state; call run() without state")
+        self._no_state(state)
         moves = ((0, 0),) + MOVES[:self.views - 1]
         outs = [self.model.run(move_image(x, dx, dy), lengths, need_state=False) for dx, dy in moves]
         if self.combine == "mean":
             return combine_outputs(outs, "mean")
         log_probs = torch.stack([torch.log_softmax(o.y.float(), -1) for o in outs])  # (views, B, ...)
         return ModelOutput(torch.log_softmax(log_probs.mean(0), -1), outs[0].lengths, [])
-
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.run(x, lengths).y

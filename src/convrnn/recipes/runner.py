@@ -257,7 +257,7 @@ def with_shifts(model, task, recipe_name: str, shifts: int):
     """``model`` itself for ``shifts`` 1; else, for CTC line recognisers, its
     :class:`~convrnn.ensemble.ShiftedViews` (moved right by 0..shifts-1 pixels, decoded jointly), and for
     other models of images its :class:`~convrnn.ensemble.MovedViews` (the image and its first
-    shifts-1 one-pixel moves, outputs combined as an ensemble's)."""
+    shifts-1 one-pixel moves, distributions multiplied, values averaged)."""
     from convrnn.ensemble import MOVES, MovedViews, ShiftedViews
 
     if shifts == 1:
