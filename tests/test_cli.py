@@ -48,6 +48,9 @@ def test_predict_and_eval(trained_run, capsys, tmp_path):
     code, out, err = run_cli(capsys, "eval", str(trained_run))
     assert code == 0, err
     assert "accuracy:" in out
+    code, out, err = run_cli(capsys, "eval", str(trained_run / "checkpoints" / "last.pt"))  # the last weights
+    assert code == 0, err
+    assert "accuracy:" in out
 
 
 def test_resume_continues_the_same_run(trained_run, capsys):
