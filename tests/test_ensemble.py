@@ -83,7 +83,7 @@ def test_move_image_moves_by_whole_pixels_with_background_coming_in():
     assert torch.equal(move_image(x, 0, 0), x)
 
 
-def test_moved_views_combine_the_image_and_its_one_pixel_moves_as_members():
+def test_moved_views_multiply_the_distributions_of_the_image_and_its_one_pixel_moves():
     from convrnn.spec.builder import SpecModel
 
     torch.manual_seed(0)

@@ -51,13 +51,22 @@ def log_mean_prob(log_probs: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
 
 
+def refuse_state(state: Optional[list], what: str) -> None:
+    """Models that combine several runs of a model (ensembles, views) carry no recurrent state."""
+    if state:
+        raise ValueError(f"{what} carry no recurrent state; call run() without state")
+
+
 def combine_outputs(outs: Sequence[ModelOutput], combine: str) -> ModelOutput:
-    """The members' outputs as one: their mean (``mean``) or the log of their mean probability, with
-    every member's log-probabilities kept as ``members`` for ``labellings``."""
+    """The members' outputs as one: their mean (``mean``), the log of their mean probability (``probs``;
+    every member's log-probabilities kept as ``members`` for ``labellings``), or the product of their
+    distributions (``product``: the mean of the log-probabilities, renormalised)."""
     ys = torch.stack([o.y.float() for o in outs])  # (K, B, ...)
     if combine == "mean":
         return ModelOutput(ys.mean(0), outs[0].lengths, [])
     log_probs = torch.log_softmax(ys, dim=-1)
+    if combine == "product":
+        return ModelOutput(torch.log_softmax(log_probs.mean(0), dim=-1), outs[0].lengths, [])
     return ModelOutput(log_mean_prob(log_probs), outs[0].lengths, [], log_probs if combine == "labellings" else None)
 
 
@@ -80,8 +89,7 @@ class EnsembleModel(nn.Module):
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
-        if state:
-            raise ValueError("an ensemble carries no recurrent state; call run() without state")
+        refuse_state(state, "ensembles")
         return combine_outputs([m.run(x, lengths, need_state=False) for m in self.members], self.combine)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -97,11 +105,6 @@ class _Views(nn.Module):
         self.spec, self.input_shape = model.spec, model.input_shape
         self.num_outputs, self.output_shape = model.num_outputs, model.output_shape
         self.num_stateful = 0
-
-    @staticmethod
-    def _no_state(state: Optional[list]) -> None:
-        if state:
-            raise ValueError("views of a model carry no recurrent state; call run() without state")
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.run(x, lengths).y
@@ -127,7 +130,7 @@ class ShiftedViews(_Views):
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
-        self._no_state(state)
+        refuse_state(state, "views of a model")
         pad = self.shifts - 1
         wide = None if lengths is None else lengths + pad  # every view ends at the same column
         outs = [self.model.run(F.pad(x, (d, pad - d)), wide, need_state=False) for d in range(self.shifts)]
@@ -170,10 +173,7 @@ class MovedViews(_Views):
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, state: Optional[list] = None,
             *, need_state: bool = True) -> ModelOutput:
-        self._no_state(state)
+        refuse_state(state, "views of a model")
         moves = ((0, 0),) + MOVES[:self.views - 1]
         outs = [self.model.run(move_image(x, dx, dy), lengths, need_state=False) for dx, dy in moves]
-        if self.combine == "mean":
-            return combine_outputs(outs, "mean")
-        log_probs = torch.stack([torch.log_softmax(o.y.float(), -1) for o in outs])  # (views, B, ...)
-        return ModelOutput(torch.log_softmax(log_probs.mean(0), -1), outs[0].lengths, [])
+        return combine_outputs(outs, "product" if self.combine == "probs" else "mean")
