@@ -42,25 +42,39 @@ REGISTRY = {
 }
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return ""
+
+
+def _cpuinfo_field(name: str) -> str:
+    for line in _cpuinfo().splitlines():
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest vector instructions this CPU has (a virtual machine's "AMD EPYC" names two
+    generations here whose steps differ by 1.7x: one with AVX-512 BF16, one with AVX2 only)."""
+    flags = set(_cpuinfo_field("flags").split())
+    for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2"):
+        if flag in flags:
+            return flag
+    return "unknown"
 
 
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast gives
     the convolution models 15-60% more steps in the same time (docs/lines.md, docs/digits.md);
     elsewhere it is emulated, and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_isa() in ("amx_bf16", "avx512_bf16")
 
 
 def machine() -> dict:
@@ -69,7 +83,8 @@ def machine() -> dict:
     if torch.cuda.is_available():
         dev = f"cuda ({torch.cuda.get_device_name(0)})"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None,)
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cpu_family_model": f"{_cpuinfo_field('cpu family')}/"
+            f"{_cpuinfo_field('model')}", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_avg_1min_at_end": load[0],
             "torch": torch.__version__, "python": platform.python_version(), "device": dev,
             "platform": platform.platform()}
@@ -115,7 +130,8 @@ def update_readme() -> None:
         rows.append(f"| {r['name']} | {r.get('metric', '')} | {_fmt(r.get('value'))} | {r.get('unit', '')} | "
                     f"{r.get('target_text', _fmt(r.get('target')))} | {_fmt(r.get('baseline'))} | "
                     f"{'yes' if met else ('no' if met is not None else '-')} | {r.get('measured_at', '')} | "
-                    f"{m.get('cpu', '')}, {m.get('torch_threads', '')} threads, {m.get('device', '')} |")
+                    f"{m.get('cpu', '')}{' (' + m['cpu_isa'] + ')' if m.get('cpu_isa') else ''}, "
+                    f"{m.get('torch_threads', '')} threads, {m.get('device', '')} |")
     table = "\n".join(rows)
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
