@@ -8,6 +8,7 @@ A benchmark is a function ``run(quick: bool) -> dict`` returning at least ``metr
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 import json
 import os
@@ -42,6 +43,7 @@ REGISTRY = {
 }
 
 
+@functools.cache
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()

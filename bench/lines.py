@@ -104,7 +104,7 @@ def lines_digits_cer(quick: bool = False) -> dict:
         "details": {"crnn_ensemble": ensemble, "crnn_single": single,
                     "ensemble_read_once_cer": float(ensemble["test"]["cer"]),
                     "single_cer": float(single["test"]["cer"]), "single_shifted_cer": float(single["test_shifted"]["cer"]),
-                    "pham2014": pham, "pham2014_lr": PHAM_LR, "pham2014_optimizer": PHAM_OPTIMIZER, "budget_training_seconds": budget,
+                    "pham2014": pham, "pham2014_lr": PHAM_LR, "budget_training_seconds": budget,
                     "crnn_precision": precision, "shifts": SHIFTS,
                     "command": f"convrnn train lines --synthetic digits --ensemble {ENSEMBLE} --max-time {budget:g}"
                                + (" --precision bf16" if precision == "bf16" else "")
