@@ -64,6 +64,7 @@ def test_resume_continues_the_same_run(trained_run, capsys):
     (["train", "fonts", "--fonts", "/nonexistent/font.ttf"], "/nonexistent/font.ttf"),
     (["train", "fonts", "--text", "/nonexistent/text.txt"], "/nonexistent/text.txt"),
     (["train", "fonts", "--preset", "fwk"], "did you mean: fwtk"),
+    (["train", "fonts", "--preset", "fwtk:filterz=3"], "has no field 'filterz'"),
     (["train", "fonts", "--set", "train.epochz=3"], "train.epochz"),
     (["train", "fontz"], "fontz"),
     (["summary", "cols lstm:8 clss:last", "--input", "1,16,64"], "'clss:last' at position 12"),
@@ -75,6 +76,19 @@ def test_user_errors_are_one_line_exit_2(capsys, tmp_path, argv, message):
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_a_bad_preset_field_fails_before_the_data_is_made(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "lines", "--synthetic", "digits", "--preset", "crnn:filterz=16",
+                             "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and "has no field 'filterz'" in err
+    assert "preparing" not in err and not (tmp_path / "run").exists()
+
+
+def test_summary_reads_a_preset_with_fields(capsys):
+    code, out, err = run_cli(capsys, "summary", "crnn:filters=16,hidden_size=96", "--input", "1,32,64")
+    assert code == 0, err
+    assert "spec: conv:16,3x3" in out and "lstm:96,bi" in out
 
 
 @pytest.mark.parametrize("flag, value", [("--ema", "1.5"), ("--lr", "-1")])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from convrnn.errors import ConfigError
-from convrnn.models import Preset, create_model, get_preset, list_models, preset_fields, register_model
+from convrnn.models import Preset, create_model, get_preset, list_models, preset_fields, register_model, split_preset
 from convrnn.spec import parse
 
 
@@ -66,6 +66,32 @@ def test_unknown_model_and_field_are_config_errors():
     with pytest.raises(ConfigError, match="given twice"):
         get_preset("fonts", num_classes=3, num_outputs=4)
     assert "hidden_size" in preset_fields("fwtk")
+
+
+def test_a_preset_name_can_set_its_fields():
+    assert split_preset("crnn") == ("crnn", {})
+    assert split_preset("crnn:filters=16, hidden_size=96,dropout=0.1,kind=x,flag=true") == \
+        ("crnn", {"filters": 16, "hidden_size": 96, "dropout": 0.1, "kind": "x", "flag": True})
+    named = get_preset("crnn:filters=16,hidden_size=96", num_outputs=11)
+    plain = get_preset("crnn", filters=16, hidden_size=96, num_outputs=11)
+    assert named == plain and named.spec.startswith("conv:16,3x3") and "lstm:96,bi" in named.spec
+    # the name's fields are what the user asked for: they win over the same field passed by the caller
+    assert get_preset("crnn:filters=8", filters=64).spec.startswith("conv:8,3x3")
+    assert "hidden_size" in preset_fields("crnn:filters=8")
+    model = create_model("crnn:hidden_size=16", num_outputs=5)
+    assert model(torch.randn(2, 1, 32, 40)).shape[-1] == 5
+
+
+@pytest.mark.parametrize("name, message", [
+    ("crnn:filters", "expected NAME:FIELD=VALUE"),
+    ("crnn:filters=16,filters=8", "field 'filters' given twice"),
+    ("crnn:filtres=16", "has no field 'filtres' to set here; known: .*filters"),
+    ("crnn:input_shape=3", "has no field 'input_shape'"),
+    ("crn:filters=16", "unknown model 'crn'; did you mean: crnn"),
+])
+def test_bad_preset_fields_are_config_errors(name, message):
+    with pytest.raises(ConfigError, match=message):
+        get_preset(name)
 
 
 def test_register_model_rejects_duplicates():

@@ -44,7 +44,37 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def split_preset(name: str) -> tuple[str, dict[str, Any]]:
+    """``"crnn:filters=16,hidden_size=96"`` -> ``("crnn", {"filters": 16, "hidden_size": 96})``: a preset
+    name with some of its fields set (``--preset`` on the command line). Values are read as int, float,
+    true/false, or else kept as text."""
+    base, sep, rest = name.partition(":")
+    fields: dict[str, Any] = {}
+    if not sep:
+        return name, fields
+    for item in rest.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key or not value:
+            raise ConfigError(f"preset {name!r}: expected NAME:FIELD=VALUE,FIELD=VALUE, got {item!r}")
+        if key in fields:
+            raise ConfigError(f"preset {name!r}: field {key!r} given twice")
+        fields[key] = _field_value(value)
+    return base.strip(), fields
+
+
+def _field_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _lookup(name: str) -> PresetFn:
+    name = split_preset(name)[0]
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.4)
         hint = f"did you mean: {', '.join(close)}?" if close else f"known models: {', '.join(list_models())}"
@@ -53,29 +83,41 @@ def _lookup(name: str) -> PresetFn:
 
 
 def preset_fields(name: str) -> dict[str, Any]:
-    """The overridable fields of a preset and their defaults."""
+    """The overridable fields of a preset and their defaults (``name`` may carry fields: ``split_preset``)."""
     return {k: p.default for k, p in inspect.signature(_lookup(name)).parameters.items()}
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:
     """Fill preset ``name`` with ``overrides`` (unknown fields are a ConfigError listing the known ones).
 
-    ``spec=...`` replaces the preset's spec outright (to try a variant without a new preset).
+    ``name`` may set fields itself (``"crnn:filters=16"``, :func:`split_preset`); those win over
+    ``overrides`` of the same field, since they are what the user asked for. ``spec=...`` replaces the
+    preset's spec outright (to try a variant without a new preset).
     """
-    fn = _lookup(name)
-    fields = preset_fields(name)
+    base, named = split_preset(name)
+    fn = _lookup(base)
+    fields = preset_fields(base)
     spec = overrides.pop("spec", None)  # replaces the whole spec; the other fields still apply
     resolved: dict[str, Any] = {}
     for key, value in overrides.items():
         field = _ALIASES.get(key, key)
         if field not in fields:
-            raise ConfigError(f"model {name!r} has no field {key!r}; known: {', '.join(fields)}")
+            raise ConfigError(f"model {base!r} has no field {key!r}; known: {', '.join(fields)}")
         if field in resolved:
-            raise ConfigError(f"model {name!r}: {field!r} given twice (as {key!r} and an alias)")
+            raise ConfigError(f"model {base!r}: {field!r} given twice (as {key!r} and an alias)")
+        resolved[field] = value
+    for key, value in named.items():
+        field = _ALIASES.get(key, key)
+        if field not in fields or field == "input_shape":
+            known = ", ".join(f for f in fields if f != "input_shape")
+            raise ConfigError(f"preset {name!r}: model {base!r} has no field {key!r} to set here; known: {known}")
         resolved[field] = value
     if "input_shape" in resolved:
         resolved["input_shape"] = tuple(resolved["input_shape"])
-    preset = fn(**resolved)
+    try:
+        preset = fn(**resolved)
+    except TypeError as e:  # a field of the wrong kind, e.g. num_layers=two (compared with a number)
+        raise ConfigError(f"preset {name!r}: {e}") from None
     return preset if spec is None else preset._replace(spec=str(spec))
 
 

@@ -75,6 +75,9 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
 
     recipe = get_recipe(cfg.recipe)
     validate_train_config(cfg.train)  # before data and the run directory: a bad value leaves nothing on disk
+    if not cfg.model.spec and cfg.model.preset:
+        from convrnn.models import get_preset
+        get_preset(cfg.model.preset)  # an unknown preset or field fails here, not after minutes of data
     ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
     recipe.prepare(cfg)
