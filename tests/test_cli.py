@@ -89,6 +89,10 @@ def test_summary_reads_a_preset_with_fields(capsys):
     code, out, err = run_cli(capsys, "summary", "crnn:filters=16,hidden_size=96", "--input", "1,32,64")
     assert code == 0, err
     assert "spec: conv:16,3x3" in out and "lstm:96,bi" in out
+    # a spec of one token has a colon too, and is still read as a spec
+    code, out, err = run_cli(capsys, "summary", "conv:8,3x3", "--input", "1,16,16")
+    assert code == 0, err
+    assert "params: 80" in out
 
 
 @pytest.mark.parametrize("flag, value", [("--ema", "1.5"), ("--lr", "-1")])

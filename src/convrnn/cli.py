@@ -218,11 +218,12 @@ def _parse_input_shape(text: str) -> tuple:
 @click.option("--num-outputs", type=int, default=None, help="classes/outputs of the head (default: the preset's)")
 def summary(spec: str, input_shape: Optional[str], batch_size: int, num_outputs: Optional[int]) -> None:
     """Per-layer shapes, parameters and a training-memory estimate for SPEC (a spec string or a preset name)."""
-    from convrnn.models import get_preset, list_models, split_preset
+    from convrnn.models import get_preset, list_models
     from convrnn.spec.builder import build_model
 
     shape = _parse_input_shape(input_shape) if input_shape else None
-    if " " not in spec.strip() and split_preset(spec)[0] in list_models():  # a preset, maybe with fields
+    # a preset, maybe with fields (crnn:filters=16); a one-token spec such as conv:8,3x3 is not one
+    if " " not in spec.strip() and spec.partition(":")[0] in list_models():
         overrides = {k: v for k, v in (("num_outputs", num_outputs), ("input_shape", shape)) if v is not None}
         preset = get_preset(spec, **overrides)
         spec_text, shape, n_out = preset.spec, shape or preset.input_shape, num_outputs
