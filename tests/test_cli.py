@@ -78,10 +78,12 @@ def test_user_errors_are_one_line_exit_2(capsys, tmp_path, argv, message):
     assert "Traceback" not in err
 
 
-def test_a_bad_preset_field_fails_before_the_data_is_made(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "train", "lines", "--synthetic", "digits", "--preset", "crnn:filterz=16",
+@pytest.mark.parametrize("preset, message", [("crnn:filterz=16", "has no field 'filterz'"),
+                                             ("crnn:filters=sixteen", "filters: expected int, got 'sixteen'")])
+def test_a_bad_preset_field_fails_before_the_data_is_made(capsys, tmp_path, preset, message):
+    code, out, err = run_cli(capsys, "train", "lines", "--synthetic", "digits", "--preset", preset,
                              "--run-dir", str(tmp_path / "run"))
-    assert code == 2 and "has no field 'filterz'" in err
+    assert code == 2 and message in err
     assert "preparing" not in err and not (tmp_path / "run").exists()
 
 

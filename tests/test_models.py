@@ -70,8 +70,12 @@ def test_unknown_model_and_field_are_config_errors():
 
 def test_a_preset_name_can_set_its_fields():
     assert split_preset("crnn") == ("crnn", {})
-    assert split_preset("crnn:filters=16, hidden_size=96,dropout=0.1,kind=x,flag=true") == \
-        ("crnn", {"filters": 16, "hidden_size": 96, "dropout": 0.1, "kind": "x", "flag": True})
+    # values stay text until get_preset reads each by the type the preset function declares for it
+    assert split_preset("crnn:filters=16, hidden_size=96,dropout=0.1,kind=x") == \
+        ("crnn", {"filters": "16", "hidden_size": "96", "dropout": "0.1", "kind": "x"})
+    assert get_preset("crnn:dropout=0,num_layers=3").spec.endswith("lstm:128,bi,layers=3,dropout=0.0 ctc")
+    tanh = get_preset("digits:activation=tanh")  # a text field stays text
+    assert tanh == get_preset("digits", activation="tanh") and tanh.spec != get_preset("digits").spec
     named = get_preset("crnn:filters=16,hidden_size=96", num_outputs=11)
     plain = get_preset("crnn", filters=16, hidden_size=96, num_outputs=11)
     assert named == plain and named.spec.startswith("conv:16,3x3") and "lstm:96,bi" in named.spec
@@ -88,6 +92,8 @@ def test_a_preset_name_can_set_its_fields():
     ("crnn:filtres=16", "has no field 'filtres' to set here; known: .*filters"),
     ("crnn:input_shape=3", "has no field 'input_shape'"),
     ("crn:filters=16", "unknown model 'crn'; did you mean: crnn"),
+    ("crnn:filters=16.5", r"preset 'crnn:filters=16.5': filters: expected int, got '16.5'"),
+    ("crnn:dropout=half", "dropout: expected float, got 'half'"),
 ])
 def test_bad_preset_fields_are_config_errors(name, message):
     with pytest.raises(ConfigError, match=message):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from typing import Any, Callable, NamedTuple, Optional
 
 from convrnn.errors import ConfigError
+from convrnn.train.config import _parse_value
 
 
 class Preset(NamedTuple):
@@ -46,8 +48,8 @@ def list_models() -> list[str]:
 
 def split_preset(name: str) -> tuple[str, dict[str, Any]]:
     """``"crnn:filters=16,hidden_size=96"`` -> ``("crnn", {"filters": 16, "hidden_size": 96})``: a preset
-    name with some of its fields set (``--preset`` on the command line). Values are read as int, float,
-    true/false, or else kept as text."""
+    name with some of its fields set (``--preset`` on the command line). Values stay text here;
+    :func:`get_preset` reads each by the type its preset function declares for the field."""
     base, sep, rest = name.partition(":")
     fields: dict[str, Any] = {}
     if not sep:
@@ -58,19 +60,8 @@ def split_preset(name: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"preset {name!r}: expected NAME:FIELD=VALUE,FIELD=VALUE, got {item!r}")
         if key in fields:
             raise ConfigError(f"preset {name!r}: field {key!r} given twice")
-        fields[key] = _field_value(value)
+        fields[key] = value
     return base.strip(), fields
-
-
-def _field_value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _lookup(name: str) -> PresetFn:
@@ -106,12 +97,13 @@ def get_preset(name: str, **overrides: Any) -> Preset:
         if field in resolved:
             raise ConfigError(f"model {base!r}: {field!r} given twice (as {key!r} and an alias)")
         resolved[field] = value
+    hints = typing.get_type_hints(fn) if named else {}
     for key, value in named.items():
         field = _ALIASES.get(key, key)
         if field not in fields or field == "input_shape":
             known = ", ".join(f for f in fields if f != "input_shape")
             raise ConfigError(f"preset {name!r}: model {base!r} has no field {key!r} to set here; known: {known}")
-        resolved[field] = value
+        resolved[field] = _parse_value(f"preset {name!r}: {key}", value, hints.get(field, str))
     if "input_shape" in resolved:
         resolved["input_shape"] = tuple(resolved["input_shape"])
     try:
