@@ -47,7 +47,7 @@ def list_models() -> list[str]:
 
 
 def split_preset(name: str) -> tuple[str, dict[str, Any]]:
-    """``"crnn:filters=16,hidden_size=96"`` -> ``("crnn", {"filters": 16, "hidden_size": 96})``: a preset
+    """``"crnn:filters=16,hidden_size=96"`` -> ``("crnn", {"filters": "16", "hidden_size": "96"})``: a preset
     name with some of its fields set (``--preset`` on the command line). Values stay text here;
     :func:`get_preset` reads each by the type its preset function declares for the field."""
     base, sep, rest = name.partition(":")
