@@ -122,9 +122,8 @@ def lines_digits_cer(quick: bool = False) -> dict:
                     "pham2014": pham, "pham2014_lr": PHAM_LR, "budget_training_seconds": budget,
                     "crnn_precision": precision, "shifts": SHIFTS, "crnn_fields": DIGITS_CRNN,
                     "crnn_warp": DIGITS_WARP,
-                    "command": f"convrnn train lines --synthetic digits --mnist-dir ../shared/data/mnist --preset {DIGITS_PRESET}"
-                               f" --ensemble {ENSEMBLE}"
-                               f" --max-time {budget:g} "
+                    "command": "convrnn train lines --synthetic digits --mnist-dir ../shared/data/mnist"
+                               f" --preset {DIGITS_PRESET} --ensemble {ENSEMBLE} --max-time {budget:g} "
                                + " ".join(f"--set {k}={v:g}" for k, v in DIGITS_WARP.items())
                                + (" --precision bf16" if precision == "bf16" else "")
                                + f" --run-dir RUN && convrnn eval RUN --split test --shifts {SHIFTS}",
