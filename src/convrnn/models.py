@@ -108,7 +108,8 @@ def get_preset(name: str, **overrides: Any) -> Preset:
         resolved["input_shape"] = tuple(resolved["input_shape"])
     try:
         preset = fn(**resolved)
-    except TypeError as e:  # a field of the wrong kind, e.g. num_layers=two (compared with a number)
+    except TypeError as e:  # a caller's override of the wrong kind, e.g. get_preset('crnn', num_layers='two');
+        # the name's own fields are already read by their declared types above
         raise ConfigError(f"preset {name!r}: {e}") from None
     return preset if spec is None else preset._replace(spec=str(spec))
 
