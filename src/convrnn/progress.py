@@ -23,6 +23,13 @@ def _fmt_metrics(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+def _console(stream):
+    """A rich Console writing to ``stream``: ``Progress(console=...)`` is the form every rich version
+    accepts (``Progress(file=...)`` was removed)."""
+    from rich.console import Console
+    return Console(file=stream)
+
+
 class TrainProgress:
     """Trainer callback. ``fancy`` draws a rich progress bar; otherwise a line every ``every`` seconds."""
 
@@ -33,6 +40,7 @@ class TrainProgress:
         self._last_print = 0.0
         self._bar = None
         self._task = None
+        self._task_epoch = -1
         self._ema: Optional[float] = None
         self._rate: Optional[float] = None
         self._start = (0, 0.0)  # (step, training seconds) when this process started training
@@ -61,7 +69,8 @@ class TrainProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                                  TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False, file=self.stream)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+                                 console=_console(self.stream))
             self._bar.start()
 
     def on_step(self, trainer, info: dict) -> None:
@@ -70,10 +79,11 @@ class TrainProgress:
         self._rate = info["rate"] if self._rate is None else (1 - a) * self._rate + a * info["rate"]
         text = f"loss {self._ema:.4f}  {self._rate:,.0f} {info['unit']}/s"
         if self._bar is not None:
-            if self._task is None or self._bar.tasks[self._task].fields["epoch"] != info["epoch"] + 1:
+            if self._task is None or self._task_epoch != info["epoch"]:  # a new bar for each epoch
                 if self._task is not None:
                     self._bar.remove_task(self._task)
                 self._task = self._bar.add_task("train", total=info["batches"], epoch=info["epoch"] + 1, info="")
+                self._task_epoch = info["epoch"]
             self._bar.update(self._task, completed=info["batch"], info=text)
             return
         now = time.monotonic()
@@ -130,7 +140,7 @@ class CountProgress:
         if self.fancy:
             if self._bar is None:
                 from rich.progress import Progress
-                self._bar = Progress(transient=True, file=self.stream)
+                self._bar = Progress(transient=True, console=_console(self.stream))
                 self._bar.start()
                 self._task = self._bar.add_task(self.label, total=total)
             self._bar.update(self._task, completed=done)
