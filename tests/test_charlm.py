@@ -9,7 +9,8 @@ import torch
 from convrnn.cli import main
 from convrnn.data.text import Vocab
 from convrnn.recipes import get_recipe
-from convrnn.recipes.charlm import CharLMDataConfig, CharLMTask, choose_threads
+from convrnn.recipes.charlm import CharLMDataConfig, CharLMTask
+from convrnn.train.threads import choose_threads
 from convrnn.recipes.runner import load_run, resolve_config, train
 from convrnn.sampling import sample
 from convrnn.spec.builder import build_model
@@ -136,7 +137,8 @@ def test_cli_train_sample_eval(corpus, tmp_path, capsysbinary):
                              "--batch-size", "4", "--max-steps", "3", "--spec", TINY_SPEC, "--threads", "1",
                              "--device", "cpu", "--run-dir", str(run), "--random-windows")
     assert code == 0, err
-    assert b"accuracy:" in out
+    final = [line for line in out.decode().splitlines() if line.startswith("final:")]
+    assert len(final) == 1 and " accuracy " in final[0] and "(validation at step 3)" in final[0]
     assert '"stateful": false' in (run / "config.json").read_text()
     code, out, err = run_cli(capsysbinary, "-q", "sample", str(run), "--prime", "to be", "--length", "20",
                              "--seed", "1", "--threads", "1")

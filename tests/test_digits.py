@@ -90,9 +90,15 @@ def test_train_digits_writes_a_run_with_the_seed_model(digits_run):
 def test_eval_test_split_breaks_down_lengths_up_to_2n(digits_run, capsys):
     code, out, err = run_cli(capsys, "eval", str(digits_run), "--split", "test")
     assert code == 0, err
-    metrics = dict(line.split(": ") for line in out.strip().splitlines())
-    assert {"mse", "mae", "exact", "exact_len1", "exact_len6", "mse_len6"} <= metrics.keys()
-    assert "exact_len7" not in metrics and all(math.isfinite(float(v)) for v in metrics.values())
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"checkpoint: {digits_run / 'checkpoints' / 'best.pt'} (step ") and lines[1] == "split: test"
+    table = lines.index(next(line for line in lines if line.startswith("per length:")))
+    metrics = dict(line.split(": ") for line in lines[2:table])
+    assert {"mse", "mae", "exact"} <= metrics.keys() and all(math.isfinite(float(v)) for v in metrics.values())
+    assert lines[table].split()[2:] == ["length", "mse", "mae", "exact"]
+    rows = [line.split() for line in lines[table + 1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5, 6]  # up to 2N for N = 3
+    assert all(len(r) == 4 and all(math.isfinite(float(v)) for v in r) for r in rows)
 
 
 def test_predict_a_sequence_of_images(digits_run, capsys, tmp_path):
@@ -178,9 +184,12 @@ def test_train_and_eval_digits_come_from_their_own_splits(mnist_dir):
     assert bundle.meta["preset_fields"] == {"head": "reg", "per_step": False}
 
 
-def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog):
+def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog, monkeypatch):
+    import convrnn.data.mnist
+    monkeypatch.setattr(convrnn.data.mnist, "DEFAULT_DIR", tmp_path)  # no MNIST where it is looked for by default
+    monkeypatch.delenv("CONVRNN_MNIST_DIR", raising=False)
     recipe = get_recipe("digits")
-    bundle = recipe.make_data(recipe.data_config(data_dir=str(tmp_path), num_train=20, num_val=10, num_test=10),
+    bundle = recipe.make_data(recipe.data_config(data_dir="", num_train=20, num_val=10, num_test=10),
                               TrainConfig(batch_size=8))
     assert bundle.input_shape == (None, 1, 8, 8) and "fallback" in bundle.meta["source"]
     assert "scikit-learn" in caplog.text
@@ -203,7 +212,9 @@ def test_relu_caine2016_at_a_high_rate_trains_finitely_or_stops_clearly(mnist_di
                                  "--run-dir", str(tmp_path / f"relu{attempt}"), *TINY)
         if code == 0:
             assert not must_stop
-            loss = float(next(line for line in out.splitlines() if line.startswith("loss:")).split(": ")[1])
+            final = next(line for line in out.splitlines() if line.startswith("final:")).split()
+            assert final[1] == "loss"
+            loss = float(final[2])
             assert math.isfinite(loss)
             outcomes.append(("trained", round(loss, 4)))
         else:

@@ -115,7 +115,7 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     from convrnn.data.lines import write_line_folder
     from convrnn.data.synthetic_lines import digit_lines
 
-    folder = write_line_folder(digit_lines(12, split="val", max_digits=3, height=16, mnist_dir=str(tmp_path)),
+    folder = write_line_folder(digit_lines(12, split="val", max_digits=3, height=16, mnist_dir="sklearn"),
                                tmp_path / "lines")
     run = tmp_path / "ens"
     code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(folder), "--val", str(folder),

@@ -176,7 +176,7 @@ def test_mdlstm_ops_parse_round_trip_and_map_lengths():
 # ------------------------------------------------------------------------------------ synthetic
 
 def test_synthetic_digits_heldout_strings_never_in_training(tmp_path):
-    kw = dict(max_digits=4, height=16, mnist_dir=str(tmp_path))  # empty dir: sklearn's 8x8 digits
+    kw = dict(max_digits=4, height=16, mnist_dir="sklearn")  # scikit-learn's 8x8 digits
     train = digit_lines(300, split="train", **kw)
     val = digit_lines(60, split="val", **kw)
     assert not set(train.texts) & set(val.texts)
@@ -188,7 +188,7 @@ def test_synthetic_digits_heldout_strings_never_in_training(tmp_path):
 
 
 def test_distorted_training_digits_keep_texts_and_are_reproducible(tmp_path):
-    kw = dict(max_digits=4, height=16, mnist_dir=str(tmp_path))
+    kw = dict(max_digits=4, height=16, mnist_dir="sklearn")
     plain = digit_lines(40, split="train", **kw)
     moved = digit_lines(40, split="train", rotate=12.0, zoom=0.1, elastic=1.5, **kw)
     assert moved.texts == plain.texts  # the same strings, drawn before any distortion
@@ -212,7 +212,7 @@ def test_synthetic_text_heldout_never_in_training(tmp_path):
 
 def test_tiny_model_overfits_one_batch_to_zero_cer(tmp_path):
     torch.manual_seed(0)
-    lines = digit_lines(4, split="train", max_digits=3, height=16, mnist_dir=str(tmp_path), seed=1)
+    lines = digit_lines(4, split="train", max_digits=3, height=16, mnist_dir="sklearn", seed=1)
     task = LinesCTCTask(build_alphabet(lines.texts))
     batch = next(iter(line_batches(lines, 4, shuffle=False).batches(0)))
     model = build_model("conv:8,3x3,s=2x1 pool:2x2 cols lstm:32,bi ctc", (1, 16, None), task.num_outputs)
@@ -245,12 +245,12 @@ def digits_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("lines")
     run = base / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["-q", "train", "lines", "--synthetic", "digits", "--mnist-dir", str(base), "--num-train", "48",
+        main(["-q", "train", "lines", "--synthetic", "digits", "--mnist-dir", "sklearn", "--num-train", "48",
               "--height", "16", "--max-digits", "3", "--max-steps", "3", "--batch-size", "16", "--run-dir", str(run),
               "--set", "data.num_val=16", "--set", "data.num_test=8",
               "--spec", "conv:8,3x3 pool:2x2 cols lstm:8,bi ctc"])
     assert exc.value.code == 0
-    lines = digit_lines(3, split="val", max_digits=3, height=16, mnist_dir=str(base))
+    lines = digit_lines(3, split="val", max_digits=3, height=16, mnist_dir="sklearn")
     folder = write_line_folder(lines, base / "folder")
     return run, folder
 

@@ -145,6 +145,21 @@ def test_data_dir_from_env_var_then_home_cache(tmp_path, monkeypatch):
     assert len(load_mnist(split="test")) == 3
 
 
+def test_a_folder_given_without_mnist_is_an_error_never_the_fallback(tmp_path, monkeypatch):
+    from convrnn.data.mnist import mnist_source
+    with pytest.raises(DataError, match=f"--data-dir={tmp_path / 'nope'}: no such folder .*convrnn data download mnist"):
+        mnist_source(str(tmp_path / "nope"), what="--data-dir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no MNIST IDX files in this folder"):
+        load_mnist(tmp_path / "empty", "train")
+    monkeypatch.setenv("CONVRNN_MNIST_DIR", str(tmp_path / "gone"))
+    with pytest.raises(DataError, match=r"\$CONVRNN_MNIST_DIR=.*gone: no such folder"):
+        load_mnist(None, "train")
+    write_mnist_dir(tmp_path / "mnist")
+    assert mnist_source(str(tmp_path / "mnist")) == str((tmp_path / "mnist").resolve())
+    assert mnist_source("sklearn") == "sklearn"
+
+
 def test_mismatched_counts_and_missing_files_are_errors(tmp_path):
     write_mnist_dir(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(6, dtype=np.uint8))
@@ -160,11 +175,16 @@ def test_mismatched_counts_and_missing_files_are_errors(tmp_path):
         load_mnist(tmp_path, "val")
 
 
-def test_empty_directory_falls_back_to_sklearn_digits_with_a_warning(tmp_path, caplog):
+def test_empty_default_directory_falls_back_to_sklearn_digits_with_a_warning(tmp_path, caplog, monkeypatch):
+    import convrnn.data.mnist
+    monkeypatch.setattr(convrnn.data.mnist, "DEFAULT_DIR", tmp_path / "default")
+    monkeypatch.delenv("CONVRNN_MNIST_DIR", raising=False)
     with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
-        train = load_mnist(tmp_path, "train")
-    assert any(r.levelno == logging.WARNING and "scikit-learn" in r.getMessage() for r in caplog.records)
-    test = load_mnist(tmp_path / "does-not-exist", "test")
+        train = load_mnist(None, "train")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "scikit-learn" in warnings[0] and "convrnn data download mnist" in warnings[0]
+    test = load_mnist("sklearn", "test")  # named: no warning
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert train.source == test.source == FALLBACK_SOURCE
     assert train.images.shape[1:] == (8, 8) and len(train) + len(test) == 1797
     assert train.max_value == 16 and train.images.max() == 16 and train.images.dtype == np.uint8

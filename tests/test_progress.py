@@ -1,15 +1,21 @@
-"""Plain progress lines (non-terminal, CI): training lines carry a rate and an ETA."""
+"""Progress: the trainer's periodic log lines carry a rate and an ETA; the console shows a bar on a
+terminal, a line a minute under --quiet, and never the records meant for train.log only."""
 import io
+import logging
 from types import SimpleNamespace
 
 import pytest
 
-from convrnn.progress import TrainProgress, train_eta
+from convrnn.progress import ConsoleFilter, TrainProgress
+from convrnn.train.trainer import Trainer
 
 
-def fake_trainer(step, train_time, *, epochs=2, max_steps=0, max_time=0.0):
-    return SimpleNamespace(cfg=SimpleNamespace(epochs=epochs, max_steps=max_steps, max_time=max_time),
-                           pos=SimpleNamespace(step=step, train_time=train_time, epoch=0))
+def fake_trainer(step, train_time, *, epochs=2, max_steps=0, max_time=0.0, start=(0, 0.0)):
+    t = SimpleNamespace(cfg=SimpleNamespace(epochs=epochs, max_steps=max_steps, max_time=max_time),
+                        pos=SimpleNamespace(step=step, train_time=train_time, epoch=0), _fit_start=start)
+    t.eta = lambda info, start=None: Trainer.eta(t, info, start)
+    t.progress_line = lambda info, loss, rate: Trainer.progress_line(t, info, loss, rate)
+    return t
 
 
 @pytest.mark.parametrize("limits, expected", [
@@ -20,19 +26,14 @@ def fake_trainer(step, train_time, *, epochs=2, max_steps=0, max_time=0.0):
 def test_eta_is_the_first_limit_at_the_recent_seconds_per_step(limits, expected):
     trainer = fake_trainer(4, 2.0, **limits)  # 4 steps in 2 s: 0.5 s per step
     info = {"epoch": 0, "batch": 4, "batches": 10}
-    assert train_eta(trainer, info, (0, 0.0)) == pytest.approx(expected)
-    assert train_eta(trainer, info, (4, 2.0)) is None  # no step yet in this process: no estimate
+    assert trainer.eta(info, (0, 0.0)) == pytest.approx(expected)
+    assert trainer.eta(info, (4, 2.0)) is None  # no step yet in this process: no estimate
 
 
-def test_plain_lines_show_rate_and_eta():
-    out = io.StringIO()
-    progress = TrainProgress(fancy=False, every=0.0, stream=out)
-    trainer = fake_trainer(0, 0.0, epochs=1)
-    progress._start = (0, 0.0)
-    trainer.pos.step, trainer.pos.train_time = 5, 1.0
-    progress.on_step(trainer, {"step": 5, "epoch": 0, "batch": 5, "batches": 10, "loss": 0.5, "rate": 80.0,
-                               "unit": "samples"})
-    assert out.getvalue().strip() == "step 5  epoch 1 batch 5/10  loss 0.5000  80 samples/s  eta 1 s"
+def test_progress_lines_show_rate_and_eta():
+    trainer = fake_trainer(5, 1.0, epochs=1)
+    info = {"step": 5, "epoch": 0, "batch": 5, "batches": 10, "loss": 0.5, "rate": 80.0, "unit": "samples"}
+    assert trainer.progress_line(info, 0.5, 80.0) == "step 5  epoch 1 batch 5/10  loss 0.5000  80 samples/s  eta 1 s"
 
 
 def test_quiet_prints_plain_lines_once_a_minute_and_never_a_bar(monkeypatch):
@@ -42,14 +43,15 @@ def test_quiet_prints_plain_lines_once_a_minute_and_never_a_bar(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
     out = io.StringIO()
-    progress = TrainProgress(quiet=True, every=10.0, stream=out)
-    assert not progress.fancy and progress.every == QUIET_EVERY
-    trainer = fake_trainer(0, 0.0, epochs=1)
+    progress = TrainProgress(quiet=True, stream=out)
+    assert not progress.fancy
+    trainer = fake_trainer(1, 0.5, epochs=1)
     info = {"step": 1, "epoch": 0, "batch": 1, "batches": 10, "loss": 0.5, "rate": 80.0, "unit": "samples"}
-    for seconds in (0.0, 10.0, 59.0, 61.0):  # lines at 0 s and 61 s only
+    for seconds in (0.0, 10.0, QUIET_EVERY - 1, QUIET_EVERY + 1):  # lines at 0 s and after a minute only
         clock[0] = 1000.0 + seconds
         progress.on_step(trainer, info)
-    assert len(out.getvalue().strip().splitlines()) == 2
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step 1  epoch 1 batch 1/10  loss 0.5000")
 
     out = io.StringIO()
     count = CountProgress("rendering", quiet=True, stream=out)
@@ -61,3 +63,28 @@ def test_quiet_prints_plain_lines_once_a_minute_and_never_a_bar(monkeypatch):
     count(100, 100)
     lines = out.getvalue().strip().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("rendering: 100/100 items")
+
+
+def test_not_quiet_and_not_a_terminal_leaves_the_lines_to_the_log():
+    out = io.StringIO()
+    progress = TrainProgress(stream=out)
+    info = {"step": 1, "epoch": 0, "batch": 1, "batches": 10, "loss": 0.5, "rate": 80.0, "unit": "samples"}
+    progress.on_train_start(fake_trainer(0, 0.0))
+    progress.on_step(fake_trainer(1, 0.5), info)
+    progress.on_train_end(fake_trainer(1, 0.5), {})
+    assert out.getvalue() == ""
+
+
+def test_console_filter_hides_file_only_records_and_progress_lines_under_a_bar(monkeypatch):
+    from convrnn import progress as progress_module
+
+    def record(**extra):
+        r = logging.LogRecord("convrnn.x", logging.INFO, __file__, 1, "message", None, None)
+        r.__dict__.update(extra)
+        return r
+
+    f = ConsoleFilter()
+    assert f.filter(record()) and f.filter(record(progress=True))
+    assert not f.filter(record(console=False))
+    monkeypatch.setattr(progress_module, "_live", [object()])  # a bar is drawn
+    assert not f.filter(record(progress=True)) and f.filter(record())

@@ -80,7 +80,7 @@ def test_confusion_counts_equal_the_eval_accuracy(fonts_run):
     from convrnn.viz.confusion import run_confusion
     counts, classes = run_confusion(fonts_run, max_batches=0)  # 0: every batch, like `convrnn eval`
     assert counts.shape == (5, 5) and len(classes) == 5
-    metrics = evaluate(str(fonts_run))
+    metrics = evaluate(str(fonts_run)).metrics
     assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"])
     assert counts.sum() == 60 * 5 * 0.2  # the validation fraction of 5 fonts x 60 samples
 
@@ -196,7 +196,7 @@ def test_digits_section_shows_error_per_length_up_to_twice_the_training_length(t
 def test_lines_sections_show_worst_lines_and_ctc_alignments(tmp_path):
     from convrnn.viz.report_sections import recipe_sections
     run = tmp_path / "lines"
-    _train(["lines", "--synthetic", "digits", "--mnist-dir", str(tmp_path), "--num-train", "32", "--height", "16",
+    _train(["lines", "--synthetic", "digits", "--mnist-dir", "sklearn", "--num-train", "32", "--height", "16",
             "--max-digits", "3", "--max-steps", "2", "--batch-size", "16", "--run-dir", str(run),
             "--set", "data.num_val=12", "--set", "data.num_test=4", "--spec", "conv:4,3x3 pool:2x2 cols lstm:8,bi ctc"])
     worst, ctc = recipe_sections(str(run), "lines", max_batches=1)

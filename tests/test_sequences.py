@@ -236,9 +236,12 @@ def test_bad_arguments_are_named():
         collate_sequences([DigitSequences.from_split(s, num_sequences=1)[0] for s in (TRAIN, tagged_split(5, 1, 0, size=8))])
 
 
-def test_sklearn_fallback_gives_8x8_sequences(tmp_path, caplog):
+def test_sklearn_fallback_gives_8x8_sequences(tmp_path, caplog, monkeypatch):
+    import convrnn.data.mnist
+    monkeypatch.setattr(convrnn.data.mnist, "DEFAULT_DIR", tmp_path)  # no MNIST where it is looked for by default
+    monkeypatch.delenv("CONVRNN_MNIST_DIR", raising=False)
     with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
-        train_split, test_split = load_mnist(tmp_path, "train"), load_mnist(tmp_path, "test")
+        train_split, test_split = load_mnist(None, "train"), load_mnist(None, "test")
     assert any("scikit-learn" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     train, val, test, meta = make_digit_sequences(train_split, test_split, num_train=50, num_val=10, num_test=10)
     batch = collate_sequences([train[i] for i in range(len(train))])

@@ -35,13 +35,37 @@ class _CurrentStderr(logging.StreamHandler):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    """The console shows INFO (WARNING under --quiet, DEBUG with -vv); a run's train.log always gets
+    INFO, so the logger itself lets INFO through and the console handler filters."""
+    from convrnn.progress import ConsoleFilter
     handler = _CurrentStderr()
+    handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO))
     handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else "%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ConsoleFilter())
     root = logging.getLogger("convrnn")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     root.propagate = False
+
+
+def _quiet_after_subcommand(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``-q`` given after the subcommand (``convrnn train fonts -q``) means the same as before it."""
+    if value:
+        root = ctx.find_root()
+        root.obj = {**(root.obj or {}), "quiet": True}
+        for handler in logging.getLogger("convrnn").handlers:
+            if isinstance(handler, _CurrentStderr):
+                handler.setLevel(max(handler.level, logging.WARNING))
+
+
+def _add_quiet_option(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_quiet_option(command)
+        elif not any("--quiet" in p.opts for p in command.params):
+            command.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                                               callback=_quiet_after_subcommand,
+                                               help="as `convrnn -q`: warnings, results and a progress line a minute"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -120,14 +144,13 @@ def _make_train_command(recipe_name: str):
                 continue
             overrides[opt.key] = list(value) if opt.multiple else value
         overrides.update(parse_pairs(list(sets)))
-        quiet = ctx.obj["quiet"]
+        quiet = ctx.find_root().obj["quiet"]
         trainer = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
                             callbacks=[TrainProgress(quiet=quiet)],
                             progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
         from convrnn.train.distributed import shutdown
 
-        report = [] if trainer.run_dir is None else [  # only rank 0 of a torchrun job reports
-            f"run: {trainer.run_dir.path}", *(f"{k}: {v:.6g}" for k, v in trainer.last_val.items())]
+        report = [] if trainer.run_dir is None else results_block(trainer)  # only rank 0 of a torchrun job
         del trainer  # its DDP wrapper holds the process group
         shutdown()  # a torchrun job leaves its process group together; nothing for one process
         for line in report:
@@ -143,6 +166,29 @@ def _make_train_command(recipe_name: str):
         command = click.option(opt.flag, **kw)(command)
     command = _common_train_options(command)
     train.command(name=recipe.name)(command)
+
+
+def display_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def results_block(trainer) -> list[str]:
+    """What a finished training prints once: the run, how long it trained, its final validation and
+    the best checkpoint (which eval, predict and export use)."""
+    pos, task = trainer.pos, trainer.task
+    lines = [f"run:        {display_path(trainer.run_dir.path)}",
+             f"trained:    {pos.step:,} steps, {pos.epoch} epochs completed, {pos.train_time:.1f} s"]
+    if trainer.last_val:
+        lines.append(f"final:      {task.format_metrics(trainer.last_val)}  (validation at step {trainer.val_step:,})")
+    if pos.best_step >= 0:
+        lines.append(f"best:       {task.format_metrics(trainer.best_metrics)}  (step {pos.best_step:,}, "
+                     f"checkpoints/best.pt: what eval, predict and export use)")
+    return lines
 
 
 def _register_train_commands() -> None:
@@ -171,10 +217,12 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> Non
     from convrnn.recipes.runner import evaluate
     from convrnn.train.config import parse_pairs
 
-    metrics = evaluate(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
-                       progress=CountProgress("preparing data", quiet=ctx.obj["quiet"]))
-    for k, v in metrics.items():
-        click.echo(f"{k}: {v:.6g}")
+    result = evaluate(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
+                      progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]))
+    click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
+    click.echo(f"split: {split}")
+    for line in result.task.metric_lines(result.metrics):
+        click.echo(line)
 
 
 @cli.command()
@@ -276,9 +324,18 @@ def _register_command_modules() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from convrnn.progress import stop_all
     if not train.commands:
         _register_train_commands()
         _register_command_modules()
+        _add_quiet_option(cli)
+    try:
+        _run(argv)
+    finally:
+        stop_all()  # a bar still drawn when a command fails would garble the error line
+
+
+def _run(argv: Optional[list[str]]) -> None:
     try:
         cli.main(args=argv, prog_name="convrnn", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -59,7 +59,7 @@ def register(cli: click.Group) -> None:
 
         from convrnn.data.text import Vocab
         from convrnn.errors import ConfigError
-        from convrnn.recipes.charlm import apply_threads
+        from convrnn.train.threads import apply_threads
         from convrnn.recipes.runner import load_run
         from convrnn.sampling import safe_text
         from convrnn.sampling import sample as draw

@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from convrnn.errors import ConfigError, DataError
+from convrnn.train.config import path_field
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,15 @@ class FontSpec:
 class FontsDataConfig:
     """Everything that decides the rendered pixels (and so the cache key), plus where to cache."""
 
-    fonts: list[str] = field(default_factory=list)   # files or folders; empty = default_fonts()
-    text: str | None = None                         # UTF-8 file of lines; None = embedded corpus
+    fonts: list[str] = path_field([])                # files or folders; empty = default_fonts()
+    text: str | None = path_field(None)             # UTF-8 file of lines; None = embedded corpus
     height: int = 16
     width: int = 64
     samples_per_font: int = 2000                     # train + val
     val_fraction: float = 0.2
     jitter: int = 2
     seed: int = 0
-    cache_dir: str | None = None                     # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
+    cache_dir: str | None = path_field(None)         # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
 
 
 # ---------------------------------------------------------------------------------------- fonts

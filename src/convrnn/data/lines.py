@@ -26,6 +26,7 @@ from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, to_ink
 from convrnn.data.sequences import smooth_field
 from convrnn.errors import ConfigError, DataError
+from convrnn.train.config import path_field
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ GT_SUFFIX = ".gt.txt"
 class LinesDataConfig:
     """Where the lines come from and how they are shaped. ``data`` and ``synthetic`` exclude each other."""
 
-    data: str = ""                 # folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)
-    val: str = ""                  # validation folder/manifest; empty = val_fraction of `data`
-    test: str = ""                 # optional test folder/manifest
+    data: str = path_field()       # folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)
+    val: str = path_field()        # validation folder/manifest; empty = val_fraction of `data`
+    test: str = path_field()       # optional test folder/manifest
     synthetic: str = ""            # "digits" or "text": generated lines instead of `data`
     height: int = 32               # every line is scaled to this height, keeping its aspect ratio
     max_width: int = 2048          # lines wider than this after scaling are skipped (0 = no limit)
@@ -58,9 +59,9 @@ class LinesDataConfig:
     # any lines: every training batch warped afresh (``warp_lines``); 0 turns each off
     slant: float = 0.0             # horizontal shear of a whole line, up to this many pixels per pixel of height
     bend: float = 0.0              # smooth random displacement, up to this many pixels, control points BEND_SPACING apart
-    mnist_dir: str = ""            # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
-    text: str = ""                 # text: UTF-8 file of lines to render (empty = embedded corpus)
-    fonts: list[str] = field(default_factory=list)  # text: font files/folders (empty = matplotlib's)
+    mnist_dir: str = path_field(keep=("sklearn",))  # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
+    text: str = path_field()       # text: UTF-8 file of lines to render (empty = embedded corpus)
+    fonts: list[str] = path_field([])  # text: font files/folders (empty = matplotlib's)
     max_chars: int = 32            # text: longest rendered line in characters
 
 

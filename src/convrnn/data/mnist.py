@@ -1,9 +1,10 @@
 """MNIST from IDX files, with scikit-learn's bundled 8x8 digits as the offline fallback.
 
 ``load_mnist(data_dir, split)`` reads the four standard files (gzipped or raw) from ``data_dir``,
-``$CONVRNN_MNIST_DIR`` or ``~/.cache/convrnn/mnist``. When none of them is there it logs a warning
-and returns a deterministic half of ``sklearn.datasets.load_digits`` instead, so every recipe runs
-on a fresh machine without a network. Nothing here downloads (see ``convrnn.data.download``).
+``$CONVRNN_MNIST_DIR`` or ``~/.cache/convrnn/mnist``. A folder given that holds no MNIST is an error;
+when the default folder holds none it logs a warning and returns a deterministic half of
+``sklearn.datasets.load_digits`` instead, so every recipe runs on a fresh machine without a network.
+``mnist_source`` pins that choice for a run's config. Nothing here downloads (``convrnn.data.download``).
 
 Shape:
     images: ``(N, H, W)`` uint8, 28x28 for MNIST (0..255), 8x8 for the fallback (0..16)
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "CONVRNN_MNIST_DIR"
 DEFAULT_DIR = Path("~/.cache/convrnn/mnist")
 FALLBACK_SOURCE = "sklearn-digits (offline fallback)"
+SKLEARN = "sklearn"  # the data_dir value that names scikit-learn's bundled digits
 
 # The published files: name -> (MD5 of the .gz file, number of items in its header).
 OFFICIAL_FILES: dict[str, tuple[str, int]] = {
@@ -167,19 +169,44 @@ def _any_mnist_file(directory: Path) -> bool:
     return any(_find(directory, p, k) for p in SPLIT_PREFIX.values() for k in ("images", "labels"))
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") -> MnistSplit:
-    """The ``"train"`` or ``"test"`` split of MNIST from IDX files, or the offline fallback.
+def mnist_source(data_dir: str | os.PathLike | None = None, *, what: str = "data_dir") -> str:
+    """Where a run reads its digits from, as config.json records it: the absolute path of an MNIST
+    folder, or ``"sklearn"`` for scikit-learn's bundled 8x8 digits.
 
-    Falls back to scikit-learn's 8x8 digits (with a WARNING) only when the directory holds no MNIST
-    file at all; a directory with some files but not the ones this split needs is an error.
+    ``data_dir`` given (or ``$CONVRNN_MNIST_DIR`` set): that folder, which must hold MNIST files, else
+    a DataError naming it (``what`` names the option). ``"sklearn"``: the bundled digits. Empty: the
+    default folder ``~/.cache/convrnn/mnist`` when it holds MNIST, else the bundled digits with one
+    WARNING saying how to get MNIST.
+    """
+    if str(data_dir or "") == SKLEARN:
+        return SKLEARN
+    explicit = data_dir or os.environ.get(ENV_VAR)
+    directory = resolve_data_dir(explicit or None)
+    if directory.is_dir() and _any_mnist_file(directory):
+        return str(directory.resolve())
+    if explicit:
+        where = f"{what}={data_dir}" if data_dir else f"${ENV_VAR}={explicit}"
+        problem = "no such folder" if not directory.exists() else "no MNIST IDX files in this folder"
+        raise DataError(f"{where}: {problem} (expected train-images-idx3-ubyte.gz and the three other MNIST "
+                        f"files; `convrnn data download mnist --to {directory}` fetches them)")
+    logger.warning("no MNIST files in %s: using scikit-learn's bundled 8x8 digits instead; "
+                   "`convrnn data download mnist` fetches MNIST there (or give its folder)", directory)
+    return SKLEARN
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") -> MnistSplit:
+    """The ``"train"`` or ``"test"`` split of MNIST from IDX files, or scikit-learn's digits.
+
+    ``data_dir`` as :func:`mnist_source` takes it: ``"sklearn"`` for the bundled 8x8 digits, a folder
+    that must hold MNIST files, or empty for the default folder with the bundled digits as the
+    fallback. A folder with some MNIST files but not the ones this split needs is an error.
     """
     if split not in SPLIT_PREFIX:
         raise DataError(f"expected split 'train' or 'test', got {split!r}")
-    directory = resolve_data_dir(data_dir)
-    if not directory.is_dir() or not _any_mnist_file(directory):
-        logger.warning("no MNIST files in %s: using scikit-learn's bundled 8x8 digits (%s split) instead; "
-                       "run `convrnn data download mnist --to %s` for the real thing", directory, split, directory)
+    source = mnist_source(data_dir)
+    if source == SKLEARN:
         return load_sklearn_digits(split)
+    directory = Path(source)
     prefix = SPLIT_PREFIX[split]
     paths = {kind: _find(directory, prefix, kind) for kind in ("images", "labels")}
     missing = [_candidates(prefix, kind)[0] for kind, p in paths.items() if p is None]

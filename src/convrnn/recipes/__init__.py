@@ -46,6 +46,12 @@ class Recipe:
     cli_options: tuple[CliOption, ...] = ()
     train_defaults: dict[str, Any] = {}
     ensemble_refusal: str = ""  # why train.ensemble cannot average this recipe's models; empty = it can
+    preset_tasks: tuple[str, ...] = ()  # the kinds of preset (Preset.task) this recipe trains; empty = any
+
+    def resolve_data(self, data_cfg) -> None:
+        """At the start of a new run: settle implicit data choices in place (where the data comes
+        from when no path was given), so the saved config names exactly what the run read.
+        Default: nothing to settle."""
 
     def prepare(self, cfg) -> None:
         """Settle data choices that depend on the model (a ``RunConfig``), before ``make_data``; the

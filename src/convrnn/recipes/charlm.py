@@ -14,10 +14,8 @@ Shape:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -25,6 +23,7 @@ from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, 
 from convrnn.errors import ConfigError, DataError
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.lm import LanguageModelTask
+from convrnn.train.config import path_field
 
 log = logging.getLogger(__name__)
 
@@ -37,49 +36,12 @@ VAL_SEQ_LEN = 256
 class CharLMDataConfig:
     """Where the text comes from and how it is cut into training batches."""
 
-    path: str = ""               # text file or folder; empty = the embedded default corpus
+    path: str = path_field()     # text file or folder; empty = the embedded default corpus
     unit: str = "char"           # char (vocabulary of the training text) or byte (256 symbols, any file)
     seq_len: int = 64            # T: steps per batch (truncated BPTT length)
     stateful: bool = True        # contiguous streams with carried state; False = random windows
     val_fraction: float = 0.1    # the last fraction of the text validates
     random_offset: bool = True   # stateful: each epoch starts its stripes at a different offset
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (macOS, Windows)
-        return os.cpu_count() or 1
-
-
-def choose_threads(cores: Optional[int] = None, load: Optional[float] = None) -> int:
-    """Default CPU threads: the cores not already busy with other processes, at least 1.
-
-    On a 2-core machine an LSTM runs ~1.9x faster on 2 threads than on 1 when idle, but ~4x slower
-    when another process holds a core (each step waits for the slowest thread), so a thread is only
-    worth adding when its core is idle. ``load`` is the 1-minute load average (other runnable
-    processes; this one has not started working yet).
-    """
-    cores = available_cores() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # pragma: no cover
-            load = 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
-
-
-def apply_threads(threads: int) -> int:
-    """Set torch's CPU threads: ``threads`` when positive, else :func:`choose_threads`; logs the choice."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-        return threads
-    chosen = choose_threads()
-    torch.set_num_threads(chosen)
-    log.info("using %d CPU thread(s) of %d cores (1-minute load %.2f); set --threads to override",
-             chosen, available_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
-    return chosen
 
 
 class CharLMTask(LanguageModelTask):
@@ -114,6 +76,7 @@ class CharLMRecipe(Recipe):
     name = "charlm"
     description = "character or byte language model of any text, truncated BPTT, sampling (seed 004)"
     default_preset = "charlm"
+    preset_tasks = ("lm",)
     data_config = CharLMDataConfig
     ensemble_refusal = "its task carries recurrent state from batch to batch, which an average of members cannot"
     train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",
@@ -129,7 +92,6 @@ class CharLMRecipe(Recipe):
 
     def make_data(self, data_cfg: CharLMDataConfig, train_cfg, *, progress=None) -> DataBundle:
         validate_data_config(data_cfg)
-        apply_threads(train_cfg.threads)
         text = load_text(data_cfg)
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
         if not train_text or not val_text:

@@ -29,12 +29,13 @@ from PIL import Image
 
 from convrnn.data.images import load_gray, to_ink
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.mnist import load_mnist
+from convrnn.data.mnist import load_mnist, mnist_source
 from convrnn.data.sequences import (OPS, DigitSequences, make_digit_sequences, num_target_classes,
                                     val_test_pools)
 from convrnn.errors import ConfigError, DataError
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.regress import RegressTask, SumOfValuesTask, ValueClassifyTask
+from convrnn.train.config import path_field
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ ACTIVATIONS = ("", "relu", "tanh", "sigmoid", "gelu", "elu", "leaky", "linear")
 class DigitsDataConfig:
     """Which digits, which target, how many sequences; and the model choices the data decides."""
 
-    data_dir: str = ""         # MNIST IDX files; empty = $CONVRNN_MNIST_DIR, else ~/.cache/convrnn/mnist
+    # MNIST IDX files, or "sklearn" for scikit-learn's 8x8 digits; empty = $CONVRNN_MNIST_DIR, else
+    # ~/.cache/convrnn/mnist, else the 8x8 digits (the run's config records which)
+    data_dir: str = path_field(keep=("sklearn",))
     op: str = "sum"            # sum, product, running-sum
     max_len: int = 4           # N: training and validation sequences have 1..N digits; test 1..2N
     min_len: int = 1
@@ -112,6 +115,7 @@ class DigitsRecipe(Recipe):
     name = "digits"
     description = "sum, product or running sum of 1..N MNIST digits (seed 002)"
     default_preset = "digits"
+    preset_tasks = ("regress", "value_classify", "value_sum")
     data_config = DigitsDataConfig
     # AdamW with decoupled weight decay 0.2: the reader memorises its 19,690 training digits well within
     # the 5 minutes, and decay is a remedy that costs no steps (docs/digits.md)
@@ -139,6 +143,9 @@ class DigitsRecipe(Recipe):
         if d.head == "auto":
             builds_head = not cfg.model.spec and "op" in preset_fields(cfg.model.preset or self.default_preset)
             d.head = "dist" if d.op == "sum" and builds_head else resolve_head(d)
+
+    def resolve_data(self, data_cfg: DigitsDataConfig) -> None:
+        data_cfg.data_dir = mnist_source(data_cfg.data_dir, what="--data-dir")
 
     def make_data(self, data_cfg: DigitsDataConfig, train_cfg, *, progress=None) -> DataBundle:
         validate(data_cfg)

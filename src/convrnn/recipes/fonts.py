@@ -35,6 +35,7 @@ class FontsRecipe(Recipe):
     name = "fonts"
     description = "font classification of rendered text-line images (seeds 000/001)"
     default_preset = "fonts"
+    preset_tasks = ("classify",)
     data_config = FontsDataConfig
     train_defaults = {"epochs": 30, "max_time": 100.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "checkpoint_every": 500}

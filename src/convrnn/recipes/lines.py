@@ -35,6 +35,7 @@ class LinesCTCTask(CTCTask):
     """
 
     unit = "lines"
+    counts = {"skipped_too_long": "lines", "unseen_chars": "chars"}
 
     def with_targets(self, batch: dict) -> dict:
         if "targets" in batch:
@@ -71,7 +72,7 @@ class LinesMetrics(CTCMetrics):
             shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
             log.warning("%d reference characters are not in the model's alphabet and count as errors: %s",
                         sum(self.unseen.values()), shown)
-        return {**super().compute(), "unseen_chars": float(sum(self.unseen.values()))}
+        return {**super().compute(), "unseen_chars": float(sum(self.unseen.values())), "chars": float(self.chars)}
 
 
 # ---------------------------------------------------------------------------------------- recipe
@@ -112,6 +113,7 @@ class LinesRecipe(Recipe):
     name = "lines"
     description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
     default_preset = "crnn"
+    preset_tasks = ("ctc",)
     data_config = LinesDataConfig
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
@@ -130,6 +132,11 @@ class LinesRecipe(Recipe):
         CliOption("--text", "data.text", "synthetic text: UTF-8 file of lines to render"),
         CliOption("--fonts", "data.fonts", "synthetic text: font file or folder (repeatable)", multiple=True),
     )
+
+    def resolve_data(self, data_cfg: LinesDataConfig) -> None:
+        if data_cfg.synthetic == "digits":
+            from convrnn.data.mnist import mnist_source
+            data_cfg.mnist_dir = mnist_source(data_cfg.mnist_dir, what="--mnist-dir")
 
     def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None) -> DataBundle:
         train, val, test = load_splits(data_cfg, progress)

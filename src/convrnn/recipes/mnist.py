@@ -18,18 +18,22 @@ import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches
+from convrnn.data.mnist import mnist_source
 from convrnn.data.sequences import val_test_pools
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.recipes.digits import load_splits, read_digit
 from convrnn.errors import ConfigError
 from convrnn.tasks.classify import ClassifyTask
+from convrnn.train.config import path_field
 
 CLASSES = [str(d) for d in range(10)]
 
 
 @dataclass
 class MnistDataConfig:
-    data_dir: str = ""         # MNIST IDX files; empty = $CONVRNN_MNIST_DIR, else ~/.cache/convrnn/mnist
+    # MNIST IDX files, or "sklearn" for scikit-learn's 8x8 digits; empty = $CONVRNN_MNIST_DIR, else
+    # ~/.cache/convrnn/mnist, else the 8x8 digits (the run's config records which)
+    data_dir: str = path_field(keep=("sklearn",))
     activation: str = ""       # rewrites the preset's conv activations; empty = the preset's
     max_train: int = 0         # use only the first N training digits; 0 = all
 
@@ -61,6 +65,7 @@ class MnistRecipe(Recipe):
     name = "mnist"
     description = "single MNIST digit classification with caine2016's first conv layers (to compare filters)"
     default_preset = "mnist_cnn"
+    preset_tasks = ("classify",)
     data_config = MnistDataConfig
     train_defaults = {"epochs": 3, "max_time": 120.0, "batch_size": 64, "lr": 2e-3, "schedule": "cosine",
                       "checkpoint_every": 500, "log_every": 50}
@@ -70,6 +75,9 @@ class MnistRecipe(Recipe):
         CliOption("--activation", "data.activation", "conv activation replacing the preset's (relu, tanh, ...)"),
         CliOption("--max-train", "data.max_train", "use only the first N training digits (0 = all)", type=int),
     )
+
+    def resolve_data(self, data_cfg: MnistDataConfig) -> None:
+        data_cfg.data_dir = mnist_source(data_cfg.data_dir, what="--data-dir")
 
     def make_data(self, data_cfg: MnistDataConfig, train_cfg, *, progress=None) -> DataBundle:
         if data_cfg.max_train < 0:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
 import torch
 
+from convrnn.ensemble import MEMBERS_DIR
 from convrnn.errors import CheckpointError, ConfigError
 from convrnn.recipes import DataBundle, get_recipe
 from convrnn.train.checkpoint import load_latest_checkpoint
@@ -75,23 +77,22 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
 
     recipe = get_recipe(cfg.recipe)
     validate_train_config(cfg.train)  # before data and the run directory: a bad value leaves nothing on disk
-    if not cfg.model.spec and cfg.model.preset:
-        from convrnn.models import get_preset
-        get_preset(cfg.model.preset)  # an unknown preset or field fails here, not after minutes of data
+    check_model_choice(cfg)  # an unknown preset or field fails here, not after minutes of data
     ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
     recipe.prepare(cfg)
-    bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
-    spec = model_spec(cfg, bundle)
-    model = build_model(spec, tuple(bundle.input_shape), bundle.num_outputs)
-    task = recipe.make_task(bundle.meta)
     if resume:
         run_path = Path(resume)
     else:
         run_path = Path(cfg.train.run_dir) if cfg.train.run_dir else new_run_dir(recipe.name)
         if ctx.is_main and (run_path / "checkpoints" / "last.pt").exists():
             raise ConfigError(f"{run_path}: this run directory already holds a run; use --resume {run_path} to continue it")
-    cfg.train.run_dir = str(run_path)
+    bundle = recipe.make_data(cfg.data, cfg.train, progress=progress)
+    spec = model_spec(cfg, bundle)
+    model = build_model(spec, tuple(bundle.input_shape), bundle.num_outputs)
+    task = recipe.make_task(bundle.meta)
+    check_output(model, task, recipe.name, spec)
+    cfg.train.run_dir = str(run_path.absolute())
     run_dir = RunDir(run_path) if ctx.is_main else None  # only rank 0 writes
     if run_dir is not None:
         cfg.save(run_path / "config.json")
@@ -113,28 +114,83 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     return trainer
 
 
+def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The saved config of the run directory ``resume`` (with ``overrides``), checked: a run of
+    another recipe than ``recipe_name``, or one that stopped before its first checkpoint, is an error."""
+    run = Path(resume)
+    saved = run / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{resume}: not a run directory (no config.json)")
+    recorded = load_config_file(str(saved))["recipe"]
+    if recipe_name and recorded != recipe_name:
+        raise ConfigError(f"--resume {resume}: this is a run of recipe {recorded!r}, not {recipe_name!r}; "
+                          f"continue it with `convrnn train {recorded} --resume {resume}`")
+    ckdir = run / "checkpoints"
+    if not (ckdir / "last.pt").is_file() and not any(ckdir.glob("step-*.pt")) and not (run / MEMBERS_DIR).is_dir():
+        raise ConfigError(f"--resume {resume}: the run stopped before its first checkpoint, so there is nothing "
+                          f"to continue; start it again with `convrnn train {recorded} --config {saved}` "
+                          f"(and delete {resume})")
+    cfg = resolve_config(recorded, config_file=str(saved))
+    if overrides:
+        cfg.override(overrides)
+    return cfg
+
+
 def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_file: Optional[str] = None,
           resume: Optional[str] = None, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None) -> Trainer:
-    """Train a recipe (or resume a run) and return the finished trainer."""
+    """Train a recipe (or resume a run) and return the finished trainer.
+
+    A new run whose start fails (bad data, a model that does not fit the recipe, an interruption
+    before its first checkpoint) leaves no run directory behind."""
     if resume:
-        saved = Path(resume) / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"{resume}: not a run directory (no config.json)")
-        recipe_name = load_config_file(str(saved))["recipe"]
-        cfg = resolve_config(recipe_name, config_file=str(saved))
-        if overrides:
-            cfg.override(overrides)
+        cfg = resume_config(resume, recipe_name, overrides)
     else:
         cfg = resolve_config(recipe_name, overrides, config_file)
-    if cfg.train.ensemble > 1:
-        return train_ensemble(cfg, callbacks=callbacks, progress=progress, resume=resume)
-    trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
+        get_recipe(cfg.recipe).resolve_data(cfg.data)  # pin implicit data choices in the saved config
+    check_model_choice(cfg)
+    run_path = Path(resume or cfg.train.run_dir or new_run_dir(cfg.recipe)).absolute()
+    cfg.train.run_dir = str(run_path)
+    created = not run_path.exists()
     try:
-        trainer.fit()
-    finally:
-        if trainer.run_dir is not None:
-            trainer.run_dir.close()
-    return trainer
+        if cfg.train.ensemble > 1:
+            return train_ensemble(cfg, callbacks=callbacks, progress=progress, resume=resume)
+        trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
+        try:
+            trainer.fit()
+        finally:
+            if trainer.run_dir is not None:
+                trainer.run_dir.close()
+        return trainer
+    except BaseException:
+        if created and not _has_checkpoint(run_path):
+            shutil.rmtree(run_path, ignore_errors=True)
+        raise
+
+
+def _has_checkpoint(run: Path) -> bool:
+    return any(run.glob("checkpoints/*.pt")) or any(run.glob(f"{MEMBERS_DIR}/*/checkpoints/*.pt"))
+
+
+def check_model_choice(cfg: RunConfig) -> None:
+    """Before any data is made: the preset exists, takes the fields given, and is of a kind the recipe
+    trains (a text-line model cannot classify fonts)."""
+    if cfg.model.spec or not cfg.model.preset:
+        return
+    from convrnn.models import get_preset, list_models
+    recipe = get_recipe(cfg.recipe)
+    preset = get_preset(cfg.model.preset)  # an unknown preset or field fails here
+    if recipe.preset_tasks and preset.task not in recipe.preset_tasks:
+        fitting = [n for n in list_models() if get_preset(n).task in recipe.preset_tasks]
+        raise ConfigError(f"preset {cfg.model.preset!r} is a model for {preset.task!r} outputs "
+                          f"({preset.description}), which the {recipe.name} recipe does not train; its presets: "
+                          f"{', '.join(fitting)} (`convrnn models` lists them all)")
+
+
+def check_output(model, task, recipe_name: str, spec: str) -> None:
+    """The model's output shape is one the task can score (a per-step head for a classifier, say, is not)."""
+    problem = task.output_problem(tuple(model.output_shape))
+    if problem:
+        raise ConfigError(f"model {spec!r} does not fit the {recipe_name} recipe: {problem}")
 
 
 def train_ensemble(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None,
@@ -235,12 +291,24 @@ def load_run(run: str, *, expect_recipe: Optional[str] = None, device: str = "cp
     return model, ckpt, get_recipe(recipe_name)
 
 
+class Evaluation(NamedTuple):
+    """What ``evaluate`` measured: the metrics, the task that scored them (it formats them), and the
+    checkpoint read (its path and step)."""
+
+    metrics: dict
+    task: Any
+    checkpoint: Path
+    step: int
+
+
 def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
-             progress: Optional[Callable] = None, shifts: int = 1) -> dict[str, float]:
-    """Metrics of a run's best checkpoint on its validation (or test) data, rebuilt from its config.
-    ``shifts`` > 1 reads every input that many times, moved by a pixel or so, and combines the views
-    (``with_shifts``)."""
-    model, ckpt, recipe = load_run(run)
+             progress: Optional[Callable] = None, shifts: int = 1) -> Evaluation:
+    """Metrics of a run's best checkpoint (or the checkpoint file given) on its validation (or test)
+    data, rebuilt from its config. ``shifts`` > 1 reads every input that many times, moved by a pixel
+    or so, and combines the views (``with_shifts``)."""
+    from convrnn.train.checkpoint import resolve_checkpoint
+    path = resolve_checkpoint(run).absolute()
+    model, ckpt, recipe = load_run(str(path))
     cfg = resolve_config(recipe.name)
     cfg.override(flatten_config_dict(ckpt["config"]))
     if overrides:
@@ -253,7 +321,7 @@ def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None =
         raise ConfigError(f"recipe {recipe.name} has no {split} split")
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
     trainer = Trainer(model, task, bundle.train, data, cfg.train)
-    return trainer.evaluate(data)
+    return Evaluation(trainer.evaluate(data), task, path, int(ckpt.get("step", 0)))
 
 
 def with_shifts(model, task, recipe_name: str, shifts: int):

@@ -2,6 +2,7 @@
 # B batch, T time steps, V classes/vocabulary
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -28,6 +29,56 @@ class MetricAccumulator:
         raise NotImplementedError
 
 
+_PER_LENGTH = re.compile(r"_len\d+$")
+
+
+def format_metrics(metrics: dict, counts: Optional[dict[str, str]] = None) -> str:
+    """``loss 0.03121  accuracy 0.9985  errors 3/2000``: the headline metrics on one line.
+
+    ``counts`` maps a count metric to the metric that is its denominator (``{"errors": "samples"}``):
+    the count is shown over it and the denominator itself is not shown. Per-length breakdowns
+    (``mae_len3``) and rates (``*_per_s``) stay in metrics.csv and the report.
+    """
+    counts = counts or {}
+    denominators = {d for d in counts.values() if d in metrics}
+    parts = []
+    for name, value in metrics.items():
+        if name in denominators or _PER_LENGTH.search(name) or name.endswith("_per_s"):
+            continue
+        if name in counts and counts[name] in metrics:
+            parts.append(f"{name} {int(value):,}/{int(metrics[counts[name]]):,}")
+        elif isinstance(value, float) and value.is_integer() and abs(value) < 1e15 and name in counts:
+            parts.append(f"{name} {int(value):,}")
+        else:
+            parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+    return "  ".join(parts)
+
+
+def metric_lines(metrics: dict, counts: Optional[dict[str, str]] = None) -> list[str]:
+    """``name: value`` lines of every metric (counts over their denominators), then the per-length
+    breakdowns (``mse_len3``...) as a table with a row per length."""
+    counts = counts or {}
+    denominators = {d for d in counts.values() if d in metrics}
+    lines, by_length = [], {}
+    for name, value in metrics.items():
+        m = _PER_LENGTH.search(name)
+        if m:
+            by_length.setdefault(int(m.group()[4:]), {})[name[:m.start()]] = value
+        elif name in denominators:
+            continue
+        elif name in counts and counts[name] in metrics:
+            lines.append(f"{name}: {int(value)}/{int(metrics[counts[name]])}")
+        else:
+            lines.append(f"{name}: {value:.6g}" if isinstance(value, float) else f"{name}: {value}")
+    if by_length:
+        columns = list(dict.fromkeys(k for row in by_length.values() for k in row))
+        lines.append("per length: " + "  ".join(f"{c:>8}" for c in ["length", *columns]))
+        for length in sorted(by_length):
+            row = by_length[length]
+            lines.append("            " + "  ".join([f"{length:>8}"] + [f"{row.get(c, float('nan')):>8.4g}" for c in columns]))
+    return lines
+
+
 class Task:
     """Loss + metrics + decoding for one kind of output.
 
@@ -46,6 +97,31 @@ class Task:
     monitor_mode: str = "min"
     stateful: bool = False
     ensemble_combine: str = "probs"
+    counts: dict[str, str] = {}  # count metric -> the metric that is its denominator (format_metrics)
+
+    output_ndim: int = 2  # dimensions of the model output the task scores: (B, V) 2, (B, T, V) 3
+    num_outputs: Optional[int] = None  # the size of its last axis, where the task fixes it
+
+    def output_problem(self, shape: tuple) -> str:
+        """Why a model output of ``shape`` (batch first, None for variable sizes) cannot be scored by
+        this task, or ``""`` when it can."""
+        def text(dims) -> str:
+            return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        wanted = "one output per input (B, V)" if self.output_ndim == 2 else "an output per step (B, T, V)"
+        if len(shape) != self.output_ndim:
+            return f"it gives outputs of shape {text(shape)} where the {self.name} task needs {wanted}"
+        if self.num_outputs is not None and shape[-1] != self.num_outputs:
+            return f"it gives {shape[-1]} outputs per {'input' if self.output_ndim == 2 else 'step'} where the " \
+                   f"{self.name} task needs {self.num_outputs}"
+        return ""
+
+    def format_metrics(self, metrics: dict) -> str:
+        """The headline metrics on one line, counts over their denominators (:func:`format_metrics`)."""
+        return format_metrics(metrics, self.counts)
+
+    def metric_lines(self, metrics: dict) -> list[str]:
+        """Every metric, a line each (:func:`metric_lines`): what ``convrnn eval`` prints."""
+        return metric_lines(metrics, self.counts)
 
     def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -25,7 +25,8 @@ class ClassifyMetrics(MetricAccumulator):
     def compute(self) -> dict[str, float]:
         n = max(self.n, 1)
         correct = int(self.confusion.diag().sum())
-        return {"loss": self.loss_sum / n, "accuracy": correct / n, "errors": float(self.n - correct)}
+        return {"loss": self.loss_sum / n, "accuracy": correct / n, "errors": float(self.n - correct),
+                "samples": float(self.n)}
 
 
 class ClassifyTask(Task):
@@ -34,12 +35,14 @@ class ClassifyTask(Task):
     name = "classify"
     monitor = "accuracy"
     monitor_mode = "max"
+    counts = {"errors": "samples"}
 
     def __init__(self, classes: list[str], *, label_smoothing: float = 0.0):
         if len(classes) < 2:
             raise ValueError(f"classification needs at least 2 classes, got {len(classes)}")
         self.classes = list(classes)
         self.label_smoothing = label_smoothing
+        self.num_outputs = len(self.classes)
 
     def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
         return F.cross_entropy(out.y.float(), batch["y"], label_smoothing=self.label_smoothing)

@@ -231,7 +231,7 @@ class CTCMetrics(MetricAccumulator):
 
     def __init__(self, task: "CTCTask"):
         self.task = task
-        self.loss_sum, self.loss_n, self.skipped = 0.0, 0, 0
+        self.loss_sum, self.loss_n, self.skipped, self.lines = 0.0, 0, 0, 0
         self.char_edits = self.chars = self.word_edits = self.words = 0
 
     @torch.no_grad()
@@ -240,6 +240,7 @@ class CTCMetrics(MetricAccumulator):
         self.loss_sum += float(losses.sum())
         self.loss_n += int(keep.sum())
         self.skipped += int((~keep).sum())
+        self.lines += int(keep.numel())
         hyps = self.task.decode(out)
         refs = batch.get("texts") or self.task.texts_from_targets(batch)
         for unit, attr in (("char", "char"), ("word", "word")):
@@ -251,7 +252,7 @@ class CTCMetrics(MetricAccumulator):
         return {"loss": self.loss_sum / max(self.loss_n, 1),
                 "cer": self.char_edits / max(self.chars, 1),
                 "wer": self.word_edits / max(self.words, 1),
-                "skipped_too_long": float(self.skipped)}
+                "skipped_too_long": float(self.skipped), "lines": float(self.lines)}
 
 
 class CTCTask(Task):
@@ -270,6 +271,8 @@ class CTCTask(Task):
     name = "ctc"
     monitor = "cer"
     monitor_mode = "min"
+    counts = {"skipped_too_long": "lines"}
+    output_ndim = 3  # label logits at every frame
     ensemble_combine = "labellings"  # members decoded jointly (convrnn.ensemble), not averaged per frame
 
     def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean"):

@@ -65,8 +65,11 @@ class LanguageModelTask(Task):
     monitor_mode = "min"
     stateful = True
 
+    output_ndim = 3  # next-token logits at every step
+
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
+        self.num_outputs = len(vocab)
 
     def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
         logits, target = _flat(out, batch)

@@ -121,6 +121,7 @@ class RegressTask(Task):
         if not (math.isfinite(target_std) and target_std > 0):
             raise DataError(f"expected a positive, finite target_std, got {target_std}")
         self.per_step, self.target_mean, self.target_std = per_step, float(target_mean), float(target_std)
+        self.output_ndim, self.num_outputs = (3 if per_step else 2), 1
 
     def _raw(self, out: ModelOutput) -> torch.Tensor:
         y = out.y
@@ -166,6 +167,7 @@ class ValueClassifyTask(Task):
         if num_values < 2:
             raise DataError(f"expected at least 2 possible values, got {num_values}")
         self.num_values, self.per_step = int(num_values), per_step
+        self.output_ndim, self.num_outputs = (3 if per_step else 2), self.num_values
 
     def _logits(self, out: ModelOutput) -> torch.Tensor:
         y = out.y
@@ -241,11 +243,12 @@ class SumOfValuesTask(Task):
     monitor_mode = "min"
     unit = "sequences"
     per_step = False
+    output_ndim = 3  # a distribution per step
 
     def __init__(self, num_values: int = 10):
         if num_values < 2:
             raise DataError(f"expected at least 2 values per step, got {num_values}")
-        self.num_values = int(num_values)
+        self.num_values = self.num_outputs = int(num_values)
 
     def _log_probs(self, out: ModelOutput) -> torch.Tensor:
         y = out.y

@@ -41,6 +41,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash at any moment leaves either the old or the new file.
 
@@ -58,6 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files only the owner can read; plain files are not
         os.replace(tmp, path)
     except OSError as e:
         try:
@@ -144,12 +151,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     A run directory may be given instead of a file: its ``checkpoints/best.pt`` (else ``last.pt``).
     """
     p = resolve_checkpoint(path)
+    _check_looks_like_checkpoint(p)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise CheckpointError(f"{p}: refused to load: the file holds objects other than tensors and plain data ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a convrnn checkpoint")
@@ -158,6 +166,25 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointError(f"{p}: checksum mismatch: the checkpoint is corrupt")
     return ckpt
+
+
+def _check_looks_like_checkpoint(p: Path) -> None:
+    """An empty file, or a run's text file given where a checkpoint belongs, is named as such rather
+    than reported by what the unpickler tripped on."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read ({e.strerror or e})") from None
+    if size == 0:
+        raise CheckpointError(f"{p}: the file is empty (0 bytes), not a checkpoint; a run's checkpoints are "
+                              f"RUN/checkpoints/best.pt and last.pt")
+    text_suffix = p.suffix.lower() in (".json", ".csv", ".log", ".txt", ".html")
+    looks_like_json = head.lstrip()[:1] in (b"{", b"[")
+    if text_suffix or looks_like_json:
+        raise CheckpointError(f"{p}: this is a {p.suffix.lstrip('.') or 'text'} file, not a checkpoint; give the run "
+                              f"directory ({p.parent}) or one of its checkpoints/*.pt files")
 
 
 def step_name(step: int) -> str:

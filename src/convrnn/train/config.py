@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,27 @@ from pathlib import Path
 from typing import Any, Union
 
 from convrnn.errors import ConfigError
+
+
+def path_field(default: Any = "", *, keep: tuple[str, ...] = ()) -> Any:
+    """A config field that holds a file or folder path (or a list of them): set from the command line
+    or a config file, a relative path is made absolute against the working directory of that
+    moment, so a run's config.json names its data wherever it is read from later. ``keep``: words
+    that are not paths (``"sklearn"`` for bundled data) and stay as they are."""
+    metadata = {"path": True, "keep": keep}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def absolute_path(value: Any, keep: tuple[str, ...] = ()) -> Any:
+    """``value`` with ``~`` expanded and made absolute (a glob pattern stays a pattern); empty, None
+    and the words of ``keep`` stay as they are; lists path by path."""
+    if isinstance(value, (list, tuple)):
+        return [absolute_path(v, keep) for v in value]
+    if not value or not isinstance(value, str) or value in keep:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
 
 
 @dataclass
@@ -51,7 +73,7 @@ class TrainConfig:
     deterministic: bool = False
     early_stopping: int = 0       # validations without improvement before stopping; 0 = off
     val_batches: int = 0          # cap on validation batches; 0 = all
-    run_dir: str = ""             # empty = runs/<recipe>-<timestamp>
+    run_dir: str = path_field()   # empty = runs/<recipe>-<timestamp>
     quiet: bool = False
     precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
@@ -140,15 +162,18 @@ def _parse_value(key: str, raw: Any, typ: Any) -> Any:
 
 
 def apply_overrides(obj, overrides: dict[str, Any], section: str) -> None:
-    """Set fields of dataclass ``obj`` from ``{key: value}``, type-checked; unknown keys are errors."""
+    """Set fields of dataclass ``obj`` from ``{key: value}``, type-checked; unknown keys are errors.
+    Path fields (:func:`path_field`) are made absolute."""
     types_ = _field_types(type(obj))
+    paths = {f.name: f.metadata.get("keep", ()) for f in dataclasses.fields(obj) if f.metadata.get("path")}
     for key, raw in overrides.items():
         if key not in types_:
             close = difflib.get_close_matches(key, types_, n=3)
             hint = f"; did you mean {', '.join(section + '.' + c for c in close)}?" if close else \
                 f"; known keys: {', '.join(sorted(types_))}"
             raise ConfigError(f"unknown config key {section}.{key}{hint}")
-        setattr(obj, key, _parse_value(f"{section}.{key}", raw, types_[key]))
+        value = _parse_value(f"{section}.{key}", raw, types_[key])
+        setattr(obj, key, absolute_path(value, paths[key]) if key in paths else value)
 
 
 @dataclass

@@ -24,10 +24,12 @@ from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
 from convrnn.train.config import TrainConfig, validate_train_config
 from convrnn.train.rundir import RunDir
+from convrnn.train.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
 MAX_SKIPPED_STEPS = 10  # consecutive steps with non-finite gradients before giving up
+PROGRESS_EVERY = 10.0   # seconds between progress lines in the log (a terminal shows a bar instead)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,11 +170,19 @@ class Position:
     """Where training stands; saved in every checkpoint."""
 
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0              # epochs completed
     batch_in_epoch: int = 0
     train_time: float = 0.0     # seconds spent in training steps (what max_time limits)
-    best: Optional[float] = None
+    best: Optional[float] = None        # the monitored metric of the best checkpoint
+    best_loss: Optional[float] = None   # its validation loss (breaks ties of the monitored metric)
+    best_step: int = -1                 # the step it was saved at
     stale: int = 0              # validations since the best one
+
+    @property
+    def epoch_number(self) -> int:
+        """The 1-based epoch the last step belongs to (as progress lines count): the epoch just
+        completed at an epoch's end, the current one within it."""
+        return self.epoch if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch + 1
 
 
 class Trainer:
@@ -190,8 +200,8 @@ class Trainer:
         validate_train_config(config)
         self.cfg = config
         self.device = resolve_device(config.device)
-        if config.threads > 0:
-            torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            apply_threads(config.threads)  # 0: the cores other processes leave idle
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
@@ -210,6 +220,7 @@ class Trainer:
         self.pos = Position()
         self.state = None  # recurrent state carried between batches (stateful tasks)
         self.last_val: dict[str, float] = {}
+        self.best_metrics: dict[str, float] = {}  # validation metrics of the best checkpoint
         self.val_step = -1  # step of the last validation
         self.skipped = 0
 
@@ -232,6 +243,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.pos.step, "epoch": self.pos.epoch, "batch_in_epoch": self.pos.batch_in_epoch,
             "train_time": self.pos.train_time, "best": self.pos.best, "stale": self.pos.stale,
+            "best_loss": self.pos.best_loss, "best_step": self.pos.best_step, "best_metrics": dict(self.best_metrics),
             "rng": rng_state(),
             "carried_state": detach_state(self.state),
             "metrics": dict(self.last_val), "val_step": self.val_step,
@@ -258,7 +270,9 @@ class Trainer:
             self.model.load_state_dict(raw)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.pos = Position(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
-                            train_time=ckpt.get("train_time", 0.0), best=ckpt.get("best"), stale=ckpt.get("stale", 0))
+                            train_time=ckpt.get("train_time", 0.0), best=ckpt.get("best"), stale=ckpt.get("stale", 0),
+                            best_loss=ckpt.get("best_loss"), best_step=ckpt.get("best_step", -1))
+        self.best_metrics = dict(ckpt.get("best_metrics") or {})
         set_rng_state(ckpt["rng"])
         self.state = ckpt.get("carried_state")
         if self.state is not None:
@@ -294,11 +308,14 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until epochs, max_steps or max_time run out (or early stopping); returns the last validation metrics."""
         cfg, total = self.cfg, self._total_steps()
+        self._fit_start = (self.pos.step, self.pos.train_time)
         if self.average is not None and self.average.swapped:
             self.average.swap()  # a second fit() continues from the trained weights, not the averages
         self.model.train()
+        log.info(self.describe())
         self._emit("on_train_start")
         window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
+        shown = _ProgressWindow()  # what the periodic progress line covers
         stop = self._limits_reached()
         while not stop and self.pos.epoch < cfg.epochs:
             epoch, n_batches = self.pos.epoch, self.train_data.num_batches(self.pos.epoch)
@@ -314,8 +331,12 @@ class Trainer:
                 self.pos.train_time += dt
                 window_loss += loss * units
                 window_n, window_units, window_t = window_n + 1, window_units + units, window_t + dt
-                self._emit("on_step", {"step": self.pos.step, "epoch": epoch, "batch": k + 1, "batches": n_batches,
-                                       "loss": loss, "rate": units / max(dt, 1e-9), "unit": self.task_unit()})
+                info = {"step": self.pos.step, "epoch": epoch, "batch": k + 1, "batches": n_batches,
+                        "loss": loss, "rate": units / max(dt, 1e-9), "unit": self.task_unit()}
+                self._emit("on_step", info)
+                line = shown.add(loss, units, dt)
+                if line is not None:
+                    log.info(self.progress_line(info, *line), extra={"progress": True})
                 if self.pos.step % cfg.log_every == 0 or k + 1 == n_batches:
                     self._log("train", {"loss": window_loss / max(window_units, 1),
                                         "lr": self.optimizer.param_groups[0]["lr"],
@@ -344,8 +365,61 @@ class Trainer:
             self.save("last")
         if self.average is not None:
             self.average.swap()  # the finished model is the averaged one (evaluate, predict, export)
+        log.info(self.describe_end(), extra={"console": False})  # the CLI prints its own results block
         self._emit("on_train_end", self.last_val)
         return dict(self.last_val)
+
+    # ----- what the log says -------------------------------------------------------------------
+    def describe(self) -> str:
+        """The line a run starts with: model, parameters, device and threads, limits, run directory."""
+        cfg = self.cfg
+        limits = [f"{cfg.epochs} epochs"]
+        if cfg.max_steps:
+            limits.append(f"{cfg.max_steps} steps")
+        if cfg.max_time:
+            limits.append(f"{cfg.max_time:g} s")
+        params = sum(p.numel() for p in self.model.parameters())
+        where = f"{self.device} ({_plural(torch.get_num_threads(), 'thread')})" if self.device.type == "cpu" else str(self.device)
+        layout = " with channels-last convolutions" if self.channels_last else ""
+        start = f"from step {self.pos.step:,} " if self.pos.step else ""
+        run = self.run_dir.path if self.run_dir is not None else "(no run directory)"
+        return (f"training {getattr(self.model, 'spec', type(self.model).__name__)} ({params:,} parameters) "
+                f"{start}on {where}{layout}, up to {', '.join(limits)}; run {run}")
+
+    def progress_line(self, info: dict, loss: float, rate: float) -> str:
+        """``step 412  epoch 4 batch 37/125  loss 0.0561  3,410 samples/s  eta 48 s``."""
+        eta = self.eta(info)
+        eta_text = f"  eta {eta:.0f} s" if eta is not None else ""
+        return (f"step {info['step']:,}  epoch {info['epoch'] + 1} batch {info['batch']}/{info['batches']}  "
+                f"loss {loss:.4f}  {rate:,.0f} {info['unit']}/s{eta_text}")
+
+    def eta(self, info: dict, start: Optional[tuple[int, float]] = None) -> Optional[float]:
+        """Training seconds left until the first limit (epochs, max_steps, max_time), from the seconds
+        per step since ``start`` (step, training seconds; default: where this fit began); None before
+        the first step. Validation is not counted."""
+        cfg, pos = self.cfg, self.pos
+        start = self._fit_start if start is None else start
+        steps = pos.step - start[0]
+        if steps <= 0:
+            return None
+        per_step = (pos.train_time - start[1]) / steps
+        left = (cfg.epochs - info["epoch"]) * info["batches"] - info["batch"]  # epochs of this epoch's size
+        if cfg.max_steps:
+            left = min(left, cfg.max_steps - pos.step)
+        eta = max(left, 0) * per_step
+        if cfg.max_time:
+            eta = min(eta, max(cfg.max_time - pos.train_time, 0.0))
+        return eta
+
+    def describe_end(self) -> str:
+        """Where the run ended and which checkpoint is best."""
+        pos = self.pos
+        text = f"finished: {pos.step:,} steps, {pos.epoch} epochs completed, {pos.train_time:.1f} s of training"
+        if self.last_val:
+            text += f"; final validation {self.task.format_metrics(self.last_val)}"
+        if pos.best_step >= 0:
+            text += f"; best checkpoint step {pos.best_step:,} ({self.task.format_metrics(self.best_metrics)})"
+        return text
 
     def task_unit(self) -> str:
         return getattr(self.task, "unit", "samples")
@@ -430,17 +504,32 @@ class Trainer:
         metrics = self.evaluate(self.val_data, max_batches=self.cfg.val_batches)
         self.last_val, self.val_step = metrics, self.pos.step
         self._log("val", metrics)
+        log.info("validation at step %s (epoch %d): %s", f"{self.pos.step:,}", self.pos.epoch_number,
+                 self.task.format_metrics(metrics))
         self._emit("on_validation", metrics)
         value = metrics.get(self.task.monitor)
         if value is None:
             return False
-        better = self.pos.best is None or (value > self.pos.best if self.task.monitor_mode == "max" else value < self.pos.best)
-        if better:
-            self.pos.best, self.pos.stale = value, 0
+        if self._is_best(value, metrics.get("loss")):
+            self.pos.best, self.pos.best_loss, self.pos.best_step = value, metrics.get("loss"), self.pos.step
+            self.best_metrics = dict(metrics)
+            self.pos.stale = 0
             self.save("best")
         else:
             self.pos.stale += 1
         return bool(self.cfg.early_stopping and self.pos.stale >= self.cfg.early_stopping)
+
+    def _is_best(self, value: float, loss: Optional[float]) -> bool:
+        """Whether a validation with monitored ``value`` and ``loss`` replaces the best checkpoint: a
+        better monitored value; on a tie, a lower validation loss; on a tie of both, the later step
+        (a run whose accuracy saturates early keeps its latest weights, not its first perfect ones)."""
+        if self.pos.best is None:
+            return True
+        if value != self.pos.best:
+            return value > self.pos.best if self.task.monitor_mode == "max" else value < self.pos.best
+        if loss is None or self.pos.best_loss is None or self.task.monitor == "loss":
+            return True
+        return loss <= self.pos.best_loss
 
     @torch.inference_mode()
     def evaluate(self, data: BatchSource, max_batches: int = 0) -> dict[str, float]:
@@ -467,7 +556,30 @@ class Trainer:
         log.debug("step %d %s %s", self.pos.step, split, metrics)
 
 
+class _ProgressWindow:
+    """Steps since the last progress line: their mean loss per unit and units per second, handed out
+    every ``PROGRESS_EVERY`` seconds of wall time (and at the first step)."""
+
+    def __init__(self):
+        self.loss = self.units = self.seconds = 0.0
+        self.last: Optional[float] = None
+
+    def add(self, loss: float, units: int, seconds: float) -> Optional[tuple[float, float]]:
+        self.loss, self.units, self.seconds = self.loss + loss * units, self.units + units, self.seconds + seconds
+        now = time.monotonic()
+        if self.last is not None and now - self.last < PROGRESS_EVERY:
+            return None
+        self.last = now
+        out = (self.loss / max(self.units, 1), self.units / max(self.seconds, 1e-9))
+        self.loss = self.units = self.seconds = 0.0
+        return out
+
+
 def _to(state, device):
     if isinstance(state, torch.Tensor):
         return state.to(device)
     return type(state)(_to(s, device) for s in state)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
