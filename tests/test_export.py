@@ -1,6 +1,8 @@
 """ONNX export of every recipe's model: onnxruntime matches PyTorch within 1e-4, and the exported
 language-model step generates the same 50 greedy characters as convrnn.sampling.sample."""
 # B batch, T time steps, C channels, H height, W width, V vocabulary
+import warnings
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -85,7 +87,16 @@ def test_cli_export_of_a_run_and_bad_format(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["export", str(run), "--format", "onnx"])
     assert e.value.code == 0
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(run), "--format", "onnx"])
+    assert e.value.code == 0
+    out, err = capsys.readouterr()
     assert (run / "model.onnx").is_file()
+    assert out.count(str(run / "model.onnx")) == 1 and out.startswith(f"wrote {run / 'model.onnx'} (") and not err
+    assert not [w for w in caught if "onnx" in str(w.filename).lower() or issubclass(w.category, torch.jit.TracerWarning)]
     with pytest.raises(SystemExit) as e:
         main(["export", str(tmp_path / "missing")])
     assert e.value.code == 2

@@ -269,9 +269,14 @@ def summary(spec: str, input_shape: Optional[str], batch_size: int, num_outputs:
     from convrnn.models import get_preset, list_models
     from convrnn.spec.builder import build_model
 
+    from convrnn.spec.grammar import op_names
+
     shape = _parse_input_shape(input_shape) if input_shape else None
+    name = spec.strip().partition(":")[0]
+    if " " not in spec.strip() and name not in list_models() and name not in op_names():
+        get_preset(name)  # neither a preset nor an op: the unknown-preset error, with the closest names
     # a preset, maybe with fields (crnn:filters=16); a one-token spec such as conv:8,3x3 is not one
-    if " " not in spec.strip() and spec.partition(":")[0] in list_models():
+    if " " not in spec.strip() and name in list_models():
         overrides = {k: v for k, v in (("num_outputs", num_outputs), ("input_shape", shape)) if v is not None}
         preset = get_preset(spec, **overrides)
         spec_text, shape, n_out = preset.spec, shape or preset.input_shape, num_outputs

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -121,7 +122,16 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the model's
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Expected while tracing, and harmless here: the input shape check turns a tensor size into
+            # a Python bool (the graph keeps the dynamic axes); the exporter's caution about RNNs with a
+            # batch other than 1 concerns packed variable lengths, which are not exported (every
+            # sequence of a batch runs to its full length; see the module docstring); and the legacy
+            # exporter is chosen on purpose (it writes LSTM/GRU as single ONNX nodes).
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch\.onnx|convrnn\.export)")
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
             torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
         proto = onnx.load(str(tmp))
@@ -132,7 +142,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("exported %s (%s) to %s", model.spec, "LM step" if is_language_model(model) else "forward", path)
+    log.debug("exported %s (%s) to %s", model.spec, "LM step" if is_language_model(model) else "forward", path)
     return path
 
 

@@ -98,7 +98,7 @@ def _prime_ids(vocab: Vocab, prime: Union[str, bytes]) -> np.ndarray:
         # nothing to condition on: start as if after a newline (id 0 if the vocabulary has no newline)
         start = 10 if vocab.is_bytes else max(vocab.chars.find("\n"), 0)
         ids = np.array([start], dtype=np.int64)
-        log.info("empty prime: sampling starts as if after a newline (id %d)", start)
+        log.debug("empty prime: sampling starts as if after a newline (id %d)", start)
     return ids
 
 

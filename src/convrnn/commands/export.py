@@ -13,6 +13,8 @@ def register(cli: click.Group) -> None:
     @click.option("--out", type=click.Path(dir_okay=False), help="output file (default RUN/model.onnx)")
     def export(run: str, fmt: str, out: Optional[str]) -> None:
         """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
-        from convrnn.export import export_run
+        from convrnn.export import OPSET, export_run
 
-        click.echo(str(export_run(run, out, fmt)))
+        path = export_run(run, out, fmt)
+        click.echo(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB, ONNX opset {OPSET}; every sequence of a "
+                   f"batch runs to its full length: batch lines or steps of equal length, or one at a time)")

@@ -14,6 +14,7 @@ Shape:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,19 @@ class CharLMDataConfig:
     stateful: bool = True        # contiguous streams with carried state; False = random windows
     val_fraction: float = 0.1    # the last fraction of the text validates
     random_offset: bool = True   # stateful: each epoch starts its stripes at a different offset
+
+
+def check_length(symbols: int, cfg: CharLMDataConfig, batch_size: int) -> None:
+    """A text too short for one window of ``seq_len`` per stream (plus a few symbols to validate on)
+    is a DataError that says how long it must be and what to lower."""
+    per_stream = cfg.seq_len + 1
+    train_needed = batch_size * cfg.seq_len + per_stream  # a window per stream, and room to shift it
+    needed = max(math.ceil(train_needed / (1 - cfg.val_fraction)), math.ceil(3 / cfg.val_fraction))
+    if symbols < needed:
+        unit = "bytes" if cfg.unit == "byte" else "characters"
+        raise DataError(f"{cfg.path or DEFAULT_CORPUS}: {symbols:,} {unit} are too few: with --batch-size "
+                        f"{batch_size} and --seq-len {cfg.seq_len}, training on {1 - cfg.val_fraction:.0%} of the "
+                        f"text needs at least {needed:,} {unit}; lower --batch-size or --seq-len, or give a longer text")
 
 
 class CharLMTask(LanguageModelTask):
@@ -93,10 +107,8 @@ class CharLMRecipe(Recipe):
     def make_data(self, data_cfg: CharLMDataConfig, train_cfg, *, progress=None) -> DataBundle:
         validate_data_config(data_cfg)
         text = load_text(data_cfg)
+        check_length(len(text), data_cfg, train_cfg.batch_size)
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
-        if not train_text or not val_text:
-            raise DataError(f"{data_cfg.path or DEFAULT_CORPUS}: {len(text)} symbols are too few to split "
-                            f"{1 - data_cfg.val_fraction:g}/{data_cfg.val_fraction:g}")
         vocab = Vocab.from_text(train_text)
         train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
         bs, seq_len = train_cfg.batch_size, data_cfg.seq_len
@@ -116,13 +128,6 @@ class CharLMRecipe(Recipe):
         return CharLMTask(Vocab.from_dict(meta["vocab"]))
 
     def predict(self, model, ckpt: dict, inputs: list[str], **options) -> list[str]:
-        """One sample (temperature 0.8, seed 0, 200 symbols) continuing each input prime."""
-        from convrnn.sampling import safe_text, sample
-
-        vocab = Vocab.from_dict(ckpt["meta"]["vocab"])
-        out = []
-        for prime in inputs:
-            (text,) = sample(model, vocab, prime=prime, length=options.get("length", 200),
-                             temperature=options.get("temperature", 0.8), seed=options.get("seed", 0))
-            out.append(prime + (safe_text(text) if isinstance(text, bytes) else text))
-        return out
+        """A language model generates text rather than reading inputs: ``convrnn sample`` does that."""
+        raise ConfigError(f"a charlm run generates text instead of reading files: use `convrnn sample RUN "
+                          f"--prime TEXT` (got {len(inputs)} input{'s' if len(inputs) != 1 else ''} to predict)")
