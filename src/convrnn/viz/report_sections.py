@@ -7,9 +7,11 @@ written, data that cannot be rebuilt) the section says what is missing instead o
 
 Shape:
     classification evaluation: logits ``(B, V)``, labels ``(B,)``; confusion ``(V, V)`` truth x prediction.
+    digit sequences: ``x`` ``(B, T, 1, H, W)``, one digit image per step; targets ``(B,)`` or ``(B, T)``.
     CTC evaluation: logits ``(B, T, V)`` with valid frames ``(B,)``; a line image ``(H, W)`` uint8.
+    inputs are ink in 0..1 (1: ink); pictures on the page show dark ink on white paper.
 """
-# B batch, T frames, V classes or labels, H height, W width
+# B batch, T frames or steps, V classes or labels, H height, W width
 from __future__ import annotations
 
 import base64
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 EVAL_BATCHES = 20  # validation batches the report evaluates at most: a report takes seconds, not minutes
 SAMPLE_TEMPERATURES = (0.5, 0.8, 1.0)
 SAMPLE_LENGTH = 300
+MISCLASSIFIED = 16   # misclassified images shown for classification runs
+WORST_SEQUENCES = 6  # worst digit sequences shown
+THUMB_HEIGHT = 48    # CSS pixels: small input images are enlarged (nearest neighbour) to about this height
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -52,7 +57,11 @@ def png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def figure_png(fig, *, dpi: int = 96) -> bytes:
+CSS_DPI = 96  # CSS pixels per inch: a matplotlib point is then a CSS point at the figure's own size
+DENSITY = 2    # figure pixels per CSS pixel, so figures stay sharp on high-density screens
+
+
+def figure_png(fig, *, dpi: int = CSS_DPI) -> bytes:
     """PNG bytes of a matplotlib figure; the figure is closed."""
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
@@ -63,13 +72,45 @@ def figure_png(fig, *, dpi: int = 96) -> bytes:
     return buf.getvalue()
 
 
-def img(png: bytes, alt: str, *, css_class: str = "") -> str:
+def img(png: bytes, alt: str, *, css_class: str = "", width: Optional[int] = None) -> str:
+    """An ``<img>`` of ``png``; ``width`` (CSS pixels) shows it at that size (or narrower, never wider)."""
     cls = f' class="{esc(css_class)}"' if css_class else ""
-    return f'<img{cls} alt="{esc(alt)}" src="{png_data_uri(png)}">'
+    size = f' width="{int(width)}"' if width else ""
+    return f'<img{cls}{size} alt="{esc(alt)}" src="{png_data_uri(png)}">'
 
 
-def figure_img(fig, alt: str, *, css_class: str = "", dpi: int = 96) -> str:
-    return img(figure_png(fig, dpi=dpi), alt, css_class=css_class)
+def figure_img(fig, alt: str, *, css_class: str = "") -> str:
+    """A matplotlib figure at its own size in CSS pixels (``figsize`` x 96), drawn at twice the density:
+    a font size of 9 in the figure reads as 9pt on the page (when the window leaves room for it)."""
+    width = round(fig.get_figwidth() * CSS_DPI)
+    return img(figure_png(fig, dpi=CSS_DPI * DENSITY), alt, css_class=css_class, width=width)
+
+
+def paper(ink: np.ndarray) -> np.ndarray:
+    """Ink ``(H, W)`` in 0..1 (1: ink) -> a uint8 picture with dark ink on white paper."""
+    return (255.0 - np.clip(np.asarray(ink, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def gray_png(image: np.ndarray, scale: int = 1) -> bytes:
+    """PNG bytes of a uint8 ``(H, W)`` picture, each pixel repeated ``scale`` x ``scale`` times."""
+    from PIL import Image
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)  # (H, W) -> (H*s, W*s)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(big)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def enlargement(height: int, target: int = THUMB_HEIGHT) -> int:
+    """The whole-number enlargement that brings an image of ``height`` pixels nearest to ``target``."""
+    return max(1, round(target / max(height, 1)))
+
+
+def thumbnail(ink: np.ndarray, alt: str, *, target: int = THUMB_HEIGHT) -> str:
+    """An ``<img>`` of an ink image ``(H, W)``, dark on white, enlarged (nearest neighbour) to about
+    ``target`` CSS pixels high and drawn at twice that density."""
+    picture = paper(ink)
+    scale = enlargement(picture.shape[0], target)
+    return img(gray_png(picture, scale * DENSITY), alt, css_class="px", width=picture.shape[1] * scale)
 
 
 def table(header: Optional[Sequence[str]], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> str:
@@ -157,8 +198,11 @@ def _run_batch(ctx: EvalContext, batch: dict):
         return ctx.model.run(batch["x"], batch.get("lengths"), need_state=False)
 
 
-def evaluate_metrics(ctx: EvalContext):
-    """The task's metric accumulator after the capped evaluation (cached per context)."""
+def evaluate_metrics(ctx: EvalContext, on_batch: Optional[Callable[[Any, dict], None]] = None):
+    """The task's metric accumulator after the capped evaluation (cached per context).
+
+    ``on_batch(out, batch)`` sees every batch's model output during that one pass (to keep examples
+    without evaluating twice); it is not called when the metrics are already cached."""
     if "metrics" not in ctx._cache:
         acc = ctx.task.new_metrics()
         state = None
@@ -168,24 +212,62 @@ def evaluate_metrics(ctx: EvalContext):
             with torch.inference_mode():
                 out = ctx.model.run(batch["x"], batch.get("lengths"), state if ctx.task.stateful else None,
                                     need_state=ctx.task.stateful)
+                if on_batch is not None:
+                    on_batch(out, batch)
             state = out.state
             acc.update(out, batch)
         ctx._cache["metrics"] = acc
     return ctx._cache["metrics"]
 
 
+def sample_id(batch: dict, k: int) -> str:
+    """The ``ids`` entry of item ``k`` of a batch (a tensor or a list), else its position."""
+    ids = batch.get("ids")
+    if ids is None:
+        return str(k)
+    v = ids[k]
+    return str(v.item() if isinstance(v, torch.Tensor) else v)
+
+
+def split_samples(ctx: Optional[EvalContext], batches: int = 0) -> Optional[int]:
+    """How many samples the first ``batches`` batches (0: all) of the context's split hold, when its data
+    was built and is a plain batched dataset; else None. Training validated ``train.val_batches``
+    batches of the same data, so this is the denominator of its count metrics (errors)."""
+    from convrnn.data.batching import IndexedBatches
+    data = ctx._cache.get("data") if ctx is not None else None
+    if not isinstance(data, IndexedBatches):
+        return None
+    n, size = len(data.dataset), data.batch_size
+    if data.drop_last:
+        n -= n % size
+    return min(n, batches * size) if batches else n
+
+
 # --------------------------------------------------------------------------------- recipe sections
 
-def classify_sections(ctx: EvalContext) -> list[Section]:
-    """fonts, mnist: the confusion matrix of the best checkpoint on the split."""
+def classify_sections(ctx: EvalContext, *, shown: int = MISCLASSIFIED) -> list[Section]:
+    """fonts, mnist: the confusion matrix of the best checkpoint on the split, and its most confident
+    mistakes (up to ``shown`` images with the true and predicted class)."""
     from convrnn.viz.confusion import confusion_figure
-    acc = evaluate_metrics(ctx)
+    classes = list(ctx.ckpt["meta"].get("classes") or ctx.task.classes)
+    wrong = []  # (-probability, true index, predicted index, id, image (H, W) ink), most confident first
+
+    def keep_mistakes(out, batch) -> None:
+        probs = out.y.float().softmax(dim=-1)  # (B, V)
+        p, pred = probs.max(dim=-1)
+        for k in torch.nonzero(pred != batch["y"]).flatten().tolist():
+            image = batch["x"][k].reshape(-1, batch["x"].shape[-1])  # (C, H, W) -> (C*H, W); C is 1 here
+            wrong.append((-float(p[k]), int(batch["y"][k]), int(pred[k]), sample_id(batch, k), image.numpy().copy()))
+        wrong.sort(key=lambda w: w[0])  # stable: ties stay in data order
+        del wrong[shown:]
+
+    acc = evaluate_metrics(ctx, keep_mistakes)
     confusion = getattr(acc, "confusion", None)
     if confusion is None:
         return [missing("Confusion matrix", f"the {ctx.task.name} task's metrics keep no confusion matrix")]
-    classes = list(ctx.ckpt["meta"].get("classes") or ctx.task.classes)
     counts = confusion.cpu().numpy()
     n = int(counts.sum())
+    errors = n - int(np.trace(counts))
     accuracy = float(np.trace(counts)) / max(n, 1)
     fig = confusion_figure(counts, classes, title=f"{ctx.split}: {n} samples, accuracy {accuracy:.3f}")
     body = (figure_img(fig, "confusion matrix", css_class="wide")
@@ -194,13 +276,49 @@ def classify_sections(ctx: EvalContext) -> list[Section]:
     per_class = [(c, int(counts[i].sum()), f"{counts[i, i] / max(counts[i].sum(), 1):.3f}")
                  for i, c in enumerate(classes)]
     body += table(["class", "samples", "recall"], per_class, numeric=(1, 2))
-    return [Section("Confusion matrix", body, "confusion")]
+    sections = [Section("Confusion matrix", body, "confusion")]
+    if wrong:
+        tiles = "".join(
+            f'<figure class="sample">{thumbnail(image, f"{ctx.split} sample {sid}: {classes[t]} read as {classes[q]}")}'
+            f'<figcaption>true <b>{esc(classes[t])}</b><br>predicted <b>{esc(classes[q])}</b> '
+            f'<span class="p">(p {-neg_p:.2f})</span></figcaption></figure>'
+            for neg_p, t, q, sid, image in wrong)
+        shown_note = (f"The {len(wrong)} most confident of the {errors} misclassified {ctx.split} samples"
+                      if errors > len(wrong) else f"All {errors} misclassified {ctx.split} samples")
+        mistakes = (f'<div class="samples">{tiles}</div>'
+                    + note(f"{shown_note} (errors {errors}/{n}), the most confident first; p is the "
+                           "probability the best checkpoint gave its (wrong) prediction."))
+    else:
+        mistakes = note(f"No misclassified samples: the best checkpoint reads all {n} {ctx.split} samples right.")
+    sections.append(Section("Misclassified examples", mistakes, "misclassified"))
+    return sections
 
 
-def digits_sections(ctx: EvalContext) -> list[Section]:
-    """digits: error per sequence length, on the test split when it exists (lengths up to 2N)."""
+def digits_sections(ctx: EvalContext, *, shown: int = WORST_SEQUENCES) -> list[Section]:
+    """digits: error per sequence length, on the test split when it exists (lengths up to 2N), and the
+    ``shown`` sequences with the largest error (their digit images, target and prediction)."""
     import matplotlib.pyplot as plt
-    metrics = evaluate_metrics(ctx).compute()
+    worst = []  # (-error, id, digits (L, H, W) ink, targets, predictions), largest error first
+    values = getattr(ctx.task, "values", None)
+
+    def keep_worst(out, batch) -> None:
+        if values is None:
+            return
+        pred = values(out).double().cpu()                   # (B,) or (B, T)
+        truth = batch["y_int"] if "y_int" in batch else batch["y"].round().long()
+        lengths = batch["lengths"].tolist()
+        per_step = pred.dim() == 2
+        for k, n in enumerate(lengths):
+            p = pred[k, :n] if per_step else pred[k:k + 1]
+            t = truth[k, :n].double() if per_step else truth[k:k + 1].double()
+            error = float((p - t).abs().sum())
+            if len(worst) < shown or error > -worst[-1][0]:
+                digits = batch["x"][k, :n, 0].numpy().copy()  # (B, T, 1, H, W) -> (L, H, W)
+                worst.append((-error, sample_id(batch, k), digits, t.tolist(), p.tolist()))
+                worst.sort(key=lambda w: w[0])  # stable: ties stay in data order
+                del worst[shown:]
+
+    metrics = evaluate_metrics(ctx, keep_worst).compute()
     lengths = sorted(int(k[len("mae_len"):]) for k in metrics if k.startswith("mae_len"))
     if not lengths:
         return [missing("Error per sequence length", "the digits evaluation reported no per-length metrics "
@@ -208,14 +326,15 @@ def digits_sections(ctx: EvalContext) -> list[Section]:
     mae = [metrics[f"mae_len{n}"] for n in lengths]
     exact = [metrics.get(f"exact_len{n}", float("nan")) for n in lengths]
     train_max = int(ctx.ckpt["config"].get("data", {}).get("max_len", 0) or 0)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.0))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.2))
     ax1.plot(lengths, mae, marker="o")
-    ax1.set_title("mean absolute error")
+    ax1.set_title("mean absolute error", fontsize=11)
     ax2.plot(lengths, exact, marker="o", color="tab:green")
-    ax2.set_title("exact after rounding")
+    ax2.set_title("exact after rounding", fontsize=11)
     ax2.set_ylim(-0.02, 1.02)
     for ax in (ax1, ax2):
-        ax.set_xlabel("sequence length")
+        ax.set_xlabel("sequence length", fontsize=10)
+        ax.tick_params(labelsize=9)
         ax.grid(True, alpha=0.3)
         if train_max:
             ax.axvline(train_max + 0.5, color="0.5", linestyle="--", linewidth=1)
@@ -226,7 +345,31 @@ def digits_sections(ctx: EvalContext) -> list[Section]:
             + note(f"Best checkpoint on the {ctx.split} split (at most {ctx.max_batches} batches); the dashed "
                    f"line marks the longest training length{f' ({train_max})' if train_max else ''}.")
             + table(["length", "mse", "mae", "exact"], rows, numeric=(0, 1, 2, 3)))
-    return [Section("Error per sequence length", body, "per-length")]
+    sections = [Section("Error per sequence length", body, "per-length")]
+    if worst:
+        items = "".join(
+            f'<figure class="sequence">{thumbnail(_side_by_side(digits), f"{ctx.split} sequence {sid}")}'
+            f'<figcaption>{esc(sid)}: target <b>{esc(_values_text(t))}</b>, predicted '
+            f'<b>{esc(_values_text(q))}</b> (length {len(digits)}, error {-neg:.2f})</figcaption></figure>'
+            for neg, sid, digits, t, q in worst)
+        sections.append(Section("Worst sequences", items + note(
+            f"The {len(worst)} {ctx.split} sequences with the largest absolute error (summed over the steps of a "
+            f"running sum), largest first, among at most {ctx.max_batches} batches."), "worst-sequences"))
+    return sections
+
+
+def _side_by_side(images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """``(L, H, W)`` ink images -> one ``(H, L * (W + gap) - gap)`` ink image, left to right."""
+    count, height, width = images.shape
+    row = np.full((height, max(count * (width + gap) - gap, 1)), 0.25, dtype=np.float32)  # light gray gaps
+    for i in range(count):
+        row[:, i * (width + gap): i * (width + gap) + width] = images[i]
+    return row
+
+
+def _values_text(values: Sequence[float]) -> str:
+    """Targets or predictions as text: whole numbers without decimals, others to two decimals."""
+    return " ".join(str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.2f}" for v in values)
 
 
 def lines_sections(ctx: EvalContext, *, worst: int = 8, plots: int = 3) -> list[Section]:
@@ -236,7 +379,7 @@ def lines_sections(ctx: EvalContext, *, worst: int = 8, plots: int = 3) -> list[
     from convrnn.viz.ctc_plot import plot_ctc
 
     alphabet = ctx.ckpt["meta"]["alphabet"]
-    scored = []  # (cer, ref, hyp, name, image (H, W) uint8, probs (T, V))
+    scored = []  # (cer, index in its batch, reference, prediction, batch, logits (B, T, V), frames (B,))
     for batch in ctx.batches():
         out = _run_batch(ctx, batch)
         frames = out.lengths if out.lengths is not None else torch.full((out.y.shape[0],), out.y.shape[1])
@@ -248,10 +391,20 @@ def lines_sections(ctx: EvalContext, *, worst: int = 8, plots: int = 3) -> list[
         scored = scored[:worst]  # keep only the worst lines (and their batches) while evaluating
     if not scored:
         return [missing("Worst-read lines", f"the {ctx.split} split has no lines")]
-    rows = [(str(b["ids"][k]), f"{cer:.3f}", ref, hyp) for cer, k, ref, hyp, b, _, _ in scored]
-    sections = [Section("Worst-read lines", table(["line", "CER", "reference", "prediction"], rows, numeric=(1,))
-                        + note(f"Greedy decoding of the best checkpoint; the {len(rows)} lines with the highest "
-                               f"character error rate among at most {ctx.max_batches} {ctx.split} batches."),
+    items = []
+    for cer, k, ref, hyp, b, _, _ in scored:
+        ink = b["x"][k, 0, :, :int(b["lengths"][k])].numpy()  # (1, H, W) padded -> (H, width)
+        line_id = sample_id(b, k)
+        picture = thumbnail(ink, f"line {line_id}")  # low lines enlarged to about THUMB_HEIGHT
+        items.append(f'<figure class="line">{picture}'
+                     f'<figcaption><span class="id">{esc(line_id)}</span> CER <span class="cer">{cer:.3f}</span>'
+                     f'<br>reference <code class="ref">{esc(ref)}</code>'
+                     f'<br>prediction <code class="hyp">{esc(hyp)}</code>'
+                     + (' <span class="p">(nothing read)</span>' if not hyp else "") + "</figcaption></figure>")
+    sections = [Section("Worst-read lines", "".join(items)
+                        + note(f"Greedy decoding of the best checkpoint; the {len(items)} lines with the highest "
+                               f"character error rate among at most {ctx.max_batches} {ctx.split} batches, worst "
+                               "first: the line image above its reference and the prediction."),
                         "worst-lines")]
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -301,9 +454,19 @@ def recipe_sections(run: str, recipe: str, *, split: Optional[str] = None, max_b
     ``split`` None: the recipe's preferred split (digits: test, whose sequences are up to twice as long
     as training's), falling back to val when the run has no such split.
     """
+    return recipe_report(run, recipe, split=split, max_batches=max_batches, progress=progress,
+                         data_progress=data_progress)[0]
+
+
+def recipe_report(run: str, recipe: str, *, split: Optional[str] = None, max_batches: int = EVAL_BATCHES,
+                  progress: Optional[Callable] = None,
+                  data_progress: Optional[Callable] = None) -> tuple[list[Section], Optional[EvalContext]]:
+    """:func:`recipe_sections` and the evaluation context they used (None when there was none), whose
+    data the results summary reuses to count the validation samples."""
     builder = RECIPE_SECTIONS.get(recipe)
     if builder is None:
-        return [missing("Recipe sections", f"the report has no sections for recipe {recipe!r}")]
+        return [missing("Recipe sections", f"the report has no sections for recipe {recipe!r}")], None
+    ctx = None
     try:
         chosen = split or SPLIT_FOR.get(recipe, "val")
         ctx = eval_context(run, split=chosen, max_batches=max_batches, progress=progress, data_progress=data_progress)
@@ -313,8 +476,8 @@ def recipe_sections(run: str, recipe: str, *, split: Optional[str] = None, max_b
             except ConfigError:
                 ctx = eval_context(run, split="val", max_batches=max_batches, progress=progress,
                                    data_progress=data_progress)
-        return builder(ctx)
+        return builder(ctx), ctx
     except ImportError as e:  # a recipe piece not written yet
-        return [missing(f"{recipe} sections", f"a module they need is missing ({e})")]
+        return [missing(f"{recipe} sections", f"a module they need is missing ({e})")], ctx
     except ConvrnnError as e:  # data that cannot be rebuilt here, a split the recipe lacks...
-        return [missing(f"{recipe} sections", str(e))]
+        return [missing(f"{recipe} sections", str(e))], ctx
