@@ -131,3 +131,99 @@ def test_summary_and_preview(capsys, tmp_path):
     code, out, err = run_cli(capsys, "fonts", "preview", "--out", str(png), "--samples", "3")
     assert code == 0, err
     assert Image.open(png).size[0] > 3 * 64
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    return lines[-1]
+
+
+def _charlm_corpus(path, chars: int):
+    path.write_text(("to be or not to be " * (chars // 19 + 1))[:chars], encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["preset_of_another_recipe", "empty_checkpoint", "config_as_checkpoint",
+                                  "unknown_summary_preset", "resume_another_recipe", "resume_before_checkpoint",
+                                  "tiny_corpus", "missing_data_dir", "missing_mnist_dir", "predict_charlm"])
+def test_bad_inputs_are_one_line_exit_2_and_leave_no_run(capsys, tmp_path, monkeypatch, trained_run, case):
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.iterdir())
+    if case == "preset_of_another_recipe":
+        argv, message = ["train", "fonts", "--preset", "crnn"], "preset 'crnn' is a model for 'ctc' outputs"
+    elif case == "empty_checkpoint":
+        (tmp_path / "empty.pt").write_bytes(b"")
+        before.add(tmp_path / "empty.pt")
+        argv, message = ["eval", "empty.pt"], "empty.pt: the file is empty (0 bytes), not a checkpoint"
+    elif case == "config_as_checkpoint":
+        argv, message = ["eval", str(trained_run / "config.json")], "config.json: this is a json file, not a checkpoint"
+    elif case == "unknown_summary_preset":
+        argv, message = ["summary", "nope"], "unknown model 'nope'"
+    elif case == "resume_another_recipe":
+        argv, message = ["train", "digits", "--resume", str(trained_run)], "this is a run of recipe 'fonts', not 'digits'"
+    elif case == "resume_before_checkpoint":
+        run = tmp_path / "killed"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.json").write_text((trained_run / "config.json").read_text())
+        before.add(run)
+        argv, message = ["train", "fonts", "--resume", str(run)], "stopped before its first checkpoint"
+    elif case == "tiny_corpus":
+        argv = ["train", "charlm", "--data", _charlm_corpus(tmp_path / "tiny.txt", 40)]
+        before.add(tmp_path / "tiny.txt")
+        message = "40 characters are too few: with --batch-size 32 and --seq-len 64"
+    elif case == "missing_data_dir":
+        argv, message = ["train", "digits", "--data-dir", "no-such-dir"], f"--data-dir={tmp_path / 'no-such-dir'}: no such folder"
+    elif case == "missing_mnist_dir":
+        argv = ["train", "lines", "--synthetic", "digits", "--mnist-dir", "gone"]
+        message = f"--mnist-dir={tmp_path / 'gone'}: no such folder"
+    else:
+        run = tmp_path / "lm"
+        code, _, err = run_cli(capsys, "-q", "train", "charlm", "--data", _charlm_corpus(tmp_path / "c.txt", 4000),
+                               "--max-steps", "1", "--spec", "embed:4 lstm:8 lm", "--run-dir", str(run))
+        assert code == 0, err
+        before |= {run, tmp_path / "c.txt"}
+        argv, message = ["predict", str(run), "to be"], "use `convrnn sample RUN --prime TEXT`"
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and message in _one_error_line(err), err
+    assert set(tmp_path.iterdir()) == before  # nothing half-made: no run directory, no runs/ folder
+
+
+def test_a_failed_start_after_the_run_directory_exists_removes_it(capsys, tmp_path, monkeypatch):
+    """A spec whose output the task cannot score is found once the data is made, before training."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", "fonts", "--spec", "cols lstm:8 lm", *TINY, "--run-dir", "run")
+    assert code == 2 and "does not fit the fonts recipe" in _one_error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_reads_the_same_data_from_any_directory(capsys, tmp_path, monkeypatch):
+    """Data given by a relative path is recorded absolute: eval from elsewhere reads the same lines."""
+    from convrnn.data.synthetic_lines import digit_lines
+    from convrnn.data.lines import write_line_folder
+    project = tmp_path / "project"
+    project.mkdir()
+    write_line_folder(digit_lines(24, split="train", max_digits=3, height=16, mnist_dir="sklearn"), project / "train")
+    write_line_folder(digit_lines(12, split="val", max_digits=3, height=16, mnist_dir="sklearn", seed=1), project / "val")
+    monkeypatch.chdir(project)
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", "train", "--val", "val", "--height", "16",
+                             "--max-steps", "2", "--batch-size", "8", "--run-dir", "run")
+    assert code == 0, err
+    cfg = json.loads((project / "run" / "config.json").read_text())
+    assert cfg["data"]["data"] == str(project / "train") and cfg["train"]["run_dir"] == str(project / "run")
+    code, here, err = run_cli(capsys, "eval", "run")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    code, there, err = run_cli(capsys, "eval", str(project / "run"))
+    assert code == 0, err
+    assert here.splitlines()[1:] == there.splitlines()[1:] and "cer: " in here
+    (project / "val").rename(project / "moved")  # the data moved: say so, never read other data
+    code, out, err = run_cli(capsys, "eval", str(project / "run"))
+    assert code == 2 and str(project / "val") in _one_error_line(err)
+
+
+def test_quiet_after_the_subcommand(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "fonts", *TINY, "--run-dir", str(tmp_path / "run"), "-q")
+    assert code == 0, err
+    assert "validation at step" not in err and "final:" in out  # INFO lines silenced, results kept
+    assert "validation at step" in (tmp_path / "run" / "train.log").read_text()  # the log still has them

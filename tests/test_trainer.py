@@ -124,3 +124,26 @@ def test_memory_format_auto_leaves_narrow_convolutions_contiguous():
 def test_memory_format_rejects_unknown_values():
     with pytest.raises(ConfigError, match=r"train.memory_format: expected one of auto, channels_last, contiguous, got 'nhwc'"):
         _conv_trainer("nhwc")
+
+
+def test_best_checkpoint_breaks_ties_by_loss_then_by_the_later_step(tmp_path):
+    """Once the accuracy saturates, best.pt follows the validation loss, and an exact tie keeps the
+    later weights: the first perfect epoch is not what eval reads for the rest of the run."""
+    t = make_trainer(tmp_path, "ties", epochs=1)
+    sequence = [  # (step, accuracy, loss): is it the new best?
+        (10, 0.9, 0.30, True),    # the first validation
+        (20, 1.0, 0.20, True),    # better accuracy
+        (30, 1.0, 0.25, False),   # a tie in accuracy, higher loss
+        (40, 1.0, 0.10, True),    # a tie in accuracy, lower loss
+        (50, 1.0, 0.10, True),    # a tie in both: the later step
+        (60, 0.95, 0.01, False),  # lower accuracy, whatever the loss
+    ]
+    for step, accuracy, loss, expected in sequence:
+        t.pos.step = step
+        t.evaluate = lambda data, max_batches=0, a=accuracy, l=loss: {"loss": l, "accuracy": a, "errors": 0.0,
+                                                                      "samples": 32.0}
+        t._validate_current()
+        assert (t.pos.best_step == step) == expected, (step, t.pos.best_step)
+    assert (t.pos.best, t.pos.best_loss, t.pos.best_step) == (1.0, 0.10, 50)
+    best = load_checkpoint(tmp_path / "ties" / "checkpoints" / "best.pt")
+    assert best["step"] == 50 and best["metrics"]["loss"] == 0.10
