@@ -181,8 +181,9 @@ def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_ro
                                 normalize=normalize, workers=workers, progress=progress)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"{source}: no such folder, manifest or page XML (expected a folder of name.png + "
-                        f"name.gt.txt, a TSV file of path<TAB>text, or ALTO/PAGE .xml files)")
+        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
+                        f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "
+                        f"pattern)")
     if path.is_dir():
         entries = _folder_entries(path)
     else:
