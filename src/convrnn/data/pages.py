@@ -33,8 +33,10 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import unicodedata
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -694,6 +696,14 @@ def page_name(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def _pool_context():
+    """fork on Linux: workers start at once and a user's script needs no ``if __name__ == "__main__"``
+    guard; spawn elsewhere (fork is unsafe on macOS and absent on Windows)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = None, cache: bool = True,
                progress: Optional[Callable[[int, int], None]] = None) -> list[PageLines]:
     """Every line of every page file, cut and scaled to ``height``, in file order: from the cache when a
@@ -735,11 +745,12 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
             progress(done, len(paths))
 
     if n_workers > 1:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawned workers import numpy and Pillow only: no torch threads or progress-bar threads forked
-        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with warnings.catch_warnings(), ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
+            # Python 3.12+ warns when a process with threads forks; the workers run numpy and Pillow
+            # code only and take none of the locks the parent's threads (torch, progress bars) hold
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             for i, lines in zip(todo, pool.map(_extract_job, jobs, chunksize=1)):
                 finish(i, lines)
     else:
