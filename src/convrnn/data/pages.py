@@ -51,8 +51,12 @@ log = logging.getLogger(__name__)
 
 ALTO, PAGE = "alto", "page"
 NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD", "none")
-BAND_ABOVE = 0.75   # a baseline-only line reaches this many line spacings above its baseline
-BAND_BELOW = 0.35   # ... and this many below (descenders)
+# a baseline-only line reaches this many line spacings above its baseline, and BAND_BELOW below it
+# (descenders). Against the polygons of 34 Copiste pages (handwriting), this band leaves out more than
+# 2% of a line's ink for 5% of the lines and takes in a median 3% more ink from neighbouring lines
+# (0.75/0.35: 8% and 2%; 0.9/0.45: 2% and 6%)
+BAND_ABOVE = 0.8
+BAND_BELOW = 0.4
 DEFAULT_LINES_PER_PAGE = 40  # line spacing = page height / this, where the page has no two baselines to measure
 BACKGROUND_PERCENTILE = 80   # of the pixels inside a line: its paper
 INK_PERCENTILE = 1           # of the pixels inside a line: its darkest ink
