@@ -258,6 +258,8 @@ def test_sources_folder_glob_and_file(tmp_path):
     assert by_folder.names == [f"p1.xml:{k}" for k in GOOD] + [f"p2.xml:{k}" for k in GOOD]
     assert by_glob.names == [f"train/{n}" for n in by_folder.names]  # below the pattern's fixed folder
     assert all(np.array_equal(a, b) for a, b in zip(by_folder.images, by_glob.images))
+    with pytest.raises(DataError, match="p3.xml: no such page XML file"):
+        read_lines(str(tmp_path / "train" / "p3.xml"), height=16)
     with pytest.raises(DataError, match="matches no .xml files"):
         read_lines(str(tmp_path / "*.xml"), height=16)
     (tmp_path / "train" / "x.gt.txt").write_text("x", encoding="utf-8")

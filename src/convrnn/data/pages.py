@@ -666,6 +666,8 @@ def page_sources(source: str) -> Optional[list[Path]]:
             raise DataError(f"{source}: holds both page XML files and .gt.txt line transcriptions; "
                             f"expected one kind (point at a folder of either)")
         return xmls
+    if path.suffix.lower() == ".xml" and not any(c in source for c in GLOB_CHARS):
+        raise DataError(f"{source}: no such page XML file")
     if any(c in source for c in GLOB_CHARS):
         matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
         xmls = [p for p in matches if p.is_file() and p.suffix.lower() == ".xml"]
