@@ -1,7 +1,6 @@
 """Page XML (ALTO, PAGE): reading lines from pages, bad input, the cache, writing texts back, predict."""
 # H height, W width
 import logging
-import os
 import unicodedata
 import xml.etree.ElementTree as ET
 from pathlib import Path

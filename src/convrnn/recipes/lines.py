@@ -1,9 +1,10 @@
 """The ``lines`` recipe: text-line recognition with CTC (seed 003, issue 4).
 
 Data: a folder of ``name.png`` + ``name.gt.txt``, a TSV manifest, page XML (ALTO or PAGE files, folders
-of them, glob patterns), or synthetic lines (handwritten digit strings, printed text). The alphabet is built from the training transcriptions and stored in
-the checkpoint; the task encodes each batch's texts with it, so evaluating on other data works and
-characters the model never saw are counted (``unseen_chars``) instead of breaking a batch.
+of them, glob patterns), or synthetic lines (handwritten digit strings, printed text). The alphabet is
+built from the training transcriptions and stored in the checkpoint; the task encodes each batch's
+texts with it, so evaluating on other data works and characters the model never saw are counted
+(``unseen_chars``) instead of breaking a batch. ``predict`` writes recognised texts back into page XML.
 """
 # B batch, C channels (1), H height, W width, T frames, V labels (blank + alphabet)
 from __future__ import annotations
