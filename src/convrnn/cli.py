@@ -232,10 +232,13 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> Non
 @click.option("--lexicon", type=click.Path(dir_okay=False), help="CTC recipes: word list constraining the beam")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
               help=SHIFTS_HELP)
-def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], shifts: int) -> None:
-    """Predict with a trained run: one line per input."""
+@click.option("--out", type=click.Path(file_okay=False), help="lines recipe: write each ALTO/PAGE XML input "
+              "into this folder with the recognised text of its lines")
+def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], shifts: int,
+            out: Optional[str]) -> None:
+    """Predict with a trained run: one line per input (per text line of a page XML input)."""
     from convrnn.recipes.runner import predict as run_predict
-    options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon)) if v is not None}
+    options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("out", out)) if v is not None}
     options["shifts"] = shifts
     for line in run_predict(run, list(inputs), **options):
         click.echo(line)

@@ -1,15 +1,19 @@
-"""Text-line images with transcriptions: folder and TSV manifest readers, scaling, batching.
+"""Text-line images with transcriptions: folder, TSV manifest and page XML readers, scaling, batching.
 
-Two on-disk formats (the kraken/calamari/ocropy convention and a manifest):
+Three on-disk formats (the kraken/calamari/ocropy convention, a manifest, and whole pages):
 
 - a folder of ``name.png`` (any image Pillow reads) next to ``name.gt.txt`` (UTF-8 transcription);
 - a TSV manifest, one ``path<TAB>text`` per line, paths relative to the manifest's folder. Paths that
-  leave that folder (``../x.png``, absolute paths elsewhere) are refused unless allowed.
+  leave that folder (``../x.png``, absolute paths elsewhere) are refused unless allowed;
+- page XML (ALTO or PAGE, e.g. an eScriptorium or Transkribus export): one ``.xml`` file, a folder of
+  them, or a glob pattern; lines are cut from the page images (``convrnn.data.pages``) and cached.
 
 Every line is read once, before training: turned into ink-bright uint8 (ink 255 on 0, dark-on-light
 scans inverted), scaled to a fixed height keeping its aspect ratio. Bad samples (unreadable or empty
 images, missing or empty transcriptions, text that is not UTF-8) are skipped, counted and logged by
 file name, so nothing can fail mid-epoch; ``strict`` turns the first one into a DataError instead.
+Transcriptions are put in a Unicode normal form (NFC unless ``normalize`` says otherwise) with
+whitespace runs collapsed to one space.
 """
 # B batch, C channels (1), H height, W width
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, to_ink
+from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
+                                page_name, page_root, page_sources, read_pages)
 from convrnn.data.sequences import smooth_field
 from convrnn.errors import ConfigError, DataError
 from convrnn.train.config import path_field
@@ -38,15 +44,17 @@ GT_SUFFIX = ".gt.txt"
 class LinesDataConfig:
     """Where the lines come from and how they are shaped. ``data`` and ``synthetic`` exclude each other."""
 
-    data: str = path_field()       # folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)
-    val: str = path_field()        # validation folder/manifest; empty = val_fraction of `data`
-    test: str = path_field()       # optional test folder/manifest
+    data: str = path_field()       # folder of name.png + name.gt.txt, a TSV manifest (path<TAB>text), or page
+                                   # XML (ALTO/PAGE): a .xml file, a folder of them or a glob pattern
+    val: str = path_field()        # validation lines, same forms; empty = val_fraction of `data`
+    test: str = path_field()       # optional test lines, same forms
     synthetic: str = ""            # "digits" or "text": generated lines instead of `data`
     height: int = 32               # every line is scaled to this height, keeping its aspect ratio
     max_width: int = 2048          # lines wider than this after scaling are skipped (0 = no limit)
     val_fraction: float = 0.1
     allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
     strict: bool = False           # a bad sample is an error instead of a counted skip
+    normalize: str = "NFC"         # Unicode form of the transcriptions: NFC, NFD, NFKC, NFKD or none
     seed: int = 0
     # synthetic lines (see convrnn.data.synthetic_lines)
     num_train: int = 20000
@@ -108,15 +116,16 @@ def prepare_line(path: str | Path, height: int) -> np.ndarray:
     return scale_to_height(ink, height)
 
 
-def read_transcription(path: Path) -> str:
-    """The stripped UTF-8 text of a ``.gt.txt`` file; DataError when missing, not UTF-8 or empty."""
+def read_transcription(path: Path, normalize: str = "NFC") -> str:
+    """The stripped UTF-8 text of a ``.gt.txt`` file in Unicode form ``normalize``; DataError when
+    missing, not UTF-8 or empty."""
     if not path.is_file():
         raise DataError(f"{path}: missing transcription")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: expected UTF-8 text, got byte 0x{e.object[e.start]:02x} at offset {e.start}") from None
-    text = " ".join(text.split())  # one line: newlines and runs of spaces become one space
+    text = normalize_text(text, normalize)  # one line: newlines and runs of spaces become one space
     if not text:
         raise DataError(f"{path}: empty transcription")
     return text
@@ -137,7 +146,8 @@ def _folder_entries(folder: Path) -> list[tuple[str, Optional[Path], Optional[st
     return entries
 
 
-def _manifest_entries(manifest: Path, allow_outside_root: bool) -> list[tuple[str, Optional[Path], Optional[str]]]:
+def _manifest_entries(manifest: Path, allow_outside_root: bool,
+                      normalize: str = "NFC") -> list[tuple[str, Optional[Path], Optional[str]]]:
     root = manifest.parent.resolve()
     try:
         lines = manifest.read_bytes().decode("utf-8").splitlines()
@@ -155,21 +165,30 @@ def _manifest_entries(manifest: Path, allow_outside_root: bool) -> list[tuple[st
         if not allow_outside_root and not path.is_relative_to(root):
             raise DataError(f"{manifest}:{number}: path {rel!r} leaves the dataset folder {root}; "
                             f"set data.allow_outside_root=true to allow it")
-        entries.append((f"{rel.strip()} (line {number})", path, " ".join(text.split())))
+        entries.append((f"{rel.strip()} (line {number})", path, normalize_text(text, normalize)))
     return entries
 
 
 def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_root: bool = False,
-               strict: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
-    """Every good line of a folder or TSV manifest, scaled to ``height``; bad ones skipped and counted."""
+               strict: bool = False, normalize: str = "NFC", workers: Optional[int] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
+    """Every good line of a folder, TSV manifest or page XML source (a ``.xml`` file, a folder of them, a
+    glob pattern), scaled to ``height``; bad ones skipped and counted. Page lines are cut over
+    ``workers`` processes (default: every core this process may use) and cached."""
+    check_normal_form(normalize)
+    xml_paths = page_sources(source)
+    if xml_paths is not None:
+        return _read_page_lines(source, xml_paths, height=height, max_width=max_width, strict=strict,
+                                normalize=normalize, workers=workers, progress=progress)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt "
-                        f"or a TSV file of path<TAB>text)")
+        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
+                        f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "
+                        f"pattern)")
     if path.is_dir():
         entries = _folder_entries(path)
     else:
-        entries = _manifest_entries(path, allow_outside_root)
+        entries = _manifest_entries(path, allow_outside_root, normalize)
     if not entries:
         raise DataError(f"{source}: expected line images with transcriptions, found none")
     images, texts, names, skipped = [], [], [], {}
@@ -178,7 +197,7 @@ def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_ro
             if image_path is None:
                 raise DataError(f"{path / name}: a transcription without an image ({name}{GT_SUFFIX})")
             if text is None:  # folder format: read the .gt.txt next to the image
-                text = read_transcription(image_path.with_name(name + GT_SUFFIX))
+                text = read_transcription(image_path.with_name(name + GT_SUFFIX), normalize)
             elif not text:
                 raise DataError(f"{name}: empty transcription")
             ink = prepare_line(image_path, height)
@@ -205,6 +224,37 @@ def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_ro
                         f"(first problem: {next(iter(skipped.values()))})")
     lines = LineSet(images, texts, names)
     lines.skipped = skipped
+    return lines
+
+
+def _read_page_lines(source: str, paths: list[Path], *, height: int, max_width: int, strict: bool,
+                     normalize: str, workers: Optional[int], progress) -> LineSet:
+    """The transcribed lines of page XML files (``read_lines`` for ALTO/PAGE sources)."""
+    root = page_root(source)
+    names = [page_name(p, root) for p in paths]
+    pages = read_pages(paths, height=height, workers=workers, progress=progress)
+    got = collect_lines(pages, names, normalize=normalize, require_text=True, strict=strict,
+                        ignore_other_xml=len(paths) > 1 or Path(source).is_dir())
+    if max_width:
+        for k in reversed(range(len(got.images))):
+            width = got.images[k].shape[1]
+            if width > max_width:
+                message = (f"{got.names[k]}: {width} pixels wide at height {height}, "
+                           f"more than data.max_width={max_width}")
+                if strict:
+                    raise DataError(message)
+                got.skip(got.names[k], TOO_WIDE, message)
+                del got.images[k], got.texts[k], got.names[k]
+    if got.pages == 0 and got.bad_pages == 0:
+        raise DataError(f"{source}: expected ALTO or PAGE XML files, found none ({len(paths)} other .xml files)")
+    if got.skipped:
+        log.warning("%s: %s", source, got.summary())
+    if not got.images:
+        first = next(iter(got.skipped.values()), "the pages have no lines")
+        raise DataError(f"{source}: no transcribed lines left to use in {got.pages + got.bad_pages} pages "
+                        f"(first problem: {first})")
+    lines = LineSet(got.images, got.texts, got.names)
+    lines.skipped = got.skipped
     return lines
 
 
@@ -337,7 +387,8 @@ def check_config(cfg: LinesDataConfig) -> None:
               ("num_test", cfg.num_test >= 0, "0 or more"), ("max_digits", cfg.max_digits >= 1, "at least 1"),
               ("max_chars", cfg.max_chars >= 2, "at least 2"), ("rotate", 0 <= cfg.rotate <= 45, "0..45 degrees"),
               ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5"), ("elastic", 0 <= cfg.elastic <= 5, "0..5 pixels"),
-              ("slant", 0 <= cfg.slant <= 1, "0..1 pixels per pixel of height"), ("bend", 0 <= cfg.bend <= 5, "0..5 pixels")]
+              ("slant", 0 <= cfg.slant <= 1, "0..1 pixels per pixel of height"), ("bend", 0 <= cfg.bend <= 5, "0..5 pixels"),
+              ("normalize", cfg.normalize in NORMAL_FORMS, "one of " + ", ".join(NORMAL_FORMS))]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"data.{name}: expected {expected}, got {getattr(cfg, name)!r}")

@@ -1,26 +1,31 @@
 """The ``lines`` recipe: text-line recognition with CTC (seed 003, issue 4).
 
-Data: a folder of ``name.png`` + ``name.gt.txt``, a TSV manifest, or synthetic lines (handwritten
-digit strings, printed text). The alphabet is built from the training transcriptions and stored in
-the checkpoint; the task encodes each batch's texts with it, so evaluating on other data works and
-characters the model never saw are counted (``unseen_chars``) instead of breaking a batch.
+Data: a folder of ``name.png`` + ``name.gt.txt``, a TSV manifest, page XML (ALTO or PAGE files, folders
+of them, glob patterns), or synthetic lines (handwritten digit strings, printed text). The alphabet is
+built from the training transcriptions and stored in the checkpoint; the task encodes each batch's
+texts with it, so evaluating on other data works and characters the model never saw are counted
+(``unseen_chars``) instead of breaking a batch. ``predict`` writes recognised texts back into page XML.
 """
 # B batch, C channels (1), H height, W width, T frames, V labels (blank + alphabet)
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
 import click
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_config, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
+from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.base import ModelOutput
-from convrnn.tasks.ctc import CharNgramLM, CTCMetrics, CTCTask, Lexicon
+from convrnn.tasks.ctc import BLANK, CharNgramLM, CTCMetrics, CTCTask, Lexicon
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
         test = _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None
         return train, val, test
     opts = dict(height=cfg.height, max_width=cfg.max_width, allow_outside_root=cfg.allow_outside_root,
-                strict=cfg.strict, progress=progress)
+                strict=cfg.strict, normalize=cfg.normalize, progress=progress)
     train = read_lines(cfg.data, **opts)
     if cfg.val:
         val = read_lines(cfg.val, **opts)
@@ -120,11 +125,12 @@ class LinesRecipe(Recipe):
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
                       "weight_decay": 0.2, "schedule": "onecycle", "checkpoint_every": 500, "val_batches": 0}
     cli_options = (
-        CliOption("--data", "data.data", "folder of name.png + name.gt.txt, or a TSV manifest (path<TAB>text)"),
+        CliOption("--data", "data.data", "folder of name.png + name.gt.txt, a TSV manifest (path<TAB>text), or "
+                  "ALTO/PAGE XML: a .xml file, a folder of them or a quoted glob pattern ('pages/*.xml')"),
         CliOption("--synthetic", "data.synthetic", "generated lines instead of --data: handwritten digit "
                   "strings or printed text", type=click.Choice(["digits", "text"])),
-        CliOption("--val", "data.val", "validation folder/manifest (default: a split of --data by text)"),
-        CliOption("--test", "data.test", "test folder/manifest (for `convrnn eval RUN --split test`)"),
+        CliOption("--val", "data.val", "validation lines, as --data (default: a split of --data by text)"),
+        CliOption("--test", "data.test", "test lines, as --data (for `convrnn eval RUN --split test`)"),
         CliOption("--height", "data.height", "line height in pixels after scaling", type=int),
         CliOption("--num-train", "data.num_train", "synthetic training lines", type=int),
         CliOption("--max-digits", "data.max_digits", "synthetic digits: longest string", type=int),
@@ -159,37 +165,139 @@ class LinesRecipe(Recipe):
         return LinesCTCTask(meta["alphabet"])
 
     def predict(self, model, ckpt: dict, inputs: list[str], *, beam: Optional[int] = None,
-                lexicon: Optional[str] = None, lm: Optional[str] = None, **options) -> list[str]:
-        """``path<TAB>text`` per line image: greedy decoding (an ensemble's: joint beam search), or prefix
-        beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained on the
-        text file ``lm``), over an ensemble's members jointly."""
+                lexicon: Optional[str] = None, lm: Optional[str] = None, out: Optional[str] = None,
+                **options) -> list[str]:
+        """``path<TAB>text`` per line image, and ``page.xml:line_id<TAB>text`` per line of every page XML
+        input (ALTO/PAGE files, folders of them, glob patterns); with ``out``, each page XML is instead
+        written to that folder with the recognised text of its lines (``write_page_texts``) and one
+        ``wrote ...`` line per page is returned. Greedy decoding (an ensemble's: joint beam search), or
+        prefix beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained
+        on the text file ``lm``), over an ensemble's members jointly."""
         task = self.make_task(ckpt["meta"])
-        out = run_lines(model, ckpt, inputs)
-        if not beam and not lexicon and not lm:
-            texts = task.decode(out)
-        else:
-            logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
-            kwargs = {"beam_width": beam or 10}
-            if lexicon:
-                kwargs["lexicon"] = Lexicon(_read_words(lexicon))
-            if lm:
-                kwargs["char_lm"] = CharNgramLM(3).fit(_read_text(lm).splitlines())
-            texts = [task.beam_decode(logits[i], length=int(out.lengths[i]), **kwargs) for i in range(len(inputs))]
-        return [f"{path}\t{text}" for path, text in zip(inputs, texts)]
+        height = int(ckpt["input_shape"][1])
+        decode = _decoder(task, beam=beam, lexicon=lexicon, lm=lm)
+        sources = [(inp, page_sources(inp)) for inp in inputs]
+        paths = [p for _, xmls in sources if xmls for p in xmls]
+        if out is not None:
+            _check_out(paths, Path(out))
+        images = [inp for inp, xmls in sources if xmls is None]
+        image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode)[0]
+        found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
+        if paths:
+            pages = read_pages(paths, height=height)
+            several = len(paths) > 1 or any(Path(inp).is_dir() for inp, xmls in sources if xmls)
+            got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
+                                ignore_other_xml=several)  # lines without text are the normal case here
+            if got.skipped:
+                log.warning("%s", got.summary())
+            where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
+            if not where and not images:
+                raise DataError(f"{', '.join(inputs)[:200]}: no lines to recognise "
+                                f"({next(iter(got.skipped.values()), 'the pages have no lines')})")
+            texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode)
+            for (k, j), text, conf in zip(where, texts, confs):
+                found[k][pages[k].indices[j]] = (pages[k].ids[j], text, conf)
+        result, image_no, page_no = [], 0, 0
+        for inp, xmls in sources:
+            if xmls is None:
+                result.append(f"{inp}\t{image_texts[image_no]}")
+                image_no += 1
+                continue
+            for path in xmls:
+                lines, page_no = found[page_no], page_no + 1
+                if out is None:
+                    result += [f"{path}:{line_id}\t{text}" for _, (line_id, text, _) in sorted(lines.items())]
+                elif pages[page_no - 1].page_error is None:
+                    dst = Path(out) / path.name
+                    n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()})
+                    result.append(f"wrote {dst} ({n} lines)")
+        return result
+
+
+def _check_out(pages: list[Path], out: Path) -> None:
+    """Refuse an ``--out`` folder that would overwrite an input or write two inputs to one file."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out must be a folder, and this is a file")
+    seen: dict[str, Path] = {}
+    for page in pages:
+        dst = out / page.name
+        if dst.exists() and dst.resolve() == page.resolve():
+            raise DataError(f"{page}: refusing to overwrite the input file; choose another --out folder")
+        if page.name in seen and seen[page.name].resolve() != page.resolve():
+            raise DataError(f"{page} and {seen[page.name]} would both be written to {dst}; "
+                            f"predict them into different --out folders")
+        seen[page.name] = page
+
+
+def _decoder(task: LinesCTCTask, *, beam: Optional[int], lexicon: Optional[str], lm: Optional[str]):
+    """``decode(out) -> texts`` for a batch's ModelOutput: greedy (an ensemble's: joint beam search), or
+    prefix beam search with ``beam``, ``lexicon`` and ``lm`` as in ``LinesRecipe.predict``."""
+    if not beam and not lexicon and not lm:
+        return task.decode
+    kwargs = {"beam_width": beam or 10}
+    if lexicon:
+        kwargs["lexicon"] = Lexicon(_read_words(lexicon))
+    if lm:
+        kwargs["char_lm"] = CharNgramLM(3).fit(_read_text(lm).splitlines())
+
+    def decode(out: ModelOutput) -> list[str]:
+        logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
+        return [task.beam_decode(logits[i], length=int(out.lengths[i]), **kwargs) for i in range(logits.shape[0])]
+
+    return decode
+
+
+def line_confidence(task: LinesCTCTask, logits: torch.Tensor, length: int, text: str) -> float:
+    """How sure the model is of ``text``: its CTC probability (summed over all alignments, an ensemble's
+    members' geometric mean) per character, ``P(text | line) ** (1 / max(1, len(text)))``, in 0..1;
+    0 for a text with characters outside the alphabet. ``logits`` ``(T, V)`` or ``(K, T, V)``."""
+    if any(ch not in task.index for ch in text):
+        return 0.0
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    if log_probs.dim() == 2:
+        log_probs = log_probs.unsqueeze(0)  # (1, T, V)
+    k = log_probs.shape[0]
+    targets = torch.tensor([task.index[ch] for ch in text] * k, dtype=torch.long)
+    nll = F.ctc_loss(log_probs[:, :length].transpose(0, 1), targets, torch.full((k,), length, dtype=torch.long),
+                     torch.full((k,), len(text), dtype=torch.long), blank=BLANK, reduction="none",
+                     zero_infinity=False)  # (K,)
+    return float(math.exp(-float(nll.mean()) / max(1, len(text))))
+
+
+def recognise(model, task: LinesCTCTask, images: list[np.ndarray], decode,
+              batch_size: int = 32) -> tuple[list[str], list[float]]:
+    """Texts and confidences (``line_confidence``) of ink-bright line images ``(H, W_i)``, in batches of
+    similar width."""
+    texts: list[str] = [""] * len(images)
+    confs: list[float] = [0.0] * len(images)
+    order = np.argsort([im.shape[1] for im in images], kind="stable")
+    for start in range(0, len(images), batch_size):
+        idx = order[start: start + batch_size]
+        out = run_images(model, [images[i] for i in idx])
+        for j, (i, text) in enumerate(zip(idx, decode(out))):
+            n = int(out.lengths[j])
+            logits = out.y[j] if out.members is None else out.members[:, j]  # ([K,] T, V)
+            texts[i], confs[i] = text, line_confidence(task, logits, n, text)
+    return texts, confs
+
+
+def run_images(model, images: list[np.ndarray]) -> ModelOutput:
+    """The model's output for ink-bright line images ``(H, W_i)`` of the model's height: logits
+    ``(B, T, V)`` (an ensemble's members in ``members``) and valid frames ``(B,)``."""
+    lines = LineSet(images, [""] * len(images), [str(k) for k in range(len(images))])
+    batch = line_fetcher(lines)(np.arange(len(images)))
+    model.eval()
+    with torch.inference_mode():
+        out = model.run(batch["x"], batch["lengths"], need_state=False)
+    frames = out.lengths if out.lengths is not None else torch.full((len(images),), out.y.shape[1])
+    return out._replace(lengths=frames)
 
 
 def run_lines(model, ckpt: dict, inputs: list[str]) -> ModelOutput:
     """The model's output for line image files, scaled to the model's height: logits ``(B, T, V)``
     (an ensemble's members in ``members``) and valid frames ``(B,)``."""
     height = int(ckpt["input_shape"][1])
-    images = [prepare_line(p, height) for p in inputs]
-    lines = LineSet(images, [""] * len(images), list(inputs))
-    batch = line_fetcher(lines)(torch.arange(len(images)).numpy())
-    model.eval()
-    with torch.inference_mode():
-        out = model.run(batch["x"], batch["lengths"], need_state=False)
-    frames = out.lengths if out.lengths is not None else torch.full((len(images),), out.y.shape[1])
-    return out._replace(lengths=frames)
+    return run_images(model, [prepare_line(p, height) for p in inputs])
 
 
 def _read_text(path: str) -> str:

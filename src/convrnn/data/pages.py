@@ -1,0 +1,1063 @@
+"""Text lines from page XML: ALTO (v2-v4) and PAGE (2013, 2019), as exported by eScriptorium,
+Transkribus or kraken.
+
+Reading: every ``TextLine`` of a page, in file order, is cut from the page image named in the XML
+(``sourceImageInformation/fileName`` in ALTO, ``Page/@imageFilename`` in PAGE; looked up next to the
+XML file, then one folder up, where Transkribus puts its ``page/`` folder):
+
+- the line's region is its polygon (ALTO ``Shape/Polygon``, PAGE ``Coords``), else its ALTO rectangle
+  (``HPOS``/``VPOS``/``WIDTH``/``HEIGHT``), else a band around its baseline reaching ``BAND_ABOVE`` of
+  the page's line spacing above it and ``BAND_BELOW`` below it;
+- the line is read along its baseline (first point to last), so a baseline that runs vertically or
+  right to left is turned to read left to right; a line without a baseline is read along the long side
+  of its polygon, left to right (top to bottom when it stands upright);
+- a curved baseline is straightened by moving every column of pixels up or down until the baseline is
+  straight: characters lean where the line bends, but no ink inside the polygon is cut off;
+- pixels outside the region become the line's background, and the levels are stretched so the
+  background (a high percentile of the pixels inside the region) is 0 and the darkest ink 255.
+
+The cut lines are scaled to a fixed height and cached on disk, one file per page, keyed by the
+contents of the XML and of the image and by the extraction parameters; pages are cut in parallel.
+
+Writing: :func:`write_page_texts` copies an XML file, giving chosen lines new text (ALTO: one
+``String`` with ``CONTENT`` and ``WC``; PAGE: ``TextEquiv`` with ``@conf`` and ``Unicode``) and leaving
+every other byte of the file as it was.
+"""
+# H height, W width, N points (x, y), P pixels
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+import unicodedata
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from convrnn.data.images import load_gray
+from convrnn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ALTO, PAGE = "alto", "page"
+NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD", "none")
+# a baseline-only line reaches this many line spacings above its baseline, and BAND_BELOW below it
+# (descenders). Against the polygons of 34 Copiste pages (handwriting), this band leaves out more than
+# 2% of a line's ink for 5% of the lines and takes in a median 3% more ink from neighbouring lines
+# (0.75/0.35: 8% and 2%; 0.9/0.45: 2% and 6%)
+BAND_ABOVE = 0.8
+BAND_BELOW = 0.4
+DEFAULT_LINES_PER_PAGE = 40  # line spacing = page height / this, where the page has no two baselines to measure
+BACKGROUND_PERCENTILE = 80   # of the pixels inside a line: its paper
+INK_PERCENTILE = 1           # of the pixels inside a line: its darkest ink
+MIN_CONTRAST = 32            # grey levels: a line fainter than this is not stretched further
+EXTRACT_VERSION = 1          # bump when extraction changes, so cached lines are cut again
+
+# kinds of bad input, as counted in the skip summary
+BAD_XML = "XML does not parse"
+NOT_PAGE = "not ALTO or PAGE XML"
+BAD_IMAGE = "page image missing or unreadable"
+NO_AREA = "polygon with no area"
+OUTSIDE = "polygon outside the page"
+NO_GEOMETRY = "no polygon or baseline"
+BAD_COORDS = "coordinates do not parse"
+NO_TEXT = "no text"
+BLANK = "blank line"
+TOO_WIDE = "too wide"
+CANNOT_CUT = "cannot be cut"
+
+
+class PageError(DataError):
+    """A page or line that cannot be used; ``kind`` is one of the kinds above."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # pickled back from extraction workers with its kind
+        return PageError, (str(self), self.kind)
+
+
+class NotPageXml(PageError):
+    """An XML file whose root is neither ALTO's ``alto`` nor PAGE's ``PcGts`` (e.g. a METS file)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, NOT_PAGE)
+
+    def __reduce__(self):
+        return NotPageXml, (str(self),)
+
+
+@dataclass
+class BadLine:
+    """A line left out: its id, the kind of problem, the rest of the one-line message, and its position
+    among the file's lines."""
+
+    id: str
+    kind: str
+    detail: str = ""
+    index: int = -1
+
+    def message(self, page_name: str) -> str:
+        return f"{page_name}:{self.id}: {self.kind}{self.detail}"
+
+
+# ------------------------------------------------------------------------------------------ text
+
+def normalize_text(text: str, form: str = "NFC") -> str:
+    """``text`` in Unicode normal form ``form`` (or as it is for ``none``), whitespace runs collapsed to
+    one space and stripped."""
+    if form != "none":
+        text = unicodedata.normalize(form, text)
+    return " ".join(text.split())
+
+
+def check_normal_form(form: str) -> str:
+    if form not in NORMAL_FORMS:
+        raise ConfigError(f"data.normalize: expected one of {', '.join(NORMAL_FORMS)}, got {form!r}")
+    return form
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+@dataclass
+class PageLine:
+    """One ``TextLine``: its position among the file's lines, id, transcription and geometry."""
+
+    index: int                        # 0-based, among all TextLine elements in file order
+    id: str                           # the line's ID, or line_<index+1> when it has none
+    text: Optional[str]               # as in the file (None: no transcription element)
+    polygon: Optional[np.ndarray]     # (N, 2) region outline in page pixels
+    baseline: Optional[np.ndarray]    # (N, 2) baseline in page pixels, first point = start of reading
+    error: Optional[BadLine] = None   # a geometry problem found while parsing
+
+
+@dataclass
+class Page:
+    path: Path
+    kind: str                         # ALTO or PAGE
+    image_name: str                   # as written in the XML
+    size: Optional[tuple[float, float]]  # declared (width, height), when the XML gives one
+    lines: list[PageLine] = field(default_factory=list)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_points(text: Optional[str]) -> np.ndarray:
+    """``"x1,y1 x2,y2"``, ``"x1 y1 x2 y2"`` or ``"(x1, y1) ..."`` -> ``(N, 2)`` floats; ValueError when the
+    text is not an even number of finite numbers."""
+    if text is None or not text.strip():
+        raise ValueError("missing")
+    tokens = text.replace(",", " ").replace("(", " ").replace(")", " ").split()
+    if not tokens or len(tokens) % 2:
+        raise ValueError(f"expected pairs of numbers, got {text[:60]!r}")
+    values = np.array([float(t) for t in tokens], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"expected finite numbers, got {text[:60]!r}")
+    return values.reshape(-1, 2)
+
+
+def _number(value: Optional[str]) -> Optional[float]:
+    try:
+        x = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _alto_line(el: ET.Element, ns: str, index: int) -> PageLine:
+    line_id = el.get("ID") or f"line_{index + 1}"
+    error, polygon, baseline = None, None, None
+    # text: Strings are words, SP spaces and HYP the hyphen at the end of the line
+    parts, texted = [], False
+    for child in el:
+        tag = child.tag
+        if tag == ns + "String":
+            parts.append(" " + (child.get("CONTENT") or "") if parts else (child.get("CONTENT") or ""))
+            texted = True
+        elif tag == ns + "SP":
+            parts.append(" ")
+        elif tag == ns + "HYP":
+            parts.append(child.get("CONTENT") or "")
+    text = "".join(parts) if texted else None
+    shape = el.find(f"{ns}Shape/{ns}Polygon")
+    try:
+        if shape is not None and (shape.get("POINTS") or "").strip():
+            polygon = parse_points(shape.get("POINTS"))
+        raw = el.get("BASELINE")
+        if raw is not None and raw.strip():
+            numbers = raw.replace(",", " ").split()
+            if len(numbers) == 1:  # ALTO v2/v3: the y of a horizontal baseline across the line's box
+                y, x, w = float(numbers[0]), _number(el.get("HPOS")), _number(el.get("WIDTH"))
+                if x is not None and w is not None and math.isfinite(y):
+                    baseline = np.array([[x, y], [x + w, y]])
+            else:
+                baseline = parse_points(raw)
+    except ValueError as e:
+        error = BadLine(line_id, BAD_COORDS, f" ({e})", index)
+    if polygon is None and error is None:  # the line's rectangle, when it has one
+        box = [_number(el.get(k)) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")]
+        if all(v is not None for v in box) and box[2] > 0 and box[3] > 0:
+            x, y, w, h = box
+            polygon = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
+    return PageLine(index, line_id, text, polygon, baseline, error)
+
+
+def _page_text(el: ET.Element, ns: str) -> Optional[str]:
+    """The Unicode of an element's own TextEquiv (the lowest @index when there are several)."""
+    best, best_index = None, None
+    for eq in el.findall(ns + "TextEquiv"):
+        uni = eq.find(ns + "Unicode")
+        if uni is None:
+            continue
+        index = _number(eq.get("index"))
+        rank = index if index is not None else math.inf
+        if best is None or rank < best_index:
+            best, best_index = uni.text or "", rank
+    return best
+
+
+def _page_points(el: Optional[ET.Element], ns: str) -> Optional[np.ndarray]:
+    if el is None:
+        return None
+    if el.get("points") is not None:  # an empty outline (some exports write one) is no outline
+        return parse_points(el.get("points")) if el.get("points").strip() else None
+    pts = [(p.get("x"), p.get("y")) for p in el.findall(ns + "Point")]  # the 2010 schema's form
+    return parse_points(" ".join(f"{x} {y}" for x, y in pts)) if pts else None
+
+
+def _page_line(el: ET.Element, ns: str, index: int) -> PageLine:
+    line_id = el.get("id") or f"line_{index + 1}"
+    text = _page_text(el, ns)
+    if text is None:  # no line-level text: the words', when they have some
+        words = [_page_text(w, ns) for w in el.findall(ns + "Word")]
+        if any(w is not None for w in words):
+            text = " ".join(w for w in words if w)
+    error, polygon, baseline = None, None, None
+    try:
+        polygon = _page_points(el.find(ns + "Coords"), ns)
+        baseline = _page_points(el.find(ns + "Baseline"), ns)
+    except ValueError as e:
+        error = BadLine(line_id, BAD_COORDS, f" ({e})", index)
+    return PageLine(index, line_id, text, polygon, baseline, error)
+
+
+def xml_root(path: Path, data: bytes) -> ET.Element:
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as e:
+        raise PageError(f"{path}: {BAD_XML} ({e})", BAD_XML) from None
+
+
+def page_kind(root: ET.Element) -> tuple[str, str]:
+    """``(ALTO or PAGE, "{namespace}")`` of a parsed root element; NotPageXml for anything else."""
+    tag = root.tag
+    ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
+    local = _local(tag)
+    if local.lower() == "alto":
+        return ALTO, ns
+    if local == "PcGts":
+        return PAGE, ns
+    raise NotPageXml(f"{NOT_PAGE} (root element {local!r})")
+
+
+def parse_page(path: str | Path, data: Optional[bytes] = None) -> Page:
+    """The lines of one ALTO or PAGE file, in file order; DataError (one line) when it does not parse."""
+    path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PageError(f"{path}: cannot read ({e.strerror or e})", BAD_XML) from None
+    root = xml_root(path, data)
+    try:
+        kind, ns = page_kind(root)
+    except NotPageXml as e:
+        raise NotPageXml(f"{path}: {e}") from None
+    if kind == ALTO:
+        unit = root.find(f"{ns}Description/{ns}MeasurementUnit")
+        if unit is not None and (unit.text or "").strip() not in ("", "pixel"):
+            raise PageError(f"{path}: coordinates in {unit.text.strip()!r}, expected 'pixel' "
+                            f"(export the ALTO file with pixel coordinates)", BAD_COORDS)
+        file_el = root.find(f"{ns}Description/{ns}sourceImageInformation/{ns}fileName")
+        image_name = (file_el.text or "").strip() if file_el is not None else ""
+        page_el = root.find(f".//{ns}Page")
+        size = None
+        if page_el is not None:
+            w, h = _number(page_el.get("WIDTH")), _number(page_el.get("HEIGHT"))
+            size = (w, h) if w and h and w > 0 and h > 0 else None
+        lines = [_alto_line(el, ns, k) for k, el in enumerate(root.iter(ns + "TextLine"))]
+    else:
+        page_el = root.find(ns + "Page")
+        image_name = (page_el.get("imageFilename") or "").strip() if page_el is not None else ""
+        size = None
+        if page_el is not None:
+            w, h = _number(page_el.get("imageWidth")), _number(page_el.get("imageHeight"))
+            size = (w, h) if w and h and w > 0 and h > 0 else None
+        lines = [_page_line(el, ns, k) for k, el in enumerate(root.iter(ns + "TextLine"))]
+    if not image_name:
+        raise PageError(f"{path}: names no page image (expected "
+                        f"{'sourceImageInformation/fileName' if kind == ALTO else 'Page/@imageFilename'})", BAD_IMAGE)
+    return Page(path, kind, image_name, size, lines)
+
+
+def find_image(page: Page) -> Path:
+    """The page image: the XML's file name next to the XML file (also its base name alone, and one
+    folder up, where Transkribus exports keep the images of their ``page/`` folder)."""
+    folder = page.path.parent
+    name = page.image_name
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    candidates = [folder / name, folder / base, folder.parent / base]
+    if os.path.isabs(name):
+        candidates.insert(0, Path(name))
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise PageError(f"{page.path}: page image {name!r} not found (looked for {folder / base})", BAD_IMAGE)
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+def _polygon_area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _second_moments(poly: np.ndarray) -> np.ndarray:
+    """``(2, 2)`` covariance of the area inside a simple polygon ``(N, 2)`` (not of its vertices, so
+    unevenly spaced vertices do not tilt it): Green's theorem, edge by edge."""
+    x, y = poly[:, 0] - poly[:, 0].mean(), poly[:, 1] - poly[:, 1].mean()  # centred for precision
+    x1, y1 = np.roll(x, -1), np.roll(y, -1)
+    c = x * y1 - x1 * y
+    area = c.sum() / 2
+    cx = ((x + x1) * c).sum() / (6 * area)
+    cy = ((y + y1) * c).sum() / (6 * area)
+    sxx = ((x * x + x * x1 + x1 * x1) * c).sum() / (12 * area) - cx * cx
+    syy = ((y * y + y * y1 + y1 * y1) * c).sum() / (12 * area) - cy * cy
+    sxy = ((x * y1 + 2 * x * y + 2 * x1 * y1 + x1 * y) * c).sum() / (24 * area) - cx * cy
+    return np.array([[sxx, sxy], [sxy, syy]])
+
+
+def _distinct(points: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Points without consecutive repeats; None when fewer than 2 distinct points remain."""
+    if points is None or len(points) < 2:
+        return None
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(np.abs(np.diff(points, axis=0)) > 1e-9, axis=1)
+    points = points[keep]
+    return points if len(points) >= 2 else None
+
+
+def _unit(v: np.ndarray) -> Optional[np.ndarray]:
+    n = float(np.hypot(v[0], v[1]))
+    return v / n if n > 1e-9 else None
+
+
+def reading_direction(baseline: Optional[np.ndarray], polygon: Optional[np.ndarray]) -> np.ndarray:
+    """Unit vector along which the line reads: its baseline's first to last point; without one, the long
+    axis of its polygon (left to right, or top to bottom when upright); else left to right."""
+    if baseline is not None:
+        d = _unit(baseline[-1] - baseline[0])
+        if d is not None:
+            return d
+    if polygon is not None and len(polygon) >= 3 and _polygon_area(polygon) >= 1.0:
+        evals, evecs = np.linalg.eigh(_second_moments(polygon))  # ascending eigenvalues
+        if evals[1] > 4.0 * max(evals[0], 1e-9):  # clearly longer than wide (2:1 in extent)
+            d = evecs[:, 1]
+            if abs(d[1]) > abs(d[0]):
+                return d if d[1] > 0 else -d
+            return d if d[0] > 0 else -d
+    return np.array([1.0, 0.0])
+
+
+def line_spacing(baselines: Sequence[np.ndarray], page_height: float) -> float:
+    """The typical distance between neighbouring baselines of a page (median over lines of the nearest
+    baseline that overlaps along the reading direction); page height / DEFAULT_LINES_PER_PAGE without
+    two such baselines."""
+    lines = [b for b in baselines if b is not None]
+    gaps = []
+    if len(lines) >= 2:
+        longest = max(lines, key=lambda b: float(np.hypot(*(b[-1] - b[0]))))
+        d = _unit(longest[-1] - longest[0])
+        n = np.array([-d[1], d[0]])
+        spans = [((b @ d).min(), (b @ d).max(), float((b @ n).mean())) for b in lines]
+        for i, (lo, hi, v) in enumerate(spans):
+            near = [abs(v2 - v) for j, (lo2, hi2, v2) in enumerate(spans)
+                    if j != i and lo2 < hi and lo < hi2 and abs(v2 - v) > 1.0]
+            if near:
+                gaps.append(min(near))
+    return float(np.median(gaps)) if gaps else page_height / DEFAULT_LINES_PER_PAGE
+
+
+def baseline_band(baseline: np.ndarray, spacing: float) -> np.ndarray:
+    """``(N, 2)`` polygon around ``baseline``: BAND_ABOVE spacings above it, BAND_BELOW below (perpendicular
+    to the line's overall direction)."""
+    d = reading_direction(baseline, None)
+    n = np.array([-d[1], d[0]])  # "down" for a line read along d
+    top = baseline - BAND_ABOVE * spacing * n
+    bottom = baseline + BAND_BELOW * spacing * n
+    return np.concatenate([top, bottom[::-1]])
+
+
+def _row_extremes(mask: np.ndarray) -> np.ndarray:
+    """``(P, 2)`` x, y of the first and last set pixel of every row of ``mask`` ``(H, W)``: every extreme
+    point of the set in any direction is among them (a pixel between two others of its row is not)."""
+    on = mask > 0
+    rows = np.nonzero(on.any(axis=1))[0]
+    first = on[rows].argmax(axis=1)
+    last = on.shape[1] - 1 - on[rows, ::-1].argmax(axis=1)
+    return np.concatenate([np.stack([first, rows], 1), np.stack([last, rows], 1)]).astype(np.float64)
+
+
+def _affine(image, size: tuple[int, int], origin: np.ndarray, du: np.ndarray, dv: np.ndarray):
+    """Pillow image ``size`` (W, H) whose pixel (c, r) is ``image`` bilinearly sampled at pixel coordinates
+    ``origin + c * du + r * dv`` (0 outside). Pillow maps pixel centres (offset 0.5), hence the shift."""
+    from PIL import Image
+
+    x0 = origin[0] + 0.5 - 0.5 * du[0] - 0.5 * dv[0]
+    y0 = origin[1] + 0.5 - 0.5 * du[1] - 0.5 * dv[1]
+    coeffs = (du[0], dv[0], x0, du[1], dv[1], y0)
+    return image.transform(size, Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=0)
+
+
+def cut_line(gray: np.ndarray, line: PageLine, spacing: float) -> np.ndarray:
+    """Ink-bright uint8 ``(H, W)`` of one line of a dark-on-light page ``gray`` ``(H, W)``, at the page's
+    resolution, read left to right; raises _Unusable (with the BadLine) when the line cannot be cut."""
+    from PIL import Image, ImageDraw
+
+    page_h, page_w = gray.shape
+    baseline = _distinct(line.baseline)
+    polygon = line.polygon
+    if polygon is not None and (len(polygon) < 3 or _polygon_area(polygon) < 1.0):
+        if baseline is None:
+            raise _bad(line.id, NO_AREA)
+        polygon = None  # a degenerate outline, but a baseline to go by
+    if polygon is None:
+        if baseline is None:
+            raise _bad(line.id, NO_GEOMETRY)
+        polygon = baseline_band(baseline, spacing)
+    # the region on the page, clipped; coordinates far off the page are pulled in so that drawing stays
+    # exact on the page and integer-safe off it
+    far = 4.0 * max(page_w, page_h)
+    polygon = np.clip(polygon, -far, far)
+    lo, hi = polygon.min(axis=0), polygon.max(axis=0)
+    x0, y0 = max(0, int(math.floor(lo[0]))), max(0, int(math.floor(lo[1])))
+    x1, y1 = min(page_w, int(math.ceil(hi[0])) + 1), min(page_h, int(math.ceil(hi[1])) + 1)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise _bad(line.id, OUTSIDE, f" ({page_w}x{page_h} pixels)")
+    mask_im = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(mask_im).polygon([(float(x) - x0, float(y) - y0) for x, y in polygon], fill=255, outline=255)
+    mask = np.asarray(mask_im)
+    crop = gray[y0:y1, x0:x1]
+    counts = np.bincount(crop[mask > 0], minlength=256)  # the line's grey levels
+    if counts.sum() == 0:
+        raise _bad(line.id, OUTSIDE, f" ({page_w}x{page_h} pixels)")
+    cdf = np.cumsum(counts) / counts.sum()
+    paper = int(np.searchsorted(cdf, BACKGROUND_PERCENTILE / 100.0))
+    ink = int(np.searchsorted(cdf, INK_PERCENTILE / 100.0))
+    # levels: paper and brighter -> 0, the darkest ink -> 255; outside the region -> 0
+    lut = np.clip((paper - np.arange(256)) * (255.0 / max(paper - ink, MIN_CONTRAST)), 0, 255).astype(np.uint16)
+    inked = ((lut[crop] * mask + 127) // 255).astype(np.uint8)
+    # the line's frame: u along the reading direction d, v towards the bottom of the letters (n)
+    d = reading_direction(baseline, polygon)
+    n = np.array([-d[1], d[0]])
+    origin = (baseline[0] if baseline is not None else polygon.mean(axis=0)) - [x0, y0]  # crop coordinates
+    if baseline is not None and len(baseline) > 2:  # a bent baseline: its offset from the straight one
+        bu = (baseline - [x0, y0] - origin) @ d
+        bv = (baseline - [x0, y0] - origin) @ n
+        order = np.argsort(bu, kind="stable")
+        bu, bv = bu[order], bv[order]
+        bend = lambda u: np.round(np.interp(u, bu, bv))  # noqa: E731  whole pixels keep strokes crisp
+    else:
+        bend = lambda u: np.zeros_like(u)  # noqa: E731
+    edge = _row_extremes(mask) - origin  # (P, 2)
+    pu = edge @ d
+    pv = edge @ n - bend(pu)
+    # a grid of one-pixel steps placed so that an axis-aligned line samples whole pixels (an exact copy)
+    ou, on = float(origin @ d), float(origin @ n)
+    u0 = math.floor(ou + pu.min()) - ou
+    v0 = math.floor(on + pv.min()) - on
+    width = int(math.floor(pu.max() - u0)) + 1
+    height = int(math.floor(pv.max() - v0)) + 1
+    shifts = bend(u0 + np.arange(width)).astype(np.int64)  # (W,)
+    low, high = int(shifts.min()), int(shifts.max())
+    corner = origin + (u0 * d) + (v0 + low) * n
+    size = (width, height + high - low)
+    pixels = np.asarray(_affine(Image.fromarray(inked), size, corner, d, n))  # (H + bend range, W)
+    if high > low:  # straighten: each column moves by its baseline's offset
+        rows = np.arange(height)[:, None] + (shifts - low)[None, :]
+        pixels = pixels[rows, np.arange(width)[None, :]]
+    if int(pixels.max()) == 0:
+        raise _bad(line.id, BLANK, " (no ink inside its region)")
+    return pixels
+
+
+class _Unusable(Exception):
+    def __init__(self, bad: BadLine):
+        self.bad = bad
+
+
+def _bad(line_id: str, kind: str, detail: str = "") -> _Unusable:
+    return _Unusable(BadLine(line_id, kind, detail))
+
+
+def dark_on_light(gray: np.ndarray) -> bool:
+    """True when a page's ink is darker than its background: the darker tail of its pixel values is the
+    longer one (the ink is the minority). Independent of how bright the paper is (dark parchment)."""
+    sample = gray[::4, ::4]
+    lo, mid, hi = np.percentile(sample, [1, 50, 99])
+    return bool(mid - lo >= hi - mid)
+
+
+def scale_height(ink: np.ndarray, height: int) -> np.ndarray:
+    """uint8 ``(H, W)`` -> ``(height, W')`` keeping the aspect ratio (Pillow's bilinear, antialiased)."""
+    from PIL import Image
+
+    h, w = ink.shape
+    if h == height:
+        return ink
+    new_w = max(1, int(round(w * height / h)))
+    return np.asarray(Image.fromarray(ink).resize((new_w, height), Image.BILINEAR), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------ one page
+
+@dataclass
+class PageLines:
+    """The lines cut from one page file: images at one height with their ids and raw texts."""
+
+    path: Path
+    kind: str = ""
+    images: list[np.ndarray] = field(default_factory=list)   # ink-bright uint8 (height, W_i)
+    ids: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)         # positions among the file's TextLines
+    texts: list[Optional[str]] = field(default_factory=list)  # as in the file; None when absent
+    bad: list[BadLine] = field(default_factory=list)          # lines left out
+    page_error: Optional[PageError] = None                    # the whole page left out
+    cached: bool = False
+
+
+def extract_page(xml_path: str | Path, height: int) -> PageLines:
+    """Every line of one page file cut and scaled to ``height``; problems recorded, never raised."""
+    path = Path(xml_path)
+    result = PageLines(path)
+    try:
+        page = parse_page(path)
+        result.kind = page.kind
+        image_path = find_image(page)
+        try:
+            gray = load_gray(image_path)
+        except DataError as e:
+            raise PageError(f"{path}: {e}", BAD_IMAGE) from None
+    except PageError as e:
+        result.page_error = e
+        return result
+    if not dark_on_light(gray):  # light ink on a dark page: turn it dark on light like a paper scan
+        gray = 255 - gray
+    if page.size is not None:  # coordinates of a page declared at another size (a resized image)
+        sx, sy = gray.shape[1] / page.size[0], gray.shape[0] / page.size[1]
+        if abs(sx - 1) > 1e-3 or abs(sy - 1) > 1e-3:
+            for line in page.lines:
+                line.polygon = None if line.polygon is None else line.polygon * [sx, sy]
+                line.baseline = None if line.baseline is None else line.baseline * [sx, sy]
+    spacing = line_spacing([_distinct(ln.baseline) for ln in page.lines], gray.shape[0])
+    for line in page.lines:
+        if line.error is not None:
+            result.bad.append(line.error)
+            continue
+        try:
+            ink = cut_line(gray, line, spacing)
+        except _Unusable as e:
+            e.bad.index = line.index
+            result.bad.append(e.bad)
+            continue
+        except (ValueError, ArithmeticError, IndexError, MemoryError) as e:  # geometry nothing above foresaw
+            result.bad.append(BadLine(line.id, CANNOT_CUT, f" ({type(e).__name__}: {str(e)[:100]})", line.index))
+            continue
+        result.images.append(scale_height(ink, height))
+        result.ids.append(line.id)
+        result.indices.append(line.index)
+        result.texts.append(line.text)
+    return result
+
+
+def _extract_job(args: tuple) -> PageLines:
+    return extract_page(*args)
+
+
+# ------------------------------------------------------------------------------------ the cache
+
+def default_cache_dir() -> Path:
+    """``$CONVRNN_CACHE/pages`` when the variable is set, else ``~/.cache/convrnn/pages``."""
+    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
+    return Path(root) / "pages"
+
+
+def cache_key(xml: bytes, image: bytes, height: int) -> str:
+    h = hashlib.sha256()
+    params = {"version": EXTRACT_VERSION, "height": height, "band": [BAND_ABOVE, BAND_BELOW],
+              "levels": [BACKGROUND_PERCENTILE, INK_PERCENTILE, MIN_CONTRAST], "spacing": DEFAULT_LINES_PER_PAGE}
+    h.update(json.dumps(params, sort_keys=True).encode())
+    for part in (xml, image):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _save_cache(path: Path, lines: PageLines) -> None:
+    from convrnn.train.checkpoint import atomic_write_bytes
+
+    widths = np.array([im.shape[1] for im in lines.images], dtype=np.int64)
+    height = lines.images[0].shape[0] if lines.images else 0
+    pixels = np.concatenate(lines.images, axis=1) if lines.images else np.zeros((0, 0), np.uint8)  # (H, sum W)
+    meta = {"kind": lines.kind, "ids": lines.ids, "indices": lines.indices, "texts": lines.texts,
+            "bad": [[b.id, b.kind, b.detail, b.index] for b in lines.bad], "height": height}
+    buffer = io.BytesIO()
+    # compressed: ink-bright lines are mostly 0 (copiste/train: 54 MB instead of about 330)
+    np.savez_compressed(buffer, pixels=pixels, widths=widths, meta=np.array(json.dumps(meta)))
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except Exception as e:  # noqa: BLE001 - the cache only saves time; a read-only disk is not an error
+        log.debug("page cache: cannot write %s (%s)", path, e)
+
+
+def _load_cache(path: Path, xml_path: Path) -> Optional[PageLines]:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pixels, widths, meta = z["pixels"], z["widths"], json.loads(str(z["meta"]))
+        edges = np.concatenate([[0], np.cumsum(widths)])
+        images = [np.ascontiguousarray(pixels[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
+        return PageLines(xml_path, meta["kind"], images, list(meta["ids"]), list(meta["indices"]),
+                         list(meta["texts"]), [BadLine(*b) for b in meta["bad"]], cached=True)
+    except Exception as e:  # noqa: BLE001 - an unreadable cache file is cut again
+        log.debug("page cache: ignoring %s (%s)", path, e)
+        return None
+
+
+# -------------------------------------------------------------------------------------- sources
+
+GLOB_CHARS = "*?["
+
+
+def page_sources(source: str) -> Optional[list[Path]]:
+    """The XML files ``source`` names (one file, a folder's ``*.xml``, or a glob pattern), sorted; None
+    when ``source`` is something else (a folder of line images, a TSV manifest)."""
+    path = Path(source)
+    if path.is_file():
+        return [path] if path.suffix.lower() == ".xml" else None
+    if path.is_dir():
+        xmls = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+        if not xmls:
+            return None
+        if any(p.name.endswith(".gt.txt") for p in path.iterdir()):
+            raise DataError(f"{source}: holds both page XML files and .gt.txt line transcriptions; "
+                            f"expected one kind (point at a folder of either)")
+        return xmls
+    if path.suffix.lower() == ".xml" and not any(c in source for c in GLOB_CHARS):
+        raise DataError(f"{source}: no such page XML file")
+    if any(c in source for c in GLOB_CHARS):
+        matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
+        xmls = [p for p in matches if p.is_file() and p.suffix.lower() == ".xml"]
+        if not xmls:
+            raise DataError(f"{source}: the pattern matches no .xml files"
+                            + (f" ({len(matches)} other files)" if matches else ""))
+        return xmls
+    return None
+
+
+def page_root(source: str) -> Path:
+    """The folder that page names are relative to: the source folder, a file's folder, or a pattern's
+    leading folders without wildcards."""
+    p = Path(source)
+    if p.is_dir():
+        return p
+    if p.is_file():
+        return p.parent
+    fixed = []
+    for part in p.parts:
+        if any(c in part for c in GLOB_CHARS):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def page_name(path: Path, root: Path) -> str:
+    """How a page file is named in line names and messages: its path below ``root``."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _pool_context():
+    """fork on Linux: workers start at once and a user's script needs no ``if __name__ == "__main__"``
+    guard; spawn elsewhere (fork is unsafe on macOS and absent on Windows)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = None, cache: bool = True,
+               progress: Optional[Callable[[int, int], None]] = None) -> list[PageLines]:
+    """Every line of every page file, cut and scaled to ``height``, in file order: from the cache when a
+    page's XML, image and the parameters are unchanged, else cut over ``workers`` processes (default:
+    the cores this process may use). Problems are recorded per page and line, never raised."""
+    results: list[Optional[PageLines]] = [None] * len(paths)
+    todo, keys = [], {}
+    cache_dir = default_cache_dir()
+    done = 0
+    for i, path in enumerate(paths):
+        if cache:
+            try:
+                xml = path.read_bytes()
+                page = parse_page(path, xml)
+                image = find_image(page).read_bytes()
+            except (DataError, OSError):
+                todo.append(i)  # the extraction names the problem
+                continue
+            keys[i] = cache_dir / f"{cache_key(xml, image, height)}.npz"
+            hit = _load_cache(keys[i], path)
+            if hit is not None:
+                results[i] = hit
+                done += 1
+                if progress is not None:
+                    progress(done, len(paths))
+                continue
+        todo.append(i)
+    n_workers = min(len(todo), workers if workers is not None else len(os.sched_getaffinity(0)))
+    t0 = time.monotonic()
+    jobs = [(paths[i], height) for i in todo]
+
+    def finish(i: int, lines: PageLines) -> None:
+        nonlocal done
+        results[i] = lines
+        if i in keys and lines.page_error is None:
+            _save_cache(keys[i], lines)
+        done += 1
+        if progress is not None:
+            progress(done, len(paths))
+
+    if n_workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with warnings.catch_warnings(), ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
+            # Python 3.12+ warns when a process with threads forks; the workers run numpy and Pillow
+            # code only and take none of the locks the parent's threads (torch, progress bars) hold
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            for i, lines in zip(todo, pool.map(_extract_job, jobs, chunksize=1)):
+                finish(i, lines)
+    else:
+        for i, job in zip(todo, jobs):
+            finish(i, _extract_job(job))
+    if todo:
+        log.info("pages: %d of %d cut in %.1f s (%d process%s), %d from the cache", len(todo), len(paths),
+                 time.monotonic() - t0, max(1, n_workers), "es" if n_workers > 1 else "", len(paths) - len(todo))
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- collecting
+
+@dataclass
+class Collected:
+    """Lines of many pages as flat lists, with what was left out (name -> message) and counts by kind."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    lines: int = 0          # lines seen on pages that could be read
+    pages: int = 0          # page files used
+    bad_pages: int = 0      # page files left out
+
+    def skip(self, name: str, kind: str, message: str) -> None:
+        self.skipped[name] = message
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def summary(self) -> str:
+        """``skipped 3 of 120 lines and 1 of 6 pages (no text 3, XML does not parse 1): a.xml:l1: ...``"""
+        bad_lines = len(self.skipped) - self.bad_pages
+        parts = [f"{bad_lines} of {self.lines} lines"] if bad_lines else []
+        if self.bad_pages:
+            parts.append(f"{self.bad_pages} of {self.pages + self.bad_pages} pages")
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items(), key=lambda kv: -kv[1]))
+        shown = "; ".join(list(self.skipped.values())[:10])
+        return (f"skipped {' and '.join(parts)} ({kinds}): {shown}"
+                + ("; ..." if len(self.skipped) > 10 else ""))
+
+
+def collect_lines(pages: Sequence[PageLines], names: Sequence[str], *, normalize: str = "NFC",
+                  require_text: bool = True, strict: bool = False, ignore_other_xml: bool = True) -> Collected:
+    """The lines of ``pages`` (shown as ``names``) in file order, texts normalised (``normalize_text``).
+    Lines without text are left out when ``require_text``; ``strict`` raises the first problem as a
+    DataError; XML files that are not ALTO or PAGE (a METS file in an export folder) are passed over
+    with an INFO line when ``ignore_other_xml``."""
+    out = Collected()
+    for page, name in zip(pages, names):
+        err = page.page_error
+        if err is not None:
+            if isinstance(err, NotPageXml) and ignore_other_xml:
+                log.info("%s", f"{err}; passed over")
+                continue
+            if strict or isinstance(err, NotPageXml):
+                raise DataError(str(err))
+            out.bad_pages += 1
+            out.skip(name, err.kind, str(err))
+            continue
+        out.pages += 1
+        out.lines += len(page.indices) + len(page.bad)
+        order = sorted([(k, j) for j, k in enumerate(page.indices)] + [(b.index, b) for b in page.bad],
+                       key=lambda item: item[0])  # file order, good and bad lines together
+        for _, j in order:
+            if isinstance(j, BadLine):
+                if strict:
+                    raise DataError(j.message(name))
+                out.skip(f"{name}:{j.id}", j.kind, j.message(name))
+                continue
+            raw = page.texts[j]
+            text = normalize_text(raw, normalize) if raw is not None else ""
+            line_name = f"{name}:{page.ids[j]}"
+            if require_text and not text:
+                bad = BadLine(page.ids[j], NO_TEXT)
+                if strict:
+                    raise DataError(bad.message(name))
+                out.skip(line_name, NO_TEXT, bad.message(name))
+                continue
+            out.images.append(page.images[j])
+            out.texts.append(text)
+            out.names.append(line_name)
+    return out
+
+
+# ------------------------------------------------------------------------------------- writing
+
+@dataclass
+class _Node:
+    """An element of a page file as its bytes lie: ``[start, end)`` and where its start tag ends."""
+
+    uri: str
+    local: str
+    qname: str                       # as written, with its prefix
+    attrs: list[tuple[str, str]]     # qualified names and values, in order
+    start: int
+    tag_end: int = 0
+    end: int = 0
+    children: list["_Node"] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.end == self.tag_end
+
+
+def _tag_end(buf: bytes, i: int) -> int:
+    """The offset just past the ``>`` that closes the tag starting at ``buf[i] == '<'``."""
+    quote = 0
+    for j in range(i + 1, len(buf)):
+        c = buf[j]
+        if quote:
+            if c == quote:
+                quote = 0
+        elif c in (0x22, 0x27):  # " '
+            quote = c
+        elif c == 0x3E:  # >
+            return j + 1
+    raise ValueError(f"unterminated tag at byte {i}")
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """expat's ``uri local prefix`` -> ``(uri, local, qualified name)``."""
+    parts = name.split(" ")
+    if len(parts) == 1:
+        return "", parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1], parts[1]
+    return parts[0], parts[1], f"{parts[2]}:{parts[1]}"
+
+
+def _text_lines(buf: bytes) -> list[_Node]:
+    """Every ``TextLine`` of UTF-8 page XML ``buf`` (in the root's namespace), in file order, with its
+    direct children and their byte offsets."""
+    import xml.parsers.expat as expat
+
+    parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
+    parser.namespace_prefixes = True
+    parser.ordered_attributes = True
+    stack: list[_Node] = []
+    lines: list[_Node] = []
+    root_uri: list[str] = []
+
+    def start(name, attrs):
+        uri, local, qname = _split_name(name)
+        pairs = [(_split_name(attrs[k])[2], attrs[k + 1]) for k in range(0, len(attrs), 2)]
+        node = _Node(uri, local, qname, pairs, parser.CurrentByteIndex)
+        node.tag_end = _tag_end(buf, node.start)
+        if not root_uri:
+            root_uri.append(uri)
+        if stack and stack[-1].local == "TextLine" and stack[-1].uri == root_uri[0]:
+            stack[-1].children.append(node)
+        if local == "TextLine" and uri == root_uri[0]:
+            lines.append(node)
+        stack.append(node)
+
+    def end(name):
+        node = stack.pop()
+        closed_empty = buf[node.tag_end - 2: node.tag_end] == b"/>"
+        node.end = node.tag_end if closed_empty else _tag_end(buf, parser.CurrentByteIndex)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.Parse(buf, True)
+    return lines
+
+
+_INVALID_XML_CHARS = {c: None for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)} | {0xFFFE: None, 0xFFFF: None}
+
+
+def _escape(text: str, attribute: bool) -> str:
+    text = text.translate(_INVALID_XML_CHARS)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attribute:
+        text = text.replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    return text
+
+
+def _start_tag(qname: str, attrs: list[tuple[str, str]], empty: bool) -> str:
+    body = "".join(f' {k}="{_escape(v, True)}"' for k, v in attrs)
+    return f"<{qname}{body}{'/>' if empty else '>'}"
+
+
+def _indent_before(buf: bytes, pos: int) -> bytes:
+    """The run of whitespace just before ``pos`` (a child's indentation)."""
+    i = pos
+    while i > 0 and buf[i - 1] in b" \t\r\n":
+        i -= 1
+    return buf[i:pos]
+
+
+def _prefix(qname: str) -> str:
+    return qname.split(":", 1)[0] + ":" if ":" in qname else ""
+
+
+def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> tuple[int, int, bytes]:
+    """One String with CONTENT and WC in place of the line's String/SP/HYP children."""
+    words = [c for c in line.children if c.uri == line.uri and c.local in ("String", "SP", "HYP")]
+    strings = [c for c in words if c.local == "String"]
+    line_attrs = dict(line.attrs)
+    geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
+    if strings:  # keep the first String's own attributes (ID, style, ...); one word's box only for one word
+        attrs = [(k, v) for k, v in strings[0].attrs if k not in ("SUBS_TYPE", "SUBS_CONTENT")]
+        if len(words) > 1:
+            attrs = [(k, line_attrs.get(k, v)) if k in geometry else (k, v) for k, v in attrs]
+    else:
+        attrs = [(k, line_attrs[k]) for k in geometry if k in line_attrs]
+    values = {"CONTENT": text, "WC": f"{conf:.4f}"}
+    attrs = [(k, values.pop(k)) if k in values else (k, v) for k, v in attrs]
+    if "CONTENT" in values:
+        has_id = bool(attrs) and attrs[0][0] == "ID"
+        attrs.insert(1 if has_id else 0, ("CONTENT", values.pop("CONTENT")))
+    attrs += list(values.items())
+    element = _start_tag(_prefix(line.qname) + "String", attrs, empty=True).encode("utf-8")
+    if words:
+        return words[0].start, words[-1].end, element
+    return _insert_child(buf, line, element, before=())
+
+
+def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> tuple[int, int, bytes]:
+    """One TextEquiv (conf, Unicode) in place of the line's own TextEquiv elements."""
+    p = _prefix(line.qname)
+    element = (f'<{p}TextEquiv conf="{conf:.4f}"><{p}Unicode>{_escape(text, False)}</{p}Unicode>'
+               f'</{p}TextEquiv>').encode("utf-8")
+    equivs = [c for c in line.children if c.uri == line.uri and c.local == "TextEquiv"]
+    if equivs:
+        return equivs[0].start, equivs[-1].end, element
+    # the schema's order: ... Baseline, Word*, TextEquiv, TextStyle, UserDefined, Labels
+    return _insert_child(buf, line, element, before=("TextStyle", "UserDefined", "Labels"))
+
+
+def _insert_child(buf: bytes, line: _Node, element: bytes, before: Sequence[str]) -> tuple[int, int, bytes]:
+    """Where and what to splice to add ``element`` as a child of ``line``: before the first child named in
+    ``before``, else after the last child, indented like its siblings."""
+    later = [c for c in line.children if c.uri == line.uri and c.local in before]
+    if later:
+        pos = later[0].start
+        return pos, pos, element + _indent_before(buf, pos)
+    if line.children:
+        last = line.children[-1]
+        return last.end, last.end, _indent_before(buf, last.start) + element
+    if line.empty:  # <TextLine .../>: open it, add the child, close it
+        tag = buf[line.start: line.tag_end]
+        opened = tag[:-2].rstrip() + b">"
+        return line.start, line.end, opened + element + f"</{line.qname}>".encode("utf-8")
+    pos = _tag_end_start(buf, line)
+    return pos, pos, element
+
+
+def _tag_end_start(buf: bytes, node: _Node) -> int:
+    """The offset of the ``</`` of ``node``'s end tag."""
+    return buf.rindex(b"</", node.tag_end, node.end)
+
+
+def _declared_encoding(data: bytes) -> str:
+    import xml.parsers.expat as expat
+
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    found: list[str] = []
+    parser = expat.ParserCreate()
+    parser.XmlDeclHandler = lambda version, encoding, standalone: found.append(encoding or "")
+    try:
+        parser.Parse(data[:1024], False)
+    except expat.ExpatError:
+        pass
+    return (found[0] if found else "") or "utf-8"
+
+
+def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[str, float]]) -> int:
+    """Write a copy of page XML ``src`` to ``dst`` in which the TextLine at each position ``k`` of
+    ``texts`` (0-based, file order) carries ``texts[k] = (text, confidence 0..1)``: ALTO, one ``String``
+    with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
+    ``TextEquiv`` with ``@conf`` and ``Unicode``. Every other byte is kept; the file is written
+    atomically. Returns the number of lines written."""
+    from convrnn.train.checkpoint import atomic_write_bytes
+
+    src, dst = Path(src), Path(dst)
+    try:
+        data = src.read_bytes()
+    except OSError as e:
+        raise DataError(f"{src}: cannot read ({e.strerror or e})") from None
+    root = xml_root(src, data)
+    kind, _ = page_kind(root)
+    encoding = _declared_encoding(data)
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "us-ascii", "ascii")
+    try:
+        buf = data if utf8 else data.decode(encoding).encode("utf-8")
+        lines = _text_lines(buf)
+    except (LookupError, UnicodeError, ValueError) as e:
+        raise DataError(f"{src}: cannot rewrite this file ({e})") from None
+    edit = _alto_edit if kind == ALTO else _page_edit
+    edits = sorted(edit(buf, lines[k], text, conf) for k, (text, conf) in texts.items() if 0 <= k < len(lines))
+    pieces, pos = [], 0
+    for start, end, new in edits:
+        pieces += [buf[pos:start], new]
+        pos = end
+    pieces.append(buf[pos:])
+    out = b"".join(pieces)
+    if not utf8:  # back to the file's own encoding; characters it cannot hold become references
+        out = out.decode("utf-8").encode(encoding, errors="xmlcharrefreplace")
+    xml_root(dst, out)  # what is written parses
+    atomic_write_bytes(dst, out)
+    return len(edits)
