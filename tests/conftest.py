@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,20 @@ TEST_THREADS = torch.get_num_threads()
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep every test's dataset cache out of the user's home directory."""
     monkeypatch.setenv("CONVRNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+_PRISTINE_LOGGER = (list(logging.getLogger("convrnn").handlers), logging.getLogger("convrnn").level,
+                    logging.getLogger("convrnn").propagate)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI configures the ``convrnn`` logger (its own handler, no propagation), in tests and in
+    module-scoped fixtures alike; every test starts from the logger as it was before any test, so
+    that log capture does not depend on which tests ran before."""
+    logger = logging.getLogger("convrnn")
+    logger.handlers[:], logger.level, logger.propagate = _PRISTINE_LOGGER[0][:], *_PRISTINE_LOGGER[1:]
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,8 @@ import pytest
 
 from convrnn.cli import main
 
+pytestmark = pytest.mark.slow  # a real browser
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WIDTH = 1280  # a laptop's width in CSS pixels
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -91,6 +91,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "c.pt"
     rng = random.Random(0)

@@ -7,9 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from convrnn.train.checkpoint import load_latest_checkpoint
+
+pytestmark = pytest.mark.slow  # real processes, killed at random moments
 
 SCRIPT = r"""
 import sys, time, torch

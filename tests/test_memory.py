@@ -101,6 +101,7 @@ def presets() -> list[str]:
     return list_models()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", presets())
 def test_estimate_within_30_percent_of_measured_cpu_peak(preset):
     r = measure_in_subprocess(preset)
