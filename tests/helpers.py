@@ -2,12 +2,17 @@
 # B batch, F features, V classes
 from __future__ import annotations
 
+import gzip
+import struct
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from convrnn.data.batching import IndexedBatches
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
 
 
 class TinyNet(nn.Module):
@@ -51,3 +56,77 @@ def make_trainer(tmp_path, name: str, **cfg):
     return Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y),
                    toy_batches(x[:32], y[:32], shuffle=False), config,
                    run_dir=RunDir(tmp_path / name, tensorboard=False), checkpoint_meta={"recipe": "toy"})
+
+
+def run_cli(capture, *argv) -> tuple[int, object, str]:
+    """``convrnn ARGV`` in this process, as a user runs it: its exit code, what it printed on stdout
+    (bytes with pytest's ``capsysbinary``, text with ``capsys``) and on stderr (text)."""
+    import pytest
+
+    from convrnn.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capture.readouterr()
+    return exc.value.code, out, err.decode() if isinstance(err, bytes) else err
+
+
+def train_cli(*argv) -> None:
+    """``convrnn ARGV`` (a training) that must succeed."""
+    import pytest
+
+    from convrnn.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 0, argv
+
+
+# ------------------------------------------------------------------ MNIST-like files and digit images
+
+TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,
+              np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D, np.dtype("float64"): 0x0E}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The obvious IDX encoder: magic, big-endian dims, big-endian payload."""
+    header = bytes([0, 0, TYPE_CODES[array.dtype], array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
+    data = idx_bytes(array)
+    gz = path.name.endswith(".gz") if gz is None else gz
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+SIZE = 12  # small synthetic digits keep every model tiny
+
+
+
+def write_digits(directory, n_train=80, n_test=60, train_tag=11, test_tag=22):
+    """IDX files whose pixel (0, 0) tells the split (train_tag / test_tag) and whose ink encodes the label."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n, tag in (("train", n_train, train_tag), ("t10k", n_test, test_tag)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
+        for i, d in enumerate(labels):
+            images[i, 2:10, 1 + d % 5: 3 + d % 5] = 255
+            images[i, 2 + d // 2, 2:10] = 200
+        images[:, 0, 0] = tag
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+def digit_pngs(tmp_path, digits):
+    paths = []
+    for k, d in enumerate(digits):
+        img = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        img[2:10, 1 + d % 5: 3 + d % 5] = 255
+        path = tmp_path / f"d{k}.png"
+        Image.fromarray(img).save(path)
+        paths.append(str(path))
+    return paths

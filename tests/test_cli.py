@@ -7,12 +7,8 @@ from PIL import Image
 
 from convrnn.cli import main
 
+from helpers import run_cli
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 TINY = ["--samples-per-font", "60", "--max-steps", "6", "--batch-size", "16", "--set", "train.checkpoint_every=2"]
@@ -119,7 +115,7 @@ def test_text_not_utf8_and_wrong_image_size(capsys, tmp_path, trained_run):
 
 def test_checkpoint_of_another_recipe_is_refused(trained_run):
     from convrnn.errors import CheckpointError
-    from convrnn.recipes.runner import load_run
+    from convrnn.infer.run import load_run
     with pytest.raises(CheckpointError, match="recipe 'fonts', not 'digits'"):
         load_run(str(trained_run), expect_recipe="digits")
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from convrnn.metrics_text import cer, edit_distance, error_counts, wer
-from convrnn.tasks.base import ModelOutput
+from convrnn.tasks.text_metrics import cer, edit_distance, error_counts, wer
+from convrnn.layers.base import ModelOutput
 from convrnn.tasks.ctc import (CharNgramLM, CTCTask, Lexicon, beam_search, greedy_decode,
                                greedy_decode_batch, required_frames)
 

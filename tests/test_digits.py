@@ -11,33 +11,8 @@ from PIL import Image
 from convrnn.cli import main
 from convrnn.recipes import get_recipe
 from convrnn.train.config import TrainConfig
-from test_mnist import write_idx
 
-SIZE = 12  # small synthetic digits keep every model tiny
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def write_digits(directory, n_train=80, n_test=60, train_tag=11, test_tag=22):
-    """IDX files whose pixel (0, 0) tells the split (train_tag / test_tag) and whose ink encodes the label."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix, n, tag in (("train", n_train, train_tag), ("t10k", n_test, test_tag)):
-        labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        images = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
-        for i, d in enumerate(labels):
-            images[i, 2:10, 1 + d % 5: 3 + d % 5] = 255
-            images[i, 2 + d // 2, 2:10] = 200
-        images[:, 0, 0] = tag
-        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return directory
-
+from helpers import SIZE, digit_pngs, run_cli, write_digits
 
 TINY = ["--max-steps", "4", "--batch-size", "16", "--num-train", "64", "--threads", "1",
         "--set", "data.num_val=16", "--set", "data.num_test=32"]
@@ -66,17 +41,6 @@ def mnist_run(mnist_dir, tmp_path_factory):
               "--max-steps", "3", "--batch-size", "16", "--threads", "1"])
     assert exc.value.code == 0
     return run
-
-
-def digit_pngs(tmp_path, digits):
-    paths = []
-    for k, d in enumerate(digits):
-        img = np.zeros((SIZE, SIZE), dtype=np.uint8)
-        img[2:10, 1 + d % 5: 3 + d % 5] = 255
-        path = tmp_path / f"d{k}.png"
-        Image.fromarray(img).save(path)
-        paths.append(str(path))
-    return paths
 
 
 def test_train_digits_writes_a_run_with_the_seed_model(digits_run):
@@ -131,33 +95,37 @@ def train_sum_run(capsys, mnist_dir, run, *head) -> dict:
 
 
 def test_sum_with_the_default_preset_gets_the_dist_head(mnist_dir, tmp_path, capsys):
+    from convrnn.infer.run import load_run
+    from convrnn.tasks.values import SumOfValuesTask
     ckpt = train_sum_run(capsys, mnist_dir, tmp_path / "sum")
-    assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10 and ckpt["meta"]["head"] == "dist"
-    assert json.loads((tmp_path / "sum" / "config.json").read_text())["data"]["head"] == "dist"  # resolved
+    assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10
+    assert isinstance(load_run(tmp_path / "sum").task, SumOfValuesTask)  # the task follows from the model
 
 
 def test_sum_with_a_regression_head_sums_per_digit_values(mnist_dir, tmp_path, capsys):
-    ckpt = train_sum_run(capsys, mnist_dir, tmp_path / "sum", "--head", "reg")
+    ckpt = train_sum_run(capsys, mnist_dir, tmp_path / "sum", "--preset", "digits:head=reg")
     assert ckpt["spec"].endswith("gru:64 reg:sum") and ckpt["meta"]["target_mean"] == 0.0  # scaled, not shifted
 
 
 def test_dist_head_trains_on_sums_and_predicts_a_total(mnist_dir, tmp_path, capsys):
     run = tmp_path / "dist"
-    ckpt = train_sum_run(capsys, mnist_dir, run, "--head", "dist")
+    ckpt = train_sum_run(capsys, mnist_dir, run, "--preset", "digits:head=dist")
     assert ckpt["spec"].endswith("gru:64 reg:seq") and ckpt["num_outputs"] == 10
     code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 4]))
     assert code == 0, err
     op, value, raw = out.strip().split("\t")
     assert op == "sum" and 0 <= int(value) <= 18 and raw.startswith("raw=")
-    code, out, err = run_cli(capsys, "train", "digits", "--head", "dist", "--op", "product",
+    code, out, err = run_cli(capsys, "train", "digits", "--preset", "digits:head=dist", "--op", "product",
                              "--data-dir", str(mnist_dir), "--run-dir", str(tmp_path / "bad"), *TINY)
-    assert code == 2 and "data.head" in err and not (tmp_path / "bad").exists()
+    assert code == 2 and "head=dist models a sum" in err and not (tmp_path / "bad").exists()
+    assert "preparing" not in err  # refused before any data is made
 
 
 def test_product_picks_a_classification_head_over_the_values(mnist_dir, tmp_path, capsys):
     run = tmp_path / "prod"
     code, out, err = run_cli(capsys, "-q", "train", "digits", "--op", "product", "--max-len", "2",
-                             "--activation", "tanh", "--data-dir", str(mnist_dir), "--run-dir", str(run), *TINY)
+                             "--preset", "digits:activation=tanh", "--data-dir", str(mnist_dir), "--run-dir", str(run),
+                             *TINY)
     assert code == 0, err
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["num_outputs"] == 82 and ckpt["spec"].endswith("cls:last") and "conv:16,3x3,tanh" in ckpt["spec"]
@@ -181,7 +149,7 @@ def test_train_and_eval_digits_come_from_their_own_splits(mnist_dir):
             assert torch.all(batch["x"][~batch["mask"]] == 0)  # padding is blank
             lengths |= set(batch["lengths"].tolist())
         assert lengths == (set(range(1, 7)) if source is bundle.test else {1, 2, 3})
-    assert bundle.meta["preset_fields"] == {"head": "reg", "per_step": False}
+    assert bundle.meta["per_step"] is False and bundle.num_outputs == 28  # the possible sums 0..27 of 1..3 digits
 
 
 def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog, monkeypatch):
@@ -206,7 +174,7 @@ def test_relu_caine2016_at_a_high_rate_trains_finitely_or_stops_clearly(mnist_di
     """Seed 002's relu run stuck at an infinite loss: now it either trains (clipping) or stops with one line."""
     outcomes = []
     for attempt in range(2):
-        code, out, err = run_cli(capsys, "-q", "train", "digits", "--preset", "caine2016", "--activation", "relu",
+        code, out, err = run_cli(capsys, "-q", "train", "digits", "--preset", "caine2016:activation=relu",
                                  "--lr", lr, "--set", f"train.clip_grad_norm={clip}", "--set",
                                  f"train.optimizer={optimizer}", "--data-dir", str(mnist_dir),
                                  "--run-dir", str(tmp_path / f"relu{attempt}"), *TINY)
@@ -240,8 +208,8 @@ def test_mnist_predict_and_filters_side_by_side(mnist_run, digits_run, capsys, t
 
 @pytest.mark.parametrize("argv, message", [
     (["--op", "divide"], "data.op: expected one of sum, product, running-sum, got 'divide'"),
-    (["--head", "softmax"], "data.head: expected one of auto, reg, cls, dist, got 'softmax'"),
-    (["--activation", "swish"], "data.activation: expected one of"),
+    (["--preset", "digits:head=softmax"], "head: expected auto, reg, cls or dist, got 'softmax'"),
+    (["--preset", "digits:activation=swish"], "'swish'"),
     (["--set", "data.rotate=60"], "data.rotate: expected 0..45 degrees, got 60"),
     (["--set", "data.zoom=0.5"], "data.zoom: expected 0 <= zoom < 0.5, got 0.5"),
     (["--set", "data.elastic=6"], "data.elastic: expected 0..5 pixels, got 6"),

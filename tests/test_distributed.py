@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
 from convrnn.tasks.classify import ClassifyTask
 from convrnn.train.checkpoint import load_checkpoint
 from convrnn.train.config import TrainConfig

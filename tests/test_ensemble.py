@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 
-from convrnn.ensemble import EnsembleModel, MovedViews, ShiftedViews, move_image
+from convrnn.infer.views import EnsembleModel, MovedViews, ShiftedViews, move_image
 from convrnn.errors import ConfigError
-from convrnn.recipes.runner import load_run, train
+from convrnn.infer.run import load_run
+from convrnn.recipes.runner import train
 from convrnn.train.checkpoint import load_checkpoint
-from test_digits import TINY, digit_pngs, run_cli, write_digits
+from helpers import digit_pngs, run_cli, write_digits
+from test_digits import TINY
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def mnist_dir(tmp_path_factory):
 def _settings(mnist_dir, run, **extra):
     base = {"data.op": "sum", "data.max_len": 3, "data.data_dir": str(mnist_dir), "train.max_steps": 4,
             "train.batch_size": 16, "data.num_train": 64, "train.threads": 1, "data.num_val": 16,
-            "data.num_test": 32, "train.ensemble": 2, "train.run_dir": str(run), "train.quiet": True}
+            "data.num_test": 32, "train.ensemble": 2, "train.run_dir": str(run)}
     return {**base, **extra}
 
 
@@ -103,12 +105,12 @@ def test_moved_views_multiply_the_distributions_of_the_image_and_its_one_pixel_m
         MovedViews(model, 10, "probs")
     with pytest.raises(ValueError, match="probs or mean"):
         MovedViews(model, 2, "labellings")
-    from convrnn.recipes.runner import with_shifts
+    from convrnn.infer.views import with_views
     from convrnn.tasks.base import Task
 
     tokens = SpecModel("embed:4 lstm:4 lm", (None,), 8)  # a character model reads tokens, not images
-    with pytest.raises(ConfigError, match=r"models of images, not to recipe charlm \(its input is \(None,\)\)"):
-        with_shifts(tokens, Task(), "charlm", 2)
+    with pytest.raises(ConfigError, match=r"models of images, not to this run's model \(its input is \(None,\)\)"):
+        with_views(tokens, Task(), 2)
 
 
 def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
@@ -123,21 +125,21 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
                              "--run-dir", str(run), "--spec", "conv:4,3x3 pool:2x2 cols lstm:4,bi ctc")
     assert code == 0, err
     assert load_checkpoint(run)["ensemble"] == {"members": 2, "combine": "labellings"}
-    model, ckpt, _ = load_run(str(run))
+    model, ckpt, _, task, _ = load_run(str(run))
     images = sorted(str(p) for p in folder.glob("*.png"))[:3]
     code, out, err = run_cli(capsys, "predict", str(run), *images)
     assert code == 0, err
-    from convrnn.recipes.lines import LinesRecipe, run_lines
-    joint = LinesRecipe().make_task(ckpt["meta"]).decode(run_lines(model, ckpt, images))
+    from convrnn.recipes.lines import run_lines
+    joint = task.decode(run_lines(model, ckpt, images))
     assert out.splitlines() == [f"{p}\t{t}" for p, t in zip(images, joint)]
     code, out, err = run_cli(capsys, "predict", str(run), images[0], "--beam", "3")
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run))
     assert code == 0 and "cer:" in out, err
     code, out, err = run_cli(capsys, "predict", str(run), *images, "--shifts", "2")  # 2 views x 2 members
-    from convrnn.recipes.runner import with_shifts
-    shifted = with_shifts(model, LinesRecipe().make_task(ckpt["meta"]), "lines", 2)
-    joint = LinesRecipe().make_task(ckpt["meta"]).decode(run_lines(shifted, ckpt, images))
+    from convrnn.infer.views import with_views
+    shifted = with_views(model, task, 2)
+    joint = task.decode(run_lines(shifted, ckpt, images))
     assert code == 0 and out.splitlines() == [f"{p}\t{t}" for p, t in zip(images, joint)], err
     code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "2")
     assert code == 0 and "cer:" in out, err
@@ -153,10 +155,10 @@ def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_
     assert [c["seed"] for c in configs] == [5, 6] and [c["max_steps"] for c in configs] == [2, 2]
     assert [c["ensemble"] for c in configs] == [1, 1]
     assert json.loads((run / "members" / "done.json").read_text()) == [0, 1]
-    assert trainer.pos.step == 4 and "mse" in trainer.last_val
+    assert trainer.step == 4 and "mse" in trainer.metrics
     ckpt = load_checkpoint(run)
     assert ckpt["ensemble"] == {"members": 2, "combine": "probs"}  # the dist head's per-digit logits
-    model, _, _ = load_run(str(run))
+    model = load_run(str(run)).model
     assert isinstance(model, EnsembleModel)
     assert not torch.equal(next(model.members[0].parameters()), next(model.members[1].parameters()))
     member0 = load_checkpoint(run / "members" / "0")["model"]
@@ -173,14 +175,14 @@ def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_
     code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "5")
     assert code == 0 and "mse" in out, err
     code, out, err = run_cli(capsys, "predict", str(run), *digit_pngs(tmp_path, [3, 5]), "--shifts", "10")
-    assert code == 2 and "at most 9 for recipe digits" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "at most 9 for a model of images" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(capsys, "eval", str(run), "--shifts", "0")
     assert code == 2 and "--shifts" in err
 
 
 def test_a_regression_head_averages_values(mnist_dir, tmp_path):
     run = tmp_path / "reg"
-    train("digits", _settings(mnist_dir, run, **{"data.head": "reg"}))
+    train("digits", _settings(mnist_dir, run, **{"model.preset": "digits:head=reg"}))
     assert load_checkpoint(run)["ensemble"]["combine"] == "mean"
 
 
@@ -204,7 +206,7 @@ def test_resume_skips_finished_members_and_finishes_the_ensemble(mnist_dir, tmp_
         train("digits", settings)
     trainer = train("digits", None, resume=str(run))
     assert (run / "members" / "0" / "checkpoints" / "best.pt").read_bytes() == first  # not trained again
-    assert trainer.pos.step == 4
+    assert trainer.step == 4
     assert load_checkpoint(run)["ensemble"]["members"] == 2
 
 

@@ -1,5 +1,5 @@
 """ONNX export of every recipe's model: onnxruntime matches PyTorch within 1e-4, and the exported
-language-model step generates the same 50 greedy characters as convrnn.sampling.sample."""
+language-model step generates the same 50 greedy characters as convrnn.infer.sampling.sample."""
 # B batch, T time steps, C channels, H height, W width, V vocabulary
 import warnings
 
@@ -10,9 +10,9 @@ import torch
 
 from convrnn.cli import main
 from convrnn.data.text import Vocab
-from convrnn.export import export_onnx, onnx_generate
-from convrnn.models import create_model
-from convrnn.sampling import sample
+from convrnn.infer.export import export_onnx, onnx_generate
+from convrnn.spec.presets import create_model
+from convrnn.infer.sampling import sample
 
 CASES = {  # recipe -> (preset, overrides, input shapes to run: different batches and variable sizes)
     "fonts": ("fonts", {"num_outputs": 5}, [(1, 1, 16, 64), (3, 1, 16, 64)]),

@@ -251,7 +251,8 @@ def test_bad_config_values(tmp_path, text_file):
 
 def test_preview_grid_has_one_row_per_font(tmp_path):
     fonts = F.default_fonts()[:3]
-    out = F.preview_grid(fonts, F.load_text_lines(None)[:20], str(tmp_path / "sub" / "preview.png"), samples=4)
+    from convrnn.recipes.fonts import preview_grid
+    out = preview_grid(fonts, F.load_text_lines(None)[:20], str(tmp_path / "sub" / "preview.png"), samples=4)
     with Image.open(out) as im:
         w, h = im.size
     assert h == 3 * (16 * 4 + 4) + 4

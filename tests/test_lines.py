@@ -12,9 +12,11 @@ from convrnn.data.lines import (LineSet, build_alphabet, line_batches, read_line
                                 unseen_characters, warp_lines, write_line_folder)
 from convrnn.data.synthetic_lines import digit_lines, heldout_text, text_lines
 from convrnn.errors import DataError
-from convrnn.recipes.lines import LinesCTCTask
 from convrnn.spec import build_model, format_spec, parse
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.ctc import CTCTask
+
+from helpers import run_cli
 
 
 def _line_image(path, width=40, height=20, dark_on_light=True, seed=0):
@@ -149,7 +151,7 @@ def test_split_by_text_keeps_validation_text_out_of_training():
 
 
 def test_task_encodes_texts_and_counts_unseen_characters():
-    task = LinesCTCTask(build_alphabet(["ab", "ba c"]))
+    task = CTCTask(build_alphabet(["ab", "ba c"]))
     assert task.alphabet == [" ", "a", "b", "c"]
     batch = task.with_targets({"texts": ["ab", "xa"]})
     assert batch["targets"].tolist() == [2, 3, 2] and batch["target_lengths"].tolist() == [2, 1]
@@ -213,7 +215,7 @@ def test_synthetic_text_heldout_never_in_training(tmp_path):
 def test_tiny_model_overfits_one_batch_to_zero_cer(tmp_path):
     torch.manual_seed(0)
     lines = digit_lines(4, split="train", max_digits=3, height=16, mnist_dir="sklearn", seed=1)
-    task = LinesCTCTask(build_alphabet(lines.texts))
+    task = CTCTask(build_alphabet(lines.texts))
     batch = next(iter(line_batches(lines, 4, shuffle=False).batches(0)))
     model = build_model("conv:8,3x3,s=2x1 pool:2x2 cols lstm:32,bi ctc", (1, 16, None), task.num_outputs)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -232,12 +234,6 @@ def test_tiny_model_overfits_one_batch_to_zero_cer(tmp_path):
                 break
     assert metrics.compute()["cer"] == 0.0, (step, metrics.compute())
 
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +289,7 @@ def test_cli_train_from_folder_and_bad_inputs(digits_run, capsys, tmp_path):
 
 
 def test_cli_plot_ctc(digits_run, capsys, tmp_path):
-    pytest.importorskip("convrnn.commands.plot")
+    pytest.importorskip("convrnn.cli.plot")
     run, folder = digits_run
     image = sorted(folder.glob("*.png"))[0]
     code, out, err = run_cli(capsys, "plot", "ctc", str(run), str(image), "--out", str(tmp_path / "a.png"))

@@ -10,7 +10,8 @@ import torch
 
 from convrnn.data.text import Vocab
 from convrnn.errors import DataError
-from convrnn.tasks.base import ModelOutput, Task
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.base import Task
 from convrnn.tasks.lm import LanguageModelTask
 
 

@@ -25,7 +25,7 @@ TARGET_BYTES = 160 * 2**20  # per-step memory the batch size aims at: RSS noise 
 
 def batch_size(preset: str) -> int:
     """The batch whose estimated step memory is about TARGET_BYTES (between 8 and 2048)."""
-    from convrnn.models import create_model
+    from convrnn.spec.presets import create_model
     mem = create_model(preset).summary(batch_size=1, seq_len=SEQ_LEN).memory
     fixed = mem["weights"] + mem["gradients"] + mem["optimizer"]
     per_sample = max(mem["activations"], 1)
@@ -49,7 +49,7 @@ def measure(preset: str, device: str = "cpu") -> dict:
     """Estimate and measured peak (bytes) of one training step of ``preset`` (run in a fresh process)."""
     import torch
 
-    from convrnn.models import create_model, get_preset
+    from convrnn.spec.presets import create_model, get_preset
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -97,7 +97,7 @@ def measure_in_subprocess(preset: str) -> dict:
 
 
 def presets() -> list[str]:
-    from convrnn.models import list_models
+    from convrnn.spec.presets import list_models
     return list_models()
 
 

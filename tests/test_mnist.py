@@ -12,23 +12,10 @@ import pytest
 from convrnn.data.mnist import FALLBACK_SOURCE, as_float, load_mnist, load_sklearn_digits, read_idx
 from convrnn.errors import DataError
 
-SHARED = Path("/work/shared/data/mnist")
-TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,
-              np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D, np.dtype("float64"): 0x0E}
+from conftest import SHARED_DATA
+from helpers import idx_bytes, write_idx
 
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The obvious IDX encoder: magic, big-endian dims, big-endian payload."""
-    header = bytes([0, 0, TYPE_CODES[array.dtype], array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
-    data = idx_bytes(array)
-    gz = path.name.endswith(".gz") if gz is None else gz
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
-    return path
-
+SHARED = SHARED_DATA / "mnist"
 
 def fake_split(n: int, seed: int = 0, size: int = 28):
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from convrnn.errors import ConfigError
-from convrnn.models import Preset, create_model, get_preset, list_models, preset_fields, register_model, split_preset
+from convrnn.spec.presets import Preset, create_model, get_preset, list_models, preset_fields, register_model, split_preset
 from convrnn.spec import parse
 
 

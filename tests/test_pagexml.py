@@ -15,6 +15,8 @@ from convrnn.data import pages
 from convrnn.data.lines import read_lines
 from convrnn.errors import ConfigError, DataError
 
+from helpers import run_cli
+
 PAGE_W, PAGE_H = 480, 360
 PAPER, INK = 235, 20
 
@@ -400,12 +402,6 @@ def test_writing_keeps_a_non_utf8_encoding(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the CLI
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")

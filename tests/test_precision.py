@@ -5,7 +5,8 @@ import torch
 from convrnn.cli import main
 from convrnn.errors import ConfigError, ConvrnnError
 from convrnn.tasks.classify import ClassifyTask
-from convrnn.train.config import TrainConfig, validate_train_config
+from convrnn.fields import check as check_fields
+from convrnn.train.config import TrainConfig
 from convrnn.train.trainer import Trainer
 
 from helpers import TinyNet, toy_batches, toy_classification
@@ -39,7 +40,7 @@ def test_fp16_on_cpu_is_a_clear_error():
 
 def test_unknown_precision_is_rejected():
     with pytest.raises(ConfigError, match="train.precision: expected one of 32, bf16, fp16"):
-        validate_train_config(TrainConfig(precision="fp8"))
+        check_fields(TrainConfig(precision="fp8"), "train")
 
 
 def test_cli_precision_flag_reaches_the_config(tmp_path, capsys):

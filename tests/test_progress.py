@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from convrnn.progress import ConsoleFilter, TrainProgress
+from convrnn.cli.progress import ConsoleFilter, TrainProgress
 from convrnn.train.trainer import Trainer
 
 
@@ -37,8 +37,8 @@ def test_progress_lines_show_rate_and_eta():
 
 
 def test_quiet_prints_plain_lines_once_a_minute_and_never_a_bar(monkeypatch):
-    from convrnn import progress as progress_module
-    from convrnn.progress import QUIET_EVERY, CountProgress
+    from convrnn.cli import progress as progress_module
+    from convrnn.cli.progress import QUIET_EVERY, CountProgress
 
     clock = [1000.0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
@@ -76,7 +76,7 @@ def test_not_quiet_and_not_a_terminal_leaves_the_lines_to_the_log():
 
 
 def test_console_filter_hides_file_only_records_and_progress_lines_under_a_bar(monkeypatch):
-    from convrnn import progress as progress_module
+    from convrnn.cli import progress as progress_module
 
     def record(**extra):
         r = logging.LogRecord("convrnn.x", logging.INFO, __file__, 1, "message", None, None)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from convrnn.errors import DataError
-from convrnn.tasks.base import ModelOutput
-from convrnn.tasks.regress import RegressTask, SumOfValuesTask, ValueClassifyTask, sum_log_distribution
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.values import RegressTask, SumOfValuesTask, ValueClassifyTask, sum_log_distribution
 
 
 def batch_of(y, lengths, mask=None):
@@ -130,11 +130,12 @@ def test_sum_pool_adds_per_step_outputs_of_valid_steps_only():
 
 
 def test_digits_preset_sums_per_step_values_only_for_sums():
-    from convrnn.models import get_preset
+    from convrnn.spec.presets import get_preset
 
-    assert get_preset("digits").spec.endswith("gru:64 reg:sum")  # op defaults to sum
-    assert get_preset("digits", op="product").spec.endswith("gru:64 reg:last")
-    assert get_preset("digits", op="sum", per_step=True).spec.endswith("reg:seq")
+    assert get_preset("digits", head="reg").spec.endswith("gru:64 reg:sum")  # op defaults to sum
+    assert get_preset("digits", head="reg", op="product").spec.endswith("gru:64 reg:last")
+    assert get_preset("digits", head="reg", op="sum", per_step=True).spec.endswith("reg:seq")
+    assert get_preset("digits").spec.endswith("gru:64 reg:seq")  # head=auto: a distribution per digit for sums
 
 
 def brute_force_sum_probs(p: torch.Tensor, length: int, size: int) -> torch.Tensor:

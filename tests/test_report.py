@@ -12,17 +12,13 @@ from PIL import Image
 
 from convrnn.cli import main
 
+from helpers import run_cli
+
 # 5 fonts x 40 images: 160 training images (10 batches an epoch, 30 steps), 40 validation ones; a
 # validation per epoch and training metrics every 5 steps, so the learning curves have several points
 TINY = ["--samples-per-font", "40", "--epochs", "3", "--batch-size", "16", "--set", "train.log_every=5"]
 VAL_SAMPLES = 40
 
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -257,14 +253,17 @@ def test_plot_confusion_refuses_a_run_that_is_not_classification(capsys, tmp_pat
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
-def test_missing_recipe_piece_becomes_a_note(monkeypatch, fonts_run):
-    from convrnn.viz import report_sections
+def test_recipe_sections_that_cannot_be_made_become_a_note(monkeypatch, fonts_run):
+    from convrnn.errors import DataError
+    from convrnn.infer.run import load_run
+    from convrnn.recipes.fonts import FontsRecipe
+    from convrnn.viz.report import recipe_report
 
-    def broken(ctx):
-        raise ImportError("No module named 'convrnn.viz.not_yet'")
-    monkeypatch.setitem(report_sections.RECIPE_SECTIONS, "fonts", broken)
-    sections = report_sections.recipe_sections(str(fonts_run), "fonts", max_batches=1)
-    assert len(sections) == 1 and "Not available" in sections[0].body and "not_yet" in sections[0].body
+    def broken(self, ctx):
+        raise DataError("/data/moved: no such folder")
+    monkeypatch.setattr(FontsRecipe, "report_sections", broken)
+    sections, _ = recipe_report(load_run(fonts_run), max_batches=1)
+    assert len(sections) == 1 and "Not available" in sections[0].body and "/data/moved" in sections[0].body
 
 
 # ------------------------------------------------------------------------------ TensorBoard images
@@ -277,7 +276,7 @@ def _event_tags(run_dir):
 
 
 def test_kernel_grid_tiles_each_kernel_on_its_own_scale():
-    from convrnn.train.tb_images import kernel_grid
+    from convrnn.train.tensorboard import kernel_grid
     w = np.stack([np.arange(9.0).reshape(1, 3, 3), -5 * np.eye(3)[None]])  # (F=2, C=1, 3, 3)
     grid = kernel_grid(w, tile=6, gap=2)  # 3x3 kernels enlarged twice -> 6x6 tiles
     assert grid.shape == (6, 6 + 2 + 6)
@@ -299,7 +298,8 @@ def test_language_model_samples_go_to_tensorboard_as_text(tmp_path):
     from convrnn.data.text import Vocab
     from convrnn.spec.builder import build_model
     from convrnn.train.rundir import RunDir
-    from convrnn.train.tb_images import TensorBoardImages
+    from convrnn.recipes.charlm import TensorBoardSamples
+    from convrnn.tasks.lm import LanguageModelTask
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -307,9 +307,9 @@ def test_language_model_samples_go_to_tensorboard_as_text(tmp_path):
     model = build_model("embed:8 lstm:16 lm", (None,), len(vocab))
     run_dir = RunDir(tmp_path / "lm")
     trainer = SimpleNamespace(run_dir=run_dir, model=model, device=torch.device("cpu"), pos=SimpleNamespace(step=3),
-                              meta={"meta": {"vocab": vocab.to_dict()}})
+                              task=LanguageModelTask(vocab))
     rng = torch.get_rng_state()
-    TensorBoardImages(temperatures=(0.5,), sample_length=30).on_validation(trainer, {})
+    TensorBoardSamples(temperatures=(0.5,), length=30).on_validation(trainer, {})
     assert torch.equal(rng, torch.get_rng_state())  # sampling leaves training's random stream alone
     run_dir.close()
     acc = _event_tags(tmp_path / "lm")
@@ -333,15 +333,16 @@ def _texts(body, css):
 
 
 def test_digits_section_shows_error_per_length_up_to_twice_the_training_length(tmp_path):
-    from test_digits import write_digits
+    from helpers import write_digits
 
-    from convrnn.viz.report_sections import recipe_sections
+    from convrnn.infer.run import load_run
+    from convrnn.viz.report import recipe_report
     data = write_digits(tmp_path / "mnist")
     run = tmp_path / "digits"
     _train(["digits", "--op", "sum", "--max-len", "2", "--data-dir", str(data), "--run-dir", str(run),
             "--max-steps", "2", "--batch-size", "16", "--num-train", "32", "--threads", "1",
             "--set", "data.num_val=16", "--set", "data.num_test=32"])
-    per_length, worst = recipe_sections(str(run), "digits", max_batches=2)
+    per_length, worst = recipe_report(load_run(run), max_batches=2)[0]
     assert per_length.title == "Error per sequence length" and "test split" in per_length.body
     lengths = [int(n) for n in re.findall(r'<tr><td class="num">(\d+)</td>', per_length.body)]
     assert lengths == [1, 2, 3, 4]  # test sequences go to 2N = 4
@@ -360,12 +361,13 @@ def test_digits_section_shows_error_per_length_up_to_twice_the_training_length(t
 
 
 def test_lines_sections_show_worst_lines_and_ctc_alignments(tmp_path):
-    from convrnn.viz.report_sections import recipe_sections
+    from convrnn.infer.run import load_run
+    from convrnn.viz.report import recipe_report
     run = tmp_path / "lines"
     _train(["lines", "--synthetic", "digits", "--mnist-dir", "sklearn", "--num-train", "32", "--height", "16",
             "--max-digits", "3", "--max-steps", "2", "--batch-size", "16", "--run-dir", str(run),
             "--set", "data.num_val=12", "--set", "data.num_test=4", "--spec", "conv:4,3x3 pool:2x2 cols lstm:8,bi ctc"])
-    worst, ctc = recipe_sections(str(run), "lines", max_batches=1)
+    worst, ctc = recipe_report(load_run(run), max_batches=1)[0]
     assert worst.title == "Worst-read lines" and ctc.title == "CTC alignments"
     # a thumbnail of each line above its reference and prediction
     rows = re.findall(r'<figure class="line"><img class="px" width="(\d+)" alt="line (val[^"]*)" src="data:image/png;'
@@ -383,13 +385,15 @@ def test_lines_sections_show_worst_lines_and_ctc_alignments(tmp_path):
 
 
 def test_charlm_section_samples_at_three_temperatures(tmp_path):
-    from convrnn.viz.report_sections import SAMPLE_LENGTH, SAMPLE_TEMPERATURES, recipe_sections
+    from convrnn.infer.run import load_run
+    from convrnn.recipes.charlm import SAMPLE_LENGTH, SAMPLE_TEMPERATURES
+    from convrnn.viz.report import recipe_report
     text = tmp_path / "corpus.txt"
     text.write_text("to be or not to be, that is the question\n" * 40, encoding="utf-8")
     run = tmp_path / "charlm"
     _train(["charlm", "--data", str(text), "--run-dir", str(run), "--max-steps", "2", "--batch-size", "4",
             "--set", "data.seq_len=16", "--spec", "embed:8 lstm:16 lm"])
-    [section] = recipe_sections(str(run), "charlm")
+    [section] = recipe_report(load_run(run))[0]
     samples = _texts(section.body, "sample")
     assert len(samples) == len(SAMPLE_TEMPERATURES) == 3
     assert all(len(s) == SAMPLE_LENGTH and set(s) <= set(text.read_text()) for s in samples)

@@ -11,8 +11,8 @@ from torch import nn
 
 from convrnn.data.text import Vocab
 from convrnn.errors import ConfigError
-from convrnn.sampling import StreamDecoder, filter_logits, one_step_kernels, safe_text, sample
-from convrnn.tasks.base import ModelOutput
+from convrnn.infer.sampling import StreamDecoder, filter_logits, one_step_kernels, safe_text, sample
+from convrnn.layers.base import ModelOutput
 
 TEXT = "the quick brown fox jumps over the lazy dog\n"
 

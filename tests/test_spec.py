@@ -103,11 +103,11 @@ def test_empty_spec_is_an_error():
 
 def test_grammar_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import convrnn, convrnn.spec, convrnn.spec.grammar, convrnn.models\n"
+            "import convrnn, convrnn.spec, convrnn.spec.grammar, convrnn.spec.presets\n"
             "from convrnn.spec import parse, format_spec\n"
             "ops = parse('blocks:8 conv:4,5x5 pool:2x2 flatten lstm:32,bi cls:last')\n"
             "assert parse(format_spec(ops)) == ops\n"
-            "from convrnn.models import get_preset; get_preset('fwtk')\n"
+            "from convrnn.spec.presets import get_preset; get_preset('fwtk')\n"
             "try:\n    parse('nosuchop')\nexcept ValueError: pass\n"
             "assert sys.modules['torch'] is None\n"
             "print('ok')\n")
@@ -116,12 +116,13 @@ def test_grammar_imports_without_torch():
     assert result.stdout.strip() == "ok"
 
 
-def test_op_table_in_docstring_and_docs_lists_every_builtin_usage():
+def test_the_op_table_of_the_docs_is_the_grammars():
+    """docs/spec.md shows ``op_table()`` between its markers, and every op is in it."""
     docs = (ROOT / "docs" / "spec.md").read_text()
-    for name in EXAMPLES:
-        usage = grammar.SCHEMAS[name].usage
-        assert f"`{usage}`" in grammar.__doc__, usage
-        assert f"`{usage}`" in docs, usage
+    block = docs.split("<!-- ops:start -->\n", 1)[1].split("<!-- ops:end -->", 1)[0]
+    assert block == grammar.op_table(), "regenerate: python -c 'from convrnn.spec.grammar import op_table; print(op_table())'"
+    for name in set(EXAMPLES) | set(grammar.SCHEMAS):
+        assert f"| {name} | `" in block, name
 
 
 def test_activation_names_match_layers():
@@ -303,20 +304,21 @@ def test_docs_examples_build_and_run():
         assert y.shape[-1] == num_outputs, name
 
 
-def test_plugin_modules_are_loaded_on_the_first_unknown_op(tmp_path, monkeypatch):
-    (tmp_path / "convrnn_test_plugin.py").write_text(
+def test_an_op_registered_by_a_users_module_parses_and_builds(tmp_path, monkeypatch):
+    (tmp_path / "convrnn_test_ops.py").write_text(
         "from convrnn.layers.conv import Dropout\n"
         "from convrnn.spec.builder import register_op\n"
         "from convrnn.spec.grammar import PROB, OpSchema, Param\n"
-        "register_op('pluginop', OpSchema('pluginop', 'pluginop:P', args=(Param('p', PROB),)),\n"
+        "register_op('userop', OpSchema('userop', 'userop:P', args=(Param('p', PROB),)),\n"
         "            lambda op, shape, ctx: Dropout(op['p']), accepts=['seq'])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(grammar, "PLUGIN_MODULES", ["convrnn_test_plugin", "convrnn_no_such_plugin"])
-    monkeypatch.setattr(grammar, "_plugins_loaded", False)
     try:
-        assert parse("cols pluginop:0.1")[1]["p"] == 0.1
-        assert type(build_model("cols pluginop:0.1", (1, 2, 3)).layers[1]).__name__ == "Dropout"
+        with pytest.raises(SpecError, match="userop"):
+            parse("cols userop:0.1")  # unknown until the module that registers it is imported
+        import convrnn_test_ops  # noqa: F401
+        assert parse("cols userop:0.1")[1]["p"] == 0.1
+        assert type(build_model("cols userop:0.1", (1, 2, 3)).layers[1]).__name__ == "Dropout"
     finally:
-        grammar.SCHEMAS.pop("pluginop", None)
-        OPS.pop("pluginop", None)
-        sys.modules.pop("convrnn_test_plugin", None)
+        grammar.SCHEMAS.pop("userop", None)
+        OPS.pop("userop", None)
+        sys.modules.pop("convrnn_test_ops", None)

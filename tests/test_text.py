@@ -13,7 +13,7 @@ from torch import nn
 
 from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
 from convrnn.errors import DataError
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
 

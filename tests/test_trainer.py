@@ -90,7 +90,7 @@ def _conv_trainer(memory_format, spec="conv:8,3x3,relu bn pool:2x2 conv:16,3x3,r
     x = torch.randn(64, 1, 8, 8).numpy()
     y = (x[:, 0, :4].mean((1, 2)) > 0).astype("int64")
     model = build_model(f"{spec} flatten dense:2,linear", (1, 8, 8), 2)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format, quiet=True)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", memory_format=memory_format)
     return Trainer(model, ClassifyTask(["a", "b"]), toy_batches(x, y), toy_batches(x, y, shuffle=False), cfg)
 
 

@@ -3,10 +3,10 @@
 A ``BatchSource`` yields the batches of one epoch in an order fixed by ``(seed, epoch)``, so a run
 resumed at batch k of epoch e sees exactly the batches an uninterrupted run would have seen.
 """
-# B batch
+# B batch, H height, W width
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -77,3 +77,21 @@ def stack_collate(items: list) -> dict:
     """Collate ``(x, y)`` pairs of fixed-size tensors into ``{"x": (B, ...), "y": (B, ...)}``."""
     xs, ys = zip(*items)
     return {"x": torch.stack([torch.as_tensor(x) for x in xs]), "y": torch.as_tensor(np.asarray(ys))}
+
+
+def array_fetcher(images: np.ndarray, labels: np.ndarray, *, rows: Optional[np.ndarray] = None,
+                  max_value: float = 255.0) -> Callable[[np.ndarray], dict]:
+    """Batches straight from arrays: item ``k`` is image ``rows[k]`` (``k`` without ``rows``) of the
+    integer ``images`` ``(N, H, W)``; ``x`` ``(B, 1, H, W)`` float in 0..1 (divided by ``max_value``),
+    ``y`` the int64 labels, ``ids`` the image indices."""
+    images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    rows_t = torch.from_numpy(rows) if rows is not None else None
+
+    def fetch(idx: np.ndarray) -> dict:
+        i = torch.from_numpy(idx)
+        if rows_t is not None:
+            i = rows_t[i]
+        x = images_t[i].unsqueeze(1).float().div_(max_value)  # (B, H, W) -> (B, 1, H, W)
+        return {"x": x, "y": labels_t[i], "ids": i}
+
+    return fetch

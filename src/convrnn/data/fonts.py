@@ -1,8 +1,8 @@
 """The ``fonts`` dataset: text lines rendered in K fonts, labelled by font.
 
-Seeds 000/001 ("For Well Thou Know'st") classify the font of a small text-line image. Here every
+The fonts recipe classifies the font of a small text-line image. Every
 sample is one ``height x width`` crop of a text line drawn in one font, white ink (255) on black (0),
-so ``x / 255`` puts ink at 1. To take away size cues (seed 001), every font is drawn at the size
+so ``x / 255`` puts ink at 1. To take away size cues, every font is drawn at the size
 that makes its ascender-to-descender height fill about ``height - 2`` pixels, and each sample
 fills the whole width: it starts at a random character of its line and keeps the glyphs that fit,
 stopping before the glyph that would overflow the right edge.
@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from convrnn.errors import ConfigError, DataError
-from convrnn.train.config import path_field
+from convrnn.fields import check, checked, path_field
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,11 @@ class FontsDataConfig:
 
     fonts: list[str] = path_field([])                # files or folders; empty = default_fonts()
     text: str | None = path_field(None)             # UTF-8 file of lines; None = embedded corpus
-    height: int = 16
-    width: int = 64
-    samples_per_font: int = 2000                     # train + val
-    val_fraction: float = 0.2
-    jitter: int = 2
+    height: int = checked(16, lambda v: v >= 6, "at least 6")
+    width: int = checked(64, lambda v: v >= 4, "at least 4")
+    samples_per_font: int = checked(2000, lambda v: v >= 1, "at least 1")  # train + val
+    val_fraction: float = checked(0.2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    jitter: int = checked(2, lambda v: v >= 0, "at least 0")
     seed: int = 0
     cache_dir: str | None = path_field(None)         # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
 
@@ -303,16 +303,6 @@ class FontsDataset:
         return x, int(self.labels[i])
 
 
-def _check_config(config: FontsDataConfig) -> None:
-    checks = [("height", config.height >= 6, "at least 6"), ("width", config.width >= 4, "at least 4"),
-              ("samples_per_font", config.samples_per_font >= 1, "at least 1"),
-              ("val_fraction", 0.0 <= config.val_fraction < 1.0, "in [0, 1)"),
-              ("jitter", config.jitter >= 0, "at least 0")]
-    for name, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"data.{name}: expected {expected}, got {getattr(config, name)!r}")
-
-
 def split_lines(num_lines: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of line indices into (train, val); val gets round(fraction * n), at least 1 if fraction > 0."""
     order = np.random.default_rng([seed, 0]).permutation(num_lines)
@@ -391,7 +381,7 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
     Returns ``(train, val, meta)`` with meta ``{"classes", "height", "width", "fonts", "alphabet",
     "num_lines", "cache"}``. ``progress(done, total)`` is called while rendering.
     """
-    _check_config(config)
+    check(config, "data")
     fonts = resolve_fonts(list(config.fonts))
     source = config.text if config.text is not None else "<embedded corpus>"
     lines = clean_lines(load_text_lines(config.text), fonts)
@@ -437,24 +427,3 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
             "alphabet": alphabet, "num_lines": {"train": len(train_lines), "val": len(val_lines)},
             "cache": cache_path}
     return train, val, meta
-
-
-def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
-                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2, scale: int = 4) -> str:
-    """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
-
-    Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
-    """
-    from convrnn.viz.grid import image_grid, save_png
-
-    specs: list[FontSpec] = []
-    for f in fonts:
-        specs.extend([f] if isinstance(f, FontSpec) else resolve_fonts([str(f)]))
-    lines = clean_lines(list(text_lines), specs)
-    if not lines:
-        raise DataError("expected at least one text line the fonts can draw for the preview, got none")
-    rng = np.random.default_rng(seed)
-    rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
-                               rng=rng, jitter=jitter) for _ in range(samples)] for spec in specs]
-    save_png(image_grid(rows, [s.name for s in specs], scale=scale), out_png)
-    return out_png

@@ -32,7 +32,7 @@ from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, colle
                                 page_name, page_root, page_sources, read_pages)
 from convrnn.data.sequences import smooth_field
 from convrnn.errors import ConfigError, DataError
-from convrnn.train.config import path_field
+from convrnn.fields import checked, one_of, path_field
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +48,36 @@ class LinesDataConfig:
                                    # XML (ALTO/PAGE): a .xml file, a folder of them or a glob pattern
     val: str = path_field()        # validation lines, same forms; empty = val_fraction of `data`
     test: str = path_field()       # optional test lines, same forms
-    synthetic: str = ""            # "digits" or "text": generated lines instead of `data`
-    height: int = 32               # every line is scaled to this height, keeping its aspect ratio
-    max_width: int = 2048          # lines wider than this after scaling are skipped (0 = no limit)
+    synthetic: str = one_of("", "digits", "text")  # generated lines instead of `data`
+    height: int = checked(32, lambda v: v >= 8, "at least 8")  # every line is scaled to this height, keeping its aspect ratio
+    max_width: int = checked(2048, lambda v: v >= 0, "0 or more")  # lines wider than this after scaling are skipped (0 = no limit)
     val_fraction: float = 0.1
     allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
     strict: bool = False           # a bad sample is an error instead of a counted skip
-    normalize: str = "NFC"         # Unicode form of the transcriptions: NFC, NFD, NFKC, NFKD or none
+    normalize: str = one_of("NFC", *NORMAL_FORMS)  # Unicode form of the transcriptions (or none)
     seed: int = 0
     # synthetic lines (see convrnn.data.synthetic_lines)
-    num_train: int = 20000
-    num_val: int = 1000
-    num_test: int = 1000
-    max_digits: int = 8            # digits: strings of 1..max_digits digits
-    rotate: float = 0.0            # digits: training digits turn by up to this many degrees (0 = off)
-    zoom: float = 0.0              # digits: training digits scale by up to 1 +- zoom (0 = off)
-    elastic: float = 0.0           # digits: training digits bend smoothly by up to this many pixels (0 = off)
+    num_train: int = checked(20000, lambda v: v >= 1, "at least 1")
+    num_val: int = checked(1000, lambda v: v >= 1, "at least 1")
+    num_test: int = checked(1000, lambda v: v >= 0, "0 or more")
+    max_digits: int = checked(8, lambda v: v >= 1, "at least 1")  # digits: strings of 1..max_digits digits
+    rotate: float = checked(0.0, lambda v: 0 <= v <= 45, "0..45 degrees")  # digits: training digits turn by up to this (0 = off)
+    zoom: float = checked(0.0, lambda v: 0 <= v < 0.5, "0 <= zoom < 0.5")  # digits: training digits scale by up to 1 +- zoom
+    elastic: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")  # digits: training digits bend by up to this many pixels
     # any lines: every training batch warped afresh (``warp_lines``); 0 turns each off
-    slant: float = 0.0             # horizontal shear of a whole line, up to this many pixels per pixel of height
-    bend: float = 0.0              # smooth random displacement, up to this many pixels, control points BEND_SPACING apart
+    # horizontal shear of a whole line, up to this many pixels per pixel of height
+    slant: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1 pixels per pixel of height")
+    # smooth random displacement, up to this many pixels, control points BEND_SPACING apart
+    bend: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")
     mnist_dir: str = path_field(keep=("sklearn",))  # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
     text: str = path_field()       # text: UTF-8 file of lines to render (empty = embedded corpus)
     fonts: list[str] = path_field([])  # text: font files/folders (empty = matplotlib's)
-    max_chars: int = 32            # text: longest rendered line in characters
+    max_chars: int = checked(32, lambda v: v >= 2, "at least 2")  # text: longest rendered line in characters
+
+    def check_together(self) -> list[tuple]:
+        return [(bool(self.data) != bool(self.synthetic), "data/synthetic",
+                 "exactly one of --data DIR|MANIFEST|XML or --synthetic digits|text",
+                 f"data={self.data!r}, synthetic={self.synthetic!r}")]
 
 
 @dataclass
@@ -380,20 +387,3 @@ def write_line_folder(lines: LineSet, folder: str | Path, *, dark_on_light: bool
         (out / f"{k:06d}{GT_SUFFIX}").write_text(text + "\n", encoding="utf-8")
     return out
 
-
-def check_config(cfg: LinesDataConfig) -> None:
-    checks = [("height", cfg.height >= 8, "at least 8"), ("max_width", cfg.max_width >= 0, "0 or more"),
-              ("num_train", cfg.num_train >= 1, "at least 1"), ("num_val", cfg.num_val >= 1, "at least 1"),
-              ("num_test", cfg.num_test >= 0, "0 or more"), ("max_digits", cfg.max_digits >= 1, "at least 1"),
-              ("max_chars", cfg.max_chars >= 2, "at least 2"), ("rotate", 0 <= cfg.rotate <= 45, "0..45 degrees"),
-              ("zoom", 0 <= cfg.zoom < 0.5, "0 <= zoom < 0.5"), ("elastic", 0 <= cfg.elastic <= 5, "0..5 pixels"),
-              ("slant", 0 <= cfg.slant <= 1, "0..1 pixels per pixel of height"), ("bend", 0 <= cfg.bend <= 5, "0..5 pixels"),
-              ("normalize", cfg.normalize in NORMAL_FORMS, "one of " + ", ".join(NORMAL_FORMS))]
-    for name, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"data.{name}: expected {expected}, got {getattr(cfg, name)!r}")
-    if bool(cfg.data) == bool(cfg.synthetic):
-        raise ConfigError("the lines recipe needs exactly one of --data DIR|MANIFEST or --synthetic digits|text, "
-                          f"got data={cfg.data!r} and synthetic={cfg.synthetic!r}")
-    if cfg.synthetic and cfg.synthetic not in ("digits", "text"):
-        raise ConfigError(f"data.synthetic: expected 'digits' or 'text', got {cfg.synthetic!r}")

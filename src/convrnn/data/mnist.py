@@ -228,6 +228,11 @@ def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") 
     return MnistSplit(images, labels.astype(np.int64), f"mnist ({directory})", 255)
 
 
+def load_mnist_splits(data_dir: str | os.PathLike | None = None) -> tuple[MnistSplit, MnistSplit]:
+    """The train and test splits from ``data_dir`` (as :func:`load_mnist` takes it)."""
+    return load_mnist(data_dir or None, "train"), load_mnist(data_dir or None, "test")
+
+
 def load_sklearn_digits(split: str = "train") -> MnistSplit:
     """A deterministic half of scikit-learn's 1,797 bundled 8x8 digits (values 0..16).
 

@@ -6,11 +6,22 @@ Shapes are tuples with the batch first; ``None`` stands for a size known only at
 # B batch, T time steps, C channels, H height, W width, F features
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 Shape = tuple  # e.g. (None, 1, 16, 64); None = known only at run time
+
+
+class ModelOutput(NamedTuple):
+    """What ``SpecModel.run`` returns: the output, the valid lengths along its time axis, carried state."""
+
+    y: torch.Tensor
+    lengths: Optional[torch.Tensor] = None
+    state: Optional[list] = None
+    # (K, *y.shape): an ensemble's member outputs, for a task that combines them itself (CTC decodes
+    # the members jointly); None for single models
+    members: Optional[torch.Tensor] = None
 
 
 class Shaped:

@@ -1,4 +1,4 @@
-"""The ``charlm`` recipe: a character (or byte) language model of any text (seed 004, done properly).
+"""The ``charlm`` recipe: a character (or byte) language model of any text, with carried state.
 
 Data: one text file or a folder (default: a text shipped with the package, so it runs offline),
 split contiguously (the last ``val_fraction`` validates), cut into ``B`` contiguous streams walked
@@ -22,9 +22,9 @@ import torch
 
 from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
 from convrnn.errors import ConfigError, DataError
-from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.lm import LanguageModelTask
-from convrnn.train.config import path_field
+from convrnn.fields import checked, one_of, path_field
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ class CharLMDataConfig:
     """Where the text comes from and how it is cut into training batches."""
 
     path: str = path_field()     # text file or folder; empty = the embedded default corpus
-    unit: str = "char"           # char (vocabulary of the training text) or byte (256 symbols, any file)
-    seq_len: int = 64            # T: steps per batch (truncated BPTT length)
+    unit: str = one_of("char", "byte")  # char: vocabulary of the training text; byte: 256 symbols, any file
+    seq_len: int = checked(64, lambda v: v >= 1, "at least 1")  # T: steps per batch (truncated BPTT length)
     stateful: bool = True        # contiguous streams with carried state; False = random windows
-    val_fraction: float = 0.1    # the last fraction of the text validates
+    val_fraction: float = checked(0.1, lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")  # the last part validates
     random_offset: bool = True   # stateful: each epoch starts its stripes at a different offset
 
 
@@ -58,37 +58,15 @@ def check_length(symbols: int, cfg: CharLMDataConfig, batch_size: int) -> None:
                         f"text needs at least {needed:,} {unit}; lower --batch-size or --seq-len, or give a longer text")
 
 
-class CharLMTask(LanguageModelTask):
-    """The LM task with throughput in characters (or bytes): ``count(batch)`` is ``B * T``."""
-
-    def __init__(self, vocab: Vocab):
-        super().__init__(vocab)
-        self.unit = "bytes" if vocab.is_bytes else "chars"
-
-    def count(self, batch: dict) -> int:
-        return int(batch["y"].numel())
-
-
 def load_text(cfg: CharLMDataConfig):
     """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit byte."""
     return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit)
 
 
-def validate_data_config(cfg: CharLMDataConfig) -> None:
-    checks = [
-        (cfg.unit in ("char", "byte"), "data.unit", "char or byte", cfg.unit),
-        (cfg.seq_len >= 1, "data.seq_len", "at least 1", cfg.seq_len),
-        (0.0 < cfg.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", cfg.val_fraction),
-    ]
-    for ok, key, expected, got in checks:
-        if not ok:
-            raise ConfigError(f"{key}: expected {expected}, got {got!r}")
-
-
 @register_recipe
 class CharLMRecipe(Recipe):
     name = "charlm"
-    description = "character or byte language model of any text, truncated BPTT, sampling (seed 004)"
+    description = "a character or byte language model of any text (state carried between batches); `convrnn sample` generates text"
     default_preset = "charlm"
     preset_tasks = ("lm",)
     data_config = CharLMDataConfig
@@ -105,7 +83,6 @@ class CharLMRecipe(Recipe):
     )
 
     def make_data(self, data_cfg: CharLMDataConfig, train_cfg, *, progress=None) -> DataBundle:
-        validate_data_config(data_cfg)
         text = load_text(data_cfg)
         check_length(len(text), data_cfg, train_cfg.batch_size)
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
@@ -124,10 +101,58 @@ class CharLMRecipe(Recipe):
                 "val_symbols": len(val_ids)}
         return DataBundle(train=train, val=val, input_shape=(None,), num_outputs=len(vocab), meta=meta)
 
-    def make_task(self, meta: dict) -> CharLMTask:
-        return CharLMTask(Vocab.from_dict(meta["vocab"]))
+    def make_task(self, meta: dict, output_shape: tuple) -> LanguageModelTask:
+        return LanguageModelTask(Vocab.from_dict(meta["vocab"]))
 
-    def predict(self, model, ckpt: dict, inputs: list[str], **options) -> list[str]:
+    def callbacks(self) -> list:
+        return [TensorBoardSamples()]
+
+    def report_sections(self, ctx) -> list:
+        return samples_section(ctx)
+
+    def predict(self, loaded, inputs: list[str], **options) -> list[str]:
         """A language model generates text rather than reading inputs: ``convrnn sample`` does that."""
         raise ConfigError(f"a charlm run generates text instead of reading files: use `convrnn sample RUN "
                           f"--prime TEXT` (got {len(inputs)} input{'s' if len(inputs) != 1 else ''} to predict)")
+
+
+SAMPLE_TEMPERATURES = (0.5, 0.8, 1.0)  # the report's samples
+SAMPLE_LENGTH = 300
+
+
+class TensorBoardSamples:
+    """Trainer callback: a few generated samples as text in TensorBoard at each validation, drawn with
+    their own seeded generator (the step), so training results do not change."""
+
+    def __init__(self, *, temperatures: tuple = (0.5, 1.0), length: int = 200):
+        self.temperatures, self.length = temperatures, length
+
+    def on_validation(self, trainer, metrics: dict) -> None:
+        from convrnn.infer.sampling import safe_text, sample
+        from convrnn.train.tensorboard import markdown_block
+
+        writer = trainer.run_dir.tensorboard() if trainer.run_dir is not None else None
+        if writer is None or self.length <= 0:
+            return
+        vocab = trainer.task.vocab
+        for t in self.temperatures:
+            text = sample(trainer.model, vocab, length=self.length, temperature=t, seed=trainer.pos.step,
+                          device=trainer.device)[0]
+            writer.add_text(f"samples/temperature_{t:g}", markdown_block(safe_text(text) if isinstance(text, bytes)
+                                                                        else text), trainer.pos.step)
+        writer.flush()
+
+
+def samples_section(ctx) -> list:
+    """Samples at a few temperatures from the best checkpoint (fixed seed)."""
+    from convrnn.infer.sampling import safe_text, sample
+    from convrnn.viz.html import Section, esc, note
+
+    parts = []
+    for t in SAMPLE_TEMPERATURES:
+        text = sample(ctx.model, ctx.task.vocab, length=SAMPLE_LENGTH, temperature=t, seed=0)[0]
+        text = safe_text(text) if isinstance(text, bytes) else text
+        parts.append(f"<h3>temperature {t:g}</h3><pre class=\"sample\">{esc(text)}</pre>")
+    return [Section("Generated samples", "".join(parts) + note(
+        f"{SAMPLE_LENGTH} symbols per sample from the best checkpoint, seed 0, starting after a newline."),
+        "samples")]

@@ -1,39 +1,28 @@
-"""The ``fonts`` recipe: which font is this text-line image in? (seeds 000/001)
+"""The ``fonts`` recipe: which font is a text-line image in?
 
 Images of ``height x width`` pixels (default 16x64) rendered from text lines in K fonts; the model
 slices them into blocks or columns, runs one convolution on every step, and an LSTM over the steps.
+``convrnn fonts preview`` draws what the model sees.
 """
 # B batch, C channels, H height, W width
 from __future__ import annotations
 
+import click
 import numpy as np
 import torch
 
-from convrnn.data.batching import IndexedBatches
-from convrnn.data.fonts import FontsDataConfig, make_fonts_data
+from convrnn.data.batching import IndexedBatches, array_fetcher
+from convrnn.data.fonts import FontSpec, FontsDataConfig, clean_lines, make_fonts_data, render_line, resolve_fonts
 from convrnn.data.images import load_gray, to_ink
 from convrnn.errors import DataError
-from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.classify import ClassifyTask
-
-
-def array_fetcher(images: np.ndarray, labels: np.ndarray):
-    """Batches straight from uint8 arrays: ``(N, H, W)`` -> ``x`` ``(B, 1, H, W)`` float in 0..1."""
-    images_t = torch.from_numpy(images)
-    labels_t = torch.from_numpy(labels.astype(np.int64))
-
-    def fetch(idx: np.ndarray) -> dict:
-        i = torch.from_numpy(idx)
-        x = images_t[i].unsqueeze(1).float().div_(255.0)  # (B, H, W) -> (B, 1, H, W)
-        return {"x": x, "y": labels_t[i], "ids": i}
-
-    return fetch
 
 
 @register_recipe
 class FontsRecipe(Recipe):
     name = "fonts"
-    description = "font classification of rendered text-line images (seeds 000/001)"
+    description = "which font a rendered text-line image is in (blocks or columns through one conv, into an LSTM)"
     default_preset = "fonts"
     preset_tasks = ("classify",)
     data_config = FontsDataConfig
@@ -56,12 +45,12 @@ class FontsRecipe(Recipe):
         return DataBundle(train=train_src, val=val_src, input_shape=(1, data_cfg.height, data_cfg.width),
                           num_outputs=len(meta["classes"]), meta=meta)
 
-    def make_task(self, meta: dict) -> ClassifyTask:
+    def make_task(self, meta: dict, output_shape: tuple) -> ClassifyTask:
         return ClassifyTask(meta["classes"])
 
-    def predict(self, model, ckpt: dict, inputs: list[str], **options) -> list[str]:
+    def predict(self, loaded, inputs: list[str], **options) -> list[str]:
         """Font name and probability for each image; images must have the model's height and width."""
-        _, height, width = ckpt["input_shape"]
+        _, height, width = loaded.ckpt["input_shape"]
         arrays = []
         for path in inputs:
             gray = load_gray(path)
@@ -71,6 +60,51 @@ class FontsRecipe(Recipe):
             arrays.append(to_ink(gray))
         x = torch.from_numpy(np.stack(arrays)).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
         with torch.inference_mode():
-            logits = model(x)
-        task = self.make_task(ckpt["meta"])
-        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, task.predict(logits))]
+            logits = loaded.model(x)
+        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, loaded.task.predict(logits))]
+
+    def report_sections(self, ctx) -> list:
+        from convrnn.viz.sections import classify_sections
+        return classify_sections(ctx)
+
+    def commands(self) -> list:
+        return [("fonts", preview)]
+
+
+def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
+                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2, scale: int = 4) -> str:
+    """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
+
+    Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
+    """
+    from convrnn.viz.grid import image_grid, save_png
+
+    specs: list[FontSpec] = []
+    for f in fonts:
+        specs.extend([f] if isinstance(f, FontSpec) else resolve_fonts([str(f)]))
+    lines = clean_lines(list(text_lines), specs)
+    if not lines:
+        raise DataError("expected at least one text line the fonts can draw for the preview, got none")
+    rng = np.random.default_rng(seed)
+    rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
+                               rng=rng, jitter=jitter) for _ in range(samples)] for spec in specs]
+    save_png(image_grid(rows, [s.name for s in specs], scale=scale), out_png)
+    return out_png
+
+
+@click.command()
+@click.option("--fonts", "font_paths", multiple=True, help="font file or folder (repeatable); default: bundled faces")
+@click.option("--text", type=click.Path(), help="UTF-8 text file (default: embedded text)")
+@click.option("--out", type=click.Path(dir_okay=False), default="fonts-preview.png", show_default=True)
+@click.option("--samples", type=int, default=8, show_default=True, help="samples per font")
+@click.option("--height", type=int, default=16, show_default=True)
+@click.option("--width", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def preview(font_paths, text, out, samples, height, width, seed) -> None:
+    """Write a PNG grid of rendered samples, one row per font: what the fonts recipe trains on."""
+    from convrnn.data.fonts import load_text_lines
+    if samples < 1 or height < 4 or width < 4:
+        raise click.BadParameter("--samples must be at least 1 and --height/--width at least 4")
+    specs = resolve_fonts(list(font_paths))
+    path = preview_grid(specs, load_text_lines(text), out, samples=samples, height=height, width=width, seed=seed)
+    click.echo(f"wrote {path} ({len(specs)} fonts x {samples} samples)")

@@ -1,4 +1,4 @@
-"""The ``lines`` recipe: text-line recognition with CTC (seed 003, issue 4).
+"""The ``lines`` recipe: text-line recognition with CTC.
 
 Data: a folder of ``name.png`` + ``name.gt.txt``, a TSV manifest, page XML (ALTO or PAGE files, folders
 of them, glob patterns), or synthetic lines (handwritten digit strings, printed text). The alphabet is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,65 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_config, line_batches,
+from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
-from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
-from convrnn.tasks.base import ModelOutput
-from convrnn.tasks.ctc import BLANK, CharNgramLM, CTCMetrics, CTCTask, Lexicon
+from convrnn.fields import check
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.ctc import BLANK, CharNgramLM, CTCTask, Lexicon
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------ task
-
-class LinesCTCTask(CTCTask):
-    """CTC on batches that carry ``texts``: targets are encoded here with the task's alphabet.
-
-    Characters outside the alphabet are left out of the targets (so the loss stays defined) but stay
-    in the references, so CER/WER count them as errors; metrics report how many there were.
-    """
-
-    unit = "lines"
-    counts = {"skipped_too_long": "lines", "unseen_chars": "chars"}
-
-    def with_targets(self, batch: dict) -> dict:
-        if "targets" in batch:
-            return batch
-        labels = [[self.index[ch] for ch in text if ch in self.index] for text in batch["texts"]]
-        flat = [k for lab in labels for k in lab]
-        return {**batch, "targets": torch.tensor(flat, dtype=torch.long),
-                "target_lengths": torch.tensor([len(lab) for lab in labels], dtype=torch.long)}
-
-    def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
-        return super().loss(out, self.with_targets(batch))
-
-    def count(self, batch: dict) -> int:
-        return len(batch["texts"])
-
-    def new_metrics(self) -> "LinesMetrics":
-        return LinesMetrics(self)
-
-
-class LinesMetrics(CTCMetrics):
-    """CTC metrics plus ``unseen_chars``: reference characters outside the model's alphabet."""
-
-    def __init__(self, task: LinesCTCTask):
-        super().__init__(task)
-        self.unseen: dict[str, int] = {}
-
-    def update(self, out: ModelOutput, batch: dict) -> None:
-        super().update(out, self.task.with_targets(batch))
-        for ch, n in unseen_characters(batch["texts"], self.task.alphabet).items():
-            self.unseen[ch] = self.unseen.get(ch, 0) + n
-
-    def compute(self) -> dict[str, float]:
-        if self.unseen:
-            shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
-            log.warning("%d reference characters are not in the model's alphabet and count as errors: %s",
-                        sum(self.unseen.values()), shown)
-        return {**super().compute(), "unseen_chars": float(sum(self.unseen.values())), "chars": float(self.chars)}
 
 
 # ---------------------------------------------------------------------------------------- recipe
@@ -96,7 +48,7 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
 
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
-    check_config(cfg)
+    check(cfg, "data")
     if cfg.synthetic:
         train = _synthetic(cfg, "train", cfg.num_train, progress)
         val = _synthetic(cfg, "val", cfg.num_val, progress)
@@ -116,7 +68,8 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
 @register_recipe
 class LinesRecipe(Recipe):
     name = "lines"
-    description = "text-line recognition with CTC: folders of line images, or synthetic digits/text (seed 003)"
+    description = ("text-line recognition with CTC: page XML, folders of line images, or synthetic lines "
+                   "(handwritten digit strings, printed text)")
     default_preset = "crnn"
     preset_tasks = ("ctc",)
     data_config = LinesDataConfig
@@ -161,10 +114,16 @@ class LinesRecipe(Recipe):
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
 
-    def make_task(self, meta: dict) -> LinesCTCTask:
-        return LinesCTCTask(meta["alphabet"])
+    def make_task(self, meta: dict, output_shape: tuple) -> CTCTask:
+        return CTCTask(meta["alphabet"])
 
-    def predict(self, model, ckpt: dict, inputs: list[str], *, beam: Optional[int] = None,
+    def report_sections(self, ctx) -> list:
+        return lines_sections(ctx)
+
+    def commands(self) -> list:
+        return [("plot", plot_ctc)]
+
+    def predict(self, loaded, inputs: list[str], *, beam: Optional[int] = None,
                 lexicon: Optional[str] = None, lm: Optional[str] = None, out: Optional[str] = None,
                 **options) -> list[str]:
         """``path<TAB>text`` per line image, and ``page.xml:line_id<TAB>text`` per line of every page XML
@@ -173,8 +132,8 @@ class LinesRecipe(Recipe):
         ``wrote ...`` line per page is returned. Greedy decoding (an ensemble's: joint beam search), or
         prefix beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained
         on the text file ``lm``), over an ensemble's members jointly."""
-        task = self.make_task(ckpt["meta"])
-        height = int(ckpt["input_shape"][1])
+        model, task = loaded.model, loaded.task
+        height = int(loaded.ckpt["input_shape"][1])
         decode = _decoder(task, beam=beam, lexicon=lexicon, lm=lm)
         sources = [(inp, page_sources(inp)) for inp in inputs]
         paths = [p for _, xmls in sources if xmls for p in xmls]
@@ -229,7 +188,7 @@ def _check_out(pages: list[Path], out: Path) -> None:
         seen[page.name] = page
 
 
-def _decoder(task: LinesCTCTask, *, beam: Optional[int], lexicon: Optional[str], lm: Optional[str]):
+def _decoder(task: CTCTask, *, beam: Optional[int], lexicon: Optional[str], lm: Optional[str]):
     """``decode(out) -> texts`` for a batch's ModelOutput: greedy (an ensemble's: joint beam search), or
     prefix beam search with ``beam``, ``lexicon`` and ``lm`` as in ``LinesRecipe.predict``."""
     if not beam and not lexicon and not lm:
@@ -247,7 +206,7 @@ def _decoder(task: LinesCTCTask, *, beam: Optional[int], lexicon: Optional[str],
     return decode
 
 
-def line_confidence(task: LinesCTCTask, logits: torch.Tensor, length: int, text: str) -> float:
+def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:
     """How sure the model is of ``text``: its CTC probability (summed over all alignments, an ensemble's
     members' geometric mean) per character, ``P(text | line) ** (1 / max(1, len(text)))``, in 0..1;
     0 for a text with characters outside the alphabet. ``logits`` ``(T, V)`` or ``(K, T, V)``."""
@@ -264,7 +223,7 @@ def line_confidence(task: LinesCTCTask, logits: torch.Tensor, length: int, text:
     return float(math.exp(-float(nll.mean()) / max(1, len(text))))
 
 
-def recognise(model, task: LinesCTCTask, images: list[np.ndarray], decode,
+def recognise(model, task: CTCTask, images: list[np.ndarray], decode,
               batch_size: int = 32) -> tuple[list[str], list[float]]:
     """Texts and confidences (``line_confidence``) of ink-bright line images ``(H, W_i)``, in batches of
     similar width."""
@@ -315,3 +274,78 @@ def _read_words(path: str) -> list[str]:
     if not words:
         raise DataError(f"{path}: expected a word list (one word per line), got no words")
     return words
+
+@click.command(name="ctc")
+@click.argument("run", type=click.Path())
+@click.argument("image", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default="ctc.png", show_default=True, help="PNG to write")
+def plot_ctc(run: str, image: str, out: str) -> None:
+    """Draw a lines run's per-frame character probabilities for IMAGE, aligned under the image."""
+    from convrnn.infer.run import load_run
+    from convrnn.viz.ctc_plot import plot_ctc as draw
+
+    loaded = load_run(run, expect_recipe="lines")
+    alphabet = loaded.ckpt["meta"]["alphabet"]
+    output = run_lines(loaded.model, loaded.ckpt, [image])  # an ensemble's y: its members' mean frame probabilities
+    n = int(output.lengths[0])
+    probs = torch.softmax(output.y[0, :n].float(), dim=-1).numpy()  # (T, V)
+    text = loaded.task.decode(output)[0]
+    pixels = prepare_line(image, int(loaded.ckpt["input_shape"][1]))
+    path = draw(pixels, probs, alphabet, out, text=text)
+    how = "joint beam search of its members" if output.members is not None else "greedy"
+    click.echo(f"wrote {path} ({n} frames, text {text!r}, {how})")
+
+
+# ----------------------------------------------------------------------------------------- report
+
+def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
+    """Worst-read lines (the line image above its reference and greedy prediction) and the CTC
+    alignments of the worst few, from the one evaluation pass of the report."""
+    from convrnn.tasks.text_metrics import edit_distance
+    from convrnn.viz.ctc_plot import plot_ctc
+    from convrnn.viz.html import Section, esc, evaluate_metrics, img, missing, note, sample_id, thumbnail
+
+    alphabet = ctx.ckpt["meta"]["alphabet"]
+    scored = []  # (cer, index in its batch, reference, prediction, batch, logits (B, T, V), frames (B,))
+
+    def keep_worst(out, batch) -> None:
+        nonlocal scored
+        frames = out.lengths if out.lengths is not None else torch.full((out.y.shape[0],), out.y.shape[1])
+        hyps = ctx.task.decode(ModelOutput(out.y, frames))
+        for k, (ref, hyp) in enumerate(zip(batch["texts"], hyps)):
+            cer = edit_distance(ref, hyp) / max(len(ref), 1)
+            scored.append((cer, k, ref, hyp, batch, out.y, frames))
+        scored.sort(key=lambda s: -s[0])
+        scored = scored[:worst]  # keep only the worst lines (and their batches) while evaluating
+
+    evaluate_metrics(ctx, keep_worst)
+    if not scored:
+        return [missing("Worst-read lines", f"the {ctx.split} split has no lines")]
+    items = []
+    for cer, k, ref, hyp, b, _, _ in scored:
+        ink = b["x"][k, 0, :, :int(b["lengths"][k])].numpy()  # (1, H, W) padded -> (H, width)
+        line_id = sample_id(b, k)
+        picture = thumbnail(ink, f"line {line_id}")  # low lines enlarged to about THUMB_HEIGHT
+        items.append(f'<figure class="line">{picture}'
+                     f'<figcaption><span class="id">{esc(line_id)}</span> CER <span class="cer">{cer:.3f}</span>'
+                     f'<br>reference <code class="ref">{esc(ref)}</code>'
+                     f'<br>prediction <code class="hyp">{esc(hyp)}</code>'
+                     + (' <span class="p">(nothing read)</span>' if not hyp else "") + "</figcaption></figure>")
+    sections = [Section("Worst-read lines", "".join(items)
+                        + note(f"Greedy decoding of the best checkpoint; the {len(items)} lines with the highest "
+                               f"character error rate among at most {ctx.max_batches} {ctx.split} batches, worst "
+                               "first: the line image above its reference and the prediction."),
+                        "worst-lines")]
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (cer, k, ref, hyp, b, logits, frames) in enumerate(scored[:plots]):
+            n, width = int(frames[k]), int(b["lengths"][k])
+            image = (b["x"][k, 0, :, :width] * 255).round().to(torch.uint8).numpy()  # (1, H, W) -> (H, W)
+            probs = torch.softmax(logits[k, :n].float(), dim=-1).numpy()  # (T, V)
+            png = Path(plot_ctc(image, probs, alphabet, Path(tmp) / f"ctc{i}.png",
+                                title=f"reference {ref!r}\ngreedy    {hyp!r}  (CER {cer:.2f})")).read_bytes()
+            figures.append(img(png, f"CTC alignment of {b['ids'][k]}", css_class="wide"))
+    sections.append(Section("CTC alignments", "".join(figures) + note(
+        "Per-frame label probabilities under the line image (dashed: blank); a peak sits under the "
+        "glyph it reads."), "ctc"))
+    return sections

@@ -13,11 +13,12 @@ from convrnn.errors import SpecError
 from convrnn.layers.base import Shape, Shaped
 from convrnn.layers.conv import BatchNorm, Conv, Dense, Dropout, Embedding, Flatten, OneHot, Pool
 from convrnn.layers.heads import Classify, Project, Regress
+from convrnn.layers.mdlstm import MDLSTM2d, Collapse, SeparableLSTM2d, Tile
 from convrnn.layers.recurrent import Recurrent
 from convrnn.layers.slicing import Blocks, Columns
 from convrnn.layers.time_distributed import TimeDistributed
 from convrnn.spec.grammar import SCHEMAS, OpSchema, OpSpec, parse, register_schema
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,28 @@ def _lm(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
         except ValueError as err:
             raise ctx.error(op, f"lm: {err}; tying needs the last features to equal embed's D and N its vocab")
     return head
+
+
+@_builtin("tile", ["image"])
+def _tile(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
+    return Tile(*op["size"])
+
+
+@_builtin("mdlstm", ["image"])
+def _mdlstm(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
+    return MDLSTM2d(shape[1], op["hidden"], directions=op["dirs"], combine="sum" if op["sum"] else "concat",
+                    dropout=op["dropout"])
+
+
+@_builtin("seplstm", ["image"])
+@_builtin("lstm2d", ["image"])
+def _seplstm(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
+    return SeparableLSTM2d(shape[1], op["hidden"], combine="sum" if op["sum"] else "concat")
+
+
+@_builtin("collapse", ["image"])
+def _collapse(op: OpSpec, shape: Shape, ctx: BuildContext) -> nn.Module:
+    return Collapse(op["mode"])
 
 
 def _kind_hint(kind: str, accepts: tuple[str, ...]) -> str:

@@ -4,32 +4,15 @@ A spec is whitespace-separated tokens, one per layer, read left to right. A toke
 ``name:arg,arg,...``; an arg is a positional value (an int, a float, a size ``AxB``, or a word),
 a flag word, or ``key=value``. Positional args may also be given as ``key=value`` by their name.
 
-| op | usage | input -> output | meaning |
-|---|---|---|---|
-| blocks | `blocks:W[,S]` | image -> image sequence | blocks of width W every S pixels (S defaults to W) |
-| cols | `cols` | image -> feature sequence | one step per column: (B, C, H, W) -> (B, W, C*H) |
-| conv | `conv:F,KHxKW[,ACT][,s=SHxSW][,valid]` | image(s) -> image(s) | F filters, activation ACT (relu), 'same' padding unless `valid` |
-| pool | `pool:KHxKW[,s=SHxSW][,avg]` | image(s) -> image(s) | max pooling (average with `avg`), stride defaults to the kernel |
-| bn | `bn` | any -> same | batch normalization over channels/features |
-| drop | `drop:P` | any -> same | dropout with probability P |
-| flatten | `flatten` | image sequence -> feature sequence; image -> vector | C*H*W features per step |
-| dense | `dense:N[,ACT]` | features -> features | linear layer (per step on sequences), activation ACT (linear) |
-| embed | `embed:D[,vocab=V]` | tokens -> feature sequence | learned D-dim vectors; V defaults to num_outputs |
-| onehot | `onehot[:vocab=V]` | tokens -> feature sequence | one-hot vectors; V defaults to num_outputs |
-| lstm | `lstm:H[,bi][,layers=N][,dropout=P][,wdrop=P]` | feature sequence -> feature sequence | LSTM stack, H units (2H with `bi`); `wdrop` drops recurrent weights in training |
-| gru | `gru:H[,bi][,layers=N][,dropout=P][,wdrop=P]` | feature sequence -> feature sequence | GRU stack, H units (2H with `bi`) |
-| cls | `cls:POOL[,N]` | feature sequence or vector -> vector | N class logits, POOL last/mean/max over valid steps |
-| reg | `reg:POOL[,N]` | feature sequence or vector -> vector (or sequence for `seq`) | N real outputs, POOL last/mean/max/sum/seq |
-| ctc | `ctc[:N]` | feature sequence -> feature sequence | per-step logits over N symbols incl. blank |
-| lm | `lm[:N][,tie]` | feature sequence -> feature sequence | per-step next-token logits; `tie` shares the embed weights |
+Every op's usage, shapes and meaning are in its ``OpSchema`` below; ``op_table()`` renders them as
+the table of docs/spec.md (the only copy: a test keeps the docs equal to it).
 
 ACT is one of relu, tanh, sigmoid, gelu, elu, leaky, linear (or none). A size ``K`` means ``KxK``.
-Other modules add ops with ``convrnn.spec.builder.register_op`` (see docs/spec.md).
+Further ops are added with ``convrnn.spec.builder.register_op`` (see docs/spec.md).
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -40,9 +23,6 @@ from convrnn.errors import SpecError
 log = logging.getLogger(__name__)
 
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky", "linear", "none")
-
-# Modules that register extra ops when imported; loaded the first time an op name is unknown.
-PLUGIN_MODULES = ["convrnn.layers.mdlstm"]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -146,6 +126,7 @@ class OpSchema:
     args: tuple[Param, ...] = ()
     keywords: tuple[Param, ...] = ()
     flags: tuple[str, ...] = ()
+    shapes: str = ""   # input -> output, for the op table
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.args + self.keywords] + list(self.flags)
@@ -189,31 +170,21 @@ def register_schema(schema: OpSchema, *, replace: bool = False) -> OpSchema:
     return schema
 
 
-_plugins_loaded = False
-
-
-def load_plugins() -> None:
-    """Import the modules in ``PLUGIN_MODULES`` once so that the ops they register are known."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            log.debug("spec plugin %s not loaded: %s", module, err)
-
-
 def get_schema(name: str) -> Optional[OpSchema]:
-    if name not in SCHEMAS:
-        load_plugins()
     return SCHEMAS.get(name)
 
 
 def op_names() -> list[str]:
-    load_plugins()
     return sorted(SCHEMAS)
+
+
+def op_table() -> str:
+    """Every op as a Markdown table (op, usage, input -> output, meaning): what docs/spec.md shows."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+    rows = ["| op | usage | input -> output | meaning |", "|---|---|---|---|"]
+    rows += [f"| {s.name} | `{cell(s.usage)}` | {cell(s.shapes)} | {cell(s.meaning)} |" for s in SCHEMAS.values()]
+    return "\n".join(rows) + "\n"
 
 
 def _tokens(spec: str) -> Iterable[tuple[str, int]]:
@@ -337,37 +308,69 @@ def format_spec(ops: Iterable[OpSpec]) -> str:
     return " ".join(format_op(op) for op in ops)
 
 
-def _recurrent(name: str, cell: str) -> OpSchema:
-    return OpSchema(name, f"{name}:H[,bi][,layers=N][,dropout=P][,wdrop=P]", f"{cell} stack with H units per direction",
+def _recurrent(name: str, cell: str, shapes: str, meaning: str) -> OpSchema:
+    return OpSchema(name, f"{name}:H[,bi][,layers=N][,dropout=P][,wdrop=P]", meaning,
                     args=(Param("hidden", POS_INT),), flags=("bi",),
-                    keywords=(Param("layers", POS_INT, 1), Param("dropout", PROB, 0.0), Param("wdrop", PROB, 0.0)))
+                    keywords=(Param("layers", POS_INT, 1), Param("dropout", PROB, 0.0), Param("wdrop", PROB, 0.0)),
+                    shapes=shapes)
 
 
 for _schema in (
-    OpSchema("blocks", "blocks:W[,S]", "image -> sequence of blocks of width W, stride S (default W)",
-             args=(Param("width", POS_INT), Param("stride", POS_INT, None))),
-    OpSchema("cols", "cols", "image -> sequence of columns (B, W, C*H)"),
-    OpSchema("conv", "conv:F,KHxKW[,ACT][,s=SHxSW][,valid]", "convolution with F filters",
+    OpSchema("blocks", "blocks:W[,S]", "blocks of width W every S pixels (S defaults to W); error if the image "
+             "is narrower than W", args=(Param("width", POS_INT), Param("stride", POS_INT, None)),
+             shapes="`(B, C, H, W')` -> `(B, T, C, H, W)`, `T = (W' - W) // S + 1`"),
+    OpSchema("cols", "cols", "one step per column (CRNN)", shapes="`(B, C, H, W)` -> `(B, W, C*H)`"),
+    OpSchema("conv", "conv:F,KHxKW[,ACT][,s=SHxSW][,valid]", "F filters, ACT defaults to relu; 'same' padding "
+             "(`ceil(size/stride)`, even kernels pad one more at the bottom/right) unless `valid`",
              args=(Param("filters", POS_INT), Param("kernel", SIZE), Param("act", ACT, "relu")),
-             keywords=(Param("s", SIZE, (1, 1)),), flags=("valid",)),
-    OpSchema("pool", "pool:KHxKW[,s=SHxSW][,avg]", "max pooling (average with avg)",
-             args=(Param("kernel", SIZE),), keywords=(Param("s", SIZE, None),), flags=("avg",)),
-    OpSchema("bn", "bn", "batch normalization over channels"),
-    OpSchema("drop", "drop:P", "dropout", args=(Param("p", PROB),)),
-    OpSchema("flatten", "flatten", "image sequence -> feature sequence; image -> vector"),
-    OpSchema("dense", "dense:N[,ACT]", "linear layer, per step on sequences",
-             args=(Param("units", POS_INT), Param("act", ACT, "linear"))),
-    OpSchema("embed", "embed:D[,vocab=V]", "token ids -> learned vectors",
-             args=(Param("dim", POS_INT),), keywords=(Param("vocab", POS_INT, None),)),
-    OpSchema("onehot", "onehot[:vocab=V]", "token ids -> one-hot vectors", keywords=(Param("vocab", POS_INT, None),)),
-    _recurrent("lstm", "LSTM"),
-    _recurrent("gru", "GRU"),
-    OpSchema("cls", "cls:POOL[,N]", "classification head over valid steps",
-             args=(Param("pool", choice("last", "mean", "max")), Param("classes", POS_INT, None))),
-    OpSchema("reg", "reg:POOL[,N]", "regression head over valid steps (sum: of per-step outputs), or per step with seq",
-             args=(Param("pool", choice("last", "mean", "max", "sum", "seq")), Param("outputs", POS_INT, None))),
-    OpSchema("ctc", "ctc[:N]", "per-step logits over N symbols incl. blank", args=(Param("symbols", POS_INT, None),)),
-    OpSchema("lm", "lm[:N][,tie]", "per-step next-token logits", args=(Param("vocab", POS_INT, None),),
-             flags=("tie",)),
+             keywords=(Param("s", SIZE, (1, 1)),), flags=("valid",),
+             shapes="`(B, C, H, W)` -> `(B, F, H', W')`, also per step on image sequences"),
+    OpSchema("pool", "pool:KHxKW[,s=SHxSW][,avg]", "max pooling (average with `avg`); stride defaults to the "
+             "kernel; no padding", args=(Param("kernel", SIZE),), keywords=(Param("s", SIZE, None),), flags=("avg",),
+             shapes="`(B, C, H, W)` -> `(B, C, (H-KH)//SH+1, (W-KW)//SW+1)`, also per step"),
+    OpSchema("bn", "bn", "batch norm over channels (images) or features (sequences, vectors)", shapes="same shape"),
+    OpSchema("drop", "drop:P", "dropout", args=(Param("p", PROB),), shapes="same shape"),
+    OpSchema("flatten", "flatten", "needs fixed C, H, W",
+             shapes="`(B, T, C, H, W)` -> `(B, T, C*H*W)`; `(B, C, H, W)` -> `(B, C*H*W)`"),
+    OpSchema("dense", "dense:N[,ACT]", "linear layer, ACT defaults to linear",
+             args=(Param("units", POS_INT), Param("act", ACT, "linear")),
+             shapes="`(B, T, F)` -> `(B, T, N)`; `(B, F)` -> `(B, N)`"),
+    OpSchema("embed", "embed:D[,vocab=V]", "learned vectors; V defaults to `num_outputs`",
+             args=(Param("dim", POS_INT),), keywords=(Param("vocab", POS_INT, None),), shapes="`(B, T)` -> `(B, T, D)`"),
+    OpSchema("onehot", "onehot[:vocab=V]", "one-hot vectors; V defaults to `num_outputs`",
+             keywords=(Param("vocab", POS_INT, None),), shapes="`(B, T)` -> `(B, T, V)`"),
+    _recurrent("lstm", "LSTM", "`(B, T, F)` -> `(B, T, H)` (`2H` with `bi`)",
+               "LSTM stack; dropout between stacked layers (needs layers >= 2; use `drop:P` for the output); "
+               "`wdrop` drops entries of the recurrent (hidden-to-hidden) matrices in training, one mask per batch"),
+    _recurrent("gru", "GRU", "as lstm", "GRU stack"),
+    OpSchema("cls", "cls:POOL[,N]", "class logits; POOL last/mean/max over valid steps; N defaults to `num_outputs`",
+             args=(Param("pool", choice("last", "mean", "max")), Param("classes", POS_INT, None)),
+             shapes="`(B, T, F)` or `(B, F)` -> `(B, N)`"),
+    OpSchema("reg", "reg:POOL[,N]", "real outputs; POOL last/mean/max over valid steps, `sum` (the linear layer "
+             "at every valid step, outputs added: for additive targets such as digit sums) or `seq` (per step); "
+             "N defaults to `num_outputs`, else 1",
+             args=(Param("pool", choice("last", "mean", "max", "sum", "seq")), Param("outputs", POS_INT, None)),
+             shapes="`(B, T, F)` or `(B, F)` -> `(B, N)`; `seq`: `(B, T, N)`"),
+    OpSchema("ctc", "ctc[:N]", "per-step logits over N symbols including the blank; N defaults to `num_outputs`",
+             args=(Param("symbols", POS_INT, None),), shapes="`(B, T, F)` -> `(B, T, N)`"),
+    OpSchema("lm", "lm[:N][,tie]", "per-step next-token logits; `tie` shares the weights of the nearest earlier "
+             "`embed` (needs F = D and N = V)", args=(Param("vocab", POS_INT, None),), flags=("tie",),
+             shapes="`(B, T, F)` -> `(B, T, N)`"),
+    OpSchema("tile", "tile:KHxKW", "space-to-depth: each KHxKW tile becomes one pixel of KH*KW*C channels, "
+             "ordered (c, dy, dx); the image is zero-padded to whole tiles", args=(Param("size", SIZE),),
+             shapes="`(B, C, H, W)` -> `(B, C*KH*KW, ceil(H/KH), ceil(W/KW))`"),
+    OpSchema("mdlstm", "mdlstm:N[,dirs=1|2|4][,sum][,dropout=P]", "multidirectional 2-D LSTM, N units per "
+             "direction, each direction scanning from its own corner (docs/mdlstm.md); directions concatenated, or "
+             "added with `sum`; dropout on its output in training", args=(Param("hidden", POS_INT),),
+             keywords=(Param("dirs", int_choice(1, 2, 4), 4), Param("dropout", PROB, 0.0)), flags=("sum",),
+             shapes="`(B, C, H, W)` -> `(B, dirs*N, H, W)` (`N` with `sum`)"),
+    OpSchema("seplstm", "seplstm:N[,sum]", "separable 2-D LSTM: a bidirectional LSTM along every row, then "
+             "along every column; directions concatenated, or added with `sum`", args=(Param("hidden", POS_INT),),
+             flags=("sum",), shapes="`(B, C, H, W)` -> `(B, 2N, H, W)` (`N` with `sum`)"),
+    OpSchema("lstm2d", "lstm2d:N[,sum]", "the same layer as `seplstm`", args=(Param("hidden", POS_INT),),
+             flags=("sum",), shapes="as seplstm"),
+    OpSchema("collapse", "collapse[:sum|mean|max]", "height collapse: the image's columns become the steps of a "
+             "feature sequence, summed (the default), averaged or maxed over the height",
+             args=(Param("mode", choice("sum", "mean", "max"), "sum"),), shapes="`(B, C, H, W)` -> `(B, W, C)`"),
 ):
     register_schema(_schema)

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import torch
 
-
-class ModelOutput(NamedTuple):
-    """What ``SpecModel.run`` returns: the output, the valid lengths along its time axis, carried state."""
-
-    y: torch.Tensor
-    lengths: Optional[torch.Tensor] = None
-    state: Optional[list] = None
-    # (K, *y.shape): an ensemble's member outputs, for a task that combines them itself (CTC decodes
-    # the members jointly); None for single models
-    members: Optional[torch.Tensor] = None
+from convrnn.layers.base import ModelOutput
 
 
 class MetricAccumulator:
@@ -86,7 +77,7 @@ class Task:
     ``monitor_mode`` says whether larger (``"max"``) or smaller (``"min"``) is better.
     ``stateful`` tasks (language models trained with truncated BPTT) have the trainer carry the
     recurrent state from one batch to the next.
-    ``ensemble_combine`` says how an ensemble averages its members' outputs (convrnn.ensemble):
+    ``ensemble_combine`` says how an ensemble averages its members' outputs (convrnn.infer.views):
     ``probs`` for logits (the softmax over the last axis is averaged), ``mean`` for values,
     ``labellings`` for CTC (the members' log-probabilities go to ``ModelOutput.members`` and the
     task decodes them jointly).
@@ -97,6 +88,7 @@ class Task:
     monitor_mode: str = "min"
     stateful: bool = False
     ensemble_combine: str = "probs"
+    unit: str = "samples"  # what ``count`` counts, for throughput (samples/s, lines/s, chars/s)
     counts: dict[str, str] = {}  # count metric -> the metric that is its denominator (format_metrics)
 
     output_ndim: int = 2  # dimensions of the model output the task scores: (B, V) 2, (B, T, V) 3
@@ -114,6 +106,10 @@ class Task:
             return f"it gives {shape[-1]} outputs per {'input' if self.output_ndim == 2 else 'step'} where the " \
                    f"{self.name} task needs {self.num_outputs}"
         return ""
+
+    def count(self, batch: dict) -> int:
+        """How many ``unit`` a batch holds (by default its inputs)."""
+        return int(batch["x"].shape[0])
 
     def format_metrics(self, metrics: dict) -> str:
         """The headline metrics on one line, counts over their denominators (:func:`format_metrics`)."""

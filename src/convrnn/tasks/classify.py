@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.base import MetricAccumulator, Task
 
 
 class ClassifyMetrics(MetricAccumulator):

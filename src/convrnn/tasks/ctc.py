@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.metrics_text import error_counts
-from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
+from convrnn.tasks.text_metrics import error_counts
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.base import MetricAccumulator, Task
 
 log = logging.getLogger(__name__)
 BLANK = 0
@@ -227,15 +228,22 @@ def _concatenated(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.
 
 
 class CTCMetrics(MetricAccumulator):
-    """Mean loss per included sequence, CER and WER of greedy decoding, and skipped targets."""
+    """Mean loss per included sequence, CER and WER of greedy decoding, skipped targets, and
+    ``unseen_chars``: reference characters outside the model's alphabet (they count as errors)."""
 
     def __init__(self, task: "CTCTask"):
         self.task = task
         self.loss_sum, self.loss_n, self.skipped, self.lines = 0.0, 0, 0, 0
         self.char_edits = self.chars = self.word_edits = self.words = 0
+        self.unseen: dict[str, int] = {}
 
     @torch.no_grad()
     def update(self, out: ModelOutput, batch: dict) -> None:
+        batch = self.task.with_targets(batch)
+        for text in batch.get("texts") or ():
+            for ch in text:
+                if ch not in self.task.index:
+                    self.unseen[ch] = self.unseen.get(ch, 0) + 1
         losses, keep = self.task.per_sequence_loss(out, batch)
         self.loss_sum += float(losses.sum())
         self.loss_n += int(keep.sum())
@@ -249,10 +257,15 @@ class CTCMetrics(MetricAccumulator):
             setattr(self, f"{attr}s", getattr(self, f"{attr}s") + total)
 
     def compute(self) -> dict[str, float]:
+        if self.unseen:
+            shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
+            log.warning("%d reference characters are not in the model's alphabet and count as errors: %s",
+                        sum(self.unseen.values()), shown)
         return {"loss": self.loss_sum / max(self.loss_n, 1),
                 "cer": self.char_edits / max(self.chars, 1),
                 "wer": self.word_edits / max(self.words, 1),
-                "skipped_too_long": float(self.skipped), "lines": float(self.lines)}
+                "skipped_too_long": float(self.skipped), "lines": float(self.lines),
+                "unseen_chars": float(sum(self.unseen.values())), "chars": float(self.chars)}
 
 
 class CTCTask(Task):
@@ -271,9 +284,10 @@ class CTCTask(Task):
     name = "ctc"
     monitor = "cer"
     monitor_mode = "min"
-    counts = {"skipped_too_long": "lines"}
+    unit = "lines"
+    counts = {"skipped_too_long": "lines", "unseen_chars": "chars"}
     output_ndim = 3  # label logits at every frame
-    ensemble_combine = "labellings"  # members decoded jointly (convrnn.ensemble), not averaged per frame
+    ensemble_combine = "labellings"  # members decoded jointly (convrnn.infer.views), not averaged per frame
 
     def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean"):
         alphabet = list(alphabet)
@@ -298,6 +312,20 @@ class CTCTask(Task):
     def to_text(self, labels: Iterable[int]) -> str:
         return "".join(self.alphabet[k - 1] for k in labels)
 
+    def with_targets(self, batch: dict) -> dict:
+        """``batch`` with ``targets`` and ``target_lengths`` encoded from its ``texts`` (when it has none):
+        characters outside the alphabet are left out of the targets, so the loss stays defined, but
+        stay in the references, so CER and WER count them as errors."""
+        if "targets" in batch:
+            return batch
+        labels = [[self.index[ch] for ch in text if ch in self.index] for text in batch["texts"]]
+        flat = [k for lab in labels for k in lab]
+        return {**batch, "targets": torch.tensor(flat, dtype=torch.long),
+                "target_lengths": torch.tensor([len(lab) for lab in labels], dtype=torch.long)}
+
+    def count(self, batch: dict) -> int:
+        return len(batch["texts"]) if "texts" in batch else int(batch["target_lengths"].numel())
+
     def texts_from_targets(self, batch: dict) -> list[str]:
         targets, lengths = _concatenated(batch["targets"], batch["target_lengths"]), batch["target_lengths"]
         return [self.to_text(t.tolist()) for t in torch.split(targets.cpu(), lengths.cpu().tolist())]
@@ -313,6 +341,7 @@ class CTCTask(Task):
         """Losses ``(K,)`` of the included sequences (already divided by target length for 'mean')
         and the ``(B,)`` mask of included ones. Warns about and counts the excluded ones. For an
         ensemble's output (``out.members``), each sequence's loss is the mean of its members' losses."""
+        batch = self.with_targets(batch)
         frames = self._check_output(out).long()
         target_lengths = batch["target_lengths"].long().to(frames.device)
         targets = _concatenated(batch["targets"], batch["target_lengths"]).long().to(frames.device)

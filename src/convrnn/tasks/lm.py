@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from convrnn.data.text import Vocab
 from convrnn.errors import DataError
-from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.base import MetricAccumulator, Task
 
 
 def _flat(out: ModelOutput, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +71,10 @@ class LanguageModelTask(Task):
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
         self.num_outputs = len(vocab)
+        self.unit = "bytes" if vocab.is_bytes else "chars"  # what throughput counts: one per position
+
+    def count(self, batch: dict) -> int:
+        return int(batch["y"].numel())
 
     def loss(self, out: ModelOutput, batch: dict) -> torch.Tensor:
         logits, target = _flat(out, batch)

@@ -252,20 +252,3 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     if not p.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
     return p
-
-
-def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint, from the checkpoint alone. Returns ``(model, ckpt)``."""
-    from convrnn.spec.builder import build_model
-
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if ckpt.get("ensemble"):  # K members of the spec, averaged (convrnn.ensemble)
-        from convrnn.ensemble import EnsembleModel
-        ens = ckpt["ensemble"]
-        model = EnsembleModel(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"),
-                              int(ens["members"]), str(ens["combine"]))
-    else:
-        model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt

@@ -7,37 +7,19 @@ the field's type, and an unknown key is an error that lists the known ones.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from convrnn.errors import ConfigError
+from convrnn.fields import apply_overrides, checked, one_of, path_field
 
 
-def path_field(default: Any = "", *, keep: tuple[str, ...] = ()) -> Any:
-    """A config field that holds a file or folder path (or a list of them): set from the command line
-    or a config file, a relative path is made absolute against the working directory of that
-    moment, so a run's config.json names its data wherever it is read from later. ``keep``: words
-    that are not paths (``"sklearn"`` for bundled data) and stay as they are."""
-    metadata = {"path": True, "keep": keep}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def absolute_path(value: Any, keep: tuple[str, ...] = ()) -> Any:
-    """``value`` with ``~`` expanded and made absolute (a glob pattern stays a pattern); empty, None
-    and the words of ``keep`` stay as they are; lists path by path."""
-    if isinstance(value, (list, tuple)):
-        return [absolute_path(v, keep) for v in value]
-    if not value or not isinstance(value, str) or value in keep:
-        return value
-    return os.path.abspath(os.path.expanduser(value))
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
+PRECISIONS = ("32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass
@@ -52,128 +34,34 @@ class ModelConfig:
 class TrainConfig:
     """How to train. Time and step limits combine: training stops at whichever comes first."""
 
-    epochs: int = 10
-    max_steps: int = 0            # 0 = no limit
-    max_time: float = 0.0         # seconds of training (excluding validation); 0 = no limit
-    batch_size: int = 64
-    optimizer: str = "adam"       # adam, adamw, sgd, rmsprop
-    lr: float = 3e-3
+    epochs: int = checked(10, lambda v: v >= 1, "at least 1")
+    max_steps: int = checked(0, lambda v: v >= 0, "0 or more")       # 0 = no limit
+    max_time: float = checked(0.0, lambda v: v >= 0, "0 or more seconds")  # of training (not validation); 0 = no limit
+    batch_size: int = checked(64, lambda v: v >= 1, "at least 1")
+    optimizer: str = one_of("adam", *OPTIMIZERS)
+    lr: float = checked(3e-3, lambda v: v > 0, "a positive number")
     weight_decay: float = 0.0
     momentum: float = 0.9         # sgd / rmsprop
-    schedule: str = "constant"    # constant, cosine, step, onecycle
+    schedule: str = one_of("constant", *SCHEDULES)
     warmup_steps: int = 0
-    clip_grad_norm: float = 1.0   # 0 = off
+    clip_grad_norm: float = checked(1.0, lambda v: v >= 0, "0 (off) or a positive norm")
     val_every: int = 0            # steps between validations; 0 = at each epoch end
-    checkpoint_every: int = 200   # steps between `last` checkpoints (also at each epoch end)
-    keep_checkpoints: int = 3     # step checkpoints kept for falling back when the newest is corrupt
-    log_every: int = 20           # steps between logged training metrics
+    checkpoint_every: int = checked(200, lambda v: v >= 1, "at least 1")  # steps between `last` checkpoints (and each epoch end)
+    keep_checkpoints: int = checked(3, lambda v: v >= 1, "at least 1")  # step checkpoints kept to fall back on
+    log_every: int = checked(20, lambda v: v >= 1, "at least 1")  # steps between logged training metrics
     seed: int = 0
     device: str = "auto"          # auto, cpu, cuda, cuda:N, mps
-    threads: int = 0              # CPU threads for torch; 0 = the library default
+    threads: int = 0              # CPU threads for torch; 0 = the cores the machine's load leaves idle
     deterministic: bool = False
     early_stopping: int = 0       # validations without improvement before stopping; 0 = off
     val_batches: int = 0          # cap on validation batches; 0 = all
     run_dir: str = path_field()   # empty = runs/<recipe>-<timestamp>
-    quiet: bool = False
-    precision: str = "32"         # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
+    precision: str = one_of("32", *PRECISIONS)  # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
-    ema: float = 0.0              # weight averaging: decay of the moving average (e.g. 0.999); 0 = off
-    ensemble: int = 1             # members trained one after another on 1/K of the budget each, averaged
-    memory_format: str = "auto"   # layout of 2-D convolutions: channels_last, contiguous, or auto (channels
-                                  # last on the CPU when a convolution has 16 or more output channels)
-
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "step", "onecycle")
-PRECISIONS = ("32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-
-
-def validate_train_config(cfg: TrainConfig) -> None:
-    """Reject values no run could use, naming the key and what was expected."""
-    checks = [
-        (cfg.epochs >= 1, "train.epochs", "at least 1", cfg.epochs),
-        (cfg.max_steps >= 0, "train.max_steps", "0 or more", cfg.max_steps),
-        (cfg.max_time >= 0, "train.max_time", "0 or more seconds", cfg.max_time),
-        (cfg.batch_size >= 1, "train.batch_size", "at least 1", cfg.batch_size),
-        (cfg.ensemble >= 1, "train.ensemble", "at least 1 (1 = a single model)", cfg.ensemble),
-        (cfg.lr > 0, "train.lr", "a positive number", cfg.lr),
-        (cfg.optimizer in OPTIMIZERS, "train.optimizer", "one of " + ", ".join(OPTIMIZERS), cfg.optimizer),
-        (cfg.schedule in SCHEDULES, "train.schedule", "one of " + ", ".join(SCHEDULES), cfg.schedule),
-        (cfg.clip_grad_norm >= 0, "train.clip_grad_norm", "0 (off) or a positive norm", cfg.clip_grad_norm),
-        (cfg.checkpoint_every >= 1, "train.checkpoint_every", "at least 1", cfg.checkpoint_every),
-        (cfg.keep_checkpoints >= 1, "train.keep_checkpoints", "at least 1", cfg.keep_checkpoints),
-        (cfg.log_every >= 1, "train.log_every", "at least 1", cfg.log_every),
-        (cfg.ema == 0 or 0 < cfg.ema < 1, "train.ema", "0 (off) or a decay between 0 and 1, e.g. 0.999", cfg.ema),
-        (cfg.precision in PRECISIONS, "train.precision", "one of " + ", ".join(PRECISIONS), cfg.precision),
-        (cfg.memory_format in MEMORY_FORMATS, "train.memory_format", "one of " + ", ".join(MEMORY_FORMATS),
-         cfg.memory_format),
-    ]
-    for ok, key, expected, got in checks:
-        if not ok:
-            raise ConfigError(f"{key}: expected {expected}, got {got!r}")
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _parse_value(key: str, raw: Any, typ: Any) -> Any:
-    """Convert ``raw`` (a string from the command line, or a JSON value) to ``typ``."""
-    origin = typing.get_origin(typ)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
-            return None
-        return _parse_value(key, raw, args[0])
-    if origin in (list, tuple):
-        (item,) = typing.get_args(typ)[:1] or (str,)
-        if isinstance(raw, str):
-            raw = [r for r in raw.split(",") if r != ""] if raw else []
-        if not isinstance(raw, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {raw!r}")
-        return [_parse_value(key, r, item) for r in raw]
-    try:
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            return int(raw) if not isinstance(raw, str) else int(raw.strip())
-        if typ is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if typ is str:
-            if not isinstance(raw, (str, int, float)):
-                raise ValueError
-            return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {raw!r}") from None
-    return raw
-
-
-def apply_overrides(obj, overrides: dict[str, Any], section: str) -> None:
-    """Set fields of dataclass ``obj`` from ``{key: value}``, type-checked; unknown keys are errors.
-    Path fields (:func:`path_field`) are made absolute."""
-    types_ = _field_types(type(obj))
-    paths = {f.name: f.metadata.get("keep", ()) for f in dataclasses.fields(obj) if f.metadata.get("path")}
-    for key, raw in overrides.items():
-        if key not in types_:
-            close = difflib.get_close_matches(key, types_, n=3)
-            hint = f"; did you mean {', '.join(section + '.' + c for c in close)}?" if close else \
-                f"; known keys: {', '.join(sorted(types_))}"
-            raise ConfigError(f"unknown config key {section}.{key}{hint}")
-        value = _parse_value(f"{section}.{key}", raw, types_[key])
-        setattr(obj, key, absolute_path(value, paths[key]) if key in paths else value)
+    ema: float = checked(0.0, lambda v: v == 0 or 0 < v < 1, "0 (off) or a decay between 0 and 1, e.g. 0.999")
+    ensemble: int = checked(1, lambda v: v >= 1, "at least 1 (1 = a single model)")  # members trained one after another
+    # layout of 2-D convolutions: channels last on the CPU when a convolution has 16 or more output channels (auto)
+    memory_format: str = one_of("auto", *MEMORY_FORMATS)
 
 
 @dataclass

@@ -194,9 +194,14 @@ class DistributedTrainer(Trainer):
         ddp = DistributedDataParallel(module, device_ids=ids)
         return torch.compile(ddp) if self.cfg.compile else ddp
 
+    def loss_weight(self, batch: dict) -> float:
+        """This rank's share of the global batch (``ShardedBatches``), so that averaged gradients are
+        those of the global batch's mean loss."""
+        return batch["loss_weight"]
+
     def reduce_loss(self, loss: torch.Tensor, batch: dict) -> float:
         """The global batch's mean loss: the average over ranks of the weighted shard losses."""
-        (total,) = all_reduce_sum([float(loss) * batch.get("loss_weight", 1.0)], self.device)
+        (total,) = all_reduce_sum([float(loss) * self.loss_weight(batch)], self.device)
         return total / self.ctx.world_size
 
     def _limits_reached(self) -> bool:

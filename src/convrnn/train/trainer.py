@@ -6,8 +6,6 @@ checkpoints, exact resume); the task owns loss and metrics; the data owns batch 
 # B batch
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 import time
@@ -18,11 +16,13 @@ from typing import Any, Iterable, Optional
 import torch
 
 from convrnn.data.batching import BatchSource
+from convrnn.infer.evaluate import evaluate, run_model, to_device
 from convrnn.errors import ConvrnnError, TrainingDiverged
 from convrnn.tasks.base import Task
 from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
-from convrnn.train.config import TrainConfig, validate_train_config
+from convrnn.fields import check as check_fields
+from convrnn.train.config import TrainConfig
 from convrnn.train.rundir import RunDir
 from convrnn.train.threads import apply_threads
 
@@ -85,10 +85,6 @@ def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 def detach_state(state):
     """Cut the graph behind carried recurrent state (truncated backpropagation through time)."""
     if state is None:
@@ -112,22 +108,6 @@ class RunModule(torch.nn.Module):
 
     def forward(self, x, lengths=None, state=None, need_state=True):
         return run_model(self.module, x, lengths, state, need_state=need_state)
-
-
-def run_model(model, x, lengths=None, state=None, *, need_state: bool = True):
-    """``model.run(x, lengths, state, need_state=...)``, leaving ``need_state`` out for models whose
-    ``run`` does not take it (a model of your own written before it existed)."""
-    if _takes_need_state(type(model)):
-        return model.run(x, lengths, state, need_state=need_state)
-    return model.run(x, lengths, state)
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_need_state(cls) -> bool:
-    try:
-        return "need_state" in inspect.signature(cls.run).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -166,6 +146,22 @@ def apply_memory_format(model: torch.nn.Module, memory_format: str, device: torc
 
 
 @dataclass
+class TrainResult:
+    """Where a finished training stands: its run directory, how far it got, its last validation and
+    its best checkpoint's (what eval, predict and export use), and the task that scored them."""
+
+    run: Optional[Path]
+    step: int
+    epochs: int                 # epochs completed
+    train_time: float           # seconds of training steps
+    metrics: dict               # the last validation
+    val_step: int
+    best_step: int              # -1 without validation
+    best_metrics: dict
+    task: Task
+
+
+@dataclass
 class Position:
     """Where training stands; saved in every checkpoint."""
 
@@ -197,7 +193,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, task: Task, train: BatchSource, val: Optional[BatchSource],
                  config: TrainConfig, *, run_dir: Optional[RunDir] = None,
                  checkpoint_meta: Optional[dict] = None, callbacks: Iterable[Any] = ()):
-        validate_train_config(config)
+        check_fields(config, "train")
         self.cfg = config
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
@@ -332,7 +328,7 @@ class Trainer:
                 window_loss += loss * units
                 window_n, window_units, window_t = window_n + 1, window_units + units, window_t + dt
                 info = {"step": self.pos.step, "epoch": epoch, "batch": k + 1, "batches": n_batches,
-                        "loss": loss, "rate": units / max(dt, 1e-9), "unit": self.task_unit()}
+                        "loss": loss, "rate": units / max(dt, 1e-9), "unit": self.task.unit}
                 self._emit("on_step", info)
                 line = shown.add(loss, units, dt)
                 if line is not None:
@@ -340,7 +336,7 @@ class Trainer:
                 if self.pos.step % cfg.log_every == 0 or k + 1 == n_batches:
                     self._log("train", {"loss": window_loss / max(window_units, 1),
                                         "lr": self.optimizer.param_groups[0]["lr"],
-                                        f"{self.task_unit()}_per_s": window_units / max(window_t, 1e-9)})
+                                        f"{self.task.unit}_per_s": window_units / max(window_t, 1e-9)})
                     window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
                 stop = self._limits_reached()
                 end_of_epoch = k + 1 == n_batches
@@ -359,7 +355,7 @@ class Trainer:
             self.save("last")
         if window_units:
             self._log("train", {"loss": window_loss / window_units, "lr": self.optimizer.param_groups[0]["lr"],
-                                f"{self.task_unit()}_per_s": window_units / max(window_t, 1e-9)})
+                                f"{self.task.unit}_per_s": window_units / max(window_t, 1e-9)})
         if self.val_step != self.pos.step and self.val_data is not None:
             self._validate()  # the run ends with metrics of its final weights
             self.save("last")
@@ -368,6 +364,11 @@ class Trainer:
         log.info(self.describe_end(), extra={"console": False})  # the CLI prints its own results block
         self._emit("on_train_end", self.last_val)
         return dict(self.last_val)
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.run_dir.path if self.run_dir is not None else None, self.pos.step, self.pos.epoch,
+                           self.pos.train_time, dict(self.last_val), self.val_step, self.pos.best_step,
+                           dict(self.best_metrics), self.task)
 
     # ----- what the log says -------------------------------------------------------------------
     def describe(self) -> str:
@@ -421,9 +422,6 @@ class Trainer:
             text += f"; best checkpoint step {pos.best_step:,} ({self.task.format_metrics(self.best_metrics)})"
         return text
 
-    def task_unit(self) -> str:
-        return getattr(self.task, "unit", "samples")
-
     def _train_step(self, batch: dict, total_steps: int) -> tuple[float, int]:
         batch = to_device(batch, self.device)
         if self.task.stateful and batch.get("reset") is True:
@@ -439,7 +437,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise TrainingDiverged(self._diverged_message(float(loss.detach())))
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss * batch.get("loss_weight", 1.0)).backward()
+            self.scaler.scale(loss * self.loss_weight(batch)).backward()
         except torch.cuda.OutOfMemoryError:
             raise ConvrnnError(self._oom_message()) from None
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clipping sees true gradients
@@ -464,8 +462,12 @@ class Trainer:
                 raise TrainingDiverged(self._diverged_message(float("nan"), what="gradients"))
         if self.task.stateful:
             self.state = detach_state(out.state)
-        units = self.task.count(batch) if hasattr(self.task, "count") else int(batch["x"].shape[0])
+        units = self.task.count(batch)
         return self.reduce_loss(loss.detach(), batch), units
+
+    def loss_weight(self, batch: dict) -> float:
+        """What this process's loss is multiplied by before backward (DistributedTrainer: its share)."""
+        return 1.0
 
     def reduce_loss(self, loss: torch.Tensor, batch: dict) -> float:
         """The step's loss as a float (DistributedTrainer averages it over the ranks)."""
@@ -531,24 +533,9 @@ class Trainer:
             return True
         return loss <= self.pos.best_loss
 
-    @torch.inference_mode()
     def evaluate(self, data: BatchSource, max_batches: int = 0) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        acc = self.task.new_metrics()
-        state = None
-        for i, batch in enumerate(data.batches(0)):
-            if max_batches and i >= max_batches:
-                break
-            batch = to_device(batch, self.device)
-            if self.task.stateful and batch.get("reset") is True:
-                state = None
-            out = run_model(self.model, batch["x"], batch.get("lengths"), state if self.task.stateful else None,
-                            need_state=self.task.stateful)
-            state = out.state
-            acc.update(out, batch)
-        self.model.train(was_training)
-        return acc.compute()
+        """The task's metrics of the model on ``data`` (at most ``max_batches`` batches; 0: all)."""
+        return evaluate(self.model, self.task, data, max_batches=max_batches, device=self.device).compute()
 
     def _log(self, split: str, metrics: dict[str, float]) -> None:
         if self.run_dir is not None:

@@ -61,11 +61,11 @@ def run_confusion(run: str | os.PathLike, *, split: str = "val", max_batches: in
                   progress: Optional[Callable] = None, data_progress: Optional[Callable] = None
                   ) -> tuple[np.ndarray, list[str]]:
     """Counts ``(V, V)`` and class names of a classification run's best checkpoint on ``split``."""
-    from convrnn.viz.report_sections import eval_context, evaluate_metrics
+    from convrnn.viz.html import eval_context, evaluate_metrics
 
     ctx = eval_context(str(run), split=split, max_batches=max_batches, progress=progress, data_progress=data_progress)
     if not hasattr(ctx.task.new_metrics(), "confusion"):  # before any data is built
-        raise DataError(f"{run}: expected a classification run (fonts, mnist), got recipe {ctx.recipe.name!r} "
+        raise DataError(f"{run}: expected a classification run, got one of recipe {ctx.loaded.recipe.name!r} "
                         "whose metrics keep no confusion matrix")
     acc = evaluate_metrics(ctx)
     classes = list(ctx.ckpt["meta"].get("classes") or ctx.task.classes)
@@ -76,7 +76,7 @@ def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str
                    progress: Optional[Callable] = None, data_progress: Optional[Callable] = None) -> Path:
     """Evaluate ``run`` and write its confusion matrix to the PNG ``out`` (atomically). Returns the path."""
     from convrnn.train.checkpoint import atomic_write_bytes
-    from convrnn.viz.report_sections import figure_png
+    from convrnn.viz.html import figure_png
 
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,
                                     data_progress=data_progress)

@@ -140,7 +140,7 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
 def first_conv_weights(run: str | os.PathLike) -> np.ndarray:
     """The first convolution layer's weights ``(F, C, KH, KW)`` of a run's best (else last) checkpoint."""
     import torch
-    from convrnn.train.checkpoint import load_model
+    from convrnn.infer.run import load_model
 
     try:
         model, _ = load_model(run)

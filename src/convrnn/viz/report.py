@@ -5,7 +5,7 @@ run's own totals (steps, epochs, training time). Then the run's config as one ta
 model summary, throughput, a small learning curve per metric that changed (training and validation
 together), the first convolution layer's kernels, and the recipe's own sections (confusion matrix
 and misclassified examples, per-length error and worst sequences, worst-read lines and CTC
-alignments, generated samples; see :mod:`convrnn.viz.report_sections`). Images are base64 PNG
+alignments, generated samples; see :mod:`convrnn.viz.html`). Images are base64 PNG
 ``data:`` URIs and the CSS is inline: the file opens offline, by itself, anywhere. The page is laid
 out for a laptop's width (a centred column of at most 1200 px, images scaled down, wide tables scroll).
 
@@ -30,9 +30,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from convrnn.errors import CheckpointError, ConvrnnError, DataError
-from convrnn.viz.report_sections import (DENSITY, EVAL_BATCHES, Section, esc, figure_img, gray_png, img, note,
-                                         recipe_report, split_samples, table)
+from convrnn.errors import CheckpointError, ConfigError, ConvrnnError, DataError
+from convrnn.viz.html import (DENSITY, EVAL_BATCHES, EvalContext, Section, esc, figure_img, gray_png, img,
+                              missing, note, split_samples, table)
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +273,9 @@ def read_config(run_path: Path, ckpt: dict) -> tuple[dict, str]:
 
 def recipe_defaults(recipe_name: str) -> dict[str, str]:
     """``section.key`` -> the recipe's default value as config.json writes it ({} when unknown)."""
-    from convrnn.recipes.runner import resolve_config
+    from convrnn.recipes import get_recipe
     try:
-        cfg = resolve_config(recipe_name).to_dict()
+        cfg = get_recipe(recipe_name).default_config().to_dict()
     except ConvrnnError as e:  # an unknown recipe: mark nothing
         log.debug("no defaults for recipe %s: %s", recipe_name, e)
         return {}
@@ -520,26 +520,26 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
                  data_progress: Optional[Callable] = None) -> Path:
     """Write the report of the run directory ``run`` to ``out`` (default ``RUN/report.html``).
 
-    ``split``: the data the recipe sections evaluate on (default: the recipe's choice, see
-    :func:`~convrnn.viz.report_sections.recipe_sections`); at most ``max_batches`` batches.
+    ``split``: the data the recipe sections evaluate on (default: the recipe's ``report_split`` when
+    the run has it, else val; see :func:`recipe_report`); at most ``max_batches`` batches.
     ``progress(done, total)`` reports evaluation batches, ``data_progress`` the data preparation.
     The file is written atomically: a failed report leaves nothing behind.
     """
-    from convrnn.recipes.runner import load_run
+    from convrnn.infer.run import load_run
     from convrnn.train.checkpoint import atomic_write_text
 
     run_path = Path(run)
     if not run_path.is_dir():
         raise CheckpointError(f"{run}: expected a run directory (with config.json, metrics.csv, checkpoints/), "
                               "found no such directory")
-    model, ckpt, recipe = load_run(str(run_path))  # best.pt, else last.pt; one-line CheckpointError without either
+    loaded = load_run(run_path)  # best.pt, else last.pt; one-line CheckpointError without either
+    model, ckpt, recipe, task = loaded.model, loaded.ckpt, loaded.recipe, loaded.task
     has_best = (run_path / "checkpoints" / "best.pt").is_file()
     rows = load_metrics(run_path)
     cfg, cfg_source = read_config(run_path, ckpt)
-    task = recipe.make_task(ckpt["meta"])
     totals = run_totals(run_path, rows)
-    own, ctx = recipe_report(str(run_path), recipe.name, split=split, max_batches=max_batches,
-                             progress=progress, data_progress=data_progress)
+    own, ctx = recipe_report(loaded, split=split, max_batches=max_batches, progress=progress,
+                             data_progress=data_progress)
     val_batches = int(((ckpt.get("config") or {}).get("train") or {}).get("val_batches") or 0)
     samples = split_samples(ctx, val_batches) if ctx is not None and ctx.split == "val" else None
     sections = [results_section(ckpt, has_best, totals, rows, task, samples),
@@ -553,3 +553,27 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
     atomic_write_text(path, page)
     log.info("report: %d sections, %.0f KiB", len(sections), len(page) / 1024)
     return path
+
+
+def recipe_report(loaded, *, split: Optional[str] = None, max_batches: int = EVAL_BATCHES,
+                  progress: Optional[Callable] = None,
+                  data_progress: Optional[Callable] = None) -> tuple[list[Section], Optional[EvalContext]]:
+    """The recipe's own sections (``Recipe.report_sections``) and the evaluation context they used,
+    whose data the results summary reuses to count the validation samples; one section saying why
+    when they cannot be made (data that cannot be rebuilt here...).
+
+    ``split`` None: the recipe's ``report_split`` (the digits' test split holds longer sequences than
+    training's), falling back to val when the run has no such split.
+    """
+    recipe = loaded.recipe
+    chosen = split or recipe.report_split
+    ctx = EvalContext(loaded, chosen, max_batches, progress, data_progress)
+    try:
+        if split is None and chosen != "val":
+            try:
+                ctx.data  # noqa: B018  (builds the data: does the run have this split?)
+            except ConfigError:
+                ctx = EvalContext(loaded, "val", max_batches, progress, data_progress)
+        return recipe.report_sections(ctx), ctx
+    except ConvrnnError as e:  # data that cannot be rebuilt here, a split the run lacks...
+        return [missing(f"{recipe.name} sections", str(e))], ctx

@@ -27,7 +27,7 @@ def download_mnist_cmd(ctx: click.Context, to: Optional[str], base_url: tuple[st
     """Download MNIST's four IDX files into --to; files already there with the right checksum are kept."""
     from convrnn.data.download import MIRRORS, download_mnist
     from convrnn.data.mnist import resolve_data_dir
-    from convrnn.progress import CountProgress
+    from convrnn.cli.progress import CountProgress
 
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
     bars: dict[str, CountProgress] = {}

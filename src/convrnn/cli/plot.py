@@ -2,7 +2,7 @@
 
 ``plot filters RUN [RUN ...] --out PNG`` draws each run's first convolution kernels (a row per run);
 ``plot curves RUN [RUN ...] --out PNG`` draws learning curves from the runs' metrics.csv. Other
-modules add commands to the group: ``from convrnn.commands.plot import plot; plot.add_command(...)``.
+modules add commands to the group: ``from convrnn.cli.plot import plot; plot.add_command(...)``.
 """
 from __future__ import annotations
 

@@ -1,31 +1,23 @@
-"""Ensembles: K members of one spec, each trained on 1/K of the budget with its own seed, averaged.
+"""Several readings of one input, combined: ensembles at inference and test-time views.
 
-Two runs of the same recipe that differ only in their seed misread different inputs: of the digits
-one 5-minute digits run gets wrong, about half are also wrong in another run and half are its own
-(docs/digits.md). Averaging the members' beliefs removes most of the run-specific mistakes, or makes
-them uncertain, and a member trained for half the time reads about as well as one trained for all
-of it. So ``train.ensemble=K`` trains K members one after another, each with ``max_time / K`` (and
-``max_steps / K``) and seed ``seed + i``, into ``RUN/members/i``, and then writes one checkpoint in
-``RUN/checkpoints/best.pt`` that holds them all (``ckpt["ensemble"]``), which ``eval``, ``predict``
-and the library load like any other run.
+``EnsembleModel`` holds the K members of a run trained with ``train.ensemble=K``
+(``convrnn.train.ensemble``) and runs them all on each input. How the members' outputs combine
+depends on what they are, which the task knows (``Task.ensemble_combine``): ``probs`` averages the
+softmax over the last axis and returns its log (classes, per-step digit values, characters), ``mean``
+averages the outputs (regression), and ``labellings`` (CTC) returns the frame average as ``y`` and
+every member's per-frame log-probabilities as ``ModelOutput.members``. CTC members emit a character at
+frames of their own, so averaging frames mixes one member's character with another's blank; the CTC
+task instead decodes the members jointly, scoring each candidate text by the product of the members'
+probabilities of it, each member summing over its own alignments (``convrnn.tasks.ctc.beam_search``).
 
-How the members' outputs combine depends on what they are, which the task knows
-(``Task.ensemble_combine``): ``probs`` averages the softmax over the last axis and returns its log
-(classes, per-step digit values, characters), ``mean`` averages the outputs (regression), and
-``labellings`` (CTC) returns the frame average as ``y`` and every member's per-frame log-probabilities
-as ``ModelOutput.members``. CTC members emit a character at frames of their own, so averaging frames
-mixes one member's character with another's blank; the CTC task instead decodes the members jointly,
-scoring each candidate text by the product of the members' probabilities of it, each member summing
-over its own alignments (``convrnn.tasks.ctc.beam_search`` with ``(K, T, V)``).
+``ShiftedViews`` reads every line image several times, moved right by 0, 1, ... pixels, and hands all
+the views to the CTC task as members of one ensemble (``--shifts N`` of ``convrnn eval`` and
+``convrnn predict``). ``MovedViews`` is the same for models that are not decoded jointly (digits,
+fonts): every image moved by one pixel in up to eight directions, the views' distributions
+multiplied (values averaged). ``with_views`` picks the one a model and task call for.
 
 Shape: as the member model; ``run`` returns ``ModelOutput(y, lengths, [])`` (no carried state), with
 ``members`` ``(K, *y.shape)`` for ``labellings``.
-
-``ShiftedViews`` reads every line image several times, moved right by 0, 1, ... pixels, and hands all
-the views to the CTC task as members of one ensemble (test-time augmentation for line recognisers,
-``--shifts N`` of ``convrnn eval`` and ``convrnn predict``). ``MovedViews`` is the same for models
-that are not decoded jointly (digits, fonts): every image moved by one pixel in up to eight directions,
-the views' distributions multiplied (values averaged).
 """
 # B batch, K members
 from __future__ import annotations
@@ -37,13 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convrnn.tasks.base import ModelOutput
+from convrnn.layers.base import ModelOutput
 
 COMBINES = ("probs", "mean", "labellings")
 # MovedViews' views after the image itself: one pixel right, left, down, up, then the diagonals (dx, dy)
 MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
-MEMBERS_DIR = "members"
-DONE_FILE = "done.json"
 
 
 def log_mean_prob(log_probs: torch.Tensor) -> torch.Tensor:
@@ -177,3 +167,25 @@ class MovedViews(_Views):
         moves = ((0, 0),) + MOVES[:self.views - 1]
         outs = [self.model.run(move_image(x, dx, dy), lengths, need_state=False) for dx, dy in moves]
         return combine_outputs(outs, "product" if self.combine == "probs" else "mean")
+
+
+def with_views(model: nn.Module, task, views: int) -> nn.Module:
+    """``model`` itself for ``views`` 1; else, for a task that decodes labellings jointly (CTC line
+    recognisers), its :class:`ShiftedViews` (moved right by 0..views-1 pixels), and for other models of
+    images its :class:`MovedViews` (the image and its first views-1 one-pixel moves, distributions
+    multiplied, values averaged). A ConfigError for models that do not read images."""
+    from convrnn.errors import ConfigError
+
+    if views == 1:
+        return model
+    if views < 1:
+        raise ConfigError(f"shifts must be >= 1, got {views}")
+    if task.ensemble_combine == "labellings":
+        return ShiftedViews(model, views)
+    if len(model.input_shape) < 3:
+        raise ConfigError(f"shifts: reading shifted copies applies to models of images, not to this run's model "
+                          f"(its input is {tuple(model.input_shape)})")
+    if views > len(MOVES) + 1:
+        raise ConfigError(f"shifts: at most {len(MOVES) + 1} for a model of images (the image and its eight "
+                          f"one-pixel moves), got {views}")
+    return MovedViews(model, views, task.ensemble_combine)

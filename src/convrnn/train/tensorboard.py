@@ -1,9 +1,9 @@
-"""TensorBoard pictures at validation time: the first convolution layer's kernels, and for language
-models a few generated samples as text. ``RunDir`` already writes the scalars.
+"""TensorBoard pictures at validation time: the first convolution layer's kernels. ``RunDir`` already
+writes the scalars; recipes add their own pictures (a language model's samples) with callbacks.
 
 A trainer callback (a plain object with ``on_validation(trainer, metrics)``); the runner adds it to
-every run. It draws nothing from the global random generators (samples use their own seeded
-generator), so adding it changes no training result and resumed runs stay bit-identical.
+every run. It draws nothing from the global random generators, so adding it changes no training
+result and resumed runs stay bit-identical.
 
 Shape:
     first convolution weights ``(F, C, KH, KW)`` -> one grayscale grid ``(H, W)`` in 0..1, a tile per
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -53,40 +53,21 @@ def markdown_block(text: str) -> str:
     return "\n".join("    " + line for line in text.split("\n"))
 
 
-class TensorBoardImages:
-    """Trainer callback: filters as an image and (language models) samples as text, per validation.
+class TensorBoardFilters:
+    """Trainer callback: the first convolution's kernels as an image in TensorBoard, at every
+    ``every``-th validation. Recipes add their own pictures with callbacks of their own."""
 
-    ``temperatures`` and ``sample_length``: the samples drawn, with seed = the step, from the model
-    as it is; ``every``: only every N-th validation (1: all).
-    """
-
-    def __init__(self, *, temperatures: Sequence[float] = (0.5, 1.0), sample_length: int = 200, every: int = 1):
-        self.temperatures, self.sample_length, self.every = tuple(temperatures), sample_length, max(1, every)
+    def __init__(self, *, every: int = 1):
+        self.every = max(1, every)
         self._count = 0
 
     def on_validation(self, trainer, metrics: dict) -> None:
-        run_dir = getattr(trainer, "run_dir", None)
-        writer = run_dir.tensorboard() if run_dir is not None else None
+        writer = trainer.run_dir.tensorboard() if trainer.run_dir is not None else None
         self._count += 1
         if writer is None or (self._count - 1) % self.every:
             return
-        step = trainer.pos.step
         conv = first_conv(trainer.model)
         if conv is not None:
             grid = kernel_grid(conv.weight.detach().float().cpu().numpy())
-            writer.add_image("filters/first_conv", grid, step, dataformats="HW")
-        vocab = (trainer.meta.get("meta") or {}).get("vocab") if isinstance(getattr(trainer, "meta", None), dict) else None
-        if vocab is not None and self.sample_length > 0:
-            self._samples(writer, trainer, vocab, step)
-        writer.flush()
-
-    def _samples(self, writer, trainer, vocab_dict: dict, step: int) -> None:
-        from convrnn.data.text import Vocab
-        from convrnn.sampling import safe_text, sample
-
-        vocab = Vocab.from_dict(vocab_dict)
-        for t in self.temperatures:
-            text = sample(trainer.model, vocab, length=self.sample_length, temperature=t, seed=step,
-                          device=trainer.device)[0]
-            text = safe_text(text) if isinstance(text, bytes) else text
-            writer.add_text(f"samples/temperature_{t:g}", markdown_block(text), step)
+            writer.add_image("filters/first_conv", grid, trainer.pos.step, dataformats="HW")
+            writer.flush()

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from convrnn.errors import DataError
 from convrnn.layers.heads import valid_mask
-from convrnn.tasks.base import MetricAccumulator, ModelOutput, Task
+from convrnn.layers.base import ModelOutput
+from convrnn.tasks.base import MetricAccumulator, Task
 
 IGNORE = -100  # cross_entropy's ignore_index: targets the classification head cannot represent
 
@@ -145,9 +146,6 @@ class RegressTask(Task):
     def new_metrics(self) -> ValueMetrics:
         return ValueMetrics(self)
 
-    def count(self, batch: dict) -> int:
-        return int(batch["x"].shape[0])
-
     def state_dict(self) -> dict:
         return {"per_step": self.per_step, "target_mean": self.target_mean, "target_std": self.target_std}
 
@@ -191,9 +189,6 @@ class ValueClassifyTask(Task):
 
     def new_metrics(self) -> ValueMetrics:
         return ValueMetrics(self)
-
-    def count(self, batch: dict) -> int:
-        return int(batch["x"].shape[0])
 
     def state_dict(self) -> dict:
         return {"num_values": self.num_values, "per_step": self.per_step}
@@ -276,9 +271,6 @@ class SumOfValuesTask(Task):
 
     def new_metrics(self) -> ValueMetrics:
         return ValueMetrics(self)
-
-    def count(self, batch: dict) -> int:
-        return int(batch["x"].shape[0])
 
     def state_dict(self) -> dict:
         return {"num_values": self.num_values}

@@ -1,6 +1,6 @@
 """``convrnn report RUN`` (one self-contained HTML page) and ``convrnn plot confusion RUN`` (PNG).
 
-``plot confusion`` joins the shared ``plot`` group of :mod:`convrnn.commands.plot`; this module is
+``plot confusion`` joins the shared ``plot`` group of :mod:`convrnn.cli.plot`; this module is
 listed after ``plot`` in ``COMMAND_MODULES``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ SPLITS = click.Choice(["val", "test"])
 def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str], max_batches: int) -> None:
     """Write one self-contained HTML report of RUN: config, environment, model, throughput, curves,
     filters and the recipe's own views (confusion, per-length error, CTC alignments, samples)."""
-    from convrnn.progress import CountProgress
+    from convrnn.cli.progress import CountProgress
     from convrnn.viz.report import build_report
 
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
@@ -42,7 +42,7 @@ def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str
 @click.pass_context
 def confusion(ctx: click.Context, run: str, out: str, split: str, max_batches: int) -> None:
     """Confusion matrix of a classification RUN (fonts, mnist) on its validation data."""
-    from convrnn.progress import CountProgress
+    from convrnn.cli.progress import CountProgress
     from convrnn.viz.confusion import plot_confusion
 
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
@@ -53,7 +53,7 @@ def confusion(ctx: click.Context, run: str, out: str, split: str, max_batches: i
 
 
 def register(cli: click.Group) -> None:
-    from convrnn.commands import plot as plot_commands
+    from convrnn.cli import plot as plot_commands
 
     plot_commands.register(cli)  # adds the shared group unless it is already there
     cli.commands["plot"].add_command(confusion)

@@ -11,7 +11,7 @@ import typing
 from typing import Any, Callable, NamedTuple, Optional
 
 from convrnn.errors import ConfigError
-from convrnn.train.config import _parse_value
+from convrnn.fields import parse_value
 
 
 class Preset(NamedTuple):
@@ -103,7 +103,7 @@ def get_preset(name: str, **overrides: Any) -> Preset:
         if field not in fields or field == "input_shape":
             known = ", ".join(f for f in fields if f != "input_shape")
             raise ConfigError(f"preset {name!r}: model {base!r} has no field {key!r} to set here; known: {known}")
-        resolved[field] = _parse_value(f"preset {name!r}: {key}", value, hints.get(field, str))
+        resolved[field] = parse_value(f"preset {name!r}: {key}", value, hints.get(field, str))
     if "input_shape" in resolved:
         resolved["input_shape"] = tuple(resolved["input_shape"])
     try:
@@ -125,12 +125,12 @@ def create_model(name: str, **overrides: Any):
 @register_model
 def fwtk(*, num_outputs: int = 5, input_shape: tuple = (1, 16, 64), hidden_size: int = 32, filters: int = 4,
          block_width: int = 8) -> Preset:
-    """Seed 001's model: one conv on every block of a 16x64 line, an LSTM over the 8 blocks.
-
-    21,005 parameters with the defaults (the seed's "20k"): 168 kB as float64, 84 kB as float32.
+    """The small font classifier: one conv on every 8-pixel block of a 16x64 line, an LSTM over the
+    8 blocks, its last step classifies. 21,005 parameters with the defaults.
     """
     spec = f"blocks:{block_width} conv:{filters},5x5,relu pool:2x2 flatten lstm:{hidden_size} cls:last"
-    return Preset(spec, input_shape, "For Well Thou Know'st: conv per 8-pixel block, LSTM, last step", "classify",
+    return Preset(spec, input_shape, "font classifier: one conv per 8-pixel block, LSTM 32, last step (21k parameters)",
+                  "classify",
                   num_outputs)
 
 
@@ -145,7 +145,7 @@ def fonts(*, num_outputs: int = 5, input_shape: tuple = (1, 16, 64), hidden_size
 
 
 # ----------------------------------------------------------------------------------------------
-# Character / byte language models (the charlm recipe, issue 5). Input: token ids (T,).
+# Character / byte language models (the charlm recipe). Input: token ids (T,).
 
 @register_model
 def charrnn(*, num_outputs: int = 65, input_shape: tuple = (None,), hidden_size: int = 512, num_layers: int = 2,
@@ -167,7 +167,7 @@ def charlm(*, num_outputs: int = 65, input_shape: tuple = (None,), hidden_size: 
 
 
 # ----------------------------------------------------------------------------------------------
-# Text-line recognition with CTC (the lines recipe, issue 4). Input: a line image (1, H, W), W varies.
+# Text-line recognition with CTC (the lines recipe). Input: a line image (1, H, W), W varies.
 
 @register_model
 def crnn(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), filters: int = 32, hidden_size: int = 128,
@@ -187,7 +187,7 @@ def crnn(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), filters: 
 @register_model
 def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropout: float = 0.5,
              subsample: str = "4x2") -> Preset:
-    """Seed 003: Pham, Bluche, Kermorvant and Louradour (2014), dropout on MDLSTM outputs.
+    """Pham, Bluche, Kermorvant and Louradour (2014): MDLSTM layers and convolutions, dropout on MDLSTM outputs.
 
     2x2 tiles -> MDLSTM 2 (4 directions) -> conv 6 tanh -> MDLSTM 10 -> conv 20 tanh -> MDLSTM 50
     -> fully connected to the alphabet (a 1x1 conv on every pixel) -> sum over the height -> CTC.
@@ -200,57 +200,82 @@ def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropo
     spec = (f"tile:2x2 mdlstm:2,dropout={p} conv:6,{s},tanh,s={s},valid mdlstm:10,dropout={p} "
             f"conv:20,{s},tanh,s={s},valid mdlstm:50,dropout={p} conv:{num_outputs},1x1,linear collapse:sum")
     return Preset(spec, input_shape,
-                  "seed 003: Pham et al. 2014 MDLSTM + conv, dropout 0.5, height sum, CTC", "ctc", num_outputs)
+                  "handwriting model of Pham et al. 2014: MDLSTM + conv, dropout 0.5, height sum, CTC", "ctc",
+                  num_outputs)
 
 
 # ----------------------------------------------------------------------------------------------
-# Digit sequences (the digits and mnist recipes, issue 3). Input: an image sequence (T, 1, H, W),
-# T varies; H x W follows the data (28x28 MNIST, 8x8 for the scikit-learn fallback).
+# Digit sequences (the digits and mnist recipes). Input: an image sequence (T, 1, H, W), T varies;
+# H x W follows the data (28x28 MNIST, 8x8 for the bundled fallback). ``op`` is what the sequence's
+# target is (sum, product, running-sum: the recipe fills it and ``per_step`` from its data); ``head``
+# is how the model gives it.
 
+DIGIT_VALUES = 10  # a digit is worth 0..9: the per-step distributions of the ``dist`` head
+MAX_VALUE_CLASSES = 10_000  # a classification head over more possible values than this is refused
 _VALUE_TASKS = {"reg": "regress", "cls": "value_classify", "dist": "value_sum"}
 
 
-def _value_head(head: str, per_step: bool, reg_pool: str = "last") -> str:
-    """``reg``: real outputs (``num_outputs`` = 1); ``cls``: logits over the possible values; ``dist``:
-    logits over the values of each step (a sum's distribution is their convolution, ``SumOfValuesTask``)."""
-    if head not in ("reg", "cls", "dist"):
-        raise ConfigError(f"head: expected reg, cls or dist, got {head!r}")
+def _resolve_head(head: str, op: str, auto: dict[str, str]) -> str:
+    if head not in ("auto", "reg", "cls", "dist"):
+        raise ConfigError(f"head: expected auto, reg, cls or dist, got {head!r}")
+    if op not in ("sum", "product", "running-sum"):
+        raise ConfigError(f"op: expected sum, product or running-sum, got {op!r}")
+    head = auto[op] if head == "auto" else head
+    if head == "dist" and op != "sum":
+        raise ConfigError(f"head=dist models a sum of per-digit values; for op {op} use reg or cls")
+    return head
+
+
+def _value_head(head: str, per_step: bool, num_outputs: int, reg_pool: str = "last") -> tuple[str, int]:
+    """The head op and its number of outputs. ``reg``: one real output; ``cls``: logits over the
+    ``num_outputs`` possible values; ``dist``: logits over the values of each step (a sum's
+    distribution is their convolution, ``SumOfValuesTask``)."""
+    if head == "cls" and num_outputs > MAX_VALUE_CLASSES:
+        raise ConfigError(f"head=cls needs a class for each of {num_outputs:,} possible values (products of "
+                          f"long sequences); use head=reg, or shorter sequences")
+    outputs = {"reg": 1, "cls": num_outputs, "dist": DIGIT_VALUES}[head]
     if per_step or head == "dist":
-        return "reg:seq"  # (B, T, num_outputs): values, or logits per step for cls and dist
-    return f"reg:{reg_pool}" if head == "reg" else "cls:last"
+        return "reg:seq", outputs  # (B, T, outputs): values, or logits per step for cls and dist
+    return (f"reg:{reg_pool}" if head == "reg" else "cls:last"), outputs
 
 
 @register_model
-def caine2016(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), activation: str = "tanh",
-              head: str = "reg", per_step: bool = False) -> Preset:
-    """Seed 002 (Caine 2016): time-distributed conv 8@4x4 and 16@3x3 (tanh, valid), GRU 200, GRU 100, dense 1.
+def caine2016(*, num_outputs: int = 37, input_shape: tuple = (None, 1, 28, 28), activation: str = "tanh",
+              head: str = "auto", op: str = "sum", per_step: bool = False) -> Preset:
+    """The CNN→GRU digit-sum model of Caine (2016): time-distributed conv 8@4x4 and 16@3x3 (tanh,
+    valid), GRU 200, GRU 100, a dense output. ``head=auto``: the original single regression output for
+    sums and running sums, a class per possible value for products.
 
-    The second GRU returns every step when ``per_step`` (running sums) and only the last otherwise.
+    ``num_outputs``: the number of possible target values (the ``cls`` head's classes; the preset's
+    own ``num_outputs`` is what its head gives). The second GRU returns every step when ``per_step``
+    (running sums) and only the last otherwise.
     """
-    a = activation
-    spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid flatten gru:200 gru:100 {_value_head(head, per_step)}"
-    return Preset(spec, input_shape, "seed 002: TimeDistributed conv 8/16 tanh, GRU 200, GRU 100, dense 1",
-                  _VALUE_TASKS[head], num_outputs)
+    a, head = activation, _resolve_head(head, op, {"sum": "reg", "running-sum": "reg", "product": "cls"})
+    out, n = _value_head(head, per_step, num_outputs)
+    spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid flatten gru:200 gru:100 {out}"
+    return Preset(spec, input_shape, "the CNN→GRU digit-sum model of Caine 2016: time-distributed conv 8/16 tanh, "
+                  "GRU 200, GRU 100, dense", _VALUE_TASKS[head], n)
 
 
 @register_model
-def digits(*, num_outputs: int = 1, input_shape: tuple = (None, 1, 28, 28), activation: str = "relu",
-           head: str = "reg", per_step: bool = False, filters: int = 16, embed: int = 64,
-           hidden_size: int = 64, op: str = "sum") -> Preset:
+def digits(*, num_outputs: int = 37, input_shape: tuple = (None, 1, 28, 28), activation: str = "relu",
+           head: str = "auto", op: str = "sum", per_step: bool = False, filters: int = 16, embed: int = 64,
+           hidden_size: int = 64) -> Preset:
     """The digits recipe's default: two conv/bn/pool stages and a dense layer per digit, one GRU, a value head.
 
-    Pooling shrinks the 8464 features per step of caine2016 to 1568 (32 x 7 x 7) and the dense layer
-    to ``embed`` per digit, so the GRU sees a compact code of each digit: in 600 steps this reaches
-    a validation MSE of 1.1 on sums where the same model without the dense layer is at 7.5 (docs/digits.md).
-    Batch norm lets relu train at Adam's 3e-3. For sums (``op="sum"``) the regression head adds a value
-    per step (``reg:sum``) instead of reading the last step: the model's value is a sum by construction.
+    Pooling shrinks the features per step of caine2016 to a compact code of each digit, which the
+    GRU reads much sooner (docs/digits.md). Batch norm lets relu train at Adam's 3e-3. ``head=auto``:
+    for sums a distribution over 0..9 per digit (``dist``, the sum's by convolution); for products a
+    class per possible value (``cls``); for running sums a value per step (``reg``). A regression head
+    for sums adds a value per step (``reg:sum``): the model's value is a sum by construction.
     """
     a, f = activation, filters
-    pool = "sum" if op == "sum" else "last"
+    head = _resolve_head(head, op, {"sum": "dist", "running-sum": "reg", "product": "cls"})
+    out, n = _value_head(head, per_step, num_outputs, "sum" if op == "sum" else "last")
     spec = (f"conv:{f},3x3,{a} bn pool:2x2 conv:{2 * f},3x3,{a} bn pool:2x2 flatten dense:{embed},relu "
-            f"gru:{hidden_size} {_value_head(head, per_step, pool)}")
+            f"gru:{hidden_size} {out}")
     return Preset(spec, input_shape, "digit sequences: conv/bn/pool x2 + dense per digit, GRU 64, value head",
-                  _VALUE_TASKS[head], num_outputs)
+                  _VALUE_TASKS[head], n)
 
 
 @register_model
@@ -258,5 +283,5 @@ def mnist_cnn(*, num_outputs: int = 10, input_shape: tuple = (1, 28, 28), activa
     """Single-digit classifier whose first two layers match caine2016 (8@4x4, 16@3x3), to compare filters."""
     a = activation
     spec = f"conv:8,4x4,{a},valid conv:16,3x3,{a},valid pool:2x2 flatten dense:64,relu cls:last"
-    return Preset(spec, input_shape, "MNIST digit classifier with caine2016's first conv layers", "classify",
+    return Preset(spec, input_shape, "digit classifier whose first two conv layers match caine2016's", "classify",
                   num_outputs)

@@ -54,15 +54,15 @@ def register(cli: click.Group) -> None:
     def sample(run: str, prime: str, length: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
                greedy: bool, seed: Optional[int], num_samples: int, errors: str, raw_bytes: bool, checkpoint: str,
                threads: int, device: str) -> None:
-        """Generate text from a charlm RUN (a run directory or a checkpoint file), streamed to stdout."""
+        """Generate text from a language-model RUN (a run directory or a checkpoint file), streamed to stdout."""
         from pathlib import Path
 
-        from convrnn.data.text import Vocab
         from convrnn.errors import ConfigError
+        from convrnn.infer.run import load_run
+        from convrnn.infer.sampling import safe_text
+        from convrnn.infer.sampling import sample as draw
+        from convrnn.tasks.lm import LanguageModelTask
         from convrnn.train.threads import apply_threads
-        from convrnn.recipes.runner import load_run
-        from convrnn.sampling import safe_text
-        from convrnn.sampling import sample as draw
         from convrnn.train.trainer import resolve_device
 
         if raw_bytes and sys.stdout.isatty():
@@ -72,10 +72,11 @@ def register(cli: click.Group) -> None:
         target = Path(run)
         if target.is_dir() and (target / "checkpoints").is_dir():
             target = target / "checkpoints" / f"{checkpoint}.pt"
-        model, ckpt, recipe = load_run(str(target), device=str(resolve_device(device)))
-        if "vocab" not in (ckpt.get("meta") or {}):
-            raise ConfigError(f"{run}: expected a language-model run (recipe charlm), got recipe {recipe.name!r}")
-        vocab = Vocab.from_dict(ckpt["meta"]["vocab"])
+        loaded = load_run(str(target), device=str(resolve_device(device)))
+        if not isinstance(loaded.task, LanguageModelTask):
+            raise ConfigError(f"{run}: expected a language-model run, got one of recipe {loaded.recipe.name!r}, "
+                              f"which reads inputs: use `convrnn predict`")
+        model, vocab = loaded.model, loaded.task.vocab
         write = _writer(raw_bytes)
         streaming = num_samples == 1 and not raw_bytes
         if streaming:

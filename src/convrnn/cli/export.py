@@ -1,4 +1,4 @@
-"""``convrnn export RUN --format onnx [--out FILE]``: a run's best model as ONNX (see convrnn.export)."""
+"""``convrnn export RUN --format onnx [--out FILE]``: a run's best model as ONNX (see convrnn.infer.export)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +13,7 @@ def register(cli: click.Group) -> None:
     @click.option("--out", type=click.Path(dir_okay=False), help="output file (default RUN/model.onnx)")
     def export(run: str, fmt: str, out: Optional[str]) -> None:
         """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
-        from convrnn.export import OPSET, export_run
+        from convrnn.infer.export import OPSET, export_run
 
         path = export_run(run, out, fmt)
         click.echo(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB, ONNX opset {OPSET}; every sequence of a "

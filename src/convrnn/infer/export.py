@@ -157,11 +157,11 @@ class _Forward(nn.Module):
 
 def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     """Export a run's best checkpoint (or a checkpoint file); default ``RUN/model.onnx``."""
-    from convrnn.recipes.runner import load_run
+    from convrnn.infer.run import load_run
 
     if fmt != "onnx":
         raise ConfigError(f"export format: expected onnx, got {fmt!r}")
-    model, ckpt, recipe = load_run(run)
+    model, ckpt, recipe, _, _ = load_run(run)
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))
     meta = {"convrnn_recipe": recipe.name, "convrnn_input_shape": list(ckpt["input_shape"])}

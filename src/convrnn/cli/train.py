@@ -1,0 +1,124 @@
+"""``convrnn train RECIPE``: one command per registered recipe, its own options beside the common ones."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _common_train_options(f):
+    opts = [
+        click.option("--preset", "--model", "preset", help="model preset (see `convrnn models`)"),
+        click.option("--spec", help="model spec string; replaces the preset (see docs/spec.md)"),
+        click.option("--epochs", type=int, help="number of epochs"),
+        click.option("--max-time", type=float, help="stop after this many seconds of training"),
+        click.option("--max-steps", type=int, help="stop after this many optimizer steps"),
+        click.option("--batch-size", type=int, help="batch size"),
+        click.option("--lr", type=float, help="learning rate"),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
+        click.option("--threads", type=int, help="CPU threads for PyTorch"),
+        click.option("--seed", type=int, help="random seed"),
+        click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]),
+                     help="32, or bf16/fp16 mixed precision (fp16 on CUDA only)"),
+        click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
+        click.option("--ema", type=float, metavar="DECAY",
+                     help="validate and save a moving average of the weights (e.g. 0.999; 0 = off)"),
+        click.option("--ensemble", type=int, metavar="K",
+                     help="train K models one after another, each on 1/K of the time, and average them"),
+        click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
+        click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
+        click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="any config field, e.g. --set train.schedule=cosine (repeatable)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+_COMMON_KEYS = {"preset": "model.preset", "spec": "model.spec", "epochs": "train.epochs",
+                "max_time": "train.max_time", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
+                "lr": "train.lr", "device": "train.device", "threads": "train.threads", "seed": "train.seed",
+                "run_dir": "train.run_dir", "precision": "train.precision", "compile_": "train.compile",
+                "ema": "train.ema", "ensemble": "train.ensemble"}
+
+
+@click.group()
+def train() -> None:
+    """Train a recipe with its embedded defaults or your data (`convrnn train RECIPE --help`)."""
+
+
+def _make_train_command(recipe_name: str):
+    from convrnn.recipes import get_recipe
+    from convrnn.train.config import parse_pairs
+
+    recipe = get_recipe(recipe_name)
+
+    @click.pass_context
+    def command(ctx: click.Context, config_file, resume, sets, **kwargs):
+        from convrnn.cli.progress import CountProgress, TrainProgress
+        from convrnn.recipes.runner import train as run_train
+
+        overrides: dict = {}
+        for name, key in _COMMON_KEYS.items():
+            if kwargs.get(name) is not None:
+                overrides[key] = kwargs[name]
+        for opt in recipe.cli_options:
+            value = kwargs.get(opt.flag.split("/")[0].lstrip("-").replace("-", "_"))  # "--a/--no-a" -> a
+            if value is None or (opt.multiple and not value):
+                continue
+            overrides[opt.key] = list(value) if opt.multiple else value
+        overrides.update(parse_pairs(list(sets)))
+        quiet = ctx.find_root().obj["quiet"]
+        result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
+                           callbacks=[TrainProgress(quiet=quiet)],
+                           progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+        from convrnn.train.distributed import shutdown
+
+        shutdown()  # a torchrun job leaves its process group together; nothing for one process
+        if result is not None and result.run is not None:  # only rank 0 of a torchrun job reports
+            for line in results_block(result):
+                click.echo(line)
+
+    command.__doc__ = f"Train the {recipe.name} recipe: {recipe.description}."
+    for opt in reversed(recipe.cli_options):
+        kw = {"help": opt.help, "multiple": opt.multiple}
+        if opt.is_flag:
+            kw = {"help": opt.help, "is_flag": True, "default": None}
+        else:
+            kw["type"] = opt.type
+        command = click.option(opt.flag, **kw)(command)
+    command = _common_train_options(command)
+    train.command(name=recipe.name)(command)
+
+
+def display_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def results_block(result) -> list[str]:
+    """What a finished training prints once: the run, how long it trained, its final validation and
+    the best checkpoint (which eval, predict and export use)."""
+    task = result.task
+    lines = [f"run:        {display_path(result.run)}",
+             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s"]
+    if result.metrics:
+        lines.append(f"final:      {task.format_metrics(result.metrics)}  (validation at step {result.val_step:,})")
+    if result.best_step >= 0:
+        lines.append(f"best:       {task.format_metrics(result.best_metrics)}  (step {result.best_step:,}, "
+                     f"checkpoints/best.pt: what eval, predict and export use)")
+    return lines
+
+
+def register(cli: click.Group) -> None:
+    from convrnn.recipes import list_recipes
+    for name in list_recipes():
+        _make_train_command(name)
+    cli.add_command(train)
+
+

@@ -1,1 +1,0 @@
-"""Command groups of the CLI beyond the core ones in ``convrnn.cli``; each module has ``register(cli)``."""

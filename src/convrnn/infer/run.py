@@ -1,0 +1,71 @@
+"""A trained run, loaded: its model rebuilt from the checkpoint alone, its recipe and task, its data.
+
+``load_run(path)`` takes a run directory (its best checkpoint, else its last) or a checkpoint file.
+``run_data(loaded, split)`` rebuilds the run's validation or test data from its saved config, with the
+data paths it recorded: data that moved is an error naming the path, never other data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+
+from convrnn.errors import CheckpointError
+from convrnn.recipes.base import Recipe, get_recipe
+from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
+from convrnn.train.config import RunConfig, flatten_config_dict
+
+
+class Loaded(NamedTuple):
+    """A run's model (in eval mode), its checkpoint dict, recipe and task, and the checkpoint file read."""
+
+    model: torch.nn.Module
+    ckpt: dict
+    recipe: Recipe
+    task: Any
+    checkpoint: Path
+
+
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint, from the checkpoint alone. Returns ``(model, ckpt)``."""
+    from convrnn.spec.builder import build_model
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if ckpt.get("ensemble"):  # K members of the spec, combined (convrnn.infer.views)
+        from convrnn.infer.views import EnsembleModel
+        ens = ckpt["ensemble"]
+        model = EnsembleModel(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"),
+                              int(ens["members"]), str(ens["combine"]))
+    else:
+        model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def load_run(run: str | Path, *, expect_recipe: Optional[str] = None, device: str = "cpu") -> Loaded:
+    """The run directory or checkpoint file ``run``, loaded; ``expect_recipe`` refuses another recipe's."""
+    path = resolve_checkpoint(run).absolute()
+    model, ckpt = load_model(path, map_location=device)
+    name = ckpt.get("recipe", "")
+    if expect_recipe and name != expect_recipe:
+        raise CheckpointError(f"{run}: this checkpoint is of recipe {name!r}, not {expect_recipe!r}")
+    recipe = get_recipe(name)
+    return Loaded(model, ckpt, recipe, recipe.make_task(ckpt["meta"], tuple(model.output_shape)), path)
+
+
+def run_config(loaded: Loaded, overrides: Optional[dict] = None) -> RunConfig:
+    """The config the run was trained with (its recipe's defaults under it), with ``overrides``."""
+    cfg = loaded.recipe.default_config()
+    cfg.override(flatten_config_dict(loaded.ckpt["config"]))
+    if overrides:
+        cfg.override(overrides)
+    return cfg
+
+
+def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
+             progress: Optional[Callable] = None):
+    """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``)."""
+    cfg = run_config(loaded, overrides)
+    return loaded.recipe.make_data(cfg.data, cfg.train, progress=progress).split(split)

@@ -1,0 +1,145 @@
+"""Recipes: data + default preset + task + everything shown about them, registered by name.
+
+A recipe is one class in one module; registering it makes ``convrnn train <name>`` appear in the CLI
+with the recipe's own options next to the common ones, and ``eval``, ``predict``, ``report`` and
+``export`` work on its runs. Nothing outside ``convrnn.recipes`` names a recipe.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from convrnn.errors import ConfigError
+from convrnn.train.config import ModelConfig, RunConfig, TrainConfig, flatten_config_dict, load_config_file
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """A recipe-specific command-line option mapped onto a config key (``section.key``)."""
+
+    flag: str                  # e.g. "--fonts"
+    key: str                   # e.g. "data.fonts"
+    help: str
+    type: Any = str            # click type
+    multiple: bool = False
+    is_flag: bool = False
+
+
+@dataclass
+class DataBundle:
+    """What a recipe's data step returns."""
+
+    train: Any                 # BatchSource
+    val: Any                   # BatchSource or None
+    input_shape: tuple         # per sample, no batch
+    num_outputs: int           # what the data asks of the model's head (classes, labels, possible values)
+    meta: dict                 # stored in checkpoints: class names, alphabet, vocabulary, image size...
+    test: Any = None           # optional held-out BatchSource
+
+    def split(self, name: str):
+        """The BatchSource of ``name`` (val or test); a ConfigError when the data has none."""
+        data = self.test if name == "test" else self.val
+        if data is None:
+            raise ConfigError(f"this run's data has no {name} split")
+        return data
+
+
+class Recipe:
+    """Base class. Subclasses set the class attributes and implement ``make_data`` and ``make_task``;
+    the other hooks have defaults."""
+
+    name: str = ""
+    description: str = ""
+    default_preset: str = ""
+    preset_tasks: tuple[str, ...] = ()  # the kinds of preset (Preset.task) this recipe trains; empty = any
+    data_config: type = type(None)
+    cli_options: tuple[CliOption, ...] = ()
+    train_defaults: dict[str, Any] = {}
+    ensemble_refusal: str = ""  # why train.ensemble cannot average this recipe's models; empty = it can
+    report_split: str = "val"   # the split the report's recipe sections evaluate on, when the run has it
+
+    # ----- configuration ---------------------------------------------------------------------------
+    def default_config(self) -> RunConfig:
+        """This recipe's defaults: its preset, its data config, TrainConfig with ``train_defaults``."""
+        cfg = RunConfig(recipe=self.name, model=ModelConfig(preset=self.default_preset), data=self.data_config(),
+                        train=TrainConfig())
+        return cfg.override({f"train.{k}": v for k, v in self.train_defaults.items()})
+
+    def config(self, overrides: dict[str, Any] | None = None, config_file: Optional[str] = None) -> RunConfig:
+        """Defaults, then a saved config file, then explicit overrides (last wins)."""
+        cfg = self.default_config()
+        if config_file:
+            saved = load_config_file(config_file)
+            if saved["recipe"] != self.name:
+                raise ConfigError(f"{config_file}: this config is for recipe {saved['recipe']!r}, not {self.name!r}")
+            flat = flatten_config_dict(saved)
+            flat.pop("train.run_dir", None)  # a re-run gets a fresh directory
+            cfg.override(flat)
+        if overrides:
+            cfg.override(overrides)
+        return cfg
+
+    def resolve_data(self, data_cfg) -> None:
+        """At the start of a new run: settle implicit data choices in place (where the data comes
+        from when no path was given), so the saved config names exactly what the run read."""
+
+    def model_fields(self, data_cfg) -> dict[str, Any]:
+        """Preset fields the data needs of the model (what the target is, a value per step...):
+        given to the preset where it has them. Default: none."""
+        return {}
+
+    # ----- data, task, inference -------------------------------------------------------------------
+    def make_data(self, data_cfg, train_cfg, *, progress: Optional[Callable] = None) -> DataBundle:
+        raise NotImplementedError
+
+    def make_task(self, meta: dict, output_shape: tuple):
+        """The task of a model whose output has ``output_shape`` (batch first) on data of ``meta``:
+        from these alone, so a checkpoint rebuilds the task it was trained with."""
+        raise NotImplementedError
+
+    def predict(self, loaded, inputs: list[str], **options) -> list[str]:
+        """One line per input (or per line of a page...) for a loaded run (``convrnn.infer.run.Loaded``)."""
+        raise ConfigError(f"recipe {self.name} has no predict")
+
+    # ----- what is shown about it ------------------------------------------------------------------
+    def report_sections(self, ctx) -> list:
+        """The recipe's own sections of ``convrnn report`` (``convrnn.viz.html.Section``), built from
+        an evaluation context (``convrnn.viz.html.EvalContext``). Default: none."""
+        return []
+
+    def callbacks(self) -> list:
+        """Extra trainer callbacks for this recipe's runs (generated samples in TensorBoard...)."""
+        return []
+
+    def commands(self) -> list:
+        """Extra click commands: ``(group name or None, command)`` pairs (``convrnn fonts preview``,
+        ``convrnn plot ctc``)."""
+        return []
+
+
+_RECIPES: dict[str, type] = {}
+
+
+def register_recipe(cls):
+    """Class decorator: make a recipe available by its ``name``."""
+    _RECIPES[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    from convrnn.recipes import charlm, digits, fonts, lines, mnist  # noqa: F401  (each registers itself)
+
+
+def list_recipes() -> list[str]:
+    _load_builtin()
+    return sorted(_RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    _load_builtin()
+    if name not in _RECIPES:
+        close = difflib.get_close_matches(name, _RECIPES, n=3)
+        hint = f"; did you mean: {', '.join(close)}?" if close else f"; known recipes: {', '.join(sorted(_RECIPES))}"
+        raise ConfigError(f"unknown recipe {name!r}{hint}")
+    return _RECIPES[name]()

@@ -1,0 +1,109 @@
+"""Ensembles: K members of one spec, each trained on 1/K of the budget with its own seed, combined.
+
+Two runs of the same recipe that differ only in their seed misread different inputs, and a member
+trained for part of the time reads nearly as well as one trained for all of it, so averaging the
+members' beliefs removes most run-specific mistakes (docs/decisions.md). ``train.ensemble=K`` trains
+K members one after another, each with ``max_time / K`` (and ``max_steps / K``) and seed
+``seed + i``, into ``RUN/members/i``, then writes one checkpoint that holds them all
+(``ckpt["ensemble"]``) as ``RUN/checkpoints/best.pt`` and ``last.pt``; ``eval``, ``predict`` and the
+library load it like any other run (``convrnn.infer.views.EnsembleModel`` combines them).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from convrnn.errors import ConfigError
+from convrnn.infer.evaluate import evaluate
+from convrnn.infer.views import EnsembleModel
+from convrnn.train.checkpoint import (atomic_write_text, load_checkpoint, load_latest_checkpoint, rng_state,
+                                      save_checkpoint)
+from convrnn.train.config import RunConfig
+from convrnn.train.rundir import RunDir
+from convrnn.train.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+MEMBERS_DIR = "members"
+DONE_FILE = "done.json"
+
+
+def member_config(cfg: RunConfig, i: int) -> RunConfig:
+    """Member ``i``'s config: seed ``seed + i``, 1/K of the time and step budget, its own directory."""
+    k, member = cfg.train.ensemble, copy.deepcopy(cfg)
+    member.train.ensemble, member.train.seed = 1, cfg.train.seed + i
+    member.train.max_time = cfg.train.max_time / k
+    member.train.max_steps = max(1, cfg.train.max_steps // k) if cfg.train.max_steps else 0
+    member.train.run_dir = str(Path(cfg.train.run_dir) / MEMBERS_DIR / str(i))
+    return member
+
+
+def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]], Trainer],
+                   resume: bool = False) -> TrainResult:
+    """Train the ``cfg.train.ensemble`` members of the run in ``cfg.train.run_dir`` one after another
+    (``build(member_cfg, resume_dir)`` makes each member's trainer), then validate the ensemble and save
+    it as the run's checkpoint. A resumed run skips finished members and continues the interrupted one
+    from its own last checkpoint."""
+    from convrnn.recipes.base import get_recipe
+
+    k, root = cfg.train.ensemble, Path(cfg.train.run_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("train.ensemble: members are trained one after another in one process; "
+                          "run without torchrun, or train single models with train.ensemble=1")
+    recipe = get_recipe(cfg.recipe)
+    if recipe.ensemble_refusal:
+        raise ConfigError(f"train.ensemble: not for recipe {recipe.name}: {recipe.ensemble_refusal}; use train.ensemble=1")
+    members_dir = root / MEMBERS_DIR
+    if not resume and (members_dir.exists() or (root / "checkpoints" / "best.pt").exists()):
+        raise ConfigError(f"{root}: this run directory already holds a run; use --resume {root} to continue it")
+    done_path = members_dir / DONE_FILE
+    done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
+    trainer = None
+    for i in range(k):
+        if i in done:
+            continue
+        member = member_config(cfg, i)
+        again = (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists()
+        log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
+                 f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", member.train.run_dir)
+        trainer = build(member, member.train.run_dir if again else None)
+        if not (root / "config.json").exists():  # once the data and the member's run are set up
+            cfg.save(root / "config.json")
+        try:
+            trainer.fit()
+        finally:
+            if trainer.run_dir is not None:
+                trainer.run_dir.close()
+        done.add(i)
+        atomic_write_text(done_path, json.dumps(sorted(done)))
+    if trainer is None:  # every member was done before: one's trainer, for the data and the task only
+        trainer = build(member_config(cfg, 0), str(members_dir / "0"))
+        trainer.run_dir.close()
+    best = [load_checkpoint(members_dir / str(i), map_location="cpu") for i in range(k)]  # weights to combine
+    last = [load_latest_checkpoint(members_dir / str(i), map_location="cpu") for i in range(k)]  # how far each got
+    task = trainer.task
+    model = EnsembleModel(best[0]["spec"], tuple(best[0]["input_shape"]), best[0]["num_outputs"], k,
+                          task.ensemble_combine)
+    for m, ckpt in zip(model.members, best):
+        m.load_state_dict(ckpt["model"])
+    metrics = evaluate(model, task, trainer.val_data).compute() if trainer.val_data is not None else {}
+    step, epochs, seconds = sum(c["step"] for c in last), max(c["epoch"] for c in last), sum(c["train_time"] for c in last)
+    log.info("ensemble of %d: validation %s", k, task.format_metrics(metrics))
+    ckpt = {**{key: best[0][key] for key in ("recipe", "spec", "input_shape", "num_outputs", "meta")},
+            "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine},
+            "model": model.state_dict(), "step": step, "epoch": epochs, "batch_in_epoch": 0, "train_time": seconds,
+            "metrics": metrics, "val_step": step, "best_step": step, "best_metrics": metrics, "rng": rng_state(),
+            "task": task.state_dict()}
+    run_dir = RunDir(root)
+    try:
+        cfg.save(root / "config.json")
+        run_dir.log_metrics(step, epochs, "val", metrics)
+        save_checkpoint(run_dir.checkpoints / "best.pt", ckpt)  # the ensemble is both the best and the last
+        save_checkpoint(run_dir.checkpoints / "last.pt", ckpt)
+    finally:
+        run_dir.close()
+    return TrainResult(root, step, epochs, seconds, metrics, step, step, metrics, task)
