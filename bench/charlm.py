@@ -5,7 +5,7 @@
 - ``charlm_val_105s``: validation nats/char after 105 s of training.
 - ``charlm_throughput``: training chars/s of convrnn's Trainer / a hand-written ``nn.LSTM`` TBPTT loop of
   the same model on the same batches, rounds interleaved.
-- ``charlm_sample_speed``: batch-1 generation chars/s of ``convrnn.sampling.sample`` / a hand-written
+- ``charlm_sample_speed``: batch-1 generation chars/s of ``convrnn.infer.sampling.sample`` / a hand-written
   sampling loop of the same weights.
 - ``charlm_long``: a longer run (GPU when there is one, else CPU) with a larger, regularised model.
 
@@ -166,7 +166,7 @@ def _hand_train(model: HandLSTM, batches: list[dict], lr: float, clip: float) ->
 
 def _lm_setup(batch_size: int = 32, seq_len: int = 64):
     from convrnn.data.text import StreamBatches, Vocab, read_corpus, split_corpus
-    from convrnn.models import get_preset
+    from convrnn.spec.presets import get_preset
 
     text, _ = split_corpus(read_corpus(_corpus(), "char"))
     vocab = Vocab.from_text(text)
@@ -231,7 +231,7 @@ def _hand_sample(model: HandLSTM, prime_ids: torch.Tensor, length: int, temperat
 
 
 def charlm_sample_speed(quick: bool = False) -> dict:
-    from convrnn.sampling import sample
+    from convrnn.infer.sampling import sample
     from convrnn.spec.builder import build_model
 
     torch.set_num_threads(THREADS)

@@ -187,8 +187,8 @@ def _throughput_batches(steps: int, batch_size: int, length: int = 4) -> list[di
 
 def _convrnn_rate(batches: list[dict], lr: float) -> float:
     from convrnn.data.batching import BatchSource
-    from convrnn.models import create_model
-    from convrnn.tasks.regress import RegressTask
+    from convrnn.spec.presets import create_model
+    from convrnn.tasks.values import RegressTask
     from convrnn.train.config import TrainConfig
     from convrnn.train.trainer import Trainer
 

@@ -82,7 +82,7 @@ def _hand_loop(model, batches, lr: float, clip: float) -> float:
 def fwtk_throughput(quick: bool = False) -> dict:
     from convrnn.data.batching import IndexedBatches
     from convrnn.data.fonts import FontsDataConfig, make_fonts_data
-    from convrnn.models import create_model
+    from convrnn.spec.presets import create_model
     from convrnn.recipes.fonts import array_fetcher
     from convrnn.tasks.classify import ClassifyTask
     from convrnn.train.config import TrainConfig

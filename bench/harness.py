@@ -7,6 +7,7 @@ A benchmark is a function ``run(quick: bool) -> dict`` returning at least ``metr
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import importlib
@@ -14,6 +15,8 @@ import json
 import os
 import platform
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -162,3 +165,19 @@ def main(argv: list[str]) -> int:
     path = write_result(name, result, command)
     print(json.dumps(json.loads(path.read_text()), indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def trained(recipe: str, settings: dict, *, checkpoint: str = "best"):
+    """Train ``recipe`` with ``settings`` (config overrides) into a temporary run directory, as
+    ``convrnn train`` does; yields ``(result, loaded, bundle, wall_seconds)``: the TrainResult, the run's
+    ``checkpoint`` (best or last) loaded, and the run's data rebuilt. The directory is removed after."""
+    from convrnn.infer.run import load_run, run_bundle
+    from convrnn.recipes.runner import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = train(recipe, {**settings, "train.run_dir": f"{tmp}/run"})
+        wall = time.perf_counter() - t0
+        loaded = load_run(result.run / "checkpoints" / f"{checkpoint}.pt")
+        yield result, loaded, run_bundle(loaded), wall

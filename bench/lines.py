@@ -73,7 +73,7 @@ def _train_and_test(overrides: dict, run_dir: str, shifts: int = 1) -> dict:
     test = trainer.evaluate(trainer.bundle.test)
     shifted = {}
     if shifts > 1:
-        from convrnn.ensemble import ShiftedViews
+        from convrnn.infer.views import ShiftedViews
         t1 = time.perf_counter()
         trainer.model = ShiftedViews(trainer.model, shifts)
         shifted = {"test_shifted": trainer.evaluate(trainer.bundle.test), "shifts": shifts,
