@@ -5,7 +5,9 @@ sample is one ``height x width`` crop of a text line drawn in one font, white in
 so ``x / 255`` puts ink at 1. To take away size cues (seed 001), every font is drawn at the size
 that makes its ascender-to-descender height fill about ``height - 2`` pixels, and each sample
 fills the whole width: it starts at a random character of its line and keeps the glyphs that fit,
-stopping before the glyph that would overflow the right edge.
+stopping before the glyph that would overflow the right edge. Around that size, each crop's glyph
+scale varies (``scale_jitter``), and a fraction of crops is drawn at another resolution and resized
+(``resample``), so that a user's line scaled to the model's height reads like the training crops.
 
 Lines are split into train and val *before* rendering, so a line never appears in both splits.
 Rendered arrays are cached on disk as ``.npz``, keyed by everything that changes the pixels.
@@ -39,7 +41,7 @@ from convrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 DEFAULT_FACES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral", "cmr10")
 # Ascenders and descenders: the ink height of this string is what fills ``height - 2`` pixels.
@@ -78,6 +80,8 @@ class FontsDataConfig:
     samples_per_font: int = 2000                     # train + val
     val_fraction: float = 0.2
     jitter: int = 2
+    scale_jitter: float = 0.15                       # glyph height drawn per sample in (1 +- this) x (height - 2)
+    resample: float = 0.25                           # fraction of training crops drawn at another size, resized
     seed: int = 0
     cache_dir: str | None = None                     # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
 
@@ -152,6 +156,33 @@ def font_size_for(font: FontSpec, height: int) -> int:
 def _layout(font: FontSpec, height: int) -> tuple[ImageFont.FreeTypeFont, int]:
     """The face at :func:`font_size_for` size and the y that centres REFERENCE_TEXT's ink vertically."""
     face = _truetype(font.path, font_size_for(font, height))
+    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    return face, (height - (bottom - top)) // 2 - top
+
+
+# Resolutions, relative to the output, at which resampled crops are drawn before they are resized: at
+# height 16, like a user's line whose glyphs are about 12 to 30 px from ascenders to descenders.
+RESAMPLE_RANGE = (0.85, 2.0)
+# Font sizes of scaled glyphs are rounded to this step (points), so few faces are loaded and cached.
+SIZE_STEP = 0.25
+
+
+@lru_cache(maxsize=None)
+def _ink_per_point(font: FontSpec) -> float:
+    """REFERENCE_TEXT's ink height per point of font size, measured where hinting hardly matters."""
+    _, top, _, bottom = _truetype(font.path, 200).getbbox(REFERENCE_TEXT)
+    return max(bottom - top, 1) / 200.0
+
+
+def _scaled_layout(font: FontSpec, height: int, scale: float) -> tuple[ImageFont.FreeTypeFont, int]:
+    """Like :func:`_layout`, with REFERENCE_TEXT's ink about ``scale * (height - 2)`` pixels high."""
+    size = max(SIZE_STEP, round(scale * max(height - 2, 1) / _ink_per_point(font) / SIZE_STEP) * SIZE_STEP)
+    return _sized_layout(font, height, size)
+
+
+@lru_cache(maxsize=None)
+def _sized_layout(font: FontSpec, height: int, size: float) -> tuple[ImageFont.FreeTypeFont, int]:
+    face = _truetype(font.path, size)
     _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
     return face, (height - (bottom - top)) // 2 - top
 
@@ -242,21 +273,41 @@ def load_text_lines(path: str | None) -> list[str]:
 # ------------------------------------------------------------------------------------ rendering
 
 def render_line(text: str, font: FontSpec, *, height: int = 16, width: int = 64,
-                rng: np.random.Generator | None = None, jitter: int = 2) -> np.ndarray:
+                rng: np.random.Generator | None = None, jitter: int = 2, scale_jitter: float = 0.0,
+                resample: float = 0.0) -> np.ndarray:
     """Draw a width-filling crop of ``text`` in ``font``: uint8 ``(H, W)``, ink 255 on 0.
 
     With ``rng`` the crop starts at a random character (the line wraps around after a space) and the
     text is shifted by up to ``jitter`` pixels right and up or down; without it, the crop starts
-    at the first character with no shift. Glyphs are added while their ink fits inside the width.
+    at the first character with no shift. With ``rng`` and ``scale_jitter`` > 0 the glyphs are also
+    drawn at a random scale: REFERENCE_TEXT's ink is ``s * (height - 2)`` pixels high, ``s`` uniform in
+    ``1 +- scale_jitter``, centred before the vertical shift. With ``rng``, a ``resample`` fraction of
+    crops is drawn on a canvas ``r`` times larger (``r`` log-uniform in RESAMPLE_RANGE, glyphs and
+    jitter scaled with it) and resized to ``height x width`` with an area filter, the way a
+    user's line drawn at another size is resized to the model's height. Glyphs are added while their
+    ink fits inside the width.
     """
     if not text.strip():
         raise ValueError(f"expected text with at least one visible character, got {text!r}")
+    if rng is not None and resample > 0 and rng.random() < resample:
+        r = float(np.exp(rng.uniform(*np.log(RESAMPLE_RANGE))))
+        big = _render_crop(text, font, max(6, round(height * r)), max(4, round(width * r)), rng,
+                           round(jitter * r), scale_jitter)
+        return np.asarray(Image.fromarray(big).resize((width, height), Image.BOX), dtype=np.uint8)
+    return _render_crop(text, font, height, width, rng, jitter, scale_jitter)
+
+
+def _render_crop(text: str, font: FontSpec, height: int, width: int, rng: np.random.Generator | None,
+                 jitter: int, scale_jitter: float) -> np.ndarray:
+    """:func:`render_line` drawn directly at ``height x width``."""
     face, top_y = _layout(font, height)
     start, dx, dy = 0, 0, 0
     if rng is not None:
         start = int(rng.integers(len(text)))
         if jitter:
             dx, dy = int(rng.integers(0, jitter + 1)), int(rng.integers(-jitter, jitter + 1))
+        if scale_jitter > 0:
+            face, top_y = _scaled_layout(font, height, float(rng.uniform(1.0 - scale_jitter, 1.0 + scale_jitter)))
     # Enough wrapped copies of the line to cover the width at any start (one char is >= 1 px).
     copies = 1 + (width + len(text)) // len(text)
     run = ((text + " ") * (copies + 1))[start:].lstrip()[: width + 1]
@@ -306,7 +357,9 @@ def _check_config(config: FontsDataConfig) -> None:
     checks = [("height", config.height >= 6, "at least 6"), ("width", config.width >= 4, "at least 4"),
               ("samples_per_font", config.samples_per_font >= 1, "at least 1"),
               ("val_fraction", 0.0 <= config.val_fraction < 1.0, "in [0, 1)"),
-              ("jitter", config.jitter >= 0, "at least 0")]
+              ("jitter", config.jitter >= 0, "at least 0"),
+              ("scale_jitter", 0.0 <= config.scale_jitter < 0.5, "in [0, 0.5)"),
+              ("resample", 0.0 <= config.resample <= 1.0, "in [0, 1]")]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"data.{name}: expected {expected}, got {getattr(config, name)!r}")
@@ -320,15 +373,16 @@ def split_lines(num_lines: int, val_fraction: float, seed: int) -> tuple[np.ndar
 
 
 def _render_split(fonts: list[FontSpec], lines: list[str], line_set: np.ndarray, per_font: int,
-                  config: FontsDataConfig, rng: np.random.Generator,
-                  tick: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  config: FontsDataConfig, rng: np.random.Generator, tick: Callable[[], None], *,
+                  resample: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = per_font * len(fonts)
     images = np.zeros((n, config.height, config.width), dtype=np.uint8)
     labels = np.repeat(np.arange(len(fonts), dtype=np.int64), per_font)
     line_ids = rng.choice(line_set, size=n) if n else np.zeros(0, dtype=np.int64)
     for i in range(n):
         images[i] = render_line(lines[line_ids[i]], fonts[labels[i]], height=config.height, width=config.width,
-                                rng=rng, jitter=config.jitter)
+                                rng=rng, jitter=config.jitter, scale_jitter=config.scale_jitter,
+                                resample=resample)
         tick()
     return images, labels, line_ids.astype(np.int64)
 
@@ -422,7 +476,10 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
         arrays = {}
         for split, line_set, per_font in (("train", train_lines, n_train), ("val", val_lines, n_val)):
             rng = np.random.default_rng([config.seed, 1 if split == "train" else 2])
-            images, labels, line_ids = _render_split(fonts, lines, line_set, per_font, config, rng, tick)
+            # resized crops teach robustness; validation reads crops drawn at the model's size
+            resample = config.resample if split == "train" else 0.0
+            images, labels, line_ids = _render_split(fonts, lines, line_set, per_font, config, rng, tick,
+                                                     resample=resample)
             arrays.update({f"{split}_images": images, f"{split}_labels": labels, f"{split}_line_ids": line_ids})
         log.info("rendered %d fonts images (%d fonts) in %.2f s", total, len(fonts), time.perf_counter() - t0)
         if cache_path:
@@ -439,7 +496,9 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
 
 
 def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
-                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2, scale: int = 4) -> str:
+                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2,
+                 scale_jitter: float = FontsDataConfig.scale_jitter, resample: float = FontsDataConfig.resample,
+                 scale: int = 4) -> str:
     """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
 
     Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
@@ -454,6 +513,7 @@ def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_p
         raise DataError("expected at least one text line the fonts can draw for the preview, got none")
     rng = np.random.default_rng(seed)
     rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
-                               rng=rng, jitter=jitter) for _ in range(samples)] for spec in specs]
+                               rng=rng, jitter=jitter, scale_jitter=scale_jitter, resample=resample)
+             for _ in range(samples)] for spec in specs]
     save_png(image_grid(rows, [s.name for s in specs], scale=scale), out_png)
     return out_png
