@@ -9,16 +9,21 @@ stopping before the glyph that would overflow the right edge. Around that size, 
 scale varies (``scale_jitter``), and a fraction of crops is drawn at another resolution and resized
 (``resample``), so that a user's line scaled to the model's height reads like the training crops.
 
+:func:`read_line_windows` turns a user's line image of any size into windows like the training
+crops: ink bright, cropped to the ink, scaled so the ink fills ``height - 2`` rows, cut into windows.
+
 Lines are split into train and val *before* rendering, so a line never appears in both splits.
 Rendered arrays are cached on disk as ``.npz``, keyed by everything that changes the pixels.
 
 Shape:
     - render_line: ``(H, W)`` uint8.
+    - normalise_line: float ``(H_in, W_in)`` -> float32 ``(H, W')``; line_windows: ``(H, W')`` ->
+      ``(N, H, W)``; read_line_windows: a file -> float32 ``(N, H, W)``, ink 1.
     - FontsDataset item: ``x`` ``(1, H, W)`` float32 in 0..1 (ink 1), ``y`` int font index.
 
-    H image height, W image width.
+    H image height, W image width, W' a scaled line's width, N windows.
 """
-# H height, W width
+# H height, W width, N windows
 from __future__ import annotations
 
 import hashlib
@@ -283,9 +288,9 @@ def render_line(text: str, font: FontSpec, *, height: int = 16, width: int = 64,
     drawn at a random scale: REFERENCE_TEXT's ink is ``s * (height - 2)`` pixels high, ``s`` uniform in
     ``1 +- scale_jitter``, centred before the vertical shift. With ``rng``, a ``resample`` fraction of
     crops is drawn on a canvas ``r`` times larger (``r`` log-uniform in RESAMPLE_RANGE, glyphs and
-    jitter scaled with it) and resized to ``height x width`` with an area filter, the way a
-    user's line drawn at another size is resized to the model's height. Glyphs are added while their
-    ink fits inside the width.
+    jitter scaled with it) and resized to ``height x width`` with an area filter, the way
+    :func:`normalise_line` resizes a line drawn at another size. Glyphs are added while their ink
+    fits inside the width.
     """
     if not text.strip():
         raise ValueError(f"expected text with at least one visible character, got {text!r}")
@@ -330,6 +335,85 @@ def _render_crop(text: str, font: FontSpec, height: int, width: int, rng: np.ran
     image = Image.new("L", (width, height), 0)
     ImageDraw.Draw(image).text((x, y), run[:k].rstrip(), font=face, fill=255)
     return np.asarray(image, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- reading lines
+
+# A pixel is ink when its contrast-stretched value (background 0, strongest ink 1) reaches this.
+INK_THRESHOLD = 0.25
+# An image whose strongest ink is this close to its background (as a fraction of 0..1) has no text.
+MIN_CONTRAST = 0.1
+
+
+def stretch_ink(ink: np.ndarray) -> np.ndarray | None:
+    """Float ``(H, W)`` ink in 0..1 -> the same with the background (median) at 0 and the strongest ink
+    at 1, clipped; None when nothing stands out from the background by :data:`MIN_CONTRAST`."""
+    ink = np.asarray(ink, dtype=np.float32)
+    background, strongest = float(np.median(ink)), float(ink.max())
+    if strongest - background < MIN_CONTRAST:
+        return None
+    return np.clip((ink - background) / (strongest - background), 0.0, 1.0)
+
+
+def ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``, ends exclusive, of the pixels of stretched ink ``(H, W)`` that
+    reach :data:`INK_THRESHOLD`. The ink must have some (see :func:`stretch_ink`)."""
+    mask = ink >= INK_THRESHOLD
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def normalise_line(ink: np.ndarray, height: int) -> np.ndarray:
+    """A line image of any size -> float32 ``(height, W')`` drawn like the training images.
+
+    ``ink`` is float ``(H, W)`` in 0..1 with ink bright (``convrnn.data.images.to_ink``), already
+    contrast-stretched (:func:`stretch_ink`). The box of its ink is cropped with a margin of one output
+    pixel on every side and scaled, aspect ratio kept, so that the ink's rows fill ``height - 2``
+    pixels: the height that a line's ascender-to-descender ink has in training. ``W'`` is the ink's
+    width at that scale plus the two margin pixels, at least 1.
+    """
+    from PIL import Image
+
+    top, bottom, left, right = ink_box(ink)
+    scale = max(height - 2, 1) / (bottom - top)
+    margin = 1.0 / scale                     # one output pixel, in input pixels
+    out_w = max(1, int(round((right - left) * scale)) + 2)
+    # zeros around the image: the margin (and the filter's reach past it) reads background
+    pad = int(np.ceil(margin)) + 2
+    padded = np.pad(ink.astype(np.float32), pad)
+    box = (left - margin + pad, top - margin + pad, left - margin + pad + out_w / scale, bottom + margin + pad)
+    image = Image.fromarray(padded, mode="F").resize((out_w, height), Image.BOX, box=box)
+    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+
+
+def line_windows(line: np.ndarray, width: int, stride: int | None = None) -> np.ndarray:
+    """``(H, W')`` -> ``(N, H, width)``: windows of ``width`` columns every ``stride`` (default half a
+    window), the last one ending at the line's right end. A line narrower than a window is one window,
+    padded with background on the right as training images are after their last glyph."""
+    h, w = line.shape
+    stride = max(1, width // 2) if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    if w <= width:
+        return np.pad(line, ((0, 0), (0, width - w)))[None]
+    starts = list(range(0, w - width + 1, stride))
+    if starts[-1] != w - width:
+        starts.append(w - width)
+    return np.stack([line[:, s:s + width] for s in starts])
+
+
+def read_line_windows(path: str, height: int, width: int, stride: int | None = None) -> np.ndarray:
+    """An image file of a text line (any size, dark-on-light or light-on-dark) -> float32 windows
+    ``(N, height, width)`` with ink 1: :func:`normalise_line` then :func:`line_windows`.
+    DataError naming the file when it is unreadable or blank."""
+    from convrnn.data.images import load_gray, to_ink
+
+    gray = load_gray(path)
+    ink = stretch_ink(to_ink(gray))
+    if ink is None:
+        raise DataError(f"{path}: the image is blank (no pixel differs from the background by "
+                        f"{MIN_CONTRAST:.0%} of the gray range), so there is no text to read")
+    return line_windows(normalise_line(ink, height), width, stride)
 
 
 # -------------------------------------------------------------------------------------- dataset

@@ -3,16 +3,14 @@
 Images of ``height x width`` pixels (default 16x64) rendered from text lines in K fonts; the model
 slices them into blocks or columns, runs one convolution on every step, and an LSTM over the steps.
 """
-# B batch, C channels, H height, W width
+# B batch (images), N windows of all images, C channels, H height, W width, V classes
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.fonts import FontsDataConfig, make_fonts_data
-from convrnn.data.images import load_gray, to_ink
-from convrnn.errors import DataError
+from convrnn.data.fonts import FontsDataConfig, make_fonts_data, read_line_windows
 from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.classify import ClassifyTask
 
@@ -59,17 +57,19 @@ class FontsRecipe(Recipe):
         return ClassifyTask(meta["classes"])
 
     def predict(self, model, ckpt: dict, inputs: list[str], **options) -> list[str]:
-        """Font name and probability for each image; images must have the model's height and width."""
+        """Font name and probability for each line image, of any size (see :func:`read_line_windows`).
+
+        The line is scaled to the model's height and read in windows of the model's width, half a window
+        apart; the windows' distributions are multiplied (mean of their log-probabilities, renormalised).
+        """
         _, height, width = ckpt["input_shape"]
-        arrays = []
-        for path in inputs:
-            gray = load_gray(path)
-            if gray.shape != (height, width):
-                raise DataError(f"{path}: expected an image of {height}x{width} pixels (height x width), "
-                                f"got {gray.shape[0]}x{gray.shape[1]}")
-            arrays.append(to_ink(gray))
-        x = torch.from_numpy(np.stack(arrays)).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        windows = [read_line_windows(path, int(height), int(width)) for path in inputs]
+        counts = torch.tensor([len(w) for w in windows])
+        x = torch.from_numpy(np.concatenate(windows)).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W), N windows in all
         with torch.inference_mode():
-            logits = model(x)
+            log_probs = torch.log_softmax(model(x).float(), dim=-1)  # (N, V)
+            image = torch.repeat_interleave(torch.arange(len(inputs)), counts)  # (N,) image of each window
+            summed = torch.zeros(len(inputs), log_probs.shape[1]).index_add_(0, image, log_probs)
+            combined = summed / counts.unsqueeze(1)  # (B, V) mean log-probability per image
         task = self.make_task(ckpt["meta"])
-        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, task.predict(logits))]
+        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, task.predict(combined))]
