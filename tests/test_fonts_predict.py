@@ -123,6 +123,18 @@ def test_predict_reads_a_wide_line_and_a_small_crop(tiny_run, capsys, tmp_path):
         assert name in CLASSES and 1 / len(CLASSES) <= float(prob) <= 1.0
 
 
+def test_windows_of_several_images_give_the_same_answer_in_small_model_calls(tiny_run, tmp_path, monkeypatch):
+    from convrnn.recipes import fonts as recipe_module
+    from convrnn.recipes.runner import load_run
+
+    model, ckpt, recipe = load_run(str(tiny_run))
+    paths = [draw_line(tmp_path / f"{i}.png", (40, 300 + 100 * i), 16 + 2 * i) for i in range(3)]
+    whole = recipe.predict(model, ckpt, paths)
+    monkeypatch.setattr(recipe_module, "PREDICT_CHUNK", 2)
+    assert recipe.predict(model, ckpt, paths) == whole
+    assert recipe.predict(model, ckpt, paths[1:2]) == whole[1:2]   # an image's answer is its own
+
+
 @pytest.mark.parametrize("kind", ["blank", "not an image"])
 def test_predict_refuses_a_blank_or_unreadable_file_in_one_line(tiny_run, capsys, tmp_path, kind):
     path = tmp_path / "line.png"

@@ -382,7 +382,7 @@ def normalise_line(ink: np.ndarray, height: int) -> np.ndarray:
     pad = int(np.ceil(margin)) + 2
     padded = np.pad(ink.astype(np.float32), pad)
     box = (left - margin + pad, top - margin + pad, left - margin + pad + out_w / scale, bottom + margin + pad)
-    image = Image.fromarray(padded, mode="F").resize((out_w, height), Image.BOX, box=box)
+    image = Image.fromarray(padded).resize((out_w, height), Image.BOX, box=box)  # float32: mode "F"
     return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
 
 

@@ -15,6 +15,10 @@ from convrnn.recipes import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.classify import ClassifyTask
 
 
+# Windows per model call in predict: a few tens of MB of activations for the default model.
+PREDICT_CHUNK = 1024
+
+
 def array_fetcher(images: np.ndarray, labels: np.ndarray):
     """Batches straight from uint8 arrays: ``(N, H, W)`` -> ``x`` ``(B, 1, H, W)`` float in 0..1."""
     images_t = torch.from_numpy(images)
@@ -61,13 +65,16 @@ class FontsRecipe(Recipe):
 
         The line is scaled to the model's height and read in windows of the model's width, half a window
         apart; the windows' distributions are multiplied (mean of their log-probabilities, renormalised).
+        Every image is read before the model runs, so a bad file fails before any output. The windows
+        of all images are batched together, at most PREDICT_CHUNK of them per model call.
         """
         _, height, width = ckpt["input_shape"]
         windows = [read_line_windows(path, int(height), int(width)) for path in inputs]
         counts = torch.tensor([len(w) for w in windows])
         x = torch.from_numpy(np.concatenate(windows)).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W), N windows in all
         with torch.inference_mode():
-            log_probs = torch.log_softmax(model(x).float(), dim=-1)  # (N, V)
+            logits = torch.cat([model(chunk) for chunk in x.split(PREDICT_CHUNK)])
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
             image = torch.repeat_interleave(torch.arange(len(inputs)), counts)  # (N,) image of each window
             summed = torch.zeros(len(inputs), log_probs.shape[1]).index_add_(0, image, log_probs)
             combined = summed / counts.unsqueeze(1)  # (B, V) mean log-probability per image
