@@ -151,7 +151,7 @@ def test_resampled_crops_are_resized_from_a_larger_or_smaller_drawing():
     assert all((im > 128).sum() > 40 for im in resampled)       # still a line of text, not a smear
 
 
-def test_scale_jitter_is_part_of_the_data_config(tmp_path):
+def test_scale_jitter_and_resample_are_seeded_config_fields_in_the_cache_key(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(8)))
     base = dict(text=str(text), samples_per_font=6, val_fraction=0.25, cache_dir=str(tmp_path / "c"))
