@@ -111,6 +111,67 @@ def test_random_offset_and_jitter_vary_the_crop_deterministically():
     assert len({x.tobytes() for x in a}) >= 5
 
 
+# --------------------------------------------------------------------- scale jitter, resample
+
+def test_scaled_glyphs_have_the_asked_reference_height():
+    for font in F.default_fonts():
+        for scale in (0.85, 1.0, 1.15):
+            face, _ = F._scaled_layout(font, 16, scale)
+            _, top, _, bottom = face.getbbox(F.REFERENCE_TEXT)
+            assert abs((bottom - top) - scale * 14) <= 1.5, (font.name, scale, bottom - top)
+
+
+def test_scale_jitter_varies_glyph_height_deterministically():
+    font = F.default_fonts()[1]
+
+    def ink_heights(seed, scale_jitter):
+        # wide enough for the whole reference text, so the ink's rows span its ascenders to descenders
+        rng = np.random.default_rng(seed)
+        images = [F.render_line(F.REFERENCE_TEXT, font, height=20, width=320, rng=rng, jitter=0,
+                                scale_jitter=scale_jitter) for _ in range(40)]
+        rows = [np.nonzero(im.max(axis=1) > 64)[0] for im in images]
+        return images, [int(r[-1] - r[0] + 1) for r in rows]
+
+    a, heights = ink_heights(0, 0.15)
+    b, _ = ink_heights(0, 0.15)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    _, fixed = ink_heights(0, 0.0)
+    assert len(set(fixed)) == 1
+    assert min(heights) <= 16 and max(heights) >= 19 and len(set(heights)) >= 4, sorted(heights)
+
+
+def test_resampled_crops_are_resized_from_a_larger_or_smaller_drawing():
+    font, line = F.default_fonts()[0], "Judge quickly: gray boxes hold 42 jumping frogs."
+    direct = [F.render_line(line, font, rng=np.random.default_rng(s), resample=0.0) for s in range(20)]
+    resampled = [F.render_line(line, font, rng=np.random.default_rng(s), resample=1.0) for s in range(20)]
+    again = [F.render_line(line, font, rng=np.random.default_rng(s), resample=1.0) for s in range(20)]
+    assert all(im.shape == (16, 64) and im.dtype == np.uint8 for im in resampled)
+    assert all(np.array_equal(x, y) for x, y in zip(resampled, again))
+    assert not any(np.array_equal(x, y) for x, y in zip(direct, resampled))
+    assert all((im > 128).sum() > 40 for im in resampled)       # still a line of text, not a smear
+
+
+def test_scale_jitter_and_resample_are_seeded_config_fields_in_the_cache_key(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(8)))
+    base = dict(text=str(text), samples_per_font=6, val_fraction=0.25, cache_dir=str(tmp_path / "c"))
+    plain, _, meta0 = F.make_fonts_data(F.FontsDataConfig(scale_jitter=0.0, **base))
+    scaled, _, meta1 = F.make_fonts_data(F.FontsDataConfig(**base))
+    again, _, _ = F.make_fonts_data(F.FontsDataConfig(**base), use_cache=False)
+    assert F.FontsDataConfig().scale_jitter > 0 and meta0["cache"] != meta1["cache"]
+    direct, direct_val, meta2 = F.make_fonts_data(F.FontsDataConfig(resample=0.0, **base))
+    resized, resized_val, _ = F.make_fonts_data(F.FontsDataConfig(resample=1.0, **base))
+    assert meta2["cache"] not in (meta0["cache"], meta1["cache"])
+    assert not np.array_equal(direct.images, resized.images)
+    np.testing.assert_array_equal(direct_val.images, resized_val.images)   # validation is never resized
+    np.testing.assert_array_equal(scaled.images, again.images)
+    assert not np.array_equal(plain.images, scaled.images)
+    with pytest.raises(ConfigError, match="data.scale_jitter"):
+        F.make_fonts_data(F.FontsDataConfig(scale_jitter=0.7, **base))
+    with pytest.raises(ConfigError, match="data.resample"):
+        F.make_fonts_data(F.FontsDataConfig(resample=1.5, **base))
+
+
 # ------------------------------------------------------------------------------------ data
 
 def test_split_by_line_is_disjoint_balanced_and_seeded(tmp_path, text_file):

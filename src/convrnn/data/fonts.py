@@ -5,18 +5,25 @@ sample is one ``height x width`` crop of a text line drawn in one font, white in
 so ``x / 255`` puts ink at 1. To take away size cues, every font is drawn at the size
 that makes its ascender-to-descender height fill about ``height - 2`` pixels, and each sample
 fills the whole width: it starts at a random character of its line and keeps the glyphs that fit,
-stopping before the glyph that would overflow the right edge.
+stopping before the glyph that would overflow the right edge. Around that size, each crop's glyph
+scale varies (``scale_jitter``), and a fraction of crops is drawn at another resolution and resized
+(``resample``), so that a user's line scaled to the model's height reads like the training crops.
+
+:func:`read_line_windows` turns a user's line image of any size into windows like the training
+crops: ink bright, cropped to the ink, scaled so the ink fills ``height - 2`` rows, cut into windows.
 
 Lines are split into train and val *before* rendering, so a line never appears in both splits.
 Rendered arrays are cached on disk as ``.npz``, keyed by everything that changes the pixels.
 
 Shape:
     - render_line: ``(H, W)`` uint8.
+    - normalise_line: float ``(H_in, W_in)`` -> float32 ``(H, W')``; line_windows: ``(H, W')`` ->
+      ``(N, H, W)``; read_line_windows: a file -> float32 ``(N, H, W)``, ink 1.
     - FontsDataset item: ``x`` ``(1, H, W)`` float32 in 0..1 (ink 1), ``y`` int font index.
 
-    H image height, W image width.
+    H image height, W image width, W' a scaled line's width, N windows.
 """
-# H height, W width
+# H height, W width, N windows
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +32,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -35,12 +42,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from convrnn.errors import ConfigError, DataError
+from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 DEFAULT_FACES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral", "cmr10")
 # Ascenders and descenders: the ink height of this string is what fills ``height - 2`` pixels.
@@ -79,6 +86,10 @@ class FontsDataConfig:
     samples_per_font: int = checked(2000, lambda v: v >= 1, "at least 1")  # train + val
     val_fraction: float = checked(0.2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     jitter: int = checked(2, lambda v: v >= 0, "at least 0")
+    # glyph height drawn per sample in (1 +- this) x (height - 2)
+    scale_jitter: float = checked(0.15, lambda v: 0.0 <= v < 0.5, "in [0, 0.5)")
+    # fraction of training crops drawn at another size, then resized
+    resample: float = checked(0.25, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
     seed: int = 0
     cache_dir: str | None = path_field(None)         # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
 
@@ -153,6 +164,33 @@ def font_size_for(font: FontSpec, height: int) -> int:
 def _layout(font: FontSpec, height: int) -> tuple[ImageFont.FreeTypeFont, int]:
     """The face at :func:`font_size_for` size and the y that centres REFERENCE_TEXT's ink vertically."""
     face = _truetype(font.path, font_size_for(font, height))
+    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    return face, (height - (bottom - top)) // 2 - top
+
+
+# Resolutions, relative to the output, at which resampled crops are drawn before they are resized: at
+# height 16, like a user's line whose glyphs are about 12 to 30 px from ascenders to descenders.
+RESAMPLE_RANGE = (0.85, 2.0)
+# Font sizes of scaled glyphs are rounded to this step (points), so few faces are loaded and cached.
+SIZE_STEP = 0.25
+
+
+@lru_cache(maxsize=None)
+def _ink_per_point(font: FontSpec) -> float:
+    """REFERENCE_TEXT's ink height per point of font size, measured where hinting hardly matters."""
+    _, top, _, bottom = _truetype(font.path, 200).getbbox(REFERENCE_TEXT)
+    return max(bottom - top, 1) / 200.0
+
+
+def _scaled_layout(font: FontSpec, height: int, scale: float) -> tuple[ImageFont.FreeTypeFont, int]:
+    """Like :func:`_layout`, with REFERENCE_TEXT's ink about ``scale * (height - 2)`` pixels high."""
+    size = max(SIZE_STEP, round(scale * max(height - 2, 1) / _ink_per_point(font) / SIZE_STEP) * SIZE_STEP)
+    return _sized_layout(font, height, size)
+
+
+@lru_cache(maxsize=None)
+def _sized_layout(font: FontSpec, height: int, size: float) -> tuple[ImageFont.FreeTypeFont, int]:
+    face = _truetype(font.path, size)
     _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
     return face, (height - (bottom - top)) // 2 - top
 
@@ -243,21 +281,41 @@ def load_text_lines(path: str | None) -> list[str]:
 # ------------------------------------------------------------------------------------ rendering
 
 def render_line(text: str, font: FontSpec, *, height: int = 16, width: int = 64,
-                rng: np.random.Generator | None = None, jitter: int = 2) -> np.ndarray:
+                rng: np.random.Generator | None = None, jitter: int = 2, scale_jitter: float = 0.0,
+                resample: float = 0.0) -> np.ndarray:
     """Draw a width-filling crop of ``text`` in ``font``: uint8 ``(H, W)``, ink 255 on 0.
 
     With ``rng`` the crop starts at a random character (the line wraps around after a space) and the
     text is shifted by up to ``jitter`` pixels right and up or down; without it, the crop starts
-    at the first character with no shift. Glyphs are added while their ink fits inside the width.
+    at the first character with no shift. With ``rng`` and ``scale_jitter`` > 0 the glyphs are also
+    drawn at a random scale: REFERENCE_TEXT's ink is ``s * (height - 2)`` pixels high, ``s`` uniform in
+    ``1 +- scale_jitter``, centred before the vertical shift. With ``rng``, a ``resample`` fraction of
+    crops is drawn on a canvas ``r`` times larger (``r`` log-uniform in RESAMPLE_RANGE, glyphs and
+    jitter scaled with it) and resized to ``height x width`` with an area filter, the way
+    :func:`normalise_line` resizes a line drawn at another size. Glyphs are added while their ink
+    fits inside the width.
     """
     if not text.strip():
         raise ValueError(f"expected text with at least one visible character, got {text!r}")
+    if rng is not None and resample > 0 and rng.random() < resample:
+        r = float(np.exp(rng.uniform(*np.log(RESAMPLE_RANGE))))
+        big = _render_crop(text, font, max(6, round(height * r)), max(4, round(width * r)), rng,
+                           round(jitter * r), scale_jitter)
+        return np.asarray(Image.fromarray(big).resize((width, height), Image.BOX), dtype=np.uint8)
+    return _render_crop(text, font, height, width, rng, jitter, scale_jitter)
+
+
+def _render_crop(text: str, font: FontSpec, height: int, width: int, rng: np.random.Generator | None,
+                 jitter: int, scale_jitter: float) -> np.ndarray:
+    """:func:`render_line` drawn directly at ``height x width``."""
     face, top_y = _layout(font, height)
     start, dx, dy = 0, 0, 0
     if rng is not None:
         start = int(rng.integers(len(text)))
         if jitter:
             dx, dy = int(rng.integers(0, jitter + 1)), int(rng.integers(-jitter, jitter + 1))
+        if scale_jitter > 0:
+            face, top_y = _scaled_layout(font, height, float(rng.uniform(1.0 - scale_jitter, 1.0 + scale_jitter)))
     # Enough wrapped copies of the line to cover the width at any start (one char is >= 1 px).
     copies = 1 + (width + len(text)) // len(text)
     run = ((text + " ") * (copies + 1))[start:].lstrip()[: width + 1]
@@ -280,6 +338,85 @@ def render_line(text: str, font: FontSpec, *, height: int = 16, width: int = 64,
     image = Image.new("L", (width, height), 0)
     ImageDraw.Draw(image).text((x, y), run[:k].rstrip(), font=face, fill=255)
     return np.asarray(image, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- reading lines
+
+# A pixel is ink when its contrast-stretched value (background 0, strongest ink 1) reaches this.
+INK_THRESHOLD = 0.25
+# An image whose strongest ink is this close to its background (as a fraction of 0..1) has no text.
+MIN_CONTRAST = 0.1
+
+
+def stretch_ink(ink: np.ndarray) -> np.ndarray | None:
+    """Float ``(H, W)`` ink in 0..1 -> the same with the background (median) at 0 and the strongest ink
+    at 1, clipped; None when nothing stands out from the background by :data:`MIN_CONTRAST`."""
+    ink = np.asarray(ink, dtype=np.float32)
+    background, strongest = float(np.median(ink)), float(ink.max())
+    if strongest - background < MIN_CONTRAST:
+        return None
+    return np.clip((ink - background) / (strongest - background), 0.0, 1.0)
+
+
+def ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``, ends exclusive, of the pixels of stretched ink ``(H, W)`` that
+    reach :data:`INK_THRESHOLD`. The ink must have some (see :func:`stretch_ink`)."""
+    mask = ink >= INK_THRESHOLD
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def normalise_line(ink: np.ndarray, height: int) -> np.ndarray:
+    """A line image of any size -> float32 ``(height, W')`` drawn like the training images.
+
+    ``ink`` is float ``(H, W)`` in 0..1 with ink bright (``convrnn.data.images.to_ink``), already
+    contrast-stretched (:func:`stretch_ink`). The box of its ink is cropped with a margin of one output
+    pixel on every side and scaled, aspect ratio kept, so that the ink's rows fill ``height - 2``
+    pixels: the height that a line's ascender-to-descender ink has in training. ``W'`` is the ink's
+    width at that scale plus the two margin pixels, at least 1.
+    """
+    from PIL import Image
+
+    top, bottom, left, right = ink_box(ink)
+    scale = max(height - 2, 1) / (bottom - top)
+    margin = 1.0 / scale                     # one output pixel, in input pixels
+    out_w = max(1, int(round((right - left) * scale)) + 2)
+    # zeros around the image: the margin (and the filter's reach past it) reads background
+    pad = int(np.ceil(margin)) + 2
+    padded = np.pad(ink.astype(np.float32), pad)
+    box = (left - margin + pad, top - margin + pad, left - margin + pad + out_w / scale, bottom + margin + pad)
+    image = Image.fromarray(padded).resize((out_w, height), Image.BOX, box=box)  # float32: mode "F"
+    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+
+
+def line_windows(line: np.ndarray, width: int, stride: int | None = None) -> np.ndarray:
+    """``(H, W')`` -> ``(N, H, width)``: windows of ``width`` columns every ``stride`` (default half a
+    window), the last one ending at the line's right end. A line narrower than a window is one window,
+    padded with background on the right as training images are after their last glyph."""
+    h, w = line.shape
+    stride = max(1, width // 2) if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    if w <= width:
+        return np.pad(line, ((0, 0), (0, width - w)))[None]
+    starts = list(range(0, w - width + 1, stride))
+    if starts[-1] != w - width:
+        starts.append(w - width)
+    return np.stack([line[:, s:s + width] for s in starts])
+
+
+def read_line_windows(path: str, height: int, width: int, stride: int | None = None) -> np.ndarray:
+    """An image file of a text line (any size, dark-on-light or light-on-dark) -> float32 windows
+    ``(N, height, width)`` with ink 1: :func:`normalise_line` then :func:`line_windows`.
+    DataError naming the file when it is unreadable or blank."""
+    from convrnn.data.images import load_gray, to_ink
+
+    gray = load_gray(path)
+    ink = stretch_ink(to_ink(gray))
+    if ink is None:
+        raise DataError(f"{path}: the image is blank (no pixel differs from the background by "
+                        f"{MIN_CONTRAST:.0%} of the gray range), so there is no text to read")
+    return line_windows(normalise_line(ink, height), width, stride)
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -311,15 +448,16 @@ def split_lines(num_lines: int, val_fraction: float, seed: int) -> tuple[np.ndar
 
 
 def _render_split(fonts: list[FontSpec], lines: list[str], line_set: np.ndarray, per_font: int,
-                  config: FontsDataConfig, rng: np.random.Generator,
-                  tick: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  config: FontsDataConfig, rng: np.random.Generator, tick: Callable[[], None], *,
+                  resample: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = per_font * len(fonts)
     images = np.zeros((n, config.height, config.width), dtype=np.uint8)
     labels = np.repeat(np.arange(len(fonts), dtype=np.int64), per_font)
     line_ids = rng.choice(line_set, size=n) if n else np.zeros(0, dtype=np.int64)
     for i in range(n):
         images[i] = render_line(lines[line_ids[i]], fonts[labels[i]], height=config.height, width=config.width,
-                                rng=rng, jitter=config.jitter)
+                                rng=rng, jitter=config.jitter, scale_jitter=config.scale_jitter,
+                                resample=resample)
         tick()
     return images, labels, line_ids.astype(np.int64)
 
@@ -413,7 +551,10 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
         arrays = {}
         for split, line_set, per_font in (("train", train_lines, n_train), ("val", val_lines, n_val)):
             rng = np.random.default_rng([config.seed, 1 if split == "train" else 2])
-            images, labels, line_ids = _render_split(fonts, lines, line_set, per_font, config, rng, tick)
+            # resized crops teach robustness; validation reads crops drawn at the model's size
+            resample = config.resample if split == "train" else 0.0
+            images, labels, line_ids = _render_split(fonts, lines, line_set, per_font, config, rng, tick,
+                                                     resample=resample)
             arrays.update({f"{split}_images": images, f"{split}_labels": labels, f"{split}_line_ids": line_ids})
         log.info("rendered %d fonts images (%d fonts) in %.2f s", total, len(fonts), time.perf_counter() - t0)
         if cache_path:

@@ -4,7 +4,7 @@ Images of ``height x width`` pixels (default 16x64) rendered from text lines in 
 slices them into blocks or columns, runs one convolution on every step, and an LSTM over the steps.
 ``convrnn fonts preview`` draws what the model sees.
 """
-# B batch, C channels, H height, W width
+# B batch (images), N windows of all images, C channels, H height, W width, V classes
 from __future__ import annotations
 
 import click
@@ -12,11 +12,14 @@ import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches, array_fetcher
-from convrnn.data.fonts import FontSpec, FontsDataConfig, clean_lines, make_fonts_data, render_line, resolve_fonts
-from convrnn.data.images import load_gray, to_ink
+from convrnn.data.fonts import (FontSpec, FontsDataConfig, clean_lines, make_fonts_data, read_line_windows,
+                                render_line, resolve_fonts)
 from convrnn.errors import DataError
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.classify import ClassifyTask
+
+# Windows per model call in predict: a few tens of MB of activations for the default model.
+PREDICT_CHUNK = 1024
 
 
 @register_recipe
@@ -49,19 +52,24 @@ class FontsRecipe(Recipe):
         return ClassifyTask(meta["classes"])
 
     def predict(self, loaded, inputs: list[str], **options) -> list[str]:
-        """Font name and probability for each image; images must have the model's height and width."""
+        """Font name and probability for each line image, of any size (see :func:`read_line_windows`).
+
+        The line is scaled to the model's height and read in windows of the model's width, half a window
+        apart; the windows' distributions are multiplied (mean of their log-probabilities, renormalised).
+        Every image is read before the model runs, so a bad file fails before any output. The windows
+        of all images are batched together, at most PREDICT_CHUNK of them per model call.
+        """
         _, height, width = loaded.ckpt["input_shape"]
-        arrays = []
-        for path in inputs:
-            gray = load_gray(path)
-            if gray.shape != (height, width):
-                raise DataError(f"{path}: expected an image of {height}x{width} pixels (height x width), "
-                                f"got {gray.shape[0]}x{gray.shape[1]}")
-            arrays.append(to_ink(gray))
-        x = torch.from_numpy(np.stack(arrays)).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        windows = [read_line_windows(path, int(height), int(width)) for path in inputs]
+        counts = torch.tensor([len(w) for w in windows])
+        x = torch.from_numpy(np.concatenate(windows)).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W), N windows in all
         with torch.inference_mode():
-            logits = loaded.model(x)
-        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, loaded.task.predict(logits))]
+            logits = torch.cat([loaded.model(chunk) for chunk in x.split(PREDICT_CHUNK)])
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+            image = torch.repeat_interleave(torch.arange(len(inputs)), counts)  # (N,) image of each window
+            summed = torch.zeros(len(inputs), log_probs.shape[1]).index_add_(0, image, log_probs)
+            combined = summed / counts.unsqueeze(1)  # (B, V) mean log-probability per image
+        return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, loaded.task.predict(combined))]
 
     def report_sections(self, ctx) -> list:
         from convrnn.viz.sections import classify_sections
@@ -72,7 +80,9 @@ class FontsRecipe(Recipe):
 
 
 def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
-                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2, scale: int = 4) -> str:
+                 height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2,
+                 scale_jitter: float = FontsDataConfig.scale_jitter, resample: float = FontsDataConfig.resample,
+                 scale: int = 4) -> str:
     """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
 
     Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
@@ -87,7 +97,8 @@ def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_p
         raise DataError("expected at least one text line the fonts can draw for the preview, got none")
     rng = np.random.default_rng(seed)
     rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
-                               rng=rng, jitter=jitter) for _ in range(samples)] for spec in specs]
+                               rng=rng, jitter=jitter, scale_jitter=scale_jitter, resample=resample)
+             for _ in range(samples)] for spec in specs]
     save_png(image_grid(rows, [s.name for s in specs], scale=scale), out_png)
     return out_png
 
