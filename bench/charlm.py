@@ -16,7 +16,6 @@ a hand-written 2x256 LSTM 1.64 at 105 s and 1.585 after 140 s.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Any, Optional
 
@@ -50,20 +49,17 @@ def _corpus() -> str:
 
 def train_for(seconds: float, overrides: Optional[dict[str, Any]] = None, *, threads: int = THREADS) -> dict:
     """Train the charlm recipe with its defaults for ``seconds`` of training; validation metrics and facts."""
-    from convrnn.recipes.runner import train
+    from bench.harness import trained
 
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"data.path": _corpus(), "train.max_time": seconds, "train.threads": threads, "train.device": "cpu",
-               "train.run_dir": f"{tmp}/run", **(overrides or {})}
-        t0 = time.perf_counter()
-        trainer = train("charlm", cfg)
-        wall = time.perf_counter() - t0
-        return {"val": dict(trainer.last_val), "best_val_loss": trainer.pos.best,
-                "steps": trainer.pos.step, "epochs": trainer.pos.epoch,
-                "training_seconds": round(trainer.pos.train_time, 1), "wall_seconds": round(wall, 1),
-                "spec": trainer.model.spec, "overrides": {k: v for k, v in cfg.items() if k != "train.run_dir"},
-                "chars_trained": trainer.pos.step * trainer.cfg.batch_size * trainer.bundle.train.seq_len}
+    cfg = {"data.path": _corpus(), "train.max_time": seconds, "train.threads": threads, "train.device": "cpu",
+           **(overrides or {})}
+    with trained("charlm", cfg) as (result, loaded, bundle, wall):
+        return {"val": dict(result.metrics), "best_val_loss": result.best_metrics.get("loss"),
+                "steps": result.step, "epochs": result.epochs,
+                "training_seconds": round(result.train_time, 1), "wall_seconds": round(wall, 1),
+                "spec": loaded.model.spec, "overrides": cfg,
+                "chars_trained": result.step * bundle.train.batch_size * bundle.train.seq_len}
 
 
 def _val_result(run: dict, seconds: float, target: float, quick: bool) -> dict:
@@ -175,7 +171,7 @@ def _lm_setup(batch_size: int = 32, seq_len: int = 64):
 
 
 def charlm_throughput(quick: bool = False) -> dict:
-    from convrnn.recipes.charlm import CharLMTask
+    from convrnn.tasks.lm import LanguageModelTask
     from convrnn.spec.builder import build_model
     from convrnn.train.config import TrainConfig
     from convrnn.train.trainer import Trainer
@@ -201,7 +197,7 @@ def charlm_throughput(quick: bool = False) -> dict:
         model = build_model(preset.spec, preset.input_shape, len(vocab))
         cfg = TrainConfig(epochs=1, batch_size=source.batch_size, lr=3e-3, clip_grad_norm=1.0, log_every=10 ** 9,
                           checkpoint_every=10 ** 9, device="cpu", threads=THREADS)
-        trainer = Trainer(model, CharLMTask(vocab), fixed, None, cfg)
+        trainer = Trainer(model, LanguageModelTask(vocab), fixed, None, cfg)
         t0 = time.perf_counter()
         trainer.fit()
         ours.append(sum(b["y"].numel() for b in batches) / (time.perf_counter() - t0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -42,24 +41,14 @@ def mnist_dir() -> str:
     return str(d)
 
 
-def _train(op: str, max_len: int, quick: bool, overrides: dict) -> tuple:
-    """Train the digits recipe; returns the trainer, wall seconds and the test split's digits."""
-    from convrnn.recipes.runner import train
-
-    torch.set_num_threads(THREADS)
+def _settings(op: str, max_len: int, quick: bool, overrides: dict) -> dict:
     settings = {"data.op": op, "data.max_len": max_len, "data.data_dir": mnist_dir(),
                 "train.max_time": 25.0 if quick else TRAIN_SECONDS, "train.threads": THREADS,
                 "train.val_batches": 2 if quick else 0}
-    settings.update(overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings["train.run_dir"] = f"{tmp}/run"
-        t0 = time.perf_counter()
-        trainer = train("digits", settings)
-        wall = time.perf_counter() - t0
-    return trainer, wall
+    return {**settings, **overrides}
 
 
-def _test_sets(trainer, op: str, max_len: int, num: int) -> dict:
+def _test_sets(op: str, max_len: int, num: int) -> dict:
     """Test-half sequences: lengths 1..N (the benchmark's set) and the recipe's 1..2N set."""
     from convrnn.data.mnist import load_mnist
     from convrnn.data.sequences import DigitSequences, val_test_pools
@@ -78,23 +67,26 @@ def _test_sets(trainer, op: str, max_len: int, num: int) -> dict:
 
 
 def _run_digits(op: str, max_len: int, quick: bool, overrides: dict, shifts: int = 1) -> tuple[dict, dict]:
-    """Train and test; with ``shifts`` > 1 the test set is also read at that many views
-    (``convrnn eval --shifts``), as ``results["test_shifted"]``."""
-    from convrnn.recipes.runner import with_shifts
+    """Train and test the final weights; with ``shifts`` > 1 the test set is also read at that many
+    views (``convrnn eval --shifts``), as ``results["test_shifted"]``."""
+    from bench.harness import trained
+    from convrnn.infer.evaluate import evaluate
+    from convrnn.infer.views import with_views
 
-    trainer, wall = _train(op, max_len, quick, overrides)
-    sets = _test_sets(trainer, op, max_len, 500 if quick else 5000)
-    results = {name: trainer.evaluate(src) for name, src in sets.items()}
-    if shifts > 1:
-        model, trainer.model = trainer.model, with_shifts(trainer.model, trainer.task, "digits", shifts)
-        results["test_shifted"] = trainer.evaluate(sets["test"])
-        trainer.model = model
-    long = trainer.evaluate(trainer.bundle.test) if trainer.bundle.test is not None else {}
+    torch.set_num_threads(THREADS)
+    settings = _settings(op, max_len, quick, overrides)
+    with trained("digits", settings, checkpoint="last") as (result, loaded, bundle, wall):
+        model, task = loaded.model, loaded.task
+        sets = _test_sets(op, max_len, 500 if quick else 5000)
+        results = {name: evaluate(model, task, src).compute() for name, src in sets.items()}
+        if shifts > 1:
+            results["test_shifted"] = evaluate(with_views(model, task, shifts), task, sets["test"]).compute()
+        long = evaluate(model, task, bundle.test).compute() if bundle.test is not None else {}
     details = {
-        "spec": trainer.model.spec, "steps": trainer.pos.step, "epochs": trainer.pos.epoch,
-        "training_seconds": round(trainer.pos.train_time, 1), "wall_seconds": round(wall, 1),
-        "sequences_seen": trainer.pos.step * trainer.cfg.batch_size,
-        "train_sequences": len(trainer.bundle.train.dataset), "head": trainer.bundle.meta["head"],
+        "spec": model.spec, "steps": result.step, "epochs": result.epochs,
+        "training_seconds": round(result.train_time, 1), "wall_seconds": round(wall, 1),
+        "sequences_seen": result.step * bundle.train.batch_size,
+        "train_sequences": len(bundle.train.dataset), "task": task.name,
         "test_sequences": len(sets["test"].dataset), "quick": quick, "overrides": overrides,
         "test": {k: round(v, 4) for k, v in results["test"].items()},
         **({"shifts": shifts, "test_shifted": {k: round(v, 4) for k, v in results["test_shifted"].items()}}

@@ -1,7 +1,8 @@
 """Benchmarks of the fonts recipe.
 
 - ``fonts_accuracy``: validation accuracy of ``convrnn train fonts`` (default fonts, default preset)
-  after at most 2 minutes of training on this machine's CPU cores. Seed 001: about 60% after 300,000 examples.
+  after at most 2 minutes of training on this machine's CPU cores. The original Keras model: about 60%
+  after 300,000 examples.
   Its details also give ``real_lines``: how ``convrnn predict`` reads lines drawn as a user would with PIL
   (validation text, every font, glyph heights 12-18 px from ascenders to descenders, 40x600 black on
   white), by glyph height and by font (:func:`real_line_accuracy`).
@@ -22,26 +23,23 @@ TRAIN_SECONDS = 100.0  # plus data loading and validation passes: the whole run 
 
 
 def fonts_accuracy(quick: bool = False) -> dict:
-    from convrnn.recipes.runner import train
+    from bench.harness import trained
 
     torch.set_num_threads(2)
     budget = 20.0 if quick else TRAIN_SECONDS
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        trainer = train("fonts", {"train.max_time": budget, "train.run_dir": f"{tmp}/run", "train.threads": 2})
-        wall = time.perf_counter() - t0
-        metrics = dict(trainer.last_val)
-        best = trainer.pos.best
-        steps, train_time = trainer.pos.step, trainer.pos.train_time
-        spec = trainer.model.spec
-        n_train = len(trainer.bundle.train.dataset)
-        n_val = len(trainer.bundle.val.dataset)
-        real = real_line_accuracy(f"{tmp}/run", lines_per_height=5 if quick else REAL_LINES_PER_HEIGHT)
+    with trained("fonts", {"train.max_time": budget, "train.threads": 2}) as (result, loaded, bundle, wall):
+        metrics = dict(result.metrics)
+        best = result.best_metrics.get("accuracy")
+        steps, train_time = result.step, result.train_time
+        spec = loaded.model.spec
+        n_train = len(bundle.train.dataset)
+        n_val = len(bundle.val.dataset)
+        real = real_line_accuracy(loaded, lines_per_height=5 if quick else REAL_LINES_PER_HEIGHT)
     value = float(metrics.get("accuracy", 0.0))
     return {
         "metric": "validation accuracy after <= 2 min of CPU training (default fonts, default preset)",
         "value": value, "unit": "fraction", "target": TARGET_ACCURACY, "target_text": ">= 0.99",
-        "baseline": 0.60, "baseline_note": "seed 001: about 60% after ~300,000 examples (Keras, one epoch)",
+        "baseline": 0.60, "baseline_note": "the original Keras font classifier: about 60% after ~300,000 examples (one epoch)",
         "met": value >= TARGET_ACCURACY,
         "details": {"best_val_accuracy": best, "final_val": metrics, "steps": steps,
                     "training_seconds": round(train_time, 1), "wall_seconds_incl_data_and_validation": round(wall, 1),
@@ -82,17 +80,15 @@ def draw_user_line(text: str, font_path: str, glyph_height: int, size: tuple[int
     return image
 
 
-def real_line_accuracy(run: str, lines_per_height: int = REAL_LINES_PER_HEIGHT) -> dict:
-    """``convrnn predict`` accuracy of a fonts run on lines drawn with :func:`draw_user_line` in each of
+def real_line_accuracy(loaded, lines_per_height: int = REAL_LINES_PER_HEIGHT) -> dict:
+    """``convrnn predict`` accuracy of a loaded fonts run on lines drawn with :func:`draw_user_line` in each of
     its fonts at every REAL_GLYPH_HEIGHTS, from the validation lines of the run's data config."""
     import os
 
     import numpy as np
 
     from convrnn.data.fonts import FontsDataConfig, clean_lines, load_text_lines, resolve_fonts, split_lines
-    from convrnn.recipes.runner import load_run
-
-    model, ckpt, recipe = load_run(run)
+    ckpt, recipe = loaded.ckpt, loaded.recipe
     fields = FontsDataConfig.__dataclass_fields__
     data = FontsDataConfig(**{k: v for k, v in ckpt["config"]["data"].items() if k in fields})
     fonts = resolve_fonts(list(data.fonts))
@@ -111,7 +107,7 @@ def real_line_accuracy(run: str, lines_per_height: int = REAL_LINES_PER_HEIGHT) 
                     truth.append(font.name)
                     heights.append(g)
         t0 = time.perf_counter()
-        out = recipe.predict(model, ckpt, paths)
+        out = recipe.predict(loaded, paths)
         seconds = time.perf_counter() - t0
     names = [line.split("\t")[1] for line in out]
     right = np.array([n == t for n, t in zip(names, truth)])

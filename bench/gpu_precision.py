@@ -35,14 +35,15 @@ log = logging.getLogger(__name__)
 
 def _bundle(recipe_name: str, device: str):
     from convrnn.recipes import get_recipe
-    from convrnn.recipes.runner import resolve_config, seed_everything
+    from convrnn.recipes.runner import seed_everything
 
     overrides = {"train.device": device, **DATA[recipe_name]}
     if recipe_name == "charlm" and os.environ.get("CONVRNN_CHARLM_TEXT"):
         overrides["data.path"] = os.environ["CONVRNN_CHARLM_TEXT"]
-    cfg = resolve_config(recipe_name, overrides)
-    seed_everything(0)
     recipe = get_recipe(recipe_name)
+    cfg = recipe.config(overrides)
+    recipe.resolve_data(cfg.data)
+    seed_everything(0)
     return cfg, recipe, recipe.make_data(cfg.data, cfg.train)
 
 
@@ -50,15 +51,14 @@ def measure(recipe_name: str, mode: dict, cfg, recipe, bundle, warmup: int, step
     """Units per second of ``steps`` training steps after ``warmup`` ones, through the Trainer."""
     import copy
 
-    from convrnn.recipes.runner import model_spec
-    from convrnn.spec.builder import build_model
+    from convrnn.recipes.runner import model_for
     from convrnn.train.trainer import Trainer
 
     cfg = copy.deepcopy(cfg)
     cfg.override(mode)
     torch.manual_seed(0)
-    model = build_model(model_spec(cfg, bundle), tuple(bundle.input_shape), bundle.num_outputs)
-    trainer = Trainer(model, recipe.make_task(bundle.meta), bundle.train, None, cfg.train)
+    model = model_for(cfg, bundle)
+    trainer = Trainer(model, recipe.make_task(bundle.meta, tuple(model.output_shape)), bundle.train, None, cfg.train)
     batches, epoch = [], 0
     while len(batches) < warmup + steps:  # the same real batches for every mode
         batches.extend(bundle.train.batches(epoch))
@@ -80,7 +80,7 @@ def measure(recipe_name: str, mode: dict, cfg, recipe, bundle, warmup: int, step
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     timed = time.perf_counter() - t0
-    return {"rate": units / timed, "unit": f"{trainer.task_unit()}/s", "warmup_s": t0 - t_start,
+    return {"rate": units / timed, "unit": f"{trainer.task.unit}/s", "warmup_s": t0 - t_start,
             "first_loss": losses[0], "last_loss": losses[-1], "steps": steps}
 
 

@@ -58,34 +58,30 @@ ENSEMBLE = 2  # members of 270 s each
 SHIFTS = 4  # test lines read at 0..3 pixels of offset: every phase of crnn's 4-pixel frame grid
 
 
-def _train_and_test(overrides: dict, run_dir: str, shifts: int = 1) -> dict:
+def _train_and_test(overrides: dict, shifts: int = 1) -> dict:
     """Train the lines recipe with ``overrides``; test CER of the best checkpoint on the test split
-    (also read at ``shifts`` offsets and decoded jointly, as ``test_shifted``, when ``shifts`` > 1)."""
-    from convrnn.recipes.runner import train
-    from convrnn.train.checkpoint import load_checkpoint
+    (also read at ``shifts`` offsets and decoded jointly, as ``test_shifted``, when ``shifts`` > 1):
+    what `convrnn eval RUN --split test --shifts N` computes."""
+    from bench.harness import trained
+    from convrnn.infer.evaluate import evaluate
+    from convrnn.infer.views import ShiftedViews
 
-    t0 = time.perf_counter()
-    trainer = train("lines", {**overrides, "train.run_dir": run_dir, "train.threads": THREADS})
-    wall = time.perf_counter() - t0
-    # the best checkpoint on the test split already built (what `convrnn eval RUN --split test` computes,
-    # without generating the data again)
-    trainer.model.load_state_dict(load_checkpoint(run_dir)["model"])
-    test = trainer.evaluate(trainer.bundle.test)
-    shifted = {}
-    if shifts > 1:
-        from convrnn.infer.views import ShiftedViews
-        t1 = time.perf_counter()
-        trainer.model = ShiftedViews(trainer.model, shifts)
-        shifted = {"test_shifted": trainer.evaluate(trainer.bundle.test), "shifts": shifts,
-                   "test_shifted_seconds": round(time.perf_counter() - t1, 1)}
-    ensemble = int(overrides.get("train.ensemble", 1))
-    best_val = trainer.last_val["cer"] if ensemble > 1 else trainer.pos.best  # an ensemble is validated once
-    return {"test": test, "final_val": dict(trainer.last_val), "best_val_cer": best_val, "members": ensemble,
-            "steps": trainer.pos.step, "training_seconds": round(trainer.pos.train_time, 1),
-            "wall_seconds_incl_data_and_validation": round(wall, 1), "spec": trainer.model.spec,
-            "optimizer": {"name": trainer.cfg.optimizer, "lr": trainer.cfg.lr, "weight_decay": trainer.cfg.weight_decay},
-            "train_lines": len(trainer.bundle.train.dataset), "val_lines": len(trainer.bundle.val.dataset),
-            "test_lines": len(trainer.bundle.test.dataset), **shifted}
+    with trained("lines", {**overrides, "train.threads": THREADS}) as (result, loaded, bundle, wall):
+        model, task = loaded.model, loaded.task
+        test = evaluate(model, task, bundle.test).compute()
+        shifted = {}
+        if shifts > 1:
+            t1 = time.perf_counter()
+            shifted = {"test_shifted": evaluate(ShiftedViews(model, shifts), task, bundle.test).compute(),
+                       "shifts": shifts, "test_shifted_seconds": round(time.perf_counter() - t1, 1)}
+        cfg = loaded.ckpt["config"]["train"]
+        return {"test": test, "final_val": dict(result.metrics), "best_val_cer": result.best_metrics.get("cer"),
+                "members": int(overrides.get("train.ensemble", 1)),
+                "steps": result.step, "training_seconds": round(result.train_time, 1),
+                "wall_seconds_incl_data_and_validation": round(wall, 1), "spec": model.spec,
+                "optimizer": {"name": cfg["optimizer"], "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
+                "train_lines": len(bundle.train.dataset), "val_lines": len(bundle.val.dataset),
+                "test_lines": len(bundle.test.dataset), **shifted}
 
 
 def _digits_data(quick: bool) -> dict:
@@ -99,14 +95,12 @@ def lines_digits_cer(quick: bool = False) -> dict:
     budget = 20.0 if quick else DIGITS_SECONDS
     data = _digits_data(quick)
     precision = "bf16" if native_bf16() else "32"
-    with tempfile.TemporaryDirectory() as tmp:
-        crnn = {**data, **DIGITS_WARP, "model.preset": DIGITS_PRESET, "train.max_time": budget,
-                "train.precision": precision}
-        ensemble = _train_and_test({**crnn, "train.ensemble": ENSEMBLE}, f"{tmp}/ensemble", SHIFTS)
-        single = _train_and_test(crnn, f"{tmp}/crnn", SHIFTS)
-        pham = _train_and_test({**data, "model.preset": "pham2014", "train.max_time": budget, "train.lr": PHAM_LR,
-                                **PHAM_OPTIMIZER},
-                               f"{tmp}/pham")
+    crnn = {**data, **DIGITS_WARP, "model.preset": DIGITS_PRESET, "train.max_time": budget,
+            "train.precision": precision}
+    ensemble = _train_and_test({**crnn, "train.ensemble": ENSEMBLE}, SHIFTS)
+    single = _train_and_test(crnn, SHIFTS)
+    pham = _train_and_test({**data, "model.preset": "pham2014", "train.max_time": budget, "train.lr": PHAM_LR,
+                            **PHAM_OPTIMIZER})
     value = float(ensemble["test_shifted"]["cer"])
     return {
         "metric": f"test CER, synthetic strings of 1..8 MNIST digits, crnn ({DIGITS_CRNN['filters']} filters, LSTM "
@@ -115,7 +109,7 @@ def lines_digits_cer(quick: bool = False) -> dict:
                   f"{SHIFTS} offsets, decoded jointly, <= 10 min on 2 CPU threads",
         "value": value, "unit": "fraction", "target": 0.01, "target_text": "<= 0.01", "met": value <= 0.01,
         "baseline": float(pham["test"]["cer"]),
-        "baseline_note": "pham2014 (seed 003's MDLSTM model) on the same data with the same training budget",
+        "baseline_note": "pham2014 (the MDLSTM model of Pham et al. 2014) on the same data with the same training budget",
         "details": {"crnn_ensemble": ensemble, "crnn_single": single,
                     "ensemble_read_once_cer": float(ensemble["test"]["cer"]),
                     "single_cer": float(single["test"]["cer"]), "single_shifted_cer": float(single["test_shifted"]["cer"]),
@@ -136,8 +130,7 @@ def lines_text_cer(quick: bool = False) -> dict:
     budget = 20.0 if quick else TEXT_SECONDS
     data = {"data.synthetic": "text", "data.num_train": 2000 if quick else 30000,
             "data.num_val": 200 if quick else 1000, "data.num_test": 200 if quick else 2000}
-    with tempfile.TemporaryDirectory() as tmp:
-        crnn = _train_and_test({**data, "model.preset": "crnn", "train.max_time": budget}, f"{tmp}/crnn")
+    crnn = _train_and_test({**data, "model.preset": "crnn", "train.max_time": budget})
     value = float(crnn["test"]["cer"])
     return {
         "metric": "test CER, synthetic printed lines (5 matplotlib fonts, augmented) of held-out text, crnn",
