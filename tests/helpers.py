@@ -130,3 +130,44 @@ def digit_pngs(tmp_path, digits):
         Image.fromarray(img).save(path)
         paths.append(str(path))
     return paths
+
+
+# ------------------------------------------------------------------- every recipe, tiny
+
+def line_png(path: Path, width: int = 60, height: int = 16) -> str:
+    rng = np.random.default_rng(0)
+    img = np.full((height, width), 255, dtype=np.uint8)
+    img[4:12, 5:width - 5] = rng.integers(0, 120, size=(8, width - 10))
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+def digit_png(path: Path, size: int = 8) -> str:
+    img = np.zeros((size, size), dtype=np.uint8)
+    img[1:size - 1, size // 2] = 255
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+# every recipe's options for a run of a few seconds on small data (tests that go through every recipe)
+TINY_RECIPES = {
+    "fonts": ["--samples-per-font", "40", "--batch-size", "16"],
+    "digits": ["--data-dir", "sklearn", "--num-train", "64", "--batch-size", "16", "--set", "data.num_val=16",
+               "--set", "data.num_test=16"],
+    "mnist": ["--data-dir", "sklearn", "--batch-size", "32"],
+    "lines": ["--synthetic", "digits", "--mnist-dir", "sklearn", "--num-train", "48", "--height", "16",
+              "--batch-size", "8", "--set", "data.num_val=16", "--set", "data.num_test=16", "--set",
+              "data.max_digits=3"],
+    "charlm": ["--data", "{corpus}", "--seq-len", "16", "--batch-size", "4", "--spec", "embed:8 lstm:32 lm"],
+}
+CORPUS = "To be, or not to be, that is the question.\n" * 60  # the charlm runs' {corpus}
+
+
+def predict_inputs(recipe: str, folder: Path) -> list[str]:
+    """Files ``convrnn predict`` reads for a run of ``recipe`` (none for a language model)."""
+    make = {"fonts": lambda: [line_png(folder / "line.png", 64, 16)],
+            "lines": lambda: [line_png(folder / "line.png")],
+            "digits": lambda: [digit_png(folder / f"d{i}.png") for i in range(3)],
+            "mnist": lambda: [digit_png(folder / "d.png")],
+            "charlm": lambda: []}
+    return make[recipe]()

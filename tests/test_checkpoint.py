@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
-from convrnn.errors import CheckpointError
-from convrnn.train.checkpoint import (atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint,
+from convrnn.errors import CheckpointError, WriteError
+from convrnn.files import atomic_write_bytes
+from convrnn.train.checkpoint import (load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state)
 
 
@@ -116,7 +117,7 @@ def test_unwritable_directory(tmp_path):
         d.mkdir()
         d.chmod(0o500)
         target = d / "c.pt"
-    with pytest.raises(CheckpointError, match="cannot write"):
+    with pytest.raises(WriteError, match="cannot write"):
         atomic_write_bytes(target, b"x")
 
 

@@ -49,10 +49,13 @@ def test_predict_and_eval(trained_run, capsys, tmp_path):
     assert "accuracy:" in out
 
 
-def test_resume_continues_the_same_run(trained_run, capsys):
-    code, out, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(trained_run), "--max-steps", "8")
+def test_resume_continues_the_same_run(trained_run, capsys, tmp_path):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)  # the module's run stays as the other tests expect it
+    code, out, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--max-steps", "8")
     assert code == 0, err
-    steps = {int(line.split(",")[0]) for line in (trained_run / "metrics.csv").read_text().splitlines()[1:]}
+    steps = {int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert max(steps) == 8
 
 

@@ -19,9 +19,9 @@ import termios
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import CORPUS, TINY_RECIPES, predict_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -78,41 +78,14 @@ def metric_lines(out: str) -> list[str]:
     return [line for line in lines[start:] if line]
 
 
-def line_png(path: Path, width: int = 60, height: int = 16) -> str:
-    rng = np.random.default_rng(0)
-    img = np.full((height, width), 255, dtype=np.uint8)
-    img[4:12, 5:width - 5] = rng.integers(0, 120, size=(8, width - 10))
-    Image.fromarray(img).save(path)
-    return str(path)
-
-
-def digit_png(path: Path, size: int = 8) -> str:
-    img = np.zeros((size, size), dtype=np.uint8)
-    img[1:size - 1, size // 2] = 255
-    Image.fromarray(img).save(path)
-    return str(path)
-
-
-RECIPES = {
-    "fonts": ["--samples-per-font", "40", "--batch-size", "16"],
-    "digits": ["--data-dir", "sklearn", "--num-train", "64", "--batch-size", "16", "--set", "data.num_val=16",
-               "--set", "data.num_test=16"],
-    "mnist": ["--data-dir", "sklearn", "--batch-size", "32"],
-    "lines": ["--synthetic", "digits", "--mnist-dir", "sklearn", "--num-train", "48", "--height", "16",
-              "--batch-size", "8", "--set", "data.num_val=16", "--set", "data.num_test=16", "--set",
-              "data.max_digits=3"],
-    "charlm": ["--data", "{corpus}", "--seq-len", "16", "--batch-size", "4", "--spec", "embed:8 lstm:32 lm"],
-}
-
-
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(TINY_RECIPES))
 def test_every_recipe_in_a_terminal_from_another_directory(recipe, tmp_path):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir()
     elsewhere.mkdir()
     corpus = work / "corpus.txt"
-    corpus.write_text("To be, or not to be, that is the question.\n" * 60, encoding="utf-8")
-    options = [o.replace("{corpus}", "corpus.txt") for o in RECIPES[recipe]]  # relative to where training runs
+    corpus.write_text(CORPUS, encoding="utf-8")
+    options = [o.replace("{corpus}", "corpus.txt") for o in TINY_RECIPES[recipe]]  # relative to where training runs
     out = expect_ok(["train", recipe, *options, "--max-time", "3", "--run-dir", "run"], work, bar=True)
     text = plain(out)
     assert "final:" in text and "best:" in text, text[-2000:]
@@ -127,10 +100,7 @@ def test_every_recipe_in_a_terminal_from_another_directory(recipe, tmp_path):
         out = expect_ok(["sample", str(run), "--length", "40", "--seed", "1"], elsewhere)
         assert "Traceback" not in out
     else:
-        inputs = {"fonts": lambda: [line_png(elsewhere / "line.png", 64, 16)],
-                  "lines": lambda: [line_png(elsewhere / "line.png")],
-                  "digits": lambda: [digit_png(elsewhere / f"d{i}.png") for i in range(3)],
-                  "mnist": lambda: [digit_png(elsewhere / "d.png")]}[recipe]()
+        inputs = predict_inputs(recipe, elsewhere)
         out = expect_ok(["predict", str(run), *[Path(p).name for p in inputs]], elsewhere)
         assert plain(out).strip(), "predict printed nothing"
     expect_ok(["report", str(run), "--out", "report.html"], elsewhere)

@@ -36,5 +36,9 @@ class CheckpointError(ConvrnnError, ValueError):
     """A checkpoint that is missing, corrupt, unsafe or of another recipe."""
 
 
+class WriteError(ConvrnnError, OSError):
+    """A file that cannot be written (a folder that is a file, no permission, a full disk)."""
+
+
 class TrainingDiverged(ConvrnnError, RuntimeError):
     """The loss became NaN or infinite."""

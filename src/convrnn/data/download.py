@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from convrnn import __version__
 from convrnn.data.mnist import OFFICIAL_FILES, md5_file
+from convrnn.files import fsync_dir
 from convrnn.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _fetch_verified(url: str, remote: RemoteFile, final: Path, **options) -> Non
         raise DataError(f"{remote.name}: expected MD5 {remote.md5}, downloaded file has MD5 {actual} "
                         f"(from {url}); deleted the partial file")
     os.replace(part, final)
-    _fsync_directory(final.parent)
+    fsync_dir(final.parent)
     logger.info("%s: downloaded and verified (MD5 %s)", final, actual)
 
 
@@ -186,17 +187,3 @@ def _transfer_once(url: str, part: Path, name: str, offset: int, progress: Progr
             os.fsync(f.fileno())
     if total is not None and done < total:
         raise _CutShort(f"connection closed after {done} of {total} bytes")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

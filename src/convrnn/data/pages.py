@@ -617,7 +617,7 @@ def cache_key(xml: bytes, image: bytes, height: int) -> str:
 
 
 def _save_cache(path: Path, lines: PageLines) -> None:
-    from convrnn.train.checkpoint import atomic_write_bytes
+    from convrnn.files import atomic_write_bytes
 
     widths = np.array([im.shape[1] for im in lines.images], dtype=np.int64)
     height = lines.images[0].shape[0] if lines.images else 0
@@ -1032,7 +1032,7 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
     ``TextEquiv`` with ``@conf`` and ``Unicode``. Every other byte is kept; the file is written
     atomically. Returns the number of lines written."""
-    from convrnn.train.checkpoint import atomic_write_bytes
+    from convrnn.files import atomic_write_bytes
 
     src, dst = Path(src), Path(dst)
     try:

@@ -101,6 +101,11 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
 
     path = Path(path)
     model = model.cpu().eval()
+    fixed = sorted({type(m).__name__ for m in model.modules() if getattr(m, "exports_with_any_size", True) is False})
+    if fixed and any(s is None for s in model.input_shape):
+        raise ConfigError(f"export: {', '.join(fixed)} layers loop over the input in Python, so an ONNX graph would "
+                          f"only run at the one size it was traced at, and this model's input size varies "
+                          f"{tuple(model.input_shape)}; use the PyTorch checkpoint (convrnn predict) instead")
     x, axes = _example_and_axes(tuple(model.input_shape))
     tmp = path.with_name(f".{path.name}.tmp")
     if is_language_model(model):

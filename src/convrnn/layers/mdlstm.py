@@ -87,6 +87,10 @@ class MDLSTM2d(nn.Module, Shaped):
     # stacked diagonals); measured on CPU for pham2014 (tests/test_memory.py, docs/spec.md)
     activation_factor = 30
 
+    # the scan is a Python loop over the anti-diagonals, as many as the image has: a traced graph
+    # (ONNX export) would hold the loop of one image size only
+    exports_with_any_size = False
+
     def __init__(self, input_size: int, hidden_size: int, *, directions: int = 4,
                  combine: str = "concat", dropout: float = 0.0):
         super().__init__()

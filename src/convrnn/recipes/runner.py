@@ -161,6 +161,9 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
     created = not run_path.exists()
     try:
         if cfg.train.ensemble > 1:
+            refusal = get_recipe(cfg.recipe).ensemble_refusal
+            if refusal:
+                raise ConfigError(f"train.ensemble: not for recipe {cfg.recipe}: {refusal}; use train.ensemble=1")
             return train_ensemble(cfg, resume=bool(resume), build=lambda member, again: build_trainer(
                 member, callbacks=callbacks, progress=progress, resume=again))
         trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)

@@ -12,7 +12,6 @@ import logging
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,63 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from convrnn.errors import CheckpointError
+from convrnn.errors import CheckpointError, WriteError
+from convrnn.files import atomic_write_bytes, fsync_dir
 
 FORMAT = "convrnn-checkpoint"
 VERSION = 1
 
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old or the new file.
-
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the file is
-    renamed over ``path``; the directory is fsynced so the rename itself survives a power cut.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files only the owner can read; plain files are not
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the previous file is untouched") from None
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,7 +91,10 @@ def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
     ckpt["checksum"] = checksum(ckpt)
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    try:
+        atomic_write_bytes(Path(path), buf.getvalue())
+    except WriteError as e:  # a checkpoint that could not be written is the checkpoint's problem
+        raise CheckpointError(str(e)) from None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -207,7 +159,7 @@ def save_rotating(directory: Path, ckpt: dict[str, Any], step: int, keep: int) -
             tmp.unlink()
         os.link(target, tmp)
         os.replace(tmp, last)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError:
         atomic_write_bytes(last, target.read_bytes())
     olds = sorted(directory.glob("step-*.pt"))[:-keep] if keep > 0 else []

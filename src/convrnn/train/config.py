@@ -93,7 +93,7 @@ class RunConfig:
         return self
 
     def save(self, path: Path) -> None:
-        from convrnn.train.checkpoint import atomic_write_text
+        from convrnn.files import atomic_write_text
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 

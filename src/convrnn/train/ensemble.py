@@ -20,8 +20,8 @@ from typing import Callable, Optional
 from convrnn.errors import ConfigError
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import EnsembleModel
-from convrnn.train.checkpoint import (atomic_write_text, load_checkpoint, load_latest_checkpoint, rng_state,
-                                      save_checkpoint)
+from convrnn.files import atomic_write_text
+from convrnn.train.checkpoint import load_checkpoint, load_latest_checkpoint, rng_state, save_checkpoint
 from convrnn.train.config import RunConfig
 from convrnn.train.rundir import RunDir
 from convrnn.train.trainer import Trainer, TrainResult
@@ -48,15 +48,10 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
     (``build(member_cfg, resume_dir)`` makes each member's trainer), then validate the ensemble and save
     it as the run's checkpoint. A resumed run skips finished members and continues the interrupted one
     from its own last checkpoint."""
-    from convrnn.recipes.base import get_recipe
-
     k, root = cfg.train.ensemble, Path(cfg.train.run_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train.ensemble: members are trained one after another in one process; "
                           "run without torchrun, or train single models with train.ensemble=1")
-    recipe = get_recipe(cfg.recipe)
-    if recipe.ensemble_refusal:
-        raise ConfigError(f"train.ensemble: not for recipe {recipe.name}: {recipe.ensemble_refusal}; use train.ensemble=1")
     members_dir = root / MEMBERS_DIR
     if not resume and (members_dir.exists() or (root / "checkpoints" / "best.pt").exists()):
         raise ConfigError(f"{root}: this run directory already holds a run; use --resume {root} to continue it")

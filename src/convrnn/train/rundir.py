@@ -76,7 +76,7 @@ class RunDir:
         with open(self.metrics_csv, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= after_step]
-        from convrnn.train.checkpoint import atomic_write_text
+        from convrnn.files import atomic_write_text
         import io
         buf = io.StringIO()
         csv.writer(buf).writerows(keep)

@@ -75,7 +75,7 @@ def run_confusion(run: str | os.PathLike, *, split: str = "val", max_batches: in
 def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str = "val", max_batches: int = 20,
                    progress: Optional[Callable] = None, data_progress: Optional[Callable] = None) -> Path:
     """Evaluate ``run`` and write its confusion matrix to the PNG ``out`` (atomically). Returns the path."""
-    from convrnn.train.checkpoint import atomic_write_bytes
+    from convrnn.files import atomic_write_bytes
     from convrnn.viz.html import figure_png
 
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,

@@ -526,7 +526,7 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
     The file is written atomically: a failed report leaves nothing behind.
     """
     from convrnn.infer.run import load_run
-    from convrnn.train.checkpoint import atomic_write_text
+    from convrnn.files import atomic_write_text
 
     run_path = Path(run)
     if not run_path.is_dir():
