@@ -1,11 +1,11 @@
-"""Benchmarks of the digits recipe (seed 002), on ../shared/data/mnist (19,690 training digits, 10,000 test).
+"""Benchmarks of the digits recipe, on ../shared/data/mnist (19,690 training digits, 10,000 test).
 
 - ``digits_sum``: test MSE of ``convrnn train digits --op sum --max-len 4`` after 5 minutes of training
   on 2 CPU threads, every test digit read at 9 one-pixel views (``--shifts 9``), the median of three runs
-  (training seeds 0..2); target MSE <= 0.15 and exact match >= 92% (both). Seed 002: MSE 0.61 after
+  (training seeds 0..2); target MSE <= 0.15 and exact match >= 92% (both). The original Keras model (caine2016): MSE 0.61 after
   20 epochs.
 - ``digits_product``: exact-match fraction of ``--op product --max-len 2`` (products up to 81), same
-  budget; target >= 80%, with the accuracy on sequences of two 9s reported (seed 002 "never gets 9x9").
+  budget; target >= 80%, with the accuracy on sequences of two 9s reported (the original write-up: "never gets 9x9").
 - ``digits_vs_keras``: training samples/s of ``caine2016`` through convrnn's Trainer divided by the same
   model in Keras 3 (KERAS_BACKEND=torch, TimeDistributed layers), same batches, interleaved in one run.
 - ``digits_vs_torch``: the same ratio against a hand-written PyTorch module and loop.
@@ -124,7 +124,7 @@ def digits_sum(quick: bool = False, **overrides) -> dict:
         "metric": f"test MSE of digit sums (1..4 MNIST test digits, each read at {SUM_SHIFTS} one-pixel views) after "
                   f"5 min of training on 2 CPU threads, median of {len(runs)} runs",
         "value": mse, "unit": "MSE", "target": SUM_MSE, "target_text": "<= 0.15 and exact match >= 0.92 (medians)",
-        "baseline": 0.61, "baseline_note": "seed 002 (Keras, caine2016): MSE 0.61 after 20 epochs",
+        "baseline": 0.61, "baseline_note": "the original Keras caine2016: MSE 0.61 after 20 epochs",
         "met": bool(mse <= SUM_MSE and exact >= SUM_EXACT), "details": details,
     }
 
@@ -138,7 +138,7 @@ def digits_product(quick: bool = False, **overrides) -> dict:
     return {
         "metric": "exact-match fraction of digit products (1..2 MNIST test digits) after 5 min on 2 CPU threads",
         "value": exact, "unit": "fraction", "target": PRODUCT_EXACT, "target_text": ">= 0.80, 9x9 included",
-        "baseline": None, "baseline_note": "seed 002: 'gets 1x9 every time, but never gets 9x9'",
+        "baseline": None, "baseline_note": "the original write-up: 'gets 1x9 every time, but never gets 9x9'",
         "met": bool(exact >= PRODUCT_EXACT and nine >= PRODUCT_EXACT), "details": details,
     }
 
@@ -146,7 +146,7 @@ def digits_product(quick: bool = False, **overrides) -> dict:
 # ------------------------------------------------------------------------------ throughput
 
 class HandWrittenCaine(nn.Module):
-    """Seed 002's model written directly: conv 8@4x4 tanh, conv 16@3x3 tanh (valid), GRU 200, GRU 100, dense 1."""
+    """caine2016 written directly: conv 8@4x4 tanh, conv 16@3x3 tanh (valid), GRU 200, GRU 100, dense 1."""
 
     def __init__(self, height: int = 28, width: int = 28):
         super().__init__()
@@ -269,7 +269,7 @@ def _ratio_bench(other: str, quick: bool) -> dict:
     name = "Keras 3 (torch backend, TimeDistributed)" if other == "keras" else "a hand-written PyTorch loop"
     details = {"convrnn_samples_per_s": [round(v, 1) for v in ours], f"{other}_samples_per_s": [round(v, 1) for v in theirs],
                "steps_per_round": steps, "batch_size": bs, "sequence_length": 4, "rounds": rounds,
-               "threads": THREADS, "optimizer": "RMSprop lr 1e-3, MSE, no clipping (seed 002's setup)",
+               "threads": THREADS, "optimizer": "RMSprop lr 1e-3, MSE, no clipping (the original Keras setup)",
                "note": "best of interleaved rounds for each side, same batches"}
     if other == "keras":
         import keras

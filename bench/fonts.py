@@ -119,7 +119,7 @@ def real_line_accuracy(loaded, lines_per_height: int = REAL_LINES_PER_HEIGHT) ->
 
 
 class HandWrittenFWTK(nn.Module):
-    """Seed 001's model written directly: 8 blocks of 16x8, conv 4@5x5 relu 'same', 2x2 max pool, LSTM 32."""
+    """The fwtk font classifier written directly: 8 blocks of 16x8, conv 4@5x5 relu 'same', 2x2 max pool, LSTM 32."""
 
     def __init__(self, num_classes: int):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Benchmarks of the lines recipe (text-line recognition with CTC, issue 4).
+"""Benchmarks of the lines recipe (text-line recognition with CTC).
 
 - ``lines_digits_cer``: test CER of ``crnn`` sized for ten digits (``DIGITS_CRNN``: 16 filters,
   LSTM 96, half the cost of a step of the default) on synthetic strings of 1..8 MNIST digits after at

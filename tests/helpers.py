@@ -72,7 +72,7 @@ def run_cli(capture, *argv) -> tuple[int, object, str]:
 
 
 def train_cli(*argv) -> None:
-    """``convrnn ARGV`` (a training) that must succeed."""
+    """``convrnn ARGV`` (a training, a report...) that must succeed."""
     import pytest
 
     from convrnn.cli import main

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convrnn.cli import main
 
-from helpers import run_cli
+from helpers import run_cli, train_cli
 
 
 
@@ -17,9 +16,7 @@ TINY = ["--samples-per-font", "60", "--max-steps", "6", "--batch-size", "16", "-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "fonts-tiny"
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "train", "fonts", "--run-dir", str(run), *TINY])
-    assert exc.value.code == 0
+    train_cli("-q", "train", "fonts", "--run-dir", str(run), *TINY)
     return run
 
 

@@ -166,12 +166,12 @@ def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog, monkeypatch):
 
 
 @pytest.mark.parametrize("optimizer, lr, clip, must_stop", [
-    ("rmsprop", "5", "1.0", False),   # seed 002's optimizer at a silly rate, clipped: trains or stops clearly
+    ("rmsprop", "5", "1.0", False),   # the original RMSprop at a silly rate, clipped: trains or stops clearly
     ("sgd", "1e20", "0", True),       # unclipped and absurd: the weights overflow, the guard must stop it
 ])
 def test_relu_caine2016_at_a_high_rate_trains_finitely_or_stops_clearly(mnist_dir, tmp_path, capsys, optimizer, lr,
                                                                         clip, must_stop):
-    """Seed 002's relu run stuck at an infinite loss: now it either trains (clipping) or stops with one line."""
+    """caine2016 with relu once stuck at an infinite loss: now it either trains (clipping) or stops with one line."""
     outcomes = []
     for attempt in range(2):
         code, out, err = run_cli(capsys, "-q", "train", "digits", "--preset", "caine2016:activation=relu",

@@ -87,9 +87,6 @@ def _alto_line(line_id, poly, base, text) -> str:
 
 
 def write_alto(folder: Path, name: str = "page", image: str = "page.png", lines=LINES, make_image: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if make_image and not (folder / image).exists():
-        _page_image(folder / image)
     body = "".join(_alto_line(k, v[0], v[1], v[2]) for k, v in lines.items())
     xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<!-- a page made by the tests -->\n'
            f'<alto xmlns="{ALTO_NS}" xmlns:xlink="http://www.w3.org/1999/xlink">\n'
@@ -97,16 +94,11 @@ def write_alto(folder: Path, name: str = "page", image: str = "page.png", lines=
            f"    <sourceImageInformation><fileName>{image}</fileName></sourceImageInformation></Description>\n"
            f'  <Layout><Page WIDTH="{PAGE_W}" HEIGHT="{PAGE_H}" ID="p1"><PrintSpace><TextBlock ID="b1">'
            f"{body}\n      </TextBlock></PrintSpace></Page></Layout>\n</alto>\n")
-    path = folder / f"{name}.xml"
-    path.write_text(xml, encoding="utf-8")
-    return path
+    return _save(folder, name, image, make_image, xml)
 
 
 def write_page(folder: Path, name: str = "page", image: str = "page.png", version: int = 2019, lines=LINES,
                make_image: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if make_image and not (folder / image).exists():
-        _page_image(folder / image)
     body = []
     for line_id, (poly, base, text, _, _) in lines.items():
         parts = [f'<Coords points="{_pts(poly, ",")}"/>' if poly is not None else '<Coords points=""/>']
@@ -120,6 +112,14 @@ def write_page(folder: Path, name: str = "page", image: str = "page.png", versio
            f'  <Page imageFilename="{image}" imageWidth="{PAGE_W}" imageHeight="{PAGE_H}">\n'
            f'    <TextRegion id="r1"><Coords points="0,0 {PAGE_W},0 {PAGE_W},{PAGE_H} 0,{PAGE_H}"/>'
            f"{''.join(body)}\n    </TextRegion>\n  </Page>\n</PcGts>\n")
+    return _save(folder, name, image, make_image, xml)
+
+
+def _save(folder: Path, name: str, image: str, make_image: bool, xml: str) -> Path:
+    """``folder/name.xml`` holding ``xml``, with the page image beside it (unless it exists or is not wanted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if make_image and not (folder / image).exists():
+        _page_image(folder / image)
     path = folder / f"{name}.xml"
     path.write_text(xml, encoding="utf-8")
     return path

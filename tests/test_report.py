@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convrnn.cli import main
 
-from helpers import run_cli
+from helpers import run_cli, train_cli
 
 # 5 fonts x 40 images: 160 training images (10 batches an epoch, 30 steps), 40 validation ones; a
 # validation per epoch and training metrics every 5 steps, so the learning curves have several points
@@ -24,18 +23,14 @@ VAL_SAMPLES = 40
 @pytest.fixture(scope="module")
 def fonts_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "fonts-tiny"
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "train", "fonts", "--run-dir", str(run), *TINY])
-    assert exc.value.code == 0
+    train_cli("-q", "train", "fonts", "--run-dir", str(run), *TINY)
     return run
 
 
 @pytest.fixture(scope="module")
 def report_html(fonts_run):
     out = fonts_run.parent / "report.html"
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "report", str(fonts_run), "--out", str(out), "--max-batches", "2"])
-    assert exc.value.code == 0
+    train_cli("-q", "report", str(fonts_run), "--out", str(out), "--max-batches", "2")
     return out.read_text(encoding="utf-8")
 
 
@@ -322,9 +317,7 @@ def test_language_model_samples_go_to_tensorboard_as_text(tmp_path):
 # ---------------------------------------------------------------------- the other recipes' sections
 
 def _train(argv):
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "train", *argv])
-    assert exc.value.code == 0
+    train_cli("-q", "train", *argv)
 
 
 def _texts(body, css):

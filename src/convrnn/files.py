@@ -58,3 +58,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cache_dir(name: str) -> Path:
+    """Where convrnn caches ``name`` (rendered fonts, cut page lines): ``$CONVRNN_CACHE/name`` when the
+    variable is set, else ``~/.cache/convrnn/name``."""
+    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
+    return Path(root) / name

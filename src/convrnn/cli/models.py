@@ -14,7 +14,7 @@ def models() -> None:
     recipes = [get_recipe(r) for r in list_recipes()]
     for name in list_models():
         preset = get_preset(name)
-        fits = ",".join(r.name for r in recipes if preset.task in r.preset_tasks) or "-"
+        fits = ",".join(r.name for r in recipes if preset.task in r.fitting_tasks()) or "-"
         click.echo(f"{name:15s} {fits:14s} {preset.description}")
 
 

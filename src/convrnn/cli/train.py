@@ -8,7 +8,8 @@ import click
 
 def _common_train_options(f):
     opts = [
-        click.option("--preset", "--model", "preset", help="model preset (see `convrnn models`)"),
+        click.option("--preset", "--model", "preset", help="model preset, fields optional: NAME[:FIELD=VALUE,...] "
+                     "(`convrnn models` lists them)"),
         click.option("--spec", help="model spec string; replaces the preset (see docs/spec.md)"),
         click.option("--epochs", type=int, help="number of epochs"),
         click.option("--max-time", type=float, help="stop after this many seconds of training"),
@@ -80,7 +81,7 @@ def _make_train_command(recipe_name: str):
             for line in results_block(result):
                 click.echo(line)
 
-    command.__doc__ = f"Train the {recipe.name} recipe: {recipe.description}."
+    command.__doc__ = f"Train the {recipe.name} recipe: {recipe.description.rstrip('.')}."
     for opt in reversed(recipe.cli_options):
         kw = {"help": opt.help, "multiple": opt.multiple}
         if opt.is_flag:

@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field
+from convrnn.files import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -476,12 +477,6 @@ def _cache_key(fonts: list[FontSpec], lines: list[str], config: FontsDataConfig)
     return json.dumps(key, sort_keys=True)
 
 
-def default_cache_dir() -> str:
-    """``$CONVRNN_CACHE/fonts`` when the variable is set, else ``~/.cache/convrnn/fonts``."""
-    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
-    return os.path.join(root, "fonts")
-
-
 def _load_cache(path: str, key: str) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -534,7 +529,7 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
     cache_path = None
     if use_cache:
         name = "fonts-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".npz"
-        cache_path = os.path.join(config.cache_dir or default_cache_dir(), name)
+        cache_path = os.path.join(config.cache_dir or cache_dir("fonts"), name)
     t0 = time.perf_counter()
     arrays = _load_cache(cache_path, key) if cache_path else None
     if arrays is not None:

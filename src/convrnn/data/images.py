@@ -36,3 +36,14 @@ def to_ink(gray: np.ndarray) -> np.ndarray:
     """uint8 ``(H, W)`` -> float32 in 0..1 with ink 1, inverting dark-on-light scans."""
     x = gray.astype(np.float32) / 255.0
     return x if ink_is_bright(gray) else 1.0 - x
+
+
+def scale_to_height(ink: np.ndarray, height: int) -> np.ndarray:
+    """uint8 ``(H, W)`` -> uint8 ``(height, W')`` with ``W' = max(1, round(W * height / H))``."""
+    from PIL import Image
+
+    h, w = ink.shape
+    if h == height:
+        return ink
+    new_w = max(1, int(round(w * height / h)))
+    return np.asarray(Image.fromarray(ink).resize((new_w, height), Image.BILINEAR), dtype=np.uint8)

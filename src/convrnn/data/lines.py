@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.images import load_gray, to_ink
+from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
 from convrnn.data.sequences import smooth_field
@@ -102,17 +102,6 @@ class LineSet:
 
 
 # ---------------------------------------------------------------------------------------- images
-
-def scale_to_height(ink: np.ndarray, height: int) -> np.ndarray:
-    """uint8 ``(H, W)`` -> uint8 ``(height, W')`` with ``W' = max(1, round(W * height / H))``."""
-    from PIL import Image
-
-    h, w = ink.shape
-    if h == height:
-        return ink
-    new_w = max(1, int(round(w * height / h)))
-    return np.asarray(Image.fromarray(ink).resize((new_w, height), Image.BILINEAR), dtype=np.uint8)
-
 
 def prepare_line(path: str | Path, height: int) -> np.ndarray:
     """An image file -> ink-bright uint8 ``(height, W)``; DataError when unreadable, empty or blank."""

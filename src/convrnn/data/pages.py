@@ -44,7 +44,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from convrnn.data.images import load_gray
+from convrnn.data.images import load_gray, scale_to_height
+from convrnn import files
 from convrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -521,17 +522,6 @@ def dark_on_light(gray: np.ndarray) -> bool:
     return bool(mid - lo >= hi - mid)
 
 
-def scale_height(ink: np.ndarray, height: int) -> np.ndarray:
-    """uint8 ``(H, W)`` -> ``(height, W')`` keeping the aspect ratio (Pillow's bilinear, antialiased)."""
-    from PIL import Image
-
-    h, w = ink.shape
-    if h == height:
-        return ink
-    new_w = max(1, int(round(w * height / h)))
-    return np.asarray(Image.fromarray(ink).resize((new_w, height), Image.BILINEAR), dtype=np.uint8)
-
-
 # ------------------------------------------------------------------------------------ one page
 
 @dataclass
@@ -586,7 +576,7 @@ def extract_page(xml_path: str | Path, height: int) -> PageLines:
         except (ValueError, ArithmeticError, IndexError, MemoryError) as e:  # geometry nothing above foresaw
             result.bad.append(BadLine(line.id, CANNOT_CUT, f" ({type(e).__name__}: {str(e)[:100]})", line.index))
             continue
-        result.images.append(scale_height(ink, height))
+        result.images.append(scale_to_height(ink, height))
         result.ids.append(line.id)
         result.indices.append(line.index)
         result.texts.append(line.text)
@@ -598,12 +588,6 @@ def _extract_job(args: tuple) -> PageLines:
 
 
 # ------------------------------------------------------------------------------------ the cache
-
-def default_cache_dir() -> Path:
-    """``$CONVRNN_CACHE/pages`` when the variable is set, else ``~/.cache/convrnn/pages``."""
-    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
-    return Path(root) / "pages"
-
 
 def cache_key(xml: bytes, image: bytes, height: int) -> str:
     h = hashlib.sha256()
@@ -718,7 +702,7 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
     the cores this process may use). Problems are recorded per page and line, never raised."""
     results: list[Optional[PageLines]] = [None] * len(paths)
     todo, keys = [], {}
-    cache_dir = default_cache_dir()
+    cache_dir = files.cache_dir("pages")
     done = 0
     for i, path in enumerate(paths):
         if cache:

@@ -1,4 +1,4 @@
-"""Sequences of 1..N digit images whose target is their sum, product or running sum (seed 002).
+"""Sequences of 1..N digit images whose target is their sum, product or running sum.
 
 ``DigitSequences`` draws each sequence's length and digits from a pool of digit images with numpy,
 once, from ``seed``: item ``i`` is the same in every run and on every machine, and only index arrays

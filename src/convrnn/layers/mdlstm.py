@@ -7,7 +7,7 @@ every cell of the diagonal, every image of the batch and every direction at once
 
 ``SeparableLSTM2d`` is the cheap variant (1-D bidirectional LSTMs over rows, then over columns),
 ``Tile`` (space-to-depth) and ``Collapse`` (height collapse into a sequence) complete the
-Pham et al. (2014) architecture of seed 003. See docs/mdlstm.md.
+handwriting model of Pham et al. (2014). See docs/mdlstm.md.
 """
 # B batch, C channels, H height, W width, D directions, L cells on one anti-diagonal,
 # G gates (5 * hidden), N hidden units, T time steps (= W after Collapse)
@@ -48,6 +48,17 @@ def _mirrored_columns(lengths: torch.Tensor, width: int) -> torch.Tensor:
     j = torch.arange(width, device=lengths.device)[None, :]
     lengths = lengths.to(j.device)[:, None]
     return torch.where(j < lengths, lengths - 1 - j, j)
+
+
+def image_of_size(layer: nn.Module, input_shape: Sequence[Optional[int]], channels: int) -> tuple:
+    """The output shape of a 2-D recurrent ``layer`` that keeps its input's height and width:
+    ``(B, layer.input_size, H, W)`` -> ``(B, channels, H, W)``, checked."""
+    name = type(layer).__name__
+    expect_rank(name, input_shape, (4,), "images (B, C, H, W)")
+    b, c, h, w = input_shape
+    if c is not None and c != layer.input_size:
+        raise ValueError(f"{name} expects {layer.input_size} input channels, got {c}")
+    return (b, channels, h, w)
 
 
 class MDLSTM2d(nn.Module, Shaped):
@@ -121,11 +132,7 @@ class MDLSTM2d(nn.Module, Shaped):
         return self.hidden_size * (self.directions if self.combine == "concat" else 1)
 
     def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
-        expect_rank("MDLSTM2d", input_shape, (4,), "images (B, C, H, W)")
-        b, c, h, w = input_shape
-        if c is not None and c != self.input_size:
-            raise ValueError(f"MDLSTM2d expects {self.input_size} input channels, got {c}")
-        return (b, self.out_channels, h, w)
+        return image_of_size(self, input_shape, self.out_channels)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.input_size:
@@ -231,11 +238,7 @@ class SeparableLSTM2d(nn.Module, Shaped):
         return 2 * self.hidden_size if self.combine == "concat" else self.hidden_size
 
     def output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:
-        expect_rank("SeparableLSTM2d", input_shape, (4,), "images (B, C, H, W)")
-        b, c, h, w = input_shape
-        if c is not None and c != self.input_size:
-            raise ValueError(f"SeparableLSTM2d expects {self.input_size} input channels, got {c}")
-        return (b, self.out_channels, h, w)
+        return image_of_size(self, input_shape, self.out_channels)
 
     def _combine(self, y: torch.Tensor) -> torch.Tensor:
         if self.combine == "concat":

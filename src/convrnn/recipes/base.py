@@ -47,17 +47,28 @@ class DataBundle:
 
 class Recipe:
     """Base class. Subclasses set the class attributes and implement ``make_data`` and ``make_task``;
-    the other hooks have defaults."""
+    the other hooks have defaults. The class docstring's first paragraph is the recipe's
+    ``description`` (the help of ``convrnn train NAME``)."""
 
     name: str = ""
     description: str = ""
     default_preset: str = ""
-    preset_tasks: tuple[str, ...] = ()  # the kinds of preset (Preset.task) this recipe trains; empty = any
+    preset_tasks: tuple[str, ...] = ()  # the kinds of preset (Preset.task) it trains; empty = the default's kind
     data_config: type = type(None)
     cli_options: tuple[CliOption, ...] = ()
     train_defaults: dict[str, Any] = {}
     ensemble_refusal: str = ""  # why train.ensemble cannot average this recipe's models; empty = it can
     report_split: str = "val"   # the split the report's recipe sections evaluate on, when the run has it
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "description" not in cls.__dict__ and cls.__doc__:
+            cls.description = " ".join(cls.__doc__.strip().split("\n\n")[0].split())
+
+    def fitting_tasks(self) -> tuple[str, ...]:
+        """The kinds of preset this recipe trains: ``preset_tasks``, else its default preset's kind."""
+        from convrnn.spec.presets import get_preset
+        return self.preset_tasks or (get_preset(self.default_preset).task,)
 
     # ----- configuration ---------------------------------------------------------------------------
     def default_config(self) -> RunConfig:

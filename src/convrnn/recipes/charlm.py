@@ -65,10 +65,11 @@ def load_text(cfg: CharLMDataConfig):
 
 @register_recipe
 class CharLMRecipe(Recipe):
+    """A character or byte language model of any text (state carried between batches); `convrnn sample`
+    generates text."""
+
     name = "charlm"
-    description = "a character or byte language model of any text (state carried between batches); `convrnn sample` generates text"
     default_preset = "charlm"
-    preset_tasks = ("lm",)
     data_config = CharLMDataConfig
     ensemble_refusal = "its task carries recurrent state from batch to batch, which an average of members cannot"
     train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",

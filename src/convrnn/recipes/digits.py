@@ -37,7 +37,7 @@ from convrnn.errors import DataError
 from convrnn.fields import checked, one_of, path_field
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.values import RegressTask, SumOfValuesTask, ValueClassifyTask
-from convrnn.viz.html import (Section, esc, evaluate_metrics, figure_img, missing, note,
+from convrnn.viz.html import (Section, captioned, esc, evaluate_metrics, figure_img, missing, note,
                               sample_id, table, thumbnail)
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def sequence_batches(data: DigitSequences, batch_size: int, *, shuffle: bool, se
 
 @register_recipe
 class DigitsRecipe(Recipe):
+    """The sum, product or running sum of a sequence of handwritten digits (a CNN per digit, into a GRU)."""
+
     name = "digits"
-    description = "the sum, product or running sum of a sequence of handwritten digits (a CNN per digit, into a GRU)"
     default_preset = "digits"
     preset_tasks = ("regress", "value_classify", "value_sum")
     data_config = DigitsDataConfig
@@ -227,11 +228,10 @@ def digits_sections(ctx, *, shown: int = WORST_SEQUENCES) -> list:
             + table(["length", "mse", "mae", "exact"], rows, numeric=(0, 1, 2, 3)))
     sections = [Section("Error per sequence length", body, "per-length")]
     if worst:
-        items = "".join(
-            f'<figure class="sequence">{thumbnail(_side_by_side(digits), f"{ctx.split} sequence {sid}")}'
-            f'<figcaption>{esc(sid)}: target <b>{esc(_values_text(t))}</b>, predicted '
-            f'<b>{esc(_values_text(q))}</b> (length {len(digits)}, error {-neg:.2f})</figcaption></figure>'
-            for neg, sid, digits, t, q in worst)
+        items = "".join(captioned("sequence", thumbnail(_side_by_side(digits), f"{ctx.split} sequence {sid}"),
+                                  f'{esc(sid)}: target <b>{esc(_values_text(t))}</b>, predicted '
+                                  f'<b>{esc(_values_text(q))}</b> (length {len(digits)}, error {-neg:.2f})')
+                        for neg, sid, digits, t, q in worst)
         sections.append(Section("Worst sequences", items + note(
             f"The {len(worst)} {ctx.split} sequences with the largest absolute error (summed over the steps of a "
             f"running sum), largest first, among at most {ctx.max_batches} batches."), "worst-sequences"))

@@ -24,10 +24,10 @@ PREDICT_CHUNK = 1024
 
 @register_recipe
 class FontsRecipe(Recipe):
+    """Which font a rendered text-line image is in (blocks or columns through one conv, into an LSTM)."""
+
     name = "fonts"
-    description = "which font a rendered text-line image is in (blocks or columns through one conv, into an LSTM)"
     default_preset = "fonts"
-    preset_tasks = ("classify",)
     data_config = FontsDataConfig
     train_defaults = {"epochs": 30, "max_time": 100.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "checkpoint_every": 500}

@@ -67,11 +67,11 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
 
 @register_recipe
 class LinesRecipe(Recipe):
+    """Text-line recognition with CTC: page XML, folders of line images, or synthetic lines (handwritten
+    digit strings, printed text)."""
+
     name = "lines"
-    description = ("text-line recognition with CTC: page XML, folders of line images, or synthetic lines "
-                   "(handwritten digit strings, printed text)")
     default_preset = "crnn"
-    preset_tasks = ("ctc",)
     data_config = LinesDataConfig
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
@@ -303,7 +303,7 @@ def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
     alignments of the worst few, from the one evaluation pass of the report."""
     from convrnn.tasks.text_metrics import edit_distance
     from convrnn.viz.ctc_plot import plot_ctc
-    from convrnn.viz.html import Section, esc, evaluate_metrics, img, missing, note, sample_id, thumbnail
+    from convrnn.viz.html import Section, captioned, esc, evaluate_metrics, img, missing, note, sample_id, thumbnail
 
     alphabet = ctx.ckpt["meta"]["alphabet"]
     scored = []  # (cer, index in its batch, reference, prediction, batch, logits (B, T, V), frames (B,))
@@ -326,11 +326,11 @@ def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
         ink = b["x"][k, 0, :, :int(b["lengths"][k])].numpy()  # (1, H, W) padded -> (H, width)
         line_id = sample_id(b, k)
         picture = thumbnail(ink, f"line {line_id}")  # low lines enlarged to about THUMB_HEIGHT
-        items.append(f'<figure class="line">{picture}'
-                     f'<figcaption><span class="id">{esc(line_id)}</span> CER <span class="cer">{cer:.3f}</span>'
-                     f'<br>reference <code class="ref">{esc(ref)}</code>'
-                     f'<br>prediction <code class="hyp">{esc(hyp)}</code>'
-                     + (' <span class="p">(nothing read)</span>' if not hyp else "") + "</figcaption></figure>")
+        items.append(captioned("line", picture,
+                               f'<span class="id">{esc(line_id)}</span> CER <span class="cer">{cer:.3f}</span>'
+                               f'<br>reference <code class="ref">{esc(ref)}</code>'
+                               f'<br>prediction <code class="hyp">{esc(hyp)}</code>'
+                               + (' <span class="p">(nothing read)</span>' if not hyp else "")))
     sections = [Section("Worst-read lines", "".join(items)
                         + note(f"Greedy decoding of the best checkpoint; the {len(items)} lines with the highest "
                                f"character error rate among at most {ctx.max_batches} {ctx.split} batches, worst "

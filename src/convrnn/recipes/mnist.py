@@ -48,10 +48,10 @@ class _Rows:
 
 @register_recipe
 class MnistRecipe(Recipe):
+    """Single-digit classification with caine2016's first conv layers (to compare their filters)."""
+
     name = "mnist"
-    description = "single-digit classification with caine2016's first conv layers (to compare their filters)"
     default_preset = "mnist_cnn"
-    preset_tasks = ("classify",)
     data_config = MnistDataConfig
     train_defaults = {"epochs": 3, "max_time": 120.0, "batch_size": 64, "lr": 2e-3, "schedule": "cosine",
                       "checkpoint_every": 500, "log_every": 50}

@@ -50,8 +50,8 @@ def check_model_choice(cfg: RunConfig) -> None:
     recipe = get_recipe(cfg.recipe)
     preset = get_preset(cfg.model.preset, **data_needs(cfg))  # an unknown preset or field fails here
     parse(preset.spec)  # and a field value the spec cannot take
-    if recipe.preset_tasks and preset.task not in recipe.preset_tasks:
-        fitting = [n for n in list_models() if get_preset(n).task in recipe.preset_tasks]
+    if preset.task not in recipe.fitting_tasks():
+        fitting = [n for n in list_models() if get_preset(n).task in recipe.fitting_tasks()]
         raise ConfigError(f"preset {cfg.model.preset!r} is a model for {preset.task!r} outputs "
                           f"({preset.description}), which the {recipe.name} recipe does not train; its presets: "
                           f"{', '.join(fitting)} (`convrnn models` lists them all)")

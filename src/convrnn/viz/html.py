@@ -103,6 +103,11 @@ def thumbnail(ink: np.ndarray, alt: str, *, target: int = THUMB_HEIGHT) -> str:
     return img(gray_png(picture, scale * DENSITY), alt, css_class="px", width=picture.shape[1] * scale)
 
 
+def captioned(kind: str, picture: str, caption: str) -> str:
+    """A figure of class ``kind``: an image (HTML) above its caption (HTML, already escaped)."""
+    return f'<figure class="{esc(kind)}">{picture}<figcaption>{caption}</figcaption></figure>'
+
+
 def table(header: Optional[Sequence[str]], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> str:
     """A table in a horizontally scrolling wrapper; cells are escaped, ``numeric`` columns right-aligned.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convrnn.viz.html import (EvalContext, Section, esc, evaluate_metrics, figure_img, missing, note, sample_id,
+from convrnn.viz.html import (EvalContext, Section, captioned, esc, evaluate_metrics, figure_img, missing, note, sample_id,
                               table, thumbnail)
 
 MISCLASSIFIED = 16   # misclassified images shown for classification runs
@@ -50,11 +50,10 @@ def classify_sections(ctx: EvalContext, *, shown: int = MISCLASSIFIED) -> list[S
     body += table(["class", "samples", "recall"], per_class, numeric=(1, 2))
     sections = [Section("Confusion matrix", body, "confusion")]
     if wrong:
-        tiles = "".join(
-            f'<figure class="sample">{thumbnail(image, f"{ctx.split} sample {sid}: {classes[t]} read as {classes[q]}")}'
-            f'<figcaption>true <b>{esc(classes[t])}</b><br>predicted <b>{esc(classes[q])}</b> '
-            f'<span class="p">(p {-neg_p:.2f})</span></figcaption></figure>'
-            for neg_p, t, q, sid, image in wrong)
+        tiles = "".join(captioned("sample", thumbnail(image, f"{ctx.split} sample {sid}: {classes[t]} read as {classes[q]}"),
+                                  f'true <b>{esc(classes[t])}</b><br>predicted <b>{esc(classes[q])}</b> '
+                                  f'<span class="p">(p {-neg_p:.2f})</span>')
+                        for neg_p, t, q, sid, image in wrong)
         shown_note = (f"The {len(wrong)} most confident of the {errors} misclassified {ctx.split} samples"
                       if errors > len(wrong) else f"All {errors} misclassified {ctx.split} samples")
         mistakes = (f'<div class="samples">{tiles}</div>'
