@@ -296,3 +296,41 @@ def test_cli_plot_ctc(digits_run, capsys, tmp_path):
     assert code == 0, err
     with Image.open(tmp_path / "a.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_eval_decodes_by_beam_word_list_and_language_model(digits_run, capsys, tmp_path):
+    """eval scores a run with any of the decoders predict has; their CERs are measured, not assumed."""
+    import re
+    run, folder = digits_run
+    words, corpus = tmp_path / "words.txt", tmp_path / "corpus.txt"
+    words.write_text("12\n345\n", encoding="utf-8")
+    corpus.write_text("123\n4567\n890\n" * 20, encoding="utf-8")
+    cers = {}
+    for name, options in {"greedy": [], "beam": ["--beam", "4"], "lexicon": ["--beam", "4", "--lexicon", str(words)],
+                          "lm": ["--beam", "4", "--lm", str(corpus)]}.items():
+        code, out, err = run_cli(capsys, "eval", str(run), "--split", "test", *options)
+        assert code == 0, err
+        cers[name] = float(re.search(r"^cer: ([0-9.e-]+)$", out, re.M).group(1))
+    assert all(0.0 <= v <= 5.0 for v in cers.values())
+    code, out, err = run_cli(capsys, "eval", str(run), "--lm", str(tmp_path / "missing.txt"))
+    assert code == 2 and "missing.txt: no such text file" in err
+
+
+def test_decoding_options_on_a_run_that_is_not_a_text_line_run_are_one_line(capsys, tmp_path):
+    run = tmp_path / "fonts"
+    code, out, err = run_cli(capsys, "-q", "train", "fonts", "--samples-per-font", "20", "--max-steps", "1",
+                             "--run-dir", str(run))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(run), "--beam", "4")
+    assert code == 2 and err.strip() == "error: --beam: decoding options apply to text-line (CTC) runs, not to a " \
+                                        "classify task"
+
+
+def test_pruned_beam_search_finds_what_the_full_search_finds():
+    """A real recogniser is sure of most frames: labels below 1e-4 at a frame change nothing there."""
+    from convrnn.tasks.ctc import beam_search
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        logits = rng.normal(size=(30, 12)) * 6.0  # peaked frames, as a trained model gives
+        lp = torch.log_softmax(torch.from_numpy(logits), dim=-1)
+        assert beam_search(lp, 6) == beam_search(lp, 6, prune=0.0)

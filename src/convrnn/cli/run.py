@@ -5,6 +5,9 @@ from typing import Optional
 
 import click
 
+BEAM_HELP = "text-line runs: prefix beam search of this width (instead of the best path)"
+LEXICON_HELP = "text-line runs: a word list (a text file): the beam keeps texts made of its words"
+LM_HELP = "text-line runs: a UTF-8 text file to fit a character 3-gram model on, which scores the beam"
 VIEWS_HELP = ("read every input N times and combine the readings: a text line moved right by 0..N-1 pixels, "
               "the views decoded jointly; other images as drawn and moved one pixel right, left, down, up, "
               "then diagonally (N <= 9), the views' distributions multiplied (values averaged)")
@@ -15,15 +18,20 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
+@click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
+@click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
+@click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
 @click.pass_context
-def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> None:
+def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int, beam: Optional[int],
+             lexicon: Optional[str], lm: Optional[str]) -> None:
     """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data."""
     from convrnn.cli.progress import CountProgress
     from convrnn.recipes.runner import evaluate
     from convrnn.train.config import parse_pairs
 
     result = evaluate(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
-                      progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]))
+                      progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]),
+                      beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
     click.echo(f"split: {split}")
     for line in result.task.metric_lines(result.metrics):
@@ -33,16 +41,17 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int) -> Non
 @click.command()
 @click.argument("run", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--beam", type=click.IntRange(min=1), help="text-line runs: prefix beam search of this width")
-@click.option("--lexicon", type=click.Path(dir_okay=False), help="text-line runs: a word list constraining the beam")
+@click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
+@click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
+@click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
               "into this folder with the recognised text of its lines")
-def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], shifts: int,
-            out: Optional[str]) -> None:
+def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], lm: Optional[str],
+            shifts: int, out: Optional[str]) -> None:
     """Predict with a trained run: one line per input (per text line of a page XML input)."""
     from convrnn.recipes.runner import predict as run_predict
-    options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("out", out)) if v is not None}
+    options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
     for line in run_predict(run, list(inputs), shifts=shifts, **options):
         click.echo(line)
 

@@ -84,6 +84,25 @@ def read_corpus(path: str | os.PathLike, unit: str = "char") -> Text:
     return raw if unit == "byte" else raw.decode("utf-8")
 
 
+def text_file(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content; a DataError naming the file when it is missing or not UTF-8."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected UTF-8 text ({e})") from None
+
+
+def word_list(path: str | os.PathLike) -> list[str]:
+    """The distinct whitespace-separated words of a text file (a word list, one per line, or any text)."""
+    words = sorted(set(text_file(path).split()))
+    if not words:
+        raise DataError(f"{path}: expected a word list (one word per line), got no words")
+    return words
+
+
 class Vocab:
     """Symbol <-> id mapping for a character or byte language model.
 

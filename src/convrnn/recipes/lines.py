@@ -27,7 +27,7 @@ from convrnn.errors import DataError
 from convrnn.fields import check
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.layers.base import ModelOutput
-from convrnn.tasks.ctc import BLANK, CharNgramLM, CTCTask, Lexicon
+from convrnn.tasks.ctc import BLANK, CTCTask
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class LinesRecipe(Recipe):
         on the text file ``lm``), over an ensemble's members jointly."""
         model, task = loaded.model, loaded.task
         height = int(loaded.ckpt["input_shape"][1])
-        decode = _decoder(task, beam=beam, lexicon=lexicon, lm=lm)
+        decode = task.with_decoding(beam=beam, lexicon=lexicon, lm=lm).decode
         sources = [(inp, page_sources(inp)) for inp in inputs]
         paths = [p for _, xmls in sources if xmls for p in xmls]
         if out is not None:
@@ -186,24 +186,6 @@ def _check_out(pages: list[Path], out: Path) -> None:
             raise DataError(f"{page} and {seen[page.name]} would both be written to {dst}; "
                             f"predict them into different --out folders")
         seen[page.name] = page
-
-
-def _decoder(task: CTCTask, *, beam: Optional[int], lexicon: Optional[str], lm: Optional[str]):
-    """``decode(out) -> texts`` for a batch's ModelOutput: greedy (an ensemble's: joint beam search), or
-    prefix beam search with ``beam``, ``lexicon`` and ``lm`` as in ``LinesRecipe.predict``."""
-    if not beam and not lexicon and not lm:
-        return task.decode
-    kwargs = {"beam_width": beam or 10}
-    if lexicon:
-        kwargs["lexicon"] = Lexicon(_read_words(lexicon))
-    if lm:
-        kwargs["char_lm"] = CharNgramLM(3).fit(_read_text(lm).splitlines())
-
-    def decode(out: ModelOutput) -> list[str]:
-        logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
-        return [task.beam_decode(logits[i], length=int(out.lengths[i]), **kwargs) for i in range(logits.shape[0])]
-
-    return decode
 
 
 def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:
@@ -258,22 +240,6 @@ def run_lines(model, ckpt: dict, inputs: list[str]) -> ModelOutput:
     height = int(ckpt["input_shape"][1])
     return run_images(model, [prepare_line(p, height) for p in inputs])
 
-
-def _read_text(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: no such text file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: expected UTF-8 text ({e})") from None
-
-
-def _read_words(path: str) -> list[str]:
-    words = sorted({w for w in _read_text(path).split()})
-    if not words:
-        raise DataError(f"{path}: expected a word list (one word per line), got no words")
-    return words
 
 @click.command(name="ctc")
 @click.argument("run", type=click.Path())

@@ -190,15 +190,17 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
-             progress: Optional[Callable] = None, shifts: int = 1) -> Evaluation:
+             progress: Optional[Callable] = None, shifts: int = 1, **decoding) -> Evaluation:
     """Metrics of a run's best checkpoint (or the checkpoint file given) on its validation (or test)
     data, rebuilt from its config. ``shifts`` > 1 reads every input that many times, moved by a pixel
-    or so, and combines the views (``convrnn.infer.views.with_views``)."""
+    or so, and combines the views (``convrnn.infer.views.with_views``); ``decoding`` options (``beam``,
+    ``lexicon``, ``lm``) go to the task (``Task.with_decoding``)."""
     loaded = load_run(run)
-    model = with_views(loaded.model, loaded.task, shifts)
+    task = loaded.task.with_decoding(**decoding)
+    model = with_views(loaded.model, task, shifts)
     data = run_data(loaded, split, overrides=overrides, progress=progress)
-    metrics = evaluate_model(model, loaded.task, data).compute()
-    return Evaluation(metrics, loaded.task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)))
+    metrics = evaluate_model(model, task, data).compute()
+    return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)))
 
 
 def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:

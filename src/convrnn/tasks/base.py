@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 
+from convrnn.errors import ConfigError
 from convrnn.layers.base import ModelOutput
 
 
@@ -106,6 +107,14 @@ class Task:
             return f"it gives {shape[-1]} outputs per {'input' if self.output_ndim == 2 else 'step'} where the " \
                    f"{self.name} task needs {self.num_outputs}"
         return ""
+
+    def with_decoding(self, **options) -> "Task":
+        """This task decoding another way (``CTCTask``: beam search, a word list, a language model);
+        a task with one way of reading its outputs refuses options."""
+        if any(v is not None for v in options.values()):
+            given = ", ".join(f"--{k}" for k, v in options.items() if v is not None)
+            raise ConfigError(f"{given}: decoding options apply to text-line (CTC) runs, not to a {self.name} task")
+        return self
 
     def count(self, batch: dict) -> int:
         """How many ``unit`` a batch holds (by default its inputs)."""

@@ -11,6 +11,7 @@ adjacent labels). Shorter outputs make the CTC loss infinite; instead of zeroing
 # B batch, T time steps, V labels (blank + alphabet), S target labels
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import defaultdict
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.tasks.text_metrics import error_counts
+from convrnn.data.text import text_file, word_list
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.base import MetricAccumulator, Task
+from convrnn.tasks.text_metrics import error_counts
 
 log = logging.getLogger(__name__)
 BLANK = 0
@@ -30,6 +32,7 @@ NEG_INF = -math.inf
 # beam width of an ensemble's joint decoding: on 2,000 test lines of digits, three members' joint CER
 # was 0.0126 at width 1, 0.0111 at 4 and 0.0110 at 8 (docs/lines.md)
 ENSEMBLE_BEAM = 8
+PRUNE = 1e-4  # beam search: labels below this probability at a frame do not extend a prefix there
 
 
 # ---------------------------------------------------------------- greedy decoding
@@ -133,7 +136,7 @@ class CharNgramLM:
 def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10, *,
                 lexicon: Union[Lexicon, Iterable[str], None] = None, char_lm: Optional[CharNgramLM] = None,
                 lm_weight: float = 0.5, alphabet: Optional[Sequence[str]] = None,
-                length: Optional[int] = None) -> list[int]:
+                length: Optional[int] = None, prune: float = PRUNE) -> list[int]:
     """CTC prefix beam search over ``(T, V)`` log-probabilities (blank = 0); returns labels.
 
     Each prefix keeps the log-probability of all alignments ending in a blank and ending in its
@@ -142,6 +145,10 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
     words of the list are dropped, and final texts that end mid-word are used only if no complete
     one survives. With a ``char_lm``, each extension adds ``lm_weight * char_lm.score(text, char)``.
     ``alphabet`` (label ``k`` -> ``alphabet[k-1]``) is required with ``lexicon`` or ``char_lm``.
+
+    At each frame only labels that some model gives at least ``prune`` probability extend a prefix
+    (besides repeating its last label): on a real line most frames are sure of the blank and a few
+    characters, and the rest cannot enter a beam anyway. ``prune=0`` tries every label.
 
     ``(K, T, V)`` log-probabilities of K models (an ensemble's members) search jointly: every prefix
     keeps each model's two sums over its own alignments, and prefixes rank by the sum of the models'
@@ -174,8 +181,18 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
 
     # prefix (tuple of labels) -> (2, K): log p of its alignments ending in a blank / in its last label
     beams: dict[tuple, np.ndarray] = {(): np.stack([np.zeros(models), np.full(models, NEG_INF)])}
+    lm_cache: dict[str, np.ndarray] = {}
+
+    def lm_scores(context: str) -> np.ndarray:
+        """``lm_share * log p(ch | context)`` for every character of the alphabet (computed once per context)."""
+        if context not in lm_cache:
+            lm_cache[context] = lm_share * np.array([char_lm.score(context, ch) for ch in alphabet])
+        return lm_cache[context]
+
+    floor = math.log(prune) if prune > 0 else -math.inf
     for t in range(steps):  # sequential by nature: each step extends the surviving prefixes
         frame = lp[:, t]  # (K, V)
+        likely = [label for label in range(1, labels) if frame[:, label].max() >= floor]
         nxt: dict[tuple, np.ndarray] = {}
 
         def add(prefix: tuple, sums: np.ndarray) -> None:
@@ -191,9 +208,8 @@ def beam_search(log_probs: Union[torch.Tensor, np.ndarray], beam_width: int = 10
             if prefix:  # the last label again starts a new character only after a blank
                 extensions[prefix[-1] - 1, 1] = p_b + frame[:, prefix[-1]]
             if char_lm is not None:
-                context = text(prefix)
-                extensions[:, 1] += lm_share * np.array([char_lm.score(context, ch) for ch in alphabet])[:, None]
-            for label in range(1, labels):
+                extensions[:, 1] += lm_scores(text(prefix))[:, None]
+            for label in (likely if not prefix or prefix[-1] in likely else [*likely, prefix[-1]]):
                 extended = prefix + (label,)
                 if lexicon is None or lexicon.allows(text(extended)):
                     add(extended, extensions[label - 1])
@@ -297,6 +313,7 @@ class CTCTask(Task):
             raise ValueError(f"reduction must be 'mean' or 'sequence', got {reduction!r}")
         self.alphabet, self.reduction = alphabet, reduction
         self.index = {ch: k + 1 for k, ch in enumerate(alphabet)}
+        self.search: Optional[dict] = None  # beam search settings (with_decoding); None: greedy
         self.skipped_too_long = 0
 
     @property
@@ -380,10 +397,31 @@ class CTCTask(Task):
     def from_state_dict(cls, state: dict) -> "CTCTask":
         return cls(state["alphabet"])
 
+    def with_decoding(self, *, beam: Optional[int] = None, lexicon: Union[str, Lexicon, None] = None,
+                      lm: Union[str, CharNgramLM, None] = None, lm_order: int = 3, lm_weight: float = 0.5) -> "CTCTask":
+        """This task decoding by prefix beam search of width ``beam`` (10 when only a word list or a
+        language model is given), restricted to the words of ``lexicon`` (a Lexicon, or a file of
+        words), scored with a character n-gram ``lm`` (a CharNgramLM, or a UTF-8 text file to fit one of
+        ``lm_order`` on); the same task, greedy, when none is given. Metrics (CER, WER) then use it."""
+        if not beam and lexicon is None and lm is None:
+            return self
+        if isinstance(lexicon, str):
+            lexicon = Lexicon(word_list(lexicon))
+        if isinstance(lm, str):
+            lm = CharNgramLM(lm_order).fit(text_file(lm).splitlines())
+        task = copy.copy(self)
+        task.search = {"beam_width": beam or 10, "lexicon": lexicon, "char_lm": lm, "lm_weight": lm_weight}
+        return task
+
     @torch.inference_mode()
     def decode(self, out: ModelOutput) -> list[str]:
         """Greedy transcription of every sequence of the batch; an ensemble's (``out.members``) is
-        decoded jointly by a beam search of width ``ENSEMBLE_BEAM`` over its members (``beam_search``)."""
+        decoded jointly by a beam search of width ``ENSEMBLE_BEAM`` over its members (``beam_search``).
+        A task made by :meth:`with_decoding` searches every sequence (members jointly) instead."""
+        if self.search is not None:
+            frames = self._check_output(out).tolist()
+            logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
+            return [self.beam_decode(logits[b], length=frames[b], **self.search) for b in range(logits.shape[0])]
         if out.members is None:
             return [self.to_text(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
         log_probs = F.log_softmax(out.members.float(), dim=-1)  # (K, B, T, V)
