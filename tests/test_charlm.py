@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from convrnn.cli import main
 from convrnn.data.text import Vocab
 from convrnn.recipes import get_recipe
 from convrnn.recipes.charlm import CharLMDataConfig
 from convrnn.train.threads import choose_threads
 from convrnn.infer.run import load_run
-from convrnn.recipes import get_recipe
 from convrnn.recipes.runner import train
 from convrnn.tasks.lm import LanguageModelTask
 from convrnn.infer.sampling import sample

@@ -1,5 +1,4 @@
 import os
-import pickle
 import random
 import signal
 import subprocess

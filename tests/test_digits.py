@@ -3,7 +3,6 @@ the data split, the heads the data picks, relu with a high learning rate, the do
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -5,7 +5,6 @@ import io
 import string
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
 from convrnn.errors import ConfigError, DataError

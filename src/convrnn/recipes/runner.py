@@ -6,7 +6,6 @@ that the task can score the model's output, run directory, training.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import shutil
