@@ -100,12 +100,21 @@ def test_every_recipe_in_a_terminal_from_another_directory(recipe, tmp_path):
         out = expect_ok(["sample", str(run), "--length", "40", "--seed", "1"], elsewhere)
         assert "Traceback" not in out
     else:
-        inputs = predict_inputs(recipe, elsewhere)
-        out = expect_ok(["predict", str(run), *[Path(p).name for p in inputs]], elsewhere)
-        assert plain(out).strip(), "predict printed nothing"
+        inputs = [str(Path(p).resolve()) for p in predict_inputs(recipe, elsewhere)]
+        here = plain(expect_ok(["predict", "run", *inputs], work)).strip()
+        there = plain(expect_ok(["predict", str(run), *inputs], elsewhere)).strip()
+        assert here and here == there, (here, there)
+    expect_ok(["report", "run", "--out", str(work / "report.html")], work)
     expect_ok(["report", str(run), "--out", "report.html"], elsewhere)
     assert (elsewhere / "report.html").stat().st_size > 10_000
+    assert results(work / "report.html") == results(elsewhere / "report.html")  # the same numbers from anywhere
     assert oct((run / "config.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def results(report: Path) -> str:
+    """The report's results section, the numbers a reader looks at first."""
+    page = report.read_text(encoding="utf-8")
+    return page.split('<section id="results">', 1)[1].split("</section>", 1)[0]
 
 
 def _umask() -> int:
