@@ -51,13 +51,12 @@ def measure(recipe_name: str, mode: dict, cfg, recipe, bundle, warmup: int, step
     """Units per second of ``steps`` training steps after ``warmup`` ones, through the Trainer."""
     import copy
 
-    from convrnn.recipes.runner import model_for
     from convrnn.train.trainer import Trainer
 
     cfg = copy.deepcopy(cfg)
     cfg.override(mode)
     torch.manual_seed(0)
-    model = model_for(cfg, bundle)
+    model = recipe.build_model(cfg, bundle)
     trainer = Trainer(model, recipe.make_task(bundle.meta, tuple(model.output_shape)), bundle.train, None, cfg.train)
     batches, epoch = [], 0
     while len(batches) < warmup + steps:  # the same real batches for every mode

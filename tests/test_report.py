@@ -222,11 +222,11 @@ def test_bad_metrics_or_config_file_is_a_one_line_error(fonts_run, capsys, tmp_p
 
 
 def test_confusion_counts_equal_the_eval_accuracy(fonts_run):
-    from convrnn.recipes.runner import evaluate
+    from convrnn.infer.run import evaluate_run
     from convrnn.viz.confusion import run_confusion
     counts, classes = run_confusion(fonts_run, max_batches=0)  # 0: every batch, like `convrnn eval`
     assert counts.shape == (5, 5) and len(classes) == 5
-    metrics = evaluate(str(fonts_run)).metrics
+    metrics = evaluate_run(str(fonts_run)).metrics
     assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"])
     assert counts.sum() == VAL_SAMPLES  # the validation fraction of 5 fonts x 40 samples
 

@@ -26,10 +26,10 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int, beam: 
              lexicon: Optional[str], lm: Optional[str]) -> None:
     """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data."""
     from convrnn.cli.progress import CountProgress
-    from convrnn.recipes.runner import evaluate
+    from convrnn.infer.run import evaluate_run
     from convrnn.train.config import parse_pairs
 
-    result = evaluate(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
+    result = evaluate_run(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
                       progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]),
                       beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
@@ -50,7 +50,7 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int, beam: 
 def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], lm: Optional[str],
             shifts: int, out: Optional[str]) -> None:
     """Predict with a trained run: one line per input (per text line of a page XML input)."""
-    from convrnn.recipes.runner import predict as run_predict
+    from convrnn.infer.run import predict as run_predict
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
     for line in run_predict(run, list(inputs), shifts=shifts, **options):
         click.echo(line)

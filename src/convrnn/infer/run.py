@@ -1,4 +1,5 @@
-"""A trained run, loaded: its model rebuilt from the checkpoint alone, its recipe and task, its data.
+"""A trained run, loaded: its model rebuilt from the checkpoint alone, its recipe and task, its data;
+evaluated on a split (``convrnn eval``) or reading inputs (``convrnn predict``).
 
 ``load_run(path)`` takes a run directory (its best checkpoint, else its last) or a checkpoint file.
 ``run_data(loaded, split)`` rebuilds the run's validation or test data from its saved config, with the
@@ -12,6 +13,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 
 from convrnn.errors import CheckpointError
+from convrnn.infer.evaluate import evaluate
+from convrnn.infer.views import with_views
 from convrnn.recipes.base import Recipe, get_recipe
 from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
 from convrnn.train.config import RunConfig, flatten_config_dict
@@ -74,3 +77,35 @@ def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
              progress: Optional[Callable] = None):
     """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``)."""
     return run_bundle(loaded, overrides=overrides, progress=progress).split(split)
+
+
+class Evaluation(NamedTuple):
+    """What ``evaluate_run`` measured: the metrics, the task that scored them (it formats them), and the
+    checkpoint read (its path and step)."""
+
+    metrics: dict
+    task: Any
+    checkpoint: Path
+    step: int
+
+
+def evaluate_run(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
+                 progress: Optional[Callable] = None, shifts: int = 1, **decoding) -> Evaluation:
+    """Metrics of a run's best checkpoint (or the checkpoint file given) on its validation (or test)
+    data, rebuilt from its config. ``shifts`` > 1 reads every input that many times, moved by a pixel
+    or so, and combines the views (``convrnn.infer.views.with_views``); ``decoding`` options (``beam``,
+    ``lexicon``, ``lm``) go to the task (``Task.with_decoding``)."""
+    loaded = load_run(run)
+    task = loaded.task.with_decoding(**decoding)
+    model = with_views(loaded.model, task, shifts)
+    data = run_data(loaded, split, overrides=overrides, progress=progress)
+    metrics = evaluate(model, task, data).compute()
+    return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)))
+
+
+def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:
+    """The recipe's output lines for ``inputs`` (image files, page XML...), read by the run's model
+    (with ``shifts`` views, as ``evaluate_run``)."""
+    loaded = load_run(run)
+    loaded = loaded._replace(model=with_views(loaded.model, loaded.task, shifts))
+    return loaded.recipe.predict(loaded, inputs, **options)

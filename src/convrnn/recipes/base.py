@@ -100,6 +100,40 @@ class Recipe:
         given to the preset where it has them. Default: none."""
         return {}
 
+    # ----- the model -------------------------------------------------------------------------------
+    def check_model(self, cfg: RunConfig) -> None:
+        """Before any data is made: the spec parses, or the preset exists, takes the fields given and
+        is of a kind this recipe trains (a text-line model cannot classify fonts)."""
+        from convrnn.spec.grammar import parse
+        from convrnn.spec.presets import get_preset, list_models
+        if cfg.model.spec or not cfg.model.preset:
+            parse(cfg.model.spec)
+            return
+        preset = get_preset(cfg.model.preset, **self._needs(cfg))  # an unknown preset or field fails here
+        parse(preset.spec)  # and a field value the spec cannot take
+        if preset.task not in self.fitting_tasks():
+            fitting = [n for n in list_models() if get_preset(n).task in self.fitting_tasks()]
+            raise ConfigError(f"preset {cfg.model.preset!r} is a model for {preset.task!r} outputs "
+                              f"({preset.description}), which the {self.name} recipe does not train; its presets: "
+                              f"{', '.join(fitting)} (`convrnn models` lists them all)")
+
+    def build_model(self, cfg: RunConfig, bundle: DataBundle):
+        """The model a run trains: the explicit spec, or the preset filled for the data (its input
+        shape, its number of outputs, and what ``model_fields`` says the data needs)."""
+        from convrnn.spec.builder import build_model
+        from convrnn.spec.presets import get_preset
+        if cfg.model.spec:
+            return build_model(cfg.model.spec, tuple(bundle.input_shape), bundle.num_outputs)
+        preset = get_preset(cfg.model.preset, num_outputs=bundle.num_outputs, input_shape=bundle.input_shape,
+                            **self._needs(cfg))
+        return build_model(preset.spec, tuple(bundle.input_shape), preset.num_outputs)
+
+    def _needs(self, cfg: RunConfig) -> dict[str, Any]:
+        """``model_fields`` of the data, for the fields the chosen preset has."""
+        from convrnn.spec.presets import preset_fields
+        known = preset_fields(cfg.model.preset)
+        return {k: v for k, v in self.model_fields(cfg.data).items() if k in known}
+
     # ----- data, task, inference -------------------------------------------------------------------
     def make_data(self, data_cfg, train_cfg, *, progress: Optional[Callable] = None) -> DataBundle:
         raise NotImplementedError
