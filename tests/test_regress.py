@@ -162,6 +162,18 @@ def test_sum_distribution_is_the_convolution_of_the_steps_and_ignores_padding():
     assert torch.isfinite(d).all() and int(d.argmax()) == 27
 
 
+def test_a_batch_of_mixed_lengths_gives_finite_gradients():
+    """Steps past the end of a shorter sequence hold impossible sums only: their gradient must still be
+    a number, or every batch of mixed lengths is skipped as non-finite."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 10, requires_grad=True)
+    dist = sum_log_distribution(logits.log_softmax(-1), torch.tensor([4, 1, 2]))
+    loss = -dist[torch.arange(3), torch.tensor([20, 3, 9])].sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[1, 1:].abs().max() == 0 and logits.grad[2, 2:].abs().max() == 0  # padding learns nothing
+
+
 def test_sum_of_values_loss_values_and_metrics():
     task = SumOfValuesTask(3)  # values 0, 1, 2
     logits = torch.full((2, 2, 3), -30.0)

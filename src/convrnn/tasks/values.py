@@ -194,6 +194,11 @@ class ValueClassifyTask(Task):
         return {"num_values": self.num_values, "per_step": self.per_step}
 
 
+# log-probability of a sum that cannot happen: finite, so that a window holding only impossible sums
+# (past the end of a shorter sequence) has a finite gradient; exp() of it is exactly 0 in float32
+IMPOSSIBLE = -1e9
+
+
 def sum_log_distribution(logp: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
     """Log-probabilities of the sum of independent per-step values, by exact convolution.
 
@@ -209,11 +214,11 @@ def sum_log_distribution(logp: torch.Tensor, lengths: Optional[torch.Tensor]) ->
     dist = logp.new_full((b, 1), 0.0)  # log P(empty sum = 0) = 0
     flipped = logp.flip(-1)  # value k at index K-1-k, to line up with the sliding windows below
     for step in range(t):
-        padded = F.pad(dist, (k - 1, k - 1), value=-math.inf)  # (B, S) -> (B, S + 2K - 2)
+        padded = F.pad(dist, (k - 1, k - 1), value=IMPOSSIBLE)  # (B, S) -> (B, S + 2K - 2)
         windows = padded.unfold(1, k, 1)  # (B, S + K - 1, K): window j holds dist[j-K+1 .. j]
         new = torch.logsumexp(windows + flipped[:, step, None, :], dim=-1)  # (B, S + K - 1)
         if lengths is not None:
-            keep = F.pad(dist, (0, k - 1), value=-math.inf)  # a padded step leaves the sum as it was
+            keep = F.pad(dist, (0, k - 1), value=IMPOSSIBLE)  # a padded step leaves the sum as it was
             new = torch.where((lengths > step)[:, None].to(new.device), new, keep)
         dist = new
     return dist
