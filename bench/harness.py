@@ -77,8 +77,8 @@ def cpu_isa() -> str:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast gives
-    the convolution models 15-60% more steps in the same time (docs/lines.md, docs/digits.md);
-    elsewhere it is emulated, and slower."""
+    the convolution models more steps in the same time (docs/scaling.md); elsewhere it is emulated,
+    and slower."""
     return cpu_isa() in ("amx_bf16", "avx512_bf16")
 
 

@@ -45,14 +45,12 @@ PHAM_LR = 3e-3
 PHAM_OPTIMIZER = {"train.optimizer": "adam", "train.weight_decay": 0.0}
 THREADS = 2
 # lines_digits_cer's model: the crnn preset with 16 filters and LSTM 96 instead of 32 and 128. A step
-# costs half the default's on a CPU without bfloat16 (2.06x in an interleaved timing, AVX2, float32),
-# and on such a CPU two of them (270 s each) read better than three default members, which were too
-# short there (docs/lines.md, 'A crnn sized for ten digits')
+# costs half the default's on a CPU without bfloat16, and there two of them read better than three
+# default members, which get too few steps each (bench/notes/2026-12-02-lines-weight-decay-small-crnn-warps.md)
 DIGITS_CRNN = {"filters": 16, "hidden_size": 96}
 DIGITS_PRESET = "crnn:" + ",".join(f"{k}={v}" for k, v in DIGITS_CRNN.items())
-# and its training lines warped afresh in every batch: a slant of up to 0.1 pixel per pixel of height and
-# a bend of up to 1 pixel. Unwarped, a member ends its 270 s at a training loss a quarter of its
-# validation loss; warped, three exploratory runs read 0.0087 to 0.0091 against 0.0097 to 0.0105 (docs/lines.md)
+# and its training lines warped afresh in every batch (a slant of up to 0.1 pixel per pixel of height, a
+# bend of up to 1 pixel): unwarped, the small members memorise their lines (the same note)
 DIGITS_WARP = {"data.slant": 0.1, "data.bend": 1.0}
 ENSEMBLE = 2  # members of 270 s each
 SHIFTS = 4  # test lines read at 0..3 pixels of offset: every phase of crnn's 4-pixel frame grid

@@ -107,7 +107,7 @@ class ShiftedViews(_Views):
     A line recogniser that pools the width by s gives one frame per s pixels, so where a character
     falls on that grid is an accident of the line's left margin. Views moved by 0..s-1 pixels see
     every phase of the grid; each reads a few characters differently, and the joint decoding keeps
-    the text they agree on (docs/lines.md). Every view is padded to the same width (``shifts - 1``
+    the text they agree on (docs/decisions.md). Every view is padded to the same width (``shifts - 1``
     columns of background, 0, split between the left and the right), so all views have the same
     frames. For inputs ``(B, C, H, W)`` with ``lengths`` in pixels along W (the lines recipe).
     """
@@ -149,8 +149,8 @@ class MovedViews(_Views):
     ``(B, C, H, W)``): a digit read with confidence from where it was drawn may be read otherwise one
     pixel away, and the views together keep what they agree on. The training augmentation of the
     digits recipe moves digits by up to 2 pixels, so every view is one the model has learnt to read.
-    On three digits runs the product lowered the MSE of sums as much as the mean of the probabilities
-    did and kept the exact matches of a single reading, which the mean lost (docs/digits.md).
+    The product lowers the error as much as the mean of the probabilities does and keeps the exact
+    matches of a single reading, which the mean loses (docs/decisions.md).
     """
 
     def __init__(self, model: nn.Module, views: int, combine: str):

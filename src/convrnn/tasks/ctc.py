@@ -29,8 +29,8 @@ from convrnn.tasks.text_metrics import error_counts
 log = logging.getLogger(__name__)
 BLANK = 0
 NEG_INF = -math.inf
-# beam width of an ensemble's joint decoding: on 2,000 test lines of digits, three members' joint CER
-# was 0.0126 at width 1, 0.0111 at 4 and 0.0110 at 8 (docs/lines.md)
+# beam width of an ensemble's joint decoding: past it, wider beams stopped finding better texts
+# (bench/notes/2026-12-01-lines-digit-strings.md)
 ENSEMBLE_BEAM = 8
 PRUNE = 1e-4  # beam search: labels below this probability at a frame do not extend a prefix there
 
