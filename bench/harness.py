@@ -41,7 +41,6 @@ REGISTRY = {
     "digits_vs_torch": "bench.digits:digits_vs_torch",
     "lines_digits_cer": "bench.lines:lines_digits_cer",
     "lines_text_cer": "bench.lines:lines_text_cer",
-    "lines_vs_kraken": "bench.lines:lines_vs_kraken",
     "gpu_precision": "bench.gpu_precision:run",
 }
 
