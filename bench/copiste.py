@@ -320,6 +320,7 @@ def lines_copiste(quick: bool = False) -> dict:
         decoders = {"greedy": {}, f"beam{BEAM}": {"beam": BEAM},
                     f"beam{BEAM}_lexicon": {"beam": BEAM, "lexicon": str(words)},
                     f"beam{BEAM}_lm{LM_ORDER}": {"beam": BEAM, "lm": str(text), "lm_order": LM_ORDER}}
+        reader.read(lines.subset(range(min(32, len(lines)))), {})  # warm-up: the first decoder timed is not the first run
         for name, decoding in decoders.items():
             hyps, setup, seconds = reader.read(lines, decoding)
             s = score(refs, hyps, prose)
@@ -560,7 +561,8 @@ def _choose_kraken_model(run: dict, work: Path, val_manifest: Path) -> dict:
     the budget: kraken's accuracy during training leaves out the characters that no training line has,
     so the number in a checkpoint's name and ``ketos test``'s are not on one scale."""
     candidates = {}
-    for ckpt in (run["best_validated"], str(Path(work) / "model" / "checkpoint_abort.ckpt")):
+    # the abort checkpoint first: on a tie, the later state wins
+    for ckpt in (str(Path(work) / "model" / "checkpoint_abort.ckpt"), run["best_validated"]):
         if ckpt and Path(ckpt).exists():
             t = ketos_test(Path(ckpt), val_manifest)
             candidates[ckpt] = {"val_accuracy": None if t.get("cer") is None else 1 - t["cer"],
