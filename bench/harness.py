@@ -41,7 +41,9 @@ REGISTRY = {
     "digits_vs_torch": "bench.digits:digits_vs_torch",
     "lines_digits_cer": "bench.lines:lines_digits_cer",
     "lines_text_cer": "bench.lines:lines_text_cer",
-    "lines_vs_kraken": "bench.lines:lines_vs_kraken",
+    "lines_copiste": "bench.copiste:lines_copiste",
+    "lines_copiste_vs_kraken": "bench.copiste:lines_copiste_vs_kraken",
+    "lines_predict_speed": "bench.copiste:lines_predict_speed",
     "gpu_precision": "bench.gpu_precision:run",
 }
 

@@ -10,23 +10,13 @@
   same budget (unwarped, as its committed baseline) are reported in the details.
 - ``lines_text_cer``: test CER of ``crnn`` on synthetic printed lines whose texts never occur in
   training, after at most 20 minutes of CPU training.
-- ``lines_vs_kraken``: kraken's test CER divided by convrnn's, both trained on the same folder of
-  digit lines (written out by convrnn) for the same wall-clock budget; kraken runs from its own
-  virtual environment (``/tmp/kraken-venv`` or ``$KRAKEN_VENV``) through ``ketos train`` / ``ketos test``.
 
 Every training run goes through the recipe's normal path (``runner.train`` with ``train.max_time``).
 """
 # B batch
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -34,7 +24,6 @@ from bench.harness import SHARED_DATA, native_bf16
 
 DIGITS_SECONDS = 540.0   # training seconds; with data and validation the run stays within 10 minutes
 TEXT_SECONDS = 1200.0
-KRAKEN_SECONDS = 600.0
 # pham2014's learning rate: at 1e-3 (the recipe's default until 2026-12-01) it sat on the all-blank
 # plateau (CER 1.0) for the first 800 steps of a 200 s run; at 1e-2 it fits a single batch in 100 steps.
 # 3e-3 is between, and is now the recipe's default too; it stays pinned here so pham2014's budget
@@ -135,102 +124,3 @@ def lines_text_cer(quick: bool = False) -> dict:
         "value": value, "unit": "fraction", "target": 0.02, "target_text": "<= 0.02", "met": value <= 0.02,
         "baseline": None, "details": {**crnn, "budget_training_seconds": budget, "quick": quick},
     }
-
-
-# ------------------------------------------------------------------------------------------- kraken
-
-def _kraken_venv() -> Path:
-    return Path(os.environ.get("KRAKEN_VENV", "/tmp/kraken-venv"))
-
-
-def _ketos(*args: str, timeout: float, cwd: str) -> subprocess.CompletedProcess:
-    ketos = _kraken_venv() / "bin" / "ketos"
-    cmd = [str(ketos), "--threads", str(THREADS), "-d", "cpu", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _kraken_train(train_dir: Path, val_dir: Path, out: Path, budget: float) -> tuple[Path | None, float, str]:
-    """``ketos train`` for ``budget`` wall seconds (then interrupted); the best checkpoint as weights."""
-    ketos = _kraken_venv() / "bin" / "ketos"
-    val_list = out / "val.txt"
-    out.mkdir(parents=True, exist_ok=True)
-    val_list.write_text("\n".join(sorted(str(p) for p in val_dir.glob("*.png"))) + "\n")
-    cmd = [str(ketos), "--threads", str(THREADS), "-d", "cpu", "train", "-f", "path", "-o", str(out / "model"),
-           "-e", str(val_list), "-q", "fixed", "-N", "1000", "-B", "16",
-           *sorted(str(p) for p in train_dir.glob("*.png"))]
-    t0 = time.perf_counter()
-    with open(out / "ketos_train.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=str(out), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            proc.wait(timeout=budget)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)  # Lightning stops gracefully on an interrupt
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    wall = time.perf_counter() - t0
-    ckpts = list((out / "model").glob("checkpoint_*.ckpt"))
-    if not ckpts:
-        tail = (out / "ketos_train.log").read_text(errors="replace")[-600:]
-        return None, wall, f"ketos train left no checkpoint within {budget:.0f} s (log tail: {tail!r})"
-    score = lambda p: float(re.findall(r"-([0-9.]+)\.ckpt$", p.name)[0]) if re.search(r"-([0-9.]+)\.ckpt$", p.name) else -1.0  # noqa: E731
-    best = max(ckpts, key=lambda p: (score(p), p.stat().st_mtime))
-    weights = out / "best.safetensors"
-    conv = _ketos("convert", "-o", str(weights), str(best), timeout=300, cwd=str(out))
-    if conv.returncode != 0 or not weights.exists():
-        return None, wall, f"ketos convert failed (rc {conv.returncode}): {conv.stderr[-400:]}"
-    return weights, wall, ""
-
-
-def _kraken_test(weights: Path, test_dir: Path, cwd: Path) -> tuple[float | None, str]:
-    res = _ketos("test", "-f", "path", "-B", "16", "-m", str(weights),
-                 *sorted(str(p) for p in test_dir.glob("*.png")), timeout=900, cwd=str(cwd))
-    chars = re.search(r"^(\d+)\s+Characters", res.stdout, re.M)
-    errors = re.search(r"^(\d+)\s+Errors", res.stdout, re.M)
-    if res.returncode != 0 or not chars or not errors:
-        return None, f"ketos test failed (rc {res.returncode}): {(res.stderr or res.stdout)[-400:]}"
-    return int(errors.group(1)) / max(int(chars.group(1)), 1), ""
-
-
-def lines_vs_kraken(quick: bool = False) -> dict:
-    from convrnn.data.lines import write_line_folder
-    from convrnn.data.synthetic_lines import digit_lines
-
-    torch.set_num_threads(THREADS)
-    budget = 30.0 if quick else KRAKEN_SECONDS
-    sizes = {"train": 300 if quick else 5000, "val": 50 if quick else 500, "test": 100 if quick else 1000}
-    result = {"metric": "kraken test CER / convrnn test CER, same folder of digit lines, same wall-clock budget",
-              "unit": "ratio", "target": 1.0, "target_text": ">= 1 (convrnn at least as good)", "baseline": None}
-    ketos = _kraken_venv() / "bin" / "ketos"
-    if not ketos.exists():
-        reason = (f"kraken is not installed at {ketos}: create it with `python3 -m venv /tmp/kraken-venv && "
-                  f"/tmp/kraken-venv/bin/pip install kraken` (see bench/README.md, 'kraken')")
-        return {**result, "value": None, "met": None, "details": {"reason": reason}}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        mnist = str(SHARED_DATA / "mnist")
-        folders = {split: write_line_folder(digit_lines(n, split=split, max_digits=8, mnist_dir=mnist), root / split)
-                   for split, n in sizes.items()}
-        ours = _train_and_test({"data.data": str(folders["train"]), "data.val": str(folders["val"]),
-                                "data.test": str(folders["test"]), "model.preset": "crnn",
-                                "train.max_time": budget}, str(root / "convrnn"))
-        kraken_budget = ours["wall_seconds_incl_data_and_validation"]
-        weights, kraken_wall, reason = _kraken_train(folders["train"], folders["val"], root / "kraken", kraken_budget)
-        kraken_cer = None
-        if weights is not None:
-            kraken_cer, reason = _kraken_test(weights, folders["test"], root / "kraken")
-        log_tail = (root / "kraken" / "ketos_train.log").read_text(errors="replace")[-1500:] \
-            if (root / "kraken" / "ketos_train.log").exists() else ""
-        shutil.rmtree(root / "kraken" / "model", ignore_errors=True)
-    our_cer = float(ours["test"]["cer"])
-    value = None if kraken_cer is None else kraken_cer / max(our_cer, 1e-4)
-    version = subprocess.run([str(ketos), "--version"], capture_output=True, text=True).stdout.strip()
-    return {**result, "value": value, "met": None if value is None else value >= 1.0,
-            "details": {"convrnn": ours, "kraken_cer": kraken_cer, "kraken_wall_seconds": round(kraken_wall, 1),
-                        "kraken_version": version, "kraken_reason": reason or None,
-                        "kraken_setup": "default VGSL model, ketos train -f path -B 16 -q fixed, interrupted at "
-                                        "convrnn's wall time; best checkpoint by validation accuracy",
-                        "kraken_log_tail": log_tail, "lines": sizes, "quick": quick,
-                        "ratio_note": "convrnn CER floored at 1e-4 in the ratio"}}
