@@ -14,6 +14,9 @@
   and 16 come first: they report each batch size's training rate and set how often the full run
   validates. Both systems' test pages are also scored by this module's own scorer (kraken's through
   ``kraken ... ocr`` on the same line segmentation).
+- ``lines_copiste_presets``: the three line-model presets (``crnn``, ``puigcerver2017``, ``pham2014``)
+  trained for ``PRESET_BUDGET`` seconds each on the same pages, with the recipe's other defaults; the
+  test CER of each (greedy). Value: the best one's.
 - ``lines_predict_speed``: lines per second of ``convrnn predict`` over the test pages (greedy and
   beam 10), as a user runs it (a fresh process, no cached line images), against ``kraken ... ocr`` on
   the same pages with the same segmentation, both on 2 threads and 2 cores. Value: convrnn greedy
@@ -362,6 +365,48 @@ def lines_copiste(quick: bool = False) -> dict:
             "torch": torch.__version__, "budget_training_seconds": overrides["train.max_time"], "quick": quick,
         },
     }
+
+
+# ---------------------------------------------------------------------------------- lines_copiste_presets
+
+PRESETS = ("crnn", "puigcerver2017", "pham2014")  # the fast default, the large CNN+BLSTM, the MDLSTM model
+PRESET_BUDGET = 1200.0  # seconds of training each: the three share one hour
+
+
+def lines_copiste_presets(quick: bool = False) -> dict:
+    """The three line-model presets on Copiste at one wall-clock budget each (the recipe's other
+    defaults), test CER of each best checkpoint with greedy decoding, over all and prose lines."""
+    _require_data()
+    _pin_cores()
+    torch.set_num_threads(THREADS)
+    budget = QUICK_BUDGET if quick else PRESET_BUDGET
+    test_pages = _pages("test", quick)
+    prose = _repeated_lines()
+    rows = {}
+    for preset in PRESETS:
+        overrides = {**_train_overrides(quick), "train.max_time": budget, "model.preset": preset}
+        info = train_convrnn(overrides, _run_dir(f"lines_copiste_{preset}", quick))
+        reader = Reader(Path(info["run"]))
+        lines = reader.lines(test_pages)
+        hyps, _, seconds = reader.read(lines, {})
+        s = score(_page_texts(test_pages, reader.normalize), hyps, prose)
+        rows[preset] = {"cer": s["all"]["cer"], "wer": s["all"]["wer"], "prose_cer": s["prose"]["cer"],
+                        "steps": info["steps"], "training_seconds": info["training_seconds"],
+                        "wall_seconds_incl_data_and_validation": info["wall_seconds_incl_data_and_validation"],
+                        "best_val_cer": info["best_val"].get("cer"), "spec": reader.model.spec,
+                        "parameters": sum(p.numel() for p in reader.model.parameters()),
+                        "read_seconds": round(seconds, 1), "run": info["run"]}
+        _log(f"{preset}: test CER {s['all']['cer']:.4f} after {info['steps']} steps")
+    best = min(rows, key=lambda name: rows[name]["cer"])
+    return {"metric": f"Copiste test CER (greedy, all lines) of the best of {', '.join(PRESETS)}, each trained "
+                      f"{budget:g} s on {THREADS} CPU threads with the lines recipe's other defaults",
+            "value": rows[best]["cer"], "unit": "fraction", "target": None, "target_text": "a comparison",
+            "met": None, "baseline": None,
+            "details": {"best": best, "presets": rows, "budget_training_seconds": budget, "quick": quick,
+                        "commands": {p: _q(["convrnn", "train", "lines", "--data", COPISTE / "train" / "*.xml",
+                                            "--val", COPISTE / "val", "--test", COPISTE / "test", "--preset", p,
+                                            "--max-time", f"{budget:g}", "--threads", THREADS, "--run-dir", "RUN"])
+                                     for p in PRESETS}}}
 
 
 # ------------------------------------------------------------------------------------------------ kraken

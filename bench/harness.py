@@ -43,6 +43,7 @@ REGISTRY = {
     "lines_text_cer": "bench.lines:lines_text_cer",
     "lines_copiste": "bench.copiste:lines_copiste",
     "lines_copiste_vs_kraken": "bench.copiste:lines_copiste_vs_kraken",
+    "lines_copiste_presets": "bench.copiste:lines_copiste_presets",
     "lines_predict_speed": "bench.copiste:lines_predict_speed",
     "gpu_precision": "bench.gpu_precision:run",
 }
