@@ -26,11 +26,11 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from convrnn.data.augment import LineAugment, augment_lines, batch_rng, line_grid
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
-from convrnn.data.sequences import smooth_field
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import checked, one_of, path_field
 
@@ -64,11 +64,17 @@ class LinesDataConfig:
     rotate: float = checked(0.0, lambda v: 0 <= v <= 45, "0..45 degrees")  # digits: training digits turn by up to this (0 = off)
     zoom: float = checked(0.0, lambda v: 0 <= v < 0.5, "0 <= zoom < 0.5")  # digits: training digits scale by up to 1 +- zoom
     elastic: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")  # digits: training digits bend by up to this many pixels
-    # any lines: every training batch warped afresh (``warp_lines``); 0 turns each off
+    # any lines: every training batch distorted afresh, line by line (convrnn.data.augment); 0 turns each off
     # horizontal shear of a whole line, up to this many pixels per pixel of height
     slant: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1 pixels per pixel of height")
     # smooth random displacement, up to this many pixels, control points BEND_SPACING apart
     bend: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")
+    tilt: float = checked(0.0, lambda v: 0 <= v <= 10, "0..10 degrees")  # rotation about the line's centre
+    stretch_x: float = checked(0.0, lambda v: 0 <= v <= 0.5, "0..0.5")  # horizontal scale within 1 +- stretch_x (frames follow)
+    stretch_y: float = checked(0.0, lambda v: 0 <= v <= 0.5, "0..0.5")  # vertical scale within 1 +- stretch_y
+    stroke: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1 pixels")  # strokes thicker or thinner per side (3x3 max/min)
+    contrast: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1")  # ink multiplied by a gain within 1 +- contrast
+    brightness: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1")  # within +-brightness added to the pixels (clipped)
     mnist_dir: str = path_field(keep=("sklearn",))  # digits: MNIST IDX folder (empty = $CONVRNN_MNIST_DIR or the cache)
     text: str = path_field()       # text: UTF-8 file of lines to render (empty = embedded corpus)
     fonts: list[str] = path_field([])  # text: font files/folders (empty = matplotlib's)
@@ -295,9 +301,6 @@ def split_lines(lines: LineSet, val_fraction: float, seed: int) -> tuple[LineSet
 PAD_WIDTH_TO = 32  # batch widths are rounded up to a multiple: few distinct shapes for the CPU kernels
 
 
-BEND_SPACING = 8  # pixels between a bend's control points along the width (3 rows of them over the height)
-
-
 def warp_lines(x: torch.Tensor, rng: np.random.Generator, *, slant: float = 0.0, bend: float = 0.0) -> torch.Tensor:
     """Warp each line of ``x`` ``(B, 1, H, W)`` by a random slant and a smooth random bend (one resampling).
 
@@ -307,25 +310,23 @@ def warp_lines(x: torch.Tensor, rng: np.random.Generator, *, slant: float = 0.0,
     pixels along each axis and interpolates between them bicubically, so neighbouring characters of one
     line bend differently: the per-character distortion of Simard et al. (2003) for whole lines. The
     width, and so the line's length in frames, does not change; ink moved past the padding is cut off.
+    ``convrnn.data.augment.augment_lines`` adds rotation, scale, stroke width and contrast to these.
     """
     b, _, h, w = x.shape
     if b == 0 or (slant <= 0 and bend <= 0):
         return x
-    ys = torch.arange(h, dtype=torch.float32) + 0.5  # pixel centres
-    xs = torch.arange(w, dtype=torch.float32) + 0.5
-    shear = torch.from_numpy(rng.uniform(-slant, slant, size=b).astype(np.float32)) if slant > 0 else torch.zeros(b)
-    src_x = xs.view(1, 1, w) + shear.view(b, 1, 1) * (ys.view(1, h, 1) - h / 2)  # (B, H, W)
-    src_y = ys.view(1, h, 1).expand(b, h, w)
-    if bend > 0:
-        cols = max(2, -(-w // BEND_SPACING) + 1)
-        field = smooth_field(rng, b, (3, cols), (h, w), bend)  # (B, 2, H, W) in pixels: (dx, dy)
-        src_x, src_y = src_x + field[:, 0], src_y + field[:, 1]
-    grid = torch.stack((src_x * (2.0 / w) - 1.0, src_y * (2.0 / h) - 1.0), dim=-1)  # (B, H, W, 2) in -1..1
+    grid = line_grid(b, h, w, rng, slant=slant, bend=bend)  # (B, H, W, 2) in -1..1
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def line_augment(cfg: LinesDataConfig) -> LineAugment:
+    """The training-batch distortions ``cfg`` asks for."""
+    return LineAugment(slant=cfg.slant, bend=cfg.bend, tilt=cfg.tilt, stretch_x=cfg.stretch_x,
+                       stretch_y=cfg.stretch_y, stroke=cfg.stroke, contrast=cfg.contrast, brightness=cfg.brightness)
+
+
 def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO, *, slant: float = 0.0, bend: float = 0.0,
-                 seed: int = 0) -> Callable[[np.ndarray], dict]:
+                 seed: int = 0, augment: Optional[LineAugment] = None) -> Callable[[np.ndarray], dict]:
     """Batches padded on the right: ``x`` ``(B, 1, H, W)`` in 0..1, ``lengths`` the lines' own widths.
 
     ``W`` is the widest line rounded up to a multiple of ``pad_to``: CPU convolution kernels are
@@ -334,9 +335,13 @@ def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO, *, slant: float = 0
 
     Targets are not encoded here: the CTC task encodes ``texts`` with its own alphabet (the
     checkpoint's at evaluation), so a validation text with unseen characters cannot break a batch.
-    ``slant`` and ``bend`` warp every batch (``warp_lines``) with draws from ``seed`` and the batch's
-    line indices: the same batch is warped the same way, so a resumed run replays it.
+    ``augment`` (or only ``slant`` and ``bend``) distorts every batch with draws from ``seed`` and the
+    batch's line indices (``augment.batch_rng``): the same batch is distorted the same way, so a resumed
+    run replays it. Slant and bend alone warp as ``warp_lines``; anything more goes through
+    ``augment_lines``, which may also change ``lengths`` (a horizontal scale) and ``W``.
     """
+    aug = augment if augment is not None else LineAugment(slant=slant, bend=bend)
+
     def fetch(idx: np.ndarray) -> dict:
         items = [lines.images[int(i)] for i in idx]
         height, widest = items[0].shape[0], max(im.shape[1] for im in items)
@@ -345,21 +350,25 @@ def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO, *, slant: float = 0
         for k, im in enumerate(items):
             x[k, :, : im.shape[1]] = im
         x_t = torch.from_numpy(x).unsqueeze(1).float().div_(255.0)  # (B, H, W) -> (B, 1, H, W)
-        if slant > 0 or bend > 0:
-            rng = np.random.default_rng(np.random.SeedSequence([seed, *np.asarray(idx, dtype=np.int64).tolist()]))
-            x_t = warp_lines(x_t, rng, slant=slant, bend=bend)
-        return {"x": x_t, "lengths": torch.from_numpy(lines.widths[idx]),
+        lengths = torch.from_numpy(lines.widths[idx])
+        if aug.active:
+            rng = batch_rng(seed, idx)
+            if aug.warp_only:
+                x_t = warp_lines(x_t, rng, slant=aug.slant, bend=aug.bend)
+            else:
+                x_t, lengths = augment_lines(x_t, lengths, rng, aug, pad_to)
+        return {"x": x_t, "lengths": lengths,
                 "texts": [lines.texts[int(i)] for i in idx], "ids": [lines.names[int(i)] for i in idx]}
 
     return fetch
 
 
 def line_batches(lines: LineSet, batch_size: int, *, shuffle: bool = True, seed: int = 0, slant: float = 0.0,
-                 bend: float = 0.0) -> IndexedBatches:
-    """Batches of lines of similar width (``sort_key``): less padding, same resumable order; ``slant`` and
-    ``bend`` warp each batch (``warp_lines``; for training batches)."""
+                 bend: float = 0.0, augment: Optional[LineAugment] = None) -> IndexedBatches:
+    """Batches of lines of similar width (``sort_key``): less padding, same resumable order; ``augment``
+    (or only ``slant`` and ``bend``) distorts each batch (``line_fetcher``; for training batches)."""
     widths = lines.widths
-    fetch = line_fetcher(lines, slant=slant, bend=bend, seed=seed)
+    fetch = line_fetcher(lines, slant=slant, bend=bend, seed=seed, augment=augment)
     return IndexedBatches(range(len(lines)), batch_size, fetch=fetch, shuffle=shuffle, seed=seed,
                           sort_key=lambda i: int(widths[i]))
 
@@ -375,4 +384,3 @@ def write_line_folder(lines: LineSet, folder: str | Path, *, dark_on_light: bool
         Image.fromarray(pixels).save(out / f"{k:06d}.png")
         (out / f"{k:06d}{GT_SUFFIX}").write_text(text + "\n", encoding="utf-8")
     return out
-

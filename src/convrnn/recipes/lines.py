@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_batches,
+from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
@@ -109,7 +109,7 @@ class LinesRecipe(Recipe):
                  f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))
         meta = {"alphabet": alphabet, "height": data_cfg.height,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
-        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, slant=data_cfg.slant, bend=data_cfg.bend),
+        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, augment=line_augment(data_cfg)),
                           val=line_batches(val, max(bs, 64), shuffle=False),
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
