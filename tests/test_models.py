@@ -103,3 +103,30 @@ def test_bad_preset_fields_are_config_errors(name, message):
 def test_register_model_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_model(lambda: None, name="fwtk")
+
+
+def test_puigcerver2017_follows_the_paper_and_fits_ctc():
+    preset = get_preset("puigcerver2017", num_outputs=134)
+    ops = parse(preset.spec)
+    convs = [op for op in ops if op.name == "conv"]
+    assert [op.args["filters"] for op in convs] == [16, 32, 48, 64, 80]
+    assert all(op.args["kernel"] == (3, 3) and op.args["act"] == "leaky" for op in convs)
+    assert [op.name for op in ops].count("bn") == 5 and [op.name for op in ops].count("pool") == 3
+    # dropout 0.2 right before blocks 3, 4 and 5; 0.5 before the BLSTM stack and before the labels
+    names = [op.name for op in ops]
+    before_convs = [ops[i - 1] for i, op in enumerate(ops) if op.name == "conv" and i > 0]
+    assert [op.args.get("p") for op in before_convs if op.name == "drop"] == [0.2, 0.2, 0.2]
+    (rnn,) = [op for op in ops if op.name == "lstm"]
+    assert rnn.args["hidden"] == 256 and rnn.args["bi"] and rnn.args["layers"] == 5 and rnn.args["dropout"] == 0.5
+    assert names[-3:] == ["lstm", "drop", "ctc"] and names[names.index("lstm") - 1] == "drop"
+    small = get_preset("puigcerver2017:hidden_size=128,layers=3")
+    assert "lstm:128,bi,layers=3,dropout=0.5" in small.spec
+    # one frame per 8 pixels of width; a line of the preset's height whose characters are a third of
+    # its height wide (narrow handwriting) still gets more than two frames per character
+    height = preset.input_shape[1]
+    model = create_model("puigcerver2017:hidden_size=32,layers=2", num_outputs=134).eval()
+    width, chars = 60 * height // 3, 60
+    with torch.no_grad():
+        out = model.run(torch.rand(2, 1, height, width), torch.tensor([width, width // 2]), need_state=False)
+    assert tuple(out.y.shape) == (2, width // 8, 134) and out.lengths.tolist() == [width // 8, width // 16]
+    assert out.y.shape[1] >= 2 * chars

@@ -204,6 +204,32 @@ def pham2014(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), dropo
                   num_outputs)
 
 
+@register_model
+def puigcerver2017(*, num_outputs: int = 80, input_shape: tuple = (1, 64, None), filters: int = 16,
+                   hidden_size: int = 256, layers: int = 5, conv_dropout: float = 0.2,
+                   dropout: float = 0.5) -> Preset:
+    """The CNN+BLSTM line recogniser of Puigcerver (2017), "Are multidimensional recurrent layers really
+    necessary for handwritten text recognition?".
+
+    Five 3x3 convolution blocks of ``filters`` x 1..5 filters (16-32-48-64-80), each with batch norm
+    and a leaky ReLU; 2x2 max pooling after the first three (one frame per 8 pixels of width); dropout
+    ``conv_dropout`` before blocks 3 to 5; one step per column; ``layers`` bidirectional LSTM layers of
+    ``hidden_size`` with dropout ``dropout`` before each and before the linear layer to the labels.
+    The paper reads lines 128 pixels high; the default here is 64 (see docs/lines.md). The
+    activation comes before batch norm (the spec's convolutions carry their activation), where the
+    paper normalises first.
+    """
+    f, p, q = filters, conv_dropout, dropout
+    blocks = []
+    for k in range(1, 6):
+        blocks.append(f"{f'drop:{p} ' if k >= 3 and p > 0 else ''}conv:{k * f},3x3,leaky bn{' pool:2x2' if k <= 3 else ''}")
+    rnn = f"lstm:{hidden_size},bi,layers={layers}{f',dropout={q}' if layers > 1 and q > 0 else ''}"
+    drop = f"drop:{q} " if q > 0 else ""
+    spec = " ".join(blocks) + f" cols {drop}{rnn} {drop}ctc"
+    return Preset(spec, input_shape, "text lines: the CNN+BLSTM recogniser of Puigcerver 2017 (5 conv blocks, "
+                  "5 x BLSTM 256), CTC", "ctc", num_outputs)
+
+
 # ----------------------------------------------------------------------------------------------
 # Digit sequences (the digits and mnist recipes). Input: an image sequence (T, 1, H, W), T varies;
 # H x W follows the data (28x28 MNIST, 8x8 for the bundled fallback). ``op`` is what the sequence's
