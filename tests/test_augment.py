@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from convrnn.data.augment import LineAugment, augment_lines, batch_rng, stroke_width
-from convrnn.data.lines import LinesDataConfig, LineSet, line_augment, line_batches, line_fetcher, warp_lines
+from convrnn.data.lines import (LinesDataConfig, LineSet, build_alphabet, line_augment, line_batches, line_fetcher,
+                                read_lines, warp_lines)
 from convrnn.errors import ConfigError
 from convrnn.fields import check
+from convrnn.spec import create_model
+from convrnn.tasks.ctc import CTCTask
 
 ALL_ON = LineAugment(slant=0.2, bend=1.0, tilt=1.5, stretch_x=0.1, stretch_y=0.1, stroke=0.7, contrast=0.3,
                      brightness=0.1)
@@ -120,3 +124,38 @@ def test_config_fields_reach_the_batches_and_are_checked():
     for name, bad in (("tilt", 20.0), ("stretch_x", 0.7), ("stroke", 1.5), ("contrast", -0.1)):
         with pytest.raises(ConfigError, match=f"data.{name}"):
             check(LinesDataConfig(data="x", **{name: bad}), "data")
+
+
+COPISTE_PAGE = SHARED_DATA / "copiste" / "train" / "imp_wikitexte_0052.xml"
+
+
+@pytest.mark.skipif(not COPISTE_PAGE.exists(), reason="the Copiste pages are not in the shared data folder")
+def test_the_lines_of_a_real_page_are_learnt_in_seconds():
+    """From page XML to CTC: a small crnn learns to read the 15 handwritten lines of one Copiste page.
+
+    It reads none of them at first (CER 1) and, on the machine these numbers come from, 0.18 of the
+    characters wrong after 100 steps, 0.013 after 125 and none after 150; 150 steps take about 30 s
+    on one core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: on a busy machine a second one waits more than it works
+    try:
+        torch.manual_seed(0)
+        lines = read_lines(str(COPISTE_PAGE), height=24, workers=1)
+        assert len(lines) == 15
+        task = CTCTask(build_alphabet(lines.texts))
+        model = create_model("crnn:filters=16,hidden_size=64", num_outputs=task.num_outputs, input_shape=(1, 24, None))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        batch = next(iter(line_batches(lines, 16, seed=0).batches(0)))  # all 15 lines
+        for _ in range(150):
+            loss = task.loss(model.run(batch["x"], batch["lengths"], need_state=False), batch)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.eval()
+        metrics = task.new_metrics()
+        with torch.no_grad():
+            metrics.update(model.run(batch["x"], batch["lengths"], need_state=False), batch)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics.compute()["cer"] < 0.1, metrics.compute()
