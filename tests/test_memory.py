@@ -96,9 +96,19 @@ def measure_in_subprocess(preset: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def presets() -> list[str]:
+def weights_dominate(preset: str) -> bool:
+    """Weights, gradients and Adam's moments take more than two thirds of TARGET_BYTES at the smallest batch.
+    This measure cannot see them: the warm-up model's freed weights and moments are reused below the
+    high-water mark, so such a step reads anywhere from about 0.6 to 1.4 of its peak from run to run."""
+    from convrnn.spec.presets import create_model
+    mem = create_model(preset).summary(batch_size=1, seq_len=SEQ_LEN).memory
+    return mem["weights"] + mem["gradients"] + mem["optimizer"] > TARGET_BYTES * 2 / 3
+
+
+def presets() -> list:
     from convrnn.spec.presets import list_models
-    return list_models()
+    return [pytest.param(name, marks=pytest.mark.skip(reason="weights dominate the step: not measurable here"))
+            if weights_dominate(name) else name for name in list_models()]
 
 
 @pytest.mark.slow
