@@ -114,8 +114,12 @@ def presets() -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", presets())
 def test_estimate_within_30_percent_of_measured_cpu_peak(preset):
-    r = measure_in_subprocess(preset)
-    assert abs(r["ratio"] - 1) <= TOLERANCE, r
+    # A reading varies by up to a third between fresh processes, either way (the allocator reuses
+    # memory freed by the warm-up and the first step below the high-water mark, or does not): the
+    # median of three is compared, so one stray reading does not decide.
+    readings = sorted((measure_in_subprocess(preset) for _ in range(3)), key=lambda m: m["ratio"])
+    r = readings[1]
+    assert abs(r["ratio"] - 1) <= TOLERANCE, [m["ratio"] for m in readings]
 
 
 if __name__ == "__main__":  # pragma: no cover - the CUDA check, run on a GPU machine
