@@ -19,7 +19,7 @@ whitespace runs collapsed to one space.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -321,8 +321,7 @@ def warp_lines(x: torch.Tensor, rng: np.random.Generator, *, slant: float = 0.0,
 
 def line_augment(cfg: LinesDataConfig) -> LineAugment:
     """The training-batch distortions ``cfg`` asks for."""
-    return LineAugment(slant=cfg.slant, bend=cfg.bend, tilt=cfg.tilt, stretch_x=cfg.stretch_x,
-                       stretch_y=cfg.stretch_y, stroke=cfg.stroke, contrast=cfg.contrast, brightness=cfg.brightness)
+    return LineAugment(**{f.name: getattr(cfg, f.name) for f in fields(LineAugment)})
 
 
 def line_fetcher(lines: LineSet, pad_to: int = PAD_WIDTH_TO, *, slant: float = 0.0, bend: float = 0.0,
