@@ -57,7 +57,7 @@ REPEATED = {"consent", "header", "pagenum"}      # flags of the lines left out o
 BEAM = 10
 LM_ORDER = 3                                     # the character n-gram order of CTCTask.with_decoding
 PROBE_BATCHES = (1, 4, 16)                       # kraken batch sizes probed for their training rate
-PROBE_SECONDS = 600.0
+PROBE_SECONDS = 300.0
 QUICK_PROBE_SECONDS = 15.0
 # the kraken batch sizes that get a full-budget run (KRAKEN_FULL_BATCHES=1,4 to add one); the value uses
 # the one that reads the test pages best
