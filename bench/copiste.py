@@ -370,7 +370,7 @@ def lines_copiste(quick: bool = False) -> dict:
 # ---------------------------------------------------------------------------------- lines_copiste_presets
 
 PRESETS = ("crnn", "puigcerver2017", "pham2014")  # the fast default, the large CNN+BLSTM, the MDLSTM model
-PRESET_BUDGET = 1200.0  # seconds of training each: the three share one hour
+PRESET_BUDGET = 600.0  # seconds of training each: the three share half an hour
 
 
 def lines_copiste_presets(quick: bool = False) -> dict:
