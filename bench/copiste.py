@@ -260,6 +260,15 @@ def convrnn_commands(run: Path, overrides: dict) -> dict:
             "predict_pages": _q(["convrnn", "predict", run, f"{test}/*.xml", "--out", "recognised/"])}
 
 
+DATA_SETTINGS = ("height", "max_width", "normalize", "augment", "slant", "bend", "tilt", "stretch_x", "stretch_y",
+                 "stroke", "contrast", "brightness")
+
+
+def _data_settings(cfg: dict) -> dict:
+    """The data settings of a run's saved config that shape what it trains on (lines and distortions)."""
+    return {k: cfg["data"][k] for k in DATA_SETTINGS if k in cfg["data"]}
+
+
 class Reader:
     """A run's best checkpoint, reading test lines: the model, its task, the line height and the text
     normal form it was trained with."""
@@ -358,9 +367,7 @@ def lines_copiste(quick: bool = False) -> dict:
             "run": info, "model": {"spec": reader.model.spec, "height": reader.height,
                                    "alphabet_size": len(reader.task.alphabet),
                                    "parameters": sum(p.numel() for p in reader.model.parameters())},
-            "train_config": cfg["train"], "data_config": {k: cfg["data"][k] for k in
-                                                          ("height", "max_width", "normalize", "slant", "bend")
-                                                          if k in cfg["data"]},
+            "train_config": cfg["train"], "data_config": _data_settings(cfg),
             "commands": convrnn_commands(run, overrides), "convrnn_commit": info.get("commit"),
             "torch": torch.__version__, "budget_training_seconds": overrides["train.max_time"], "quick": quick,
         },
@@ -394,6 +401,7 @@ def lines_copiste_presets(quick: bool = False) -> dict:
                         "steps": info["steps"], "training_seconds": info["training_seconds"],
                         "wall_seconds_incl_data_and_validation": info["wall_seconds_incl_data_and_validation"],
                         "best_val_cer": info["best_val"].get("cer"), "spec": reader.model.spec,
+                        "data_config": _data_settings(reader.loaded.ckpt["config"]),
                         "parameters": sum(p.numel() for p in reader.model.parameters()),
                         "read_seconds": round(seconds, 1), "run": info["run"]}
         _log(f"{preset}: test CER {s['all']['cer']:.4f} after {info['steps']} steps")

@@ -126,6 +126,33 @@ def test_config_fields_reach_the_batches_and_are_checked():
             check(LinesDataConfig(data="x", **{name: bad}), "data")
 
 
+def test_the_recipe_distorts_lines_read_from_files_and_not_synthetic_ones(tmp_path):
+    """``data.augment=auto``: the handwriting set for --data, none for --synthetic; a distortion given
+    one by one wins over the set; a saved config re-runs with its own values."""
+    from convrnn.data.augment import AUGMENT_SETS
+    from convrnn.recipes.base import get_recipe
+
+    recipe = get_recipe("lines")
+    files = recipe.config({"data.data": "lines/"}).data
+    assert files.augment == "handwriting"
+    assert line_augment(files) == LineAugment(**AUGMENT_SETS["handwriting"])
+    synthetic = recipe.config({"data.synthetic": "digits"}).data
+    assert synthetic.augment == "none" and not line_augment(synthetic).active
+    mixed = recipe.config({"data.data": "lines/", "data.slant": "0", "data.brightness": "0.1"}).data
+    assert line_augment(mixed) == LineAugment(**{**AUGMENT_SETS["handwriting"], "slant": 0.0, "brightness": 0.1})
+    assert not line_augment(recipe.config({"data.data": "lines/", "data.augment": "none"}).data).active
+    warped = recipe.config({"data.synthetic": "digits", "data.augment": "handwriting"}).data
+    assert line_augment(warped) == LineAugment(**AUGMENT_SETS["handwriting"])
+
+    saved = tmp_path / "config.json"
+    cfg = recipe.config({"data.data": "lines/", "data.augment": "none", "data.tilt": "2"})
+    cfg.save(saved)
+    again = recipe.config(config_file=str(saved)).data
+    assert line_augment(again) == LineAugment(tilt=2.0) and again.augment == "none"
+    with pytest.raises(ConfigError, match="data.augment"):
+        check(recipe.config({"data.data": "lines/", "data.augment": "strong"}).data, "data")
+
+
 COPISTE_PAGE = SHARED_DATA / "copiste" / "train" / "imp_wikitexte_0052.xml"
 
 

@@ -57,6 +57,15 @@ class LineAugment:
         return not any(v > 0 for v in rest.values())
 
 
+# Named sets of distortions (``data.augment``): each fills the distortions a run does not set itself.
+# ``handwriting`` was measured on real handwritten pages (docs/decisions.md).
+AUGMENT_SETS: dict[str, dict[str, float]] = {
+    "none": {},
+    "handwriting": {"slant": 0.2, "bend": 1.0, "tilt": 1.0, "stretch_x": 0.1, "stretch_y": 0.1, "stroke": 0.5,
+                    "contrast": 0.3},
+}
+
+
 def batch_rng(seed: int, indices: Iterable[int]) -> np.random.Generator:
     """The generator for one batch: a function of the seed and the batch's line indices only."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), *np.asarray(indices, dtype=np.int64).tolist()]))

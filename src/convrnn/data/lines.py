@@ -64,7 +64,10 @@ class LinesDataConfig:
     rotate: float = checked(0.0, lambda v: 0 <= v <= 45, "0..45 degrees")  # digits: training digits turn by up to this (0 = off)
     zoom: float = checked(0.0, lambda v: 0 <= v < 0.5, "0 <= zoom < 0.5")  # digits: training digits scale by up to 1 +- zoom
     elastic: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")  # digits: training digits bend by up to this many pixels
-    # any lines: every training batch distorted afresh, line by line (convrnn.data.augment); 0 turns each off
+    # any lines: every training batch distorted afresh, line by line (convrnn.data.augment); 0 turns each off.
+    # `augment` names the set that fills the distortions not set one by one: auto = handwriting for lines
+    # read from files, none for synthetic lines (settled when a run starts; the saved config has the values)
+    augment: str = one_of("auto", "handwriting", "none")
     # horizontal shear of a whole line, up to this many pixels per pixel of height
     slant: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1 pixels per pixel of height")
     # smooth random displacement, up to this many pixels, control points BEND_SPACING apart

@@ -80,6 +80,7 @@ class Recipe:
     def config(self, overrides: dict[str, Any] | None = None, config_file: Optional[str] = None) -> RunConfig:
         """Defaults, then a saved config file, then explicit overrides (last wins)."""
         cfg = self.default_config()
+        given: set[str] = set()
         if config_file:
             saved = load_config_file(config_file)
             if saved["recipe"] != self.name:
@@ -87,9 +88,16 @@ class Recipe:
             flat = flatten_config_dict(saved)
             flat.pop("train.run_dir", None)  # a re-run gets a fresh directory
             cfg.override(flat)
+            given.update(flat)
         if overrides:
             cfg.override(overrides)
+            given.update(overrides)
+        self.settle_defaults(cfg, given)
         return cfg
+
+    def settle_defaults(self, cfg: RunConfig, given: set[str]) -> None:
+        """Defaults that depend on other settings, filled in place; ``given`` names the keys
+        (``section.key``) that the caller or a saved config set, which are left alone. Default: none."""
 
     def resolve_data(self, data_cfg) -> None:
         """At the start of a new run: settle implicit data choices in place (where the data comes

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
@@ -85,12 +88,27 @@ class LinesRecipe(Recipe):
         CliOption("--val", "data.val", "validation lines, as --data (default: a split of --data by text)"),
         CliOption("--test", "data.test", "test lines, as --data (for `convrnn eval RUN --split test`)"),
         CliOption("--height", "data.height", "line height in pixels after scaling", type=int),
+        CliOption("--augment", "data.augment", "distortions of training lines: auto (handwriting for --data, "
+                  "none for --synthetic), handwriting or none; data.slant etc. set one each",
+                  type=click.Choice(["auto", "handwriting", "none"])),
         CliOption("--num-train", "data.num_train", "synthetic training lines", type=int),
         CliOption("--max-digits", "data.max_digits", "synthetic digits: longest string", type=int),
         CliOption("--mnist-dir", "data.mnist_dir", "synthetic digits: MNIST IDX folder"),
         CliOption("--text", "data.text", "synthetic text: UTF-8 file of lines to render"),
         CliOption("--fonts", "data.fonts", "synthetic text: font file or folder (repeatable)", multiple=True),
     )
+
+    def settle_defaults(self, cfg, given: set[str]) -> None:
+        """``data.augment``: ``auto`` becomes ``handwriting`` for lines read from files and ``none`` for
+        synthetic lines, and the named set fills every distortion not given one by one."""
+        data = cfg.data
+        name = data.augment if data.augment != "auto" else ("none" if data.synthetic else "handwriting")
+        if name not in AUGMENT_SETS:
+            return  # an unknown name: the config check names it
+        for f in dataclass_fields(LineAugment):
+            if f"data.{f.name}" not in given:
+                setattr(data, f.name, AUGMENT_SETS[name].get(f.name, 0.0))
+        data.augment = name
 
     def resolve_data(self, data_cfg: LinesDataConfig) -> None:
         if data_cfg.synthetic == "digits":
@@ -107,9 +125,13 @@ class LinesRecipe(Recipe):
         bs = train_cfg.batch_size
         log.info("lines: %d train, %d val%s lines of height %d; alphabet of %d characters", len(train), len(val),
                  f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))
+        augment = line_augment(data_cfg)
+        if augment.active:
+            log.info("lines: training lines distorted (data.augment=%s; --augment none turns them off): %s",
+                     data_cfg.augment, ", ".join(f"{k} {v:g}" for k, v in asdict(augment).items() if v > 0))
         meta = {"alphabet": alphabet, "height": data_cfg.height,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
-        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, augment=line_augment(data_cfg)),
+        return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, augment=augment),
                           val=line_batches(val, max(bs, 64), shuffle=False),
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
