@@ -260,13 +260,12 @@ def convrnn_commands(run: Path, overrides: dict) -> dict:
             "predict_pages": _q(["convrnn", "predict", run, f"{test}/*.xml", "--out", "recognised/"])}
 
 
-DATA_SETTINGS = ("height", "max_width", "normalize", "augment", "slant", "bend", "tilt", "stretch_x", "stretch_y",
-                 "stroke", "contrast", "brightness")
-
-
 def _data_settings(cfg: dict) -> dict:
     """The data settings of a run's saved config that shape what it trains on (lines and distortions)."""
-    return {k: cfg["data"][k] for k in DATA_SETTINGS if k in cfg["data"]}
+    from dataclasses import fields
+    from convrnn.data.augment import LineAugment
+    keys = ("height", "max_width", "normalize", "augment", *(f.name for f in fields(LineAugment)))
+    return {k: cfg["data"][k] for k in keys if k in cfg["data"]}
 
 
 class Reader:

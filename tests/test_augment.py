@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from convrnn.data.augment import LineAugment, augment_lines, batch_rng, stroke_width
+from convrnn.data.augment import AUGMENT_SETS, LineAugment, augment_lines, batch_rng, stroke_width
 from convrnn.data.lines import (LinesDataConfig, LineSet, build_alphabet, line_augment, line_batches, line_fetcher,
                                 read_lines, warp_lines)
 from convrnn.errors import ConfigError
@@ -129,7 +129,6 @@ def test_config_fields_reach_the_batches_and_are_checked():
 def test_the_recipe_distorts_lines_read_from_files_and_not_synthetic_ones(tmp_path):
     """``data.augment=auto``: the handwriting set for --data, none for --synthetic; a distortion given
     one by one wins over the set; a saved config re-runs with its own values."""
-    from convrnn.data.augment import AUGMENT_SETS
     from convrnn.recipes.base import get_recipe
 
     recipe = get_recipe("lines")

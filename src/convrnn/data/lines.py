@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from convrnn.data.augment import LineAugment, augment_lines, batch_rng, line_grid
+from convrnn.data.augment import AUGMENT_SETS, LineAugment, augment_lines, batch_rng, line_grid
 from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
@@ -67,7 +67,7 @@ class LinesDataConfig:
     # any lines: every training batch distorted afresh, line by line (convrnn.data.augment); 0 turns each off.
     # `augment` names the set that fills the distortions not set one by one: auto = handwriting for lines
     # read from files, none for synthetic lines (settled when a run starts; the saved config has the values)
-    augment: str = one_of("auto", "handwriting", "none")
+    augment: str = one_of("auto", *AUGMENT_SETS)
     # horizontal shear of a whole line, up to this many pixels per pixel of height
     slant: float = checked(0.0, lambda v: 0 <= v <= 1, "0..1 pixels per pixel of height")
     # smooth random displacement, up to this many pixels, control points BEND_SPACING apart

@@ -90,7 +90,7 @@ class LinesRecipe(Recipe):
         CliOption("--height", "data.height", "line height in pixels after scaling", type=int),
         CliOption("--augment", "data.augment", "distortions of training lines: auto (handwriting for --data, "
                   "none for --synthetic), handwriting or none; data.slant etc. set one each",
-                  type=click.Choice(["auto", "handwriting", "none"])),
+                  type=click.Choice(["auto", *AUGMENT_SETS])),
         CliOption("--num-train", "data.num_train", "synthetic training lines", type=int),
         CliOption("--max-digits", "data.max_digits", "synthetic digits: longest string", type=int),
         CliOption("--mnist-dir", "data.mnist_dir", "synthetic digits: MNIST IDX folder"),
