@@ -26,7 +26,7 @@ def test_a_few_steps_then_resume_eval_predict_export_report(recipe, tmp_path, ca
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["recipe"] == recipe
     code, out, err = run_cli(capsys, "-q", "train", recipe, "--resume", str(run), "--max-steps", "5")
-    assert code == 0 and "trained:    5 steps" in out, err
+    assert code == 0 and "trained:    5 steps" in out and "stopped by the step limit (--max-steps)" in out, err
     code, out, err = run_cli(capsys, "eval", str(run))
     assert code == 0 and out.startswith(f"checkpoint: {run / 'checkpoints' / 'best.pt'}") and "loss: " in out, err
     inputs = predict_inputs(recipe, tmp_path)

@@ -72,6 +72,17 @@ def test_max_time_stops(tmp_path):
     t.fit()
     assert 0.3 <= t.pos.train_time < 5.0
     assert t.pos.epoch < 1000
+    assert t.result().stopped_by == "time"
+
+
+@pytest.mark.parametrize("limits,reason", [({"epochs": 2, "max_time": 3600.0}, "epochs"),
+                                           ({"epochs": 10, "max_steps": 3}, "steps"),
+                                           ({"epochs": 50, "early_stopping": 1, "val_every": 1}, "early_stopping")])
+def test_the_result_names_the_limit_that_ended_training(tmp_path, limits, reason):
+    # a time budget that outlasts the epoch limit still ends at the epochs: the result says which limit
+    t = make_trainer(tmp_path, "run", **limits)
+    t.fit()
+    assert t.result().stopped_by == reason
 
 
 def test_lr_schedules():

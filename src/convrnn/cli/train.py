@@ -102,12 +102,21 @@ def display_path(path) -> str:
         return str(p)
 
 
+# which limit ended training, named by the option that moves it: a run given --max-time alone can end
+# earlier at the recipe's epoch limit, and the user should see which one to raise
+STOPPED_BY = {"epochs": "the epoch limit (--epochs)", "time": "the time limit (--max-time)",
+              "steps": "the step limit (--max-steps)",
+              "early_stopping": "early stopping (validation stopped improving; train.early_stopping)"}
+
+
 def results_block(result) -> list[str]:
     """What a finished training prints once: the run, how long it trained, its final validation and
     the best checkpoint (which eval, predict and export use)."""
     task = result.task
+    stopped = STOPPED_BY.get(result.stopped_by)
     lines = [f"run:        {display_path(result.run)}",
-             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s"]
+             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s"
+             + (f"; stopped by {stopped}" if stopped else "")]
     if result.metrics:
         lines.append(f"final:      {task.format_metrics(result.metrics)}  (validation at step {result.val_step:,})")
     if result.best_step >= 0:

@@ -159,6 +159,7 @@ class TrainResult:
     best_step: int              # -1 without validation
     best_metrics: dict
     task: Task
+    stopped_by: str = ""        # the limit that ended training: epochs, steps, time or early_stopping
 
 
 @dataclass
@@ -291,6 +292,18 @@ class Trainer:
             p = max(p, self.pos.train_time / self.cfg.max_time)
         return p
 
+    def stopped_by(self) -> str:
+        """The limit that ended (or would end) training where it stands: ``early_stopping``, ``time``,
+        ``steps`` or ``epochs``; empty while none is reached."""
+        c, pos = self.cfg, self.pos
+        if c.early_stopping and pos.stale >= c.early_stopping:
+            return "early_stopping"
+        if c.max_time and pos.train_time >= c.max_time:
+            return "time"
+        if c.max_steps and pos.step >= c.max_steps:
+            return "steps"
+        return "epochs" if pos.epoch >= c.epochs else ""
+
     def _limits_reached(self) -> bool:
         c = self.cfg
         return bool((c.max_steps and self.pos.step >= c.max_steps) or (c.max_time and self.pos.train_time >= c.max_time))
@@ -368,7 +381,7 @@ class Trainer:
     def result(self) -> TrainResult:
         return TrainResult(self.run_dir.path if self.run_dir is not None else None, self.pos.step, self.pos.epoch,
                            self.pos.train_time, dict(self.last_val), self.val_step, self.pos.best_step,
-                           dict(self.best_metrics), self.task)
+                           dict(self.best_metrics), self.task, self.stopped_by())
 
     # ----- what the log says -------------------------------------------------------------------
     def describe(self) -> str:
@@ -416,6 +429,9 @@ class Trainer:
         """Where the run ended and which checkpoint is best."""
         pos = self.pos
         text = f"finished: {pos.step:,} steps, {pos.epoch} epochs completed, {pos.train_time:.1f} s of training"
+        reason = self.stopped_by()
+        if reason:
+            text += "; stopped by early stopping" if reason == "early_stopping" else f"; stopped by the {reason} limit"
         if self.last_val:
             text += f"; final validation {self.task.format_metrics(self.last_val)}"
         if pos.best_step >= 0:
