@@ -143,6 +143,19 @@ def test_warped_batches_are_fresh_per_batch_reproducible_and_keep_shapes():
     assert np.all(np.abs((top - bottom) - 7 * shear) <= 1)
 
 
+def test_lines_read_from_files_train_in_smaller_batches_unless_told(tmp_path):
+    from convrnn.recipes.base import get_recipe
+    from convrnn.recipes.lines import FILE_BATCH_SIZE
+
+    recipe = get_recipe("lines")
+    assert recipe.config({"data.data": "lines/"}).train.batch_size == FILE_BATCH_SIZE == 16
+    assert recipe.config({"data.synthetic": "digits"}).train.batch_size == 32
+    assert recipe.config({"data.data": "lines/", "train.batch_size": "32"}).train.batch_size == 32
+    saved = tmp_path / "config.json"
+    recipe.config({"data.data": "lines/", "train.batch_size": "8"}).save(saved)
+    assert recipe.config(config_file=str(saved)).train.batch_size == 8  # a re-run keeps its own
+
+
 def test_split_by_text_keeps_validation_text_out_of_training():
     texts = ["a", "b", "c", "a", "d", "b", "e", "f", "g", "h"]
     lines = LineSet([np.ones((4, 4), np.uint8)] * 10, texts, [str(i) for i in range(10)])
