@@ -68,10 +68,10 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
     return train, val, test
 
 
-# Real handwriting sets hold thousands of lines, not the tens of thousands drawn for synthetic ones:
-# on Copiste's pages, batches of 16 read validation CER 0.114 after an hour on 2 threads where batches of
-# 32 read 0.125 (docs/decisions.md). Synthetic lines keep the recipe's 32, which their results were
-# measured with.
+# Lines read from files: real handwriting sets hold thousands of lines, not the tens of thousands drawn
+# for synthetic ones, and at equal training time batches of 16 read real pages better than 32 (more
+# updates, less padding; docs/decisions.md). Synthetic lines keep the recipe's 32, which their results
+# were measured with.
 FILE_BATCH_SIZE = 16
 
 
