@@ -102,21 +102,22 @@ def display_path(path) -> str:
         return str(p)
 
 
-# which limit ended training, named by the option that moves it: a run given --max-time alone can end
-# earlier at the recipe's epoch limit, and the user should see which one to raise
-STOPPED_BY = {"epochs": "the epoch limit (--epochs)", "time": "the time limit (--max-time)",
-              "steps": "the step limit (--max-steps)",
-              "early_stopping": "early stopping (validation stopped improving; train.early_stopping)"}
+# the option that moves each limit: a run given --max-time alone can end earlier at the recipe's epoch
+# limit, and the user should see which one to raise
+LIMIT_OPTIONS = {"epochs": "--epochs", "time": "--max-time", "steps": "--max-steps",
+                 "early_stopping": "validation stopped improving; train.early_stopping"}
 
 
 def results_block(result) -> list[str]:
     """What a finished training prints once: the run, how long it trained, its final validation and
     the best checkpoint (which eval, predict and export use)."""
+    from convrnn.train.trainer import STOPPING_LIMITS  # loaded by the training that made the result
+
     task = result.task
-    stopped = STOPPED_BY.get(result.stopped_by)
+    stopped = (f"; stopped by {STOPPING_LIMITS[result.stopped_by]} ({LIMIT_OPTIONS[result.stopped_by]})"
+               if result.stopped_by else "")
     lines = [f"run:        {display_path(result.run)}",
-             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s"
-             + (f"; stopped by {stopped}" if stopped else "")]
+             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s{stopped}"]
     if result.metrics:
         lines.append(f"final:      {task.format_metrics(result.metrics)}  (validation at step {result.val_step:,})")
     if result.best_step >= 0:

@@ -145,6 +145,11 @@ def apply_memory_format(model: torch.nn.Module, memory_format: str, device: torc
     return bool(convs)
 
 
+# what Trainer.stopped_by() names, in words
+STOPPING_LIMITS = {"epochs": "the epoch limit", "time": "the time limit", "steps": "the step limit",
+                   "early_stopping": "early stopping"}
+
+
 @dataclass
 class TrainResult:
     """Where a finished training stands: its run directory, how far it got, its last validation and
@@ -295,18 +300,23 @@ class Trainer:
     def stopped_by(self) -> str:
         """The limit that ended (or would end) training where it stands: ``early_stopping``, ``time``,
         ``steps`` or ``epochs``; empty while none is reached."""
-        c, pos = self.cfg, self.pos
-        if c.early_stopping and pos.stale >= c.early_stopping:
+        if self._stalled():
             return "early_stopping"
-        if c.max_time and pos.train_time >= c.max_time:
+        return self._budget_spent() or ("epochs" if self.pos.epoch >= self.cfg.epochs else "")
+
+    def _budget_spent(self) -> str:
+        """``time`` or ``steps`` once max_time or max_steps is used up, else empty."""
+        c = self.cfg
+        if c.max_time and self.pos.train_time >= c.max_time:
             return "time"
-        if c.max_steps and pos.step >= c.max_steps:
-            return "steps"
-        return "epochs" if pos.epoch >= c.epochs else ""
+        return "steps" if c.max_steps and self.pos.step >= c.max_steps else ""
+
+    def _stalled(self) -> bool:
+        """Whether early stopping's count of validations without improvement is reached."""
+        return bool(self.cfg.early_stopping and self.pos.stale >= self.cfg.early_stopping)
 
     def _limits_reached(self) -> bool:
-        c = self.cfg
-        return bool((c.max_steps and self.pos.step >= c.max_steps) or (c.max_time and self.pos.train_time >= c.max_time))
+        return bool(self._budget_spent())
 
     def _emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -431,7 +441,7 @@ class Trainer:
         text = f"finished: {pos.step:,} steps, {pos.epoch} epochs completed, {pos.train_time:.1f} s of training"
         reason = self.stopped_by()
         if reason:
-            text += "; stopped by early stopping" if reason == "early_stopping" else f"; stopped by the {reason} limit"
+            text += f"; stopped by {STOPPING_LIMITS[reason]}"
         if self.last_val:
             text += f"; final validation {self.task.format_metrics(self.last_val)}"
         if pos.best_step >= 0:
@@ -535,7 +545,7 @@ class Trainer:
             self.save("best")
         else:
             self.pos.stale += 1
-        return bool(self.cfg.early_stopping and self.pos.stale >= self.cfg.early_stopping)
+        return self._stalled()
 
     def _is_best(self, value: float, loss: Optional[float]) -> bool:
         """Whether a validation with monitored ``value`` and ``loss`` replaces the best checkpoint: a
