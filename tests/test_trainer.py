@@ -75,14 +75,22 @@ def test_max_time_stops(tmp_path):
     assert t.result().stopped_by == "time"
 
 
-@pytest.mark.parametrize("limits,reason", [({"epochs": 2, "max_time": 3600.0}, "epochs"),
-                                           ({"epochs": 10, "max_steps": 3}, "steps"),
-                                           ({"epochs": 50, "early_stopping": 1, "val_every": 1}, "early_stopping")])
-def test_the_result_names_the_limit_that_ended_training(tmp_path, limits, reason):
-    # a time budget that outlasts the epoch limit still ends at the epochs: the result says which limit
+@pytest.mark.parametrize("limits,reason,words", [
+    ({"epochs": 2, "max_time": 3600.0}, "epochs", "the epoch limit (--epochs)"),
+    ({"epochs": 1000, "max_time": 0.3}, "time", "the time limit (--max-time)"),
+    ({"epochs": 10, "max_steps": 3}, "steps", "the step limit (--max-steps)"),
+    ({"epochs": 50, "early_stopping": 1, "val_every": 1}, "early_stopping",
+     "early stopping (validation stopped improving; train.early_stopping)")])
+def test_the_result_names_the_limit_that_ended_training(tmp_path, limits, reason, words):
+    # a time budget that outlasts the epoch limit still ends at the epochs: the result says which limit,
+    # and so do train.log's last line and the results block the CLI prints, in the same words
+    from convrnn.cli.train import results_block
+
     t = make_trainer(tmp_path, "run", **limits)
     t.fit()
     assert t.result().stopped_by == reason
+    assert f"; stopped by {words.split(' (')[0]};" in t.describe_end() + ";"
+    assert results_block(t.result())[1].endswith(f" s; stopped by {words}")
 
 
 def test_lr_schedules():
