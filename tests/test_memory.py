@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -116,9 +117,22 @@ def test_estimate_within_30_percent_of_measured_cpu_peak(preset):
     # A reading varies by up to a third between fresh processes, either way (the allocator reuses
     # memory freed by the warm-up and the first step below the high-water mark, or does not): the
     # median of three is compared, so one stray reading does not decide.
-    readings = sorted((measure_in_subprocess(preset) for _ in range(3)), key=lambda m: m["ratio"])
-    r = readings[1]
-    assert abs(r["ratio"] - 1) <= TOLERANCE, [m["ratio"] for m in readings]
+    ratios = median_of_three_ratios(preset)
+    assert abs(sorted(ratios)[len(ratios) // 2] - 1) <= TOLERANCE, ratios
+
+
+def median_of_three_ratios(preset: str) -> list[float]:
+    """Two readings at once (one thread each), a third only when they leave the median of three open.
+
+    Two readings inside the tolerance put the median inside it, two beyond it on the same side put
+    it beyond, whatever the third reads; only a split needs the third. The answer is the median of
+    three's, in the time of one reading where the two agree."""
+    with ThreadPoolExecutor(2) as pool:
+        ratios = [m["ratio"] for m in pool.map(measure_in_subprocess, [preset, preset])]
+    side = [0 if abs(r - 1) <= TOLERANCE else (1 if r > 1 else -1) for r in ratios]
+    if side[0] != side[1]:
+        ratios.append(measure_in_subprocess(preset)["ratio"])
+    return ratios
 
 
 if __name__ == "__main__":  # pragma: no cover - the CUDA check, run on a GPU machine
