@@ -17,6 +17,7 @@ import subprocess
 import sys
 import termios
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,21 @@ def metric_lines(out: str) -> list[str]:
     return [line for line in lines[start:] if line]
 
 
-@pytest.mark.parametrize("recipe", sorted(TINY_RECIPES))
-def test_every_recipe_in_a_terminal_from_another_directory(recipe, tmp_path):
-    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, before any thread runs: os.umask can only be read by setting it, and a process started by
+# another thread while it is 0 would write its files with the wrong mode.
+UMASK = _umask()
+
+
+def exercise(recipe: str, root: Path) -> None:
+    """Train ``recipe`` for a few seconds in a terminal, then eval, predict (sample for charlm) and
+    report from the run's folder and from another one; asserts as it goes."""
+    work, elsewhere = root / "work", root / "elsewhere"
     work.mkdir()
     elsewhere.mkdir()
     corpus = work / "corpus.txt"
@@ -108,19 +121,30 @@ def test_every_recipe_in_a_terminal_from_another_directory(recipe, tmp_path):
     expect_ok(["report", str(run), "--out", "report.html"], elsewhere)
     assert (elsewhere / "report.html").stat().st_size > 10_000
     assert results(work / "report.html") == results(elsewhere / "report.html")  # the same numbers from anywhere
-    assert oct((run / "config.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert oct((run / "config.json").stat().st_mode & 0o777) == oct(0o666 & ~UMASK)
+
+
+@pytest.fixture(scope="module")
+def terminal_sessions(request, tmp_path_factory):
+    """The recipes' terminal sessions, two at a time: most of each is starting Python and importing
+    torch on one core, so a 2-core machine runs two in about the time of one. Only the recipes whose
+    tests were selected are started."""
+    wanted = sorted({item.callspec.params["recipe"] for item in request.session.items
+                     if getattr(item, "originalname", "") == "test_every_recipe_in_a_terminal_from_another_directory"})
+    pool = ThreadPoolExecutor(2)
+    yield {recipe: pool.submit(exercise, recipe, tmp_path_factory.mktemp(f"terminal-{recipe}")) for recipe in wanted}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY_RECIPES))
+def test_every_recipe_in_a_terminal_from_another_directory(recipe, terminal_sessions):
+    terminal_sessions[recipe].result()  # re-raises the session's failed assertion
 
 
 def results(report: Path) -> str:
     """The report's results section, the numbers a reader looks at first."""
     page = report.read_text(encoding="utf-8")
     return page.split('<section id="results">', 1)[1].split("</section>", 1)[0]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_a_bad_input_in_a_terminal_is_one_line_and_exit_2(tmp_path):
