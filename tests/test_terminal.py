@@ -130,7 +130,7 @@ def terminal_sessions(request, tmp_path_factory):
     torch on one core, so a 2-core machine runs two in about the time of one. Only the recipes whose
     tests were selected are started."""
     wanted = sorted({item.callspec.params["recipe"] for item in request.session.items
-                     if getattr(item, "originalname", "") == "test_every_recipe_in_a_terminal_from_another_directory"})
+                     if getattr(item, "function", None) is test_every_recipe_in_a_terminal_from_another_directory})
     pool = ThreadPoolExecutor(2)
     yield {recipe: pool.submit(exercise, recipe, tmp_path_factory.mktemp(f"terminal-{recipe}")) for recipe in wanted}
     pool.shutdown(wait=True, cancel_futures=True)
