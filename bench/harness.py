@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import functools
 import importlib
 import json
 import os
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from convrnn.train.cpu import cpu_isa, cpu_model, cpuinfo_field, native_bf16  # noqa: F401 (the benches import them from here)
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
@@ -49,50 +50,14 @@ REGISTRY = {
 }
 
 
-@functools.cache
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _cpuinfo_field(name: str) -> str:
-    for line in _cpuinfo().splitlines():
-        if line.split(":", 1)[0].strip() == name:
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-def cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The widest vector instructions this CPU has (a virtual machine's "AMD EPYC" names two
-    generations here whose steps differ by 1.7x: one with AVX-512 BF16, one with AVX2 only)."""
-    flags = set(_cpuinfo_field("flags").split())
-    for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2"):
-        if flag in flags:
-            return flag
-    return "unknown"
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast gives
-    the convolution models more steps in the same time (docs/scaling.md); elsewhere it is emulated,
-    and slower."""
-    return cpu_isa() in ("amx_bf16", "avx512_bf16")
-
-
 def machine() -> dict:
     import torch
     dev = "cpu"
     if torch.cuda.is_available():
         dev = f"cuda ({torch.cuda.get_device_name(0)})"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None,)
-    return {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cpu_family_model": f"{_cpuinfo_field('cpu family')}/"
-            f"{_cpuinfo_field('model')}", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cpu_family_model": f"{cpuinfo_field('cpu family')}/"
+            f"{cpuinfo_field('model')}", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_avg_1min_at_end": load[0],
             "torch": torch.__version__, "python": platform.python_version(), "device": dev,
             "platform": platform.platform()}

@@ -50,3 +50,31 @@ def test_cli_precision_flag_reaches_the_config(tmp_path, capsys):
     assert e.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: train.precision=fp16 needs a CUDA device")
+
+
+def bf16_trainer(device_precision: str = "bf16") -> Trainer:
+    x, y = toy_classification()
+    return Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y), None,
+                   TrainConfig(epochs=1, batch_size=16, device="cpu", precision=device_precision))
+
+
+@pytest.mark.parametrize("flags, warned", [
+    ({"fpu", "avx2"}, True),                         # no bfloat16 instructions: emulated, slower
+    ({"fpu", "avx512f", "avx512_bf16"}, False),      # AVX-512 BF16
+    ({"fpu", "avx512f", "amx_bf16"}, False),         # AMX
+    (set(), False),                                  # flags unreadable (no /proc/cpuinfo): no guess
+])
+def test_bf16_on_a_cpu_without_bfloat16_instructions_warns(monkeypatch, caplog, flags, warned):
+    import convrnn.train.cpu as cpu
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(flags))
+    with caplog.at_level("WARNING", logger="convrnn.train.trainer"):
+        trainer = bf16_trainer()
+    got = [r.getMessage() for r in caplog.records if "bfloat16 instructions" in r.getMessage()]
+    assert len(got) == int(warned), got
+    if warned:
+        assert got[0].startswith("train.precision=bf16: this CPU has no bfloat16 instructions")
+    assert " in bf16 autocast," in trainer.describe()
+
+
+def test_float32_start_line_names_no_autocast():
+    assert "autocast" not in bf16_trainer("32").describe()

@@ -23,6 +23,7 @@ from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
 from convrnn.fields import check as check_fields
 from convrnn.train.config import TrainConfig
+from convrnn.train.cpu import native_bf16
 from convrnn.train.rundir import RunDir
 from convrnn.train.threads import apply_threads
 
@@ -216,6 +217,9 @@ class Trainer:
         # mixed precision: autocast in the training forward pass; fp16 also scales the loss
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and native_bf16() is False:
+            log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so "
+                        "autocast emulates them and usually trains slower than float32 (--precision 32)")
         self.forward_module = self.wrap_forward(RunModule(self.model))
         # validation, the best and last checkpoints' `model` and the finished run use averaged weights
         self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None
@@ -405,6 +409,8 @@ class Trainer:
         params = sum(p.numel() for p in self.model.parameters())
         where = f"{self.device} ({_plural(torch.get_num_threads(), 'thread')})" if self.device.type == "cpu" else str(self.device)
         layout = " with channels-last convolutions" if self.channels_last else ""
+        if self.amp_dtype is not None:
+            layout += f" in {self.cfg.precision} autocast"
         start = f"from step {self.pos.step:,} " if self.pos.step else ""
         run = self.run_dir.path if self.run_dir is not None else "(no run directory)"
         return (f"training {getattr(self.model, 'spec', type(self.model).__name__)} ({params:,} parameters) "
