@@ -306,13 +306,9 @@ class Reader:
 
 # ------------------------------------------------------------------------------------------ lines_copiste
 
-def lines_copiste(quick: bool = False) -> dict:
-    _require_data()
-    _pin_cores()
-    torch.set_num_threads(THREADS)
-    overrides = _train_overrides(quick)
-    info = train_convrnn(overrides, _run_dir("lines_copiste", quick))
-    run = Path(info["run"])
+def read_test(run: Path, quick: bool = False) -> tuple[dict, "Reader", dict]:
+    """A run's best checkpoint reading every Copiste test line with the four decoders: the scores per
+    decoder, the reader, and what the decoders and test lines were (for ``details``)."""
     reader = Reader(run)
     test_pages = _pages("test", quick)
     lines = reader.lines(test_pages)
@@ -342,6 +338,25 @@ def lines_copiste(quick: bool = False) -> dict:
             _log(f"{name}: CER {s['all']['cer']:.4f} (prose {s['prose']['cer']:.4f}), WER {s['all']['wer']:.4f}, "
                  f"{seconds:.1f} s for {len(lines)} lines")
         n_words = len(words.read_text(encoding="utf-8").split())
+    about = {"test_chars_not_in_alphabet": unseen,
+             "test_lines": len(refs), "test_lines_read": len(lines), "test_lines_skipped": lines.skipped,
+             "test_pages": len(test_pages), "prose_note": "prose = test lines not flagged consent, header or "
+             "pagenum in copiste/flags.tsv",
+             "lexicon_words": n_words, "lm_text_lines": len(train_texts),
+             "decoder_resources": "word list: the distinct whitespace-separated words of the training "
+                                  "transcriptions; language model: a character 3-gram fitted on the training "
+                                  "transcriptions (one line each)"}
+    return results, reader, about
+
+
+def lines_copiste(quick: bool = False) -> dict:
+    _require_data()
+    _pin_cores()
+    torch.set_num_threads(THREADS)
+    overrides = _train_overrides(quick)
+    info = train_convrnn(overrides, _run_dir("lines_copiste", quick))
+    run = Path(info["run"])
+    results, reader, about = read_test(run, quick)
     value = results["greedy"]["all"]["cer"]
     cfg = reader.loaded.ckpt["config"]
     return {
@@ -355,14 +370,7 @@ def lines_copiste(quick: bool = False) -> dict:
             "summary": {name: {"cer": r["all"]["cer"], "wer": r["all"]["wer"], "prose_cer": r["prose"]["cer"],
                                "prose_wer": r["prose"]["wer"], "read_seconds": r["read_seconds"]}
                         for name, r in results.items()},
-            "test_chars_not_in_alphabet": unseen,
-            "test_lines": len(refs), "test_lines_read": len(lines), "test_lines_skipped": lines.skipped,
-            "test_pages": len(test_pages), "prose_note": "prose = test lines not flagged consent, header or "
-            "pagenum in copiste/flags.tsv",
-            "lexicon_words": n_words, "lm_text_lines": len(train_texts),
-            "decoder_resources": "word list: the distinct whitespace-separated words of the training "
-                                 "transcriptions; language model: a character 3-gram fitted on the training "
-                                 "transcriptions (one line each)",
+            **about,
             "run": info, "model": {"spec": reader.model.spec, "height": reader.height,
                                    "alphabet_size": len(reader.task.alphabet),
                                    "parameters": sum(p.numel() for p in reader.model.parameters())},
@@ -873,3 +881,28 @@ def lines_predict_speed(quick: bool = False) -> dict:
             "quick": quick,
         },
     }
+
+
+def _score_main(argv: list[str]) -> int:
+    """``python -m bench.copiste RUN [RUN ...]``: read the Copiste test pages with each run's best
+    checkpoint as ``lines_copiste`` does (the four decoders, all lines and prose) and print the scores as
+    JSON, for runs trained by hand with other settings than the benchmark's."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m bench.copiste RUN [RUN ...]   (scores each run on copiste/test, prints JSON)")
+        return 0 if argv else 2
+    _require_data()
+    torch.set_num_threads(THREADS)
+    out = {}
+    for arg in argv:
+        results, reader, about = read_test(Path(arg))
+        out[arg] = {"summary": {name: {"cer": r["all"]["cer"], "wer": r["all"]["wer"], "prose_cer": r["prose"]["cer"],
+                                       "read_seconds": r["read_seconds"]} for name, r in results.items()},
+                    "model": {"spec": reader.model.spec, "height": reader.height,
+                              "parameters": sum(p.numel() for p in reader.model.parameters())},
+                    "cpu": cpu_model(), "torch": torch.__version__, **about}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_score_main(sys.argv[1:]))
