@@ -306,7 +306,7 @@ class Reader:
 
 # ------------------------------------------------------------------------------------------ lines_copiste
 
-def read_test(run: Path, quick: bool = False) -> tuple[dict, "Reader", dict]:
+def read_test(run: Path, quick: bool = False) -> tuple[dict, Reader, dict]:
     """A run's best checkpoint reading every Copiste test line with the four decoders: the scores per
     decoder, the reader, and what the decoders and test lines were (for ``details``)."""
     reader = Reader(run)
@@ -349,6 +349,12 @@ def read_test(run: Path, quick: bool = False) -> tuple[dict, "Reader", dict]:
     return results, reader, about
 
 
+def _summary(results: dict) -> dict:
+    """Per decoder of ``read_test``: CER and WER over all lines and the prose lines, and the reading time."""
+    return {name: {"cer": r["all"]["cer"], "wer": r["all"]["wer"], "prose_cer": r["prose"]["cer"],
+                   "prose_wer": r["prose"]["wer"], "read_seconds": r["read_seconds"]} for name, r in results.items()}
+
+
 def lines_copiste(quick: bool = False) -> dict:
     _require_data()
     _pin_cores()
@@ -367,9 +373,7 @@ def lines_copiste(quick: bool = False) -> dict:
         "baseline": None,
         "details": {
             "decoders": results,
-            "summary": {name: {"cer": r["all"]["cer"], "wer": r["all"]["wer"], "prose_cer": r["prose"]["cer"],
-                               "prose_wer": r["prose"]["wer"], "read_seconds": r["read_seconds"]}
-                        for name, r in results.items()},
+            "summary": _summary(results),
             **about,
             "run": info, "model": {"spec": reader.model.spec, "height": reader.height,
                                    "alphabet_size": len(reader.task.alphabet),
@@ -895,8 +899,7 @@ def _score_main(argv: list[str]) -> int:
     out = {}
     for arg in argv:
         results, reader, about = read_test(Path(arg))
-        out[arg] = {"summary": {name: {"cer": r["all"]["cer"], "wer": r["all"]["wer"], "prose_cer": r["prose"]["cer"],
-                                       "read_seconds": r["read_seconds"]} for name, r in results.items()},
+        out[arg] = {"summary": _summary(results),
                     "model": {"spec": reader.model.spec, "height": reader.height,
                               "parameters": sum(p.numel() for p in reader.model.parameters())},
                     "cpu": cpu_model(), "torch": torch.__version__, **about}

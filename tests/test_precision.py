@@ -52,10 +52,10 @@ def test_cli_precision_flag_reaches_the_config(tmp_path, capsys):
     assert last.startswith("error: train.precision=fp16 needs a CUDA device")
 
 
-def bf16_trainer(device_precision: str = "bf16") -> Trainer:
+def bf16_trainer(precision: str = "bf16") -> Trainer:
     x, y = toy_classification()
     return Trainer(TinyNet(), ClassifyTask(["a", "b", "c"]), toy_batches(x, y), None,
-                   TrainConfig(epochs=1, batch_size=16, device="cpu", precision=device_precision))
+                   TrainConfig(epochs=1, batch_size=16, device="cpu", precision=precision))
 
 
 @pytest.mark.parametrize("flags, warned", [

@@ -6,6 +6,8 @@ import functools
 import platform
 from pathlib import Path
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the /proc/cpuinfo flags of native bfloat16 arithmetic
+
 
 @functools.cache
 def _cpuinfo() -> str:
@@ -37,7 +39,7 @@ def cpu_isa() -> str:
     virtual machine's "AMD EPYC" can name two generations whose training steps differ by 1.7x (one
     with AVX-512 BF16, one with AVX2 only), so benchmarks record this beside the model name."""
     flags = cpu_flags()
-    for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2"):
+    for flag in (*BF16_FLAGS, "avx512f", "avx2"):
         if flag in flags:
             return flag
     return "unknown"
@@ -50,4 +52,4 @@ def native_bf16() -> bool | None:
     flags = cpu_flags()
     if not flags:
         return None
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return not flags.isdisjoint(BF16_FLAGS)

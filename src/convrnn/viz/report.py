@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from convrnn.errors import CheckpointError, ConfigError, ConvrnnError, DataError
+from convrnn.train.cpu import cpu_model
 from convrnn.viz.html import (DENSITY, EVAL_BATCHES, EvalContext, Section, esc, figure_img, gray_png, img,
                               missing, note, split_samples, table)
 
@@ -225,7 +226,7 @@ def environment_section(run_path: Path, ckpt: dict, rows: list[dict]) -> Section
     import convrnn
     cfg = ckpt.get("config", {})
     started = min((r["time"] for r in rows), default=None)
-    cpu = _cpu_name()
+    cpu = cpu_model()
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     items = [
         ("run directory", str(run_path)),
@@ -245,16 +246,6 @@ def environment_section(run_path: Path, ckpt: dict, rows: list[dict]) -> Section
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def read_config(run_path: Path, ckpt: dict) -> tuple[dict, str]:
