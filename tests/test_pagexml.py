@@ -2,6 +2,7 @@
 # H height, W width
 import json
 import logging
+import re
 import subprocess
 import sys
 import unicodedata
@@ -242,7 +243,8 @@ def test_bad_pages_are_counted_and_named(tmp_path, caplog):
     assert "and 2 of 3 pages" in caplog.text
     with pytest.raises(DataError, match="a_good.xml:l_notext: no text"):  # the first in file order
         read_lines(str(folder), height=16, workers=1, strict=True)
-    with pytest.raises(DataError, match="b_noimage.xml: page image 'missing.png' not found"):
+    with pytest.raises(DataError, match="b_noimage.xml: page image 'missing.png' not found "
+                                        + re.escape(f"(looked in {folder} and {tmp_path})")):
         read_lines(str(folder / "b_noimage.xml"), height=16, workers=1, strict=True)
     with pytest.raises(DataError, match=r"c_broken.xml: XML does not parse \(mismatched tag"):
         read_lines(str(folder / "c_broken.xml"), height=16, strict=True)

@@ -326,7 +326,8 @@ def find_image(page: Page) -> Path:
     for p in candidates:
         if p.is_file():
             return p
-    raise PageError(f"{page.path}: page image {name!r} not found (looked for {folder / base})", BAD_IMAGE)
+    raise PageError(f"{page.path}: page image {name!r} not found (looked in {folder} and {folder.parent})",
+                    BAD_IMAGE)
 
 
 # ------------------------------------------------------------------------------------ geometry
