@@ -466,6 +466,24 @@ def test_cli_eval_on_pages(page_run, capsys, tmp_path):
     assert "cer:" in out
 
 
+def test_cli_eval_needs_only_the_split_it_reads(page_run, capsys, tmp_path):
+    """A run taken to another machine, its training pages left behind, still evaluates on pages given
+    there; the split read is the one named, and a missing one is one line naming it."""
+    folder = tmp_path / "test"
+    write_page(folder, "t")
+    moved = ["--set", f"data.data={tmp_path / 'moved' / '*.xml'}"]
+    code, out, err = run_cli(capsys, "eval", str(page_run), *moved, "--set", f"data.val={folder}")
+    assert code == 0, err
+    assert "cer:" in out and "lines: 5 val lines" in err
+    code, out, err = run_cli(capsys, "eval", str(page_run), *moved, "--split", "test", "--set", f"data.test={folder}")
+    assert code == 0, err
+    assert "cer:" in out and "lines: 5 test lines" in err
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--split", "test")
+    assert code == 2 and "this run's data has no test split" in err and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={tmp_path / 'missing'}")
+    assert code == 2 and f"{tmp_path / 'missing'}: no such folder" in err and err.count("\n") == 1
+
+
 # Reads pages with kraken's own parser and prints {path: {line id: text}}; kraken leaves out lines
 # without a baseline.
 _KRAKEN_READ = """

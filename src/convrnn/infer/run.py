@@ -67,16 +67,11 @@ def run_config(loaded: Loaded, overrides: Optional[dict] = None) -> RunConfig:
     return cfg
 
 
-def run_bundle(loaded: Loaded, *, overrides: Optional[dict] = None, progress: Optional[Callable] = None):
-    """The data of a loaded run (a ``DataBundle``), rebuilt from its config (with ``overrides``)."""
-    cfg = run_config(loaded, overrides)
-    return loaded.recipe.make_data(cfg.data, cfg.train, progress=progress)
-
-
 def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
              progress: Optional[Callable] = None):
     """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``)."""
-    return run_bundle(loaded, overrides=overrides, progress=progress).split(split)
+    cfg = run_config(loaded, overrides)
+    return loaded.recipe.make_split(cfg.data, cfg.train, split, progress=progress)
 
 
 class Evaluation(NamedTuple):

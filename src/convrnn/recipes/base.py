@@ -146,6 +146,12 @@ class Recipe:
     def make_data(self, data_cfg, train_cfg, *, progress: Optional[Callable] = None) -> DataBundle:
         raise NotImplementedError
 
+    def make_split(self, data_cfg, train_cfg, split: str, *, progress: Optional[Callable] = None):
+        """The ``split`` (val or test) data of a trained run, for ``eval`` and ``report``: by default the
+        whole data rebuilt (``make_data``) and its split. Recipes whose splits can be read on their own
+        override it, so that evaluating one neither reads nor needs the training data."""
+        return self.make_data(data_cfg, train_cfg, progress=progress).split(split)
+
     def make_task(self, meta: dict, output_shape: tuple):
         """The task of a model whose output has ``output_shape`` (batch first) on data of ``meta``:
         from these alone, so a checkpoint rebuilds the task it was trained with."""

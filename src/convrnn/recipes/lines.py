@@ -26,7 +26,7 @@ from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
-from convrnn.errors import DataError
+from convrnn.errors import ConfigError, DataError
 from convrnn.fields import check
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.layers.base import ModelOutput
@@ -49,6 +49,11 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
                       fonts=cfg.fonts, max_chars=cfg.max_chars, progress=progress)
 
 
+def _read_options(cfg: LinesDataConfig, progress) -> dict:
+    return dict(height=cfg.height, max_width=cfg.max_width, allow_outside_root=cfg.allow_outside_root,
+                strict=cfg.strict, normalize=cfg.normalize, progress=progress)
+
+
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
     check(cfg, "data")
@@ -57,8 +62,7 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
         val = _synthetic(cfg, "val", cfg.num_val, progress)
         test = _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None
         return train, val, test
-    opts = dict(height=cfg.height, max_width=cfg.max_width, allow_outside_root=cfg.allow_outside_root,
-                strict=cfg.strict, normalize=cfg.normalize, progress=progress)
+    opts = _read_options(cfg, progress)
     train = read_lines(cfg.data, **opts)
     if cfg.val:
         val = read_lines(cfg.val, **opts)
@@ -145,6 +149,20 @@ class LinesRecipe(Recipe):
                           val=line_batches(val, max(bs, 64), shuffle=False),
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
+
+    def make_split(self, data_cfg: LinesDataConfig, train_cfg, split: str, *, progress=None):
+        """Validation or test lines read from their own files, without the training lines (which may
+        not be on the machine that evaluates); a validation split cut from ``--data`` needs them."""
+        path = data_cfg.test if split == "test" else data_cfg.val
+        if data_cfg.synthetic or (split == "val" and not path):
+            return super().make_split(data_cfg, train_cfg, split, progress=progress)
+        if not path:
+            raise ConfigError("this run's data has no test split (train with --test, or evaluate other "
+                              "lines with --set data.test=PATH)")
+        check(data_cfg, "data")
+        lines = read_lines(path, **_read_options(data_cfg, progress))
+        log.info("lines: %d %s lines of height %d", len(lines), split, data_cfg.height)
+        return line_batches(lines, max(train_cfg.batch_size, 64), shuffle=False)
 
     def make_task(self, meta: dict, output_shape: tuple) -> CTCTask:
         return CTCTask(meta["alphabet"])
