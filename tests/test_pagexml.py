@@ -482,6 +482,8 @@ def test_cli_eval_needs_only_the_split_it_reads(page_run, capsys, tmp_path):
     assert code == 2 and "this run's data has no test split" in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={tmp_path / 'missing'}")
     assert code == 2 and f"{tmp_path / 'missing'}: no such folder" in err and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={folder}", "--set", "data.height=24")
+    assert code == 2 and "height 24 where the checkpoint has 16" in err and err.count("\n") == 1
 
 
 # Reads pages with kraken's own parser and prints {path: {line id: text}}; kraken leaves out lines

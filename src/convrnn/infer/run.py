@@ -71,7 +71,7 @@ def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
              progress: Optional[Callable] = None):
     """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``)."""
     cfg = run_config(loaded, overrides)
-    return loaded.recipe.make_split(cfg.data, cfg.train, split, progress=progress)
+    return loaded.recipe.make_split(cfg.data, cfg.train, split, loaded.ckpt["meta"], progress=progress)
 
 
 class Evaluation(NamedTuple):

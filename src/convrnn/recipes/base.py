@@ -41,8 +41,28 @@ class DataBundle:
         """The BatchSource of ``name`` (val or test); a ConfigError when the data has none."""
         data = self.test if name == "test" else self.val
         if data is None:
-            raise ConfigError(f"this run's data has no {name} split")
+            raise missing_split(name)
         return data
+
+
+def missing_split(name: str) -> ConfigError:
+    return ConfigError(f"this run's data has no {name} split")
+
+
+def _shown(value: Any) -> str:
+    """A meta value in an error line: sizes of long collections, the value of anything short."""
+    if isinstance(value, (list, tuple, str, dict)) and len(str(value)) > 40:
+        return f"{len(value)} entries" if not isinstance(value, str) else f"{len(value)} characters"
+    return repr(value)
+
+
+def check_meta(keys: tuple[str, ...], checkpoint: dict, data: dict, context: str, *, error=ConfigError) -> None:
+    """The entries ``keys`` of a data meta equal a checkpoint's (where the checkpoint records them);
+    else ``error``, one line that names each entry that differs, with both values."""
+    diffs = [f"{k} {_shown(data.get(k))} where the checkpoint has {_shown(checkpoint[k])}"
+             for k in keys if k in checkpoint and data.get(k) != checkpoint[k]]
+    if diffs:
+        raise error(f"{context}: " + "; ".join(diffs))
 
 
 class Recipe:
@@ -59,6 +79,13 @@ class Recipe:
     train_defaults: dict[str, Any] = {}
     ensemble_refusal: str = ""  # why train.ensemble cannot average this recipe's models; empty = it can
     report_split: str = "val"   # the split the report's recipe sections evaluate on, when the run has it
+    # Data meta entries a checkpoint is tied to. input_meta: what its model reads (line height, image size
+    # and scale, text unit); data built for eval must have the checkpoint's. label_meta: what its outputs
+    # mean (classes, alphabet, vocabulary); eval maps other data onto the checkpoint's where the recipe
+    # can, and resuming a run needs both equal, so that changed data never silently changes what an
+    # output means.
+    input_meta: tuple[str, ...] = ()
+    label_meta: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -146,11 +173,15 @@ class Recipe:
     def make_data(self, data_cfg, train_cfg, *, progress: Optional[Callable] = None) -> DataBundle:
         raise NotImplementedError
 
-    def make_split(self, data_cfg, train_cfg, split: str, *, progress: Optional[Callable] = None):
-        """The ``split`` (val or test) data of a trained run, for ``eval`` and ``report``: by default the
-        whole data rebuilt (``make_data``) and its split. Recipes whose splits can be read on their own
-        override it, so that evaluating one neither reads nor needs the training data."""
-        return self.make_data(data_cfg, train_cfg, progress=progress).split(split)
+    def make_split(self, data_cfg, train_cfg, split: str, meta: dict, *, progress: Optional[Callable] = None):
+        """The ``split`` (val or test) data of a trained run whose checkpoint holds data ``meta``, for
+        ``eval`` and ``report``: by default the whole data rebuilt (``make_data``), which must give the
+        checkpoint's ``input_meta`` and ``label_meta``, and its split. Recipes override it to read a split
+        on its own (so that evaluating it neither reads nor needs the training data) or to map other
+        data's labels onto the checkpoint's."""
+        bundle = self.make_data(data_cfg, train_cfg, progress=progress)
+        check_meta(self.input_meta + self.label_meta, meta, bundle.meta, "the data does not fit this run's model")
+        return bundle.split(split)
 
     def make_task(self, meta: dict, output_shape: tuple):
         """The task of a model whose output has ``output_shape`` (batch first) on data of ``meta``:

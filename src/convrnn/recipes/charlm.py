@@ -21,7 +21,7 @@ from pathlib import Path
 
 from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
 from convrnn.errors import ConfigError, DataError
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, missing_split, register_recipe
 from convrnn.tasks.lm import LanguageModelTask
 from convrnn.fields import checked, one_of, path_field
 
@@ -57,6 +57,10 @@ def check_length(symbols: int, cfg: CharLMDataConfig, batch_size: int) -> None:
                         f"text needs at least {needed:,} {unit}; lower --batch-size or --seq-len, or give a longer text")
 
 
+def _val_batches(val_ids) -> StreamBatches:
+    return StreamBatches(val_ids, max(1, min(VAL_BATCH_SIZE, (len(val_ids) - 1) // 2)), VAL_SEQ_LEN)
+
+
 def load_text(cfg: CharLMDataConfig):
     """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit byte."""
     return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit)
@@ -71,6 +75,8 @@ class CharLMRecipe(Recipe):
     default_preset = "charlm"
     data_config = CharLMDataConfig
     ensemble_refusal = "its task carries recurrent state from batch to batch, which an average of members cannot"
+    input_meta = ("unit",)
+    label_meta = ("vocab",)
     train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",
                       "clip_grad_norm": 1.0, "checkpoint_every": 200, "log_every": 20}
     cli_options = (
@@ -93,13 +99,23 @@ class CharLMRecipe(Recipe):
             train = StreamBatches(train_ids, bs, seq_len, random_offset=data_cfg.random_offset, seed=train_cfg.seed)
         else:
             train = RandomWindows(train_ids, bs, seq_len, seed=train_cfg.seed)
-        val_bs = max(1, min(VAL_BATCH_SIZE, (len(val_ids) - 1) // 2))
-        val = StreamBatches(val_ids, val_bs, VAL_SEQ_LEN)
+        val = _val_batches(val_ids)
         log.info("%s corpus: %d train and %d validation %s, vocabulary of %d", data_cfg.unit,
                  len(train_ids), len(val_ids), "bytes" if vocab.is_bytes else "characters", len(vocab))
         meta = {"vocab": vocab.to_dict(), "unit": data_cfg.unit, "train_symbols": len(train_ids),
                 "val_symbols": len(val_ids)}
         return DataBundle(train=train, val=val, input_shape=(None,), num_outputs=len(vocab), meta=meta)
+
+    def make_split(self, data_cfg: CharLMDataConfig, train_cfg, split: str, meta: dict, *, progress=None):
+        """The validation text encoded with the checkpoint's vocabulary, so that any text (another file,
+        or the training file since edited) is scored by what the model's outputs mean; characters the
+        vocabulary lacks are left out and named in a warning."""
+        check_meta(self.input_meta, meta, {"unit": data_cfg.unit}, "the data does not fit this run's model")
+        if split != "val":
+            raise missing_split(split)
+        text = load_text(data_cfg)
+        check_length(len(text), data_cfg, train_cfg.batch_size)
+        return _val_batches(Vocab.from_dict(meta["vocab"]).encode(split_corpus(text, data_cfg.val_fraction)[1]))
 
     def make_task(self, meta: dict, output_shape: tuple) -> LanguageModelTask:
         return LanguageModelTask(Vocab.from_dict(meta["vocab"]))

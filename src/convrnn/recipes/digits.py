@@ -99,6 +99,9 @@ class DigitsRecipe(Recipe):
         CliOption("--num-train", "data.num_train", "number of training sequences", type=int),
     )
 
+    input_meta = ("image_shape", "max_value")
+    label_meta = ("op",)
+
     def resolve_data(self, data_cfg: DigitsDataConfig) -> None:
         data_cfg.data_dir = mnist_source(data_cfg.data_dir, what="--data-dir")
 

@@ -15,11 +15,15 @@ from convrnn.data.batching import IndexedBatches, array_fetcher
 from convrnn.data.fonts import (FontSpec, FontsDataConfig, clean_lines, make_fonts_data, read_line_windows,
                                 render_line, resolve_fonts)
 from convrnn.errors import DataError
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, missing_split, register_recipe
 from convrnn.tasks.classify import ClassifyTask
 
 # Windows per model call in predict: a few tens of MB of activations for the default model.
 PREDICT_CHUNK = 1024
+
+
+def _val_batches(val, labels: np.ndarray, batch_size: int) -> IndexedBatches:
+    return IndexedBatches(val, max(batch_size, 256), fetch=array_fetcher(val.images, labels), shuffle=False)
 
 
 @register_recipe
@@ -40,13 +44,33 @@ class FontsRecipe(Recipe):
         CliOption("--samples-per-font", "data.samples_per_font", "images rendered per font (train + val)", type=int),
     )
 
+    input_meta = ("height", "width")
+    label_meta = ("classes",)
+
     def make_data(self, data_cfg: FontsDataConfig, train_cfg, *, progress=None) -> DataBundle:
         train, val, meta = make_fonts_data(data_cfg, progress=progress)
         bs = train_cfg.batch_size
         train_src = IndexedBatches(train, bs, fetch=array_fetcher(train.images, train.labels), seed=train_cfg.seed)
-        val_src = IndexedBatches(val, max(bs, 256), fetch=array_fetcher(val.images, val.labels), shuffle=False)
+        val_src = _val_batches(val, val.labels, bs)
         return DataBundle(train=train_src, val=val_src, input_shape=(1, data_cfg.height, data_cfg.width),
                           num_outputs=len(meta["classes"]), meta=meta)
+
+    def make_split(self, data_cfg: FontsDataConfig, train_cfg, split: str, meta: dict, *, progress=None):
+        """The validation crops, labelled with the checkpoint's classes by font name, so that fonts given
+        in another order, or some of them, are scored by what the model's outputs mean; a font the
+        model was not trained on is an error that names it."""
+        if split != "val":
+            raise missing_split(split)
+        check_meta(self.input_meta, meta, {"height": data_cfg.height, "width": data_cfg.width},
+                   "the data does not fit this run's model")
+        _, val, data_meta = make_fonts_data(data_cfg, progress=progress)
+        known = list(meta["classes"])
+        unknown = [c for c in data_meta["classes"] if c not in known]
+        if unknown:
+            raise DataError(f"font{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: not among the classes "
+                            f"this model was trained on ({', '.join(known)})")
+        to_model = np.array([known.index(c) for c in data_meta["classes"]], dtype=np.int64)
+        return _val_batches(val, to_model[val.labels], train_cfg.batch_size)
 
     def make_task(self, meta: dict, output_shape: tuple) -> ClassifyTask:
         return ClassifyTask(meta["classes"])

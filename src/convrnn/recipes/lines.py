@@ -28,7 +28,7 @@ from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_a
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import check
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
+from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, register_recipe
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.ctc import BLANK, CTCTask
 
@@ -87,6 +87,8 @@ class LinesRecipe(Recipe):
     name = "lines"
     default_preset = "crnn"
     data_config = LinesDataConfig
+    input_meta = ("height",)
+    label_meta = ("alphabet",)
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
@@ -150,12 +152,15 @@ class LinesRecipe(Recipe):
                           test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
 
-    def make_split(self, data_cfg: LinesDataConfig, train_cfg, split: str, *, progress=None):
+    def make_split(self, data_cfg: LinesDataConfig, train_cfg, split: str, meta: dict, *, progress=None):
         """Validation or test lines read from their own files, without the training lines (which may
-        not be on the machine that evaluates); a validation split cut from ``--data`` needs them."""
+        not be on the machine that evaluates); a validation split cut from ``--data`` needs them. The
+        texts may use characters the model's alphabet lacks: the task counts them as errors."""
+        check_meta(self.input_meta, meta, {"height": data_cfg.height}, "the data does not fit this run's model")
         path = data_cfg.test if split == "test" else data_cfg.val
         if data_cfg.synthetic or (split == "val" and not path):
-            return super().make_split(data_cfg, train_cfg, split, progress=progress)
+            bundle = self.make_data(data_cfg, train_cfg, progress=progress)
+            return bundle.split(split)
         if not path:
             raise ConfigError("this run's data has no test split (train with --test, or evaluate other "
                               "lines with --set data.test=PATH)")

@@ -60,6 +60,9 @@ class MnistRecipe(Recipe):
         CliOption("--max-train", "data.max_train", "use only the first N training digits (0 = all)", type=int),
     )
 
+    input_meta = ("image_shape", "max_value")
+    label_meta = ("classes",)
+
     def resolve_data(self, data_cfg: MnistDataConfig) -> None:
         data_cfg.data_dir = mnist_source(data_cfg.data_dir, what="--data-dir")
 

@@ -17,7 +17,7 @@ import torch
 
 from convrnn.errors import CheckpointError, ConfigError
 from convrnn.fields import check as check_fields
-from convrnn.recipes.base import get_recipe
+from convrnn.recipes.base import check_meta, get_recipe
 from convrnn.train.checkpoint import load_latest_checkpoint
 from convrnn.train.config import RunConfig, load_config_file
 from convrnn.train.ensemble import MEMBERS_DIR, train_ensemble
@@ -69,6 +69,8 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
         if ckpt.get("spec") != model.spec:
             raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the "
                                   f"config's ({model.spec!r})")
+        check_meta(recipe.input_meta + recipe.label_meta, ckpt.get("meta") or {}, bundle.meta,
+                   f"--resume {resume}: the data no longer matches the checkpoint", error=CheckpointError)
         trainer.restore(ckpt)
         log.info("resumed %s at step %d (epoch %d, batch %d)", run_path, trainer.pos.step,
                  trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
