@@ -51,6 +51,8 @@ def missing_split(name: str) -> ConfigError:
 
 def _shown(value: Any) -> str:
     """A meta value in an error line: sizes of long collections, the value of anything short."""
+    if isinstance(value, dict) and "chars" in value:  # a vocabulary
+        value = value["chars"]
     if isinstance(value, (list, tuple, str, dict)) and len(str(value)) > 40:
         return f"{len(value)} entries" if not isinstance(value, str) else f"{len(value)} characters"
     return repr(value)
