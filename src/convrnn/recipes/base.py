@@ -45,8 +45,11 @@ class DataBundle:
         return data
 
 
-def missing_split(name: str) -> ConfigError:
-    return ConfigError(f"this run's data has no {name} split")
+def missing_split(name: str, hint: str = "") -> ConfigError:
+    return ConfigError(f"this run's data has no {name} split" + (f" ({hint})" if hint else ""))
+
+
+DOES_NOT_FIT = "the data does not fit this run's model"  # check_meta's context when eval data is refused
 
 
 def _shown(value: Any) -> str:
@@ -182,7 +185,7 @@ class Recipe:
         on its own (so that evaluating it neither reads nor needs the training data) or to map other
         data's labels onto the checkpoint's."""
         bundle = self.make_data(data_cfg, train_cfg, progress=progress)
-        check_meta(self.input_meta + self.label_meta, meta, bundle.meta, "the data does not fit this run's model")
+        check_meta(self.input_meta + self.label_meta, meta, bundle.meta, DOES_NOT_FIT)
         return bundle.split(split)
 
     def make_task(self, meta: dict, output_shape: tuple):

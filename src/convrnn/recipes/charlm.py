@@ -21,7 +21,8 @@ from pathlib import Path
 
 from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
 from convrnn.errors import ConfigError, DataError
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, missing_split, register_recipe
+from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
+                                   register_recipe)
 from convrnn.tasks.lm import LanguageModelTask
 from convrnn.fields import checked, one_of, path_field
 
@@ -110,7 +111,7 @@ class CharLMRecipe(Recipe):
         """The validation text encoded with the checkpoint's vocabulary, so that any text (another file,
         or the training file since edited) is scored by what the model's outputs mean; characters the
         vocabulary lacks are left out and named in a warning."""
-        check_meta(self.input_meta, meta, {"unit": data_cfg.unit}, "the data does not fit this run's model")
+        check_meta(self.input_meta, meta, {"unit": data_cfg.unit}, DOES_NOT_FIT)
         if split != "val":
             raise missing_split(split)
         text = load_text(data_cfg)

@@ -15,7 +15,8 @@ from convrnn.data.batching import IndexedBatches, array_fetcher
 from convrnn.data.fonts import (FontSpec, FontsDataConfig, clean_lines, make_fonts_data, read_line_windows,
                                 render_line, resolve_fonts)
 from convrnn.errors import DataError
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, missing_split, register_recipe
+from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
+                                   register_recipe)
 from convrnn.tasks.classify import ClassifyTask
 
 # Windows per model call in predict: a few tens of MB of activations for the default model.
@@ -61,8 +62,7 @@ class FontsRecipe(Recipe):
         model was not trained on is an error that names it."""
         if split != "val":
             raise missing_split(split)
-        check_meta(self.input_meta, meta, {"height": data_cfg.height, "width": data_cfg.width},
-                   "the data does not fit this run's model")
+        check_meta(self.input_meta, meta, {"height": data_cfg.height, "width": data_cfg.width}, DOES_NOT_FIT)
         _, val, data_meta = make_fonts_data(data_cfg, progress=progress)
         known = list(meta["classes"])
         unknown = [c for c in data_meta["classes"] if c not in known]

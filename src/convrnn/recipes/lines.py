@@ -26,9 +26,10 @@ from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
                                 line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
-from convrnn.errors import ConfigError, DataError
+from convrnn.errors import DataError
 from convrnn.fields import check
-from convrnn.recipes.base import CliOption, DataBundle, Recipe, check_meta, register_recipe
+from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
+                                   register_recipe)
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.ctc import BLANK, CTCTask
 
@@ -52,6 +53,11 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
 def _read_options(cfg: LinesDataConfig, progress) -> dict:
     return dict(height=cfg.height, max_width=cfg.max_width, allow_outside_root=cfg.allow_outside_root,
                 strict=cfg.strict, normalize=cfg.normalize, progress=progress)
+
+
+def _eval_batches(lines: LineSet, batch_size: int):
+    """Validation or test lines in file order, in batches of at least 64 (no gradients to hold)."""
+    return line_batches(lines, max(batch_size, 64), shuffle=False)
 
 
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
@@ -148,26 +154,25 @@ class LinesRecipe(Recipe):
         meta = {"alphabet": alphabet, "height": data_cfg.height,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
         return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, augment=augment),
-                          val=line_batches(val, max(bs, 64), shuffle=False),
-                          test=line_batches(test, max(bs, 64), shuffle=False) if test is not None else None,
+                          val=_eval_batches(val, bs),
+                          test=_eval_batches(test, bs) if test is not None else None,
                           input_shape=(1, data_cfg.height, None), num_outputs=len(alphabet) + 1, meta=meta)
 
     def make_split(self, data_cfg: LinesDataConfig, train_cfg, split: str, meta: dict, *, progress=None):
         """Validation or test lines read from their own files, without the training lines (which may
         not be on the machine that evaluates); a validation split cut from ``--data`` needs them. The
         texts may use characters the model's alphabet lacks: the task counts them as errors."""
-        check_meta(self.input_meta, meta, {"height": data_cfg.height}, "the data does not fit this run's model")
+        check_meta(self.input_meta, meta, {"height": data_cfg.height}, DOES_NOT_FIT)
         path = data_cfg.test if split == "test" else data_cfg.val
         if data_cfg.synthetic or (split == "val" and not path):
             bundle = self.make_data(data_cfg, train_cfg, progress=progress)
             return bundle.split(split)
         if not path:
-            raise ConfigError("this run's data has no test split (train with --test, or evaluate other "
-                              "lines with --set data.test=PATH)")
+            raise missing_split("test", "train with --test, or evaluate other lines with --set data.test=PATH")
         check(data_cfg, "data")
         lines = read_lines(path, **_read_options(data_cfg, progress))
         log.info("lines: %d %s lines of height %d", len(lines), split, data_cfg.height)
-        return line_batches(lines, max(train_cfg.batch_size, 64), shuffle=False)
+        return _eval_batches(lines, train_cfg.batch_size)
 
     def make_task(self, meta: dict, output_shape: tuple) -> CTCTask:
         return CTCTask(meta["alphabet"])
