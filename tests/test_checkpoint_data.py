@@ -2,7 +2,9 @@
 text by the checkpoint's vocabulary) or refuses it in one line; resuming on changed data is refused."""
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +88,12 @@ def test_cli_eval_and_resume_refuse_data_the_run_was_not_trained_on(tmp_path, ca
                              "--set", f"data.fonts={SERIF},{SANS}")
     assert code == 2 and f"--resume {run}: the data no longer matches the checkpoint: classes " in err
     assert "['DejaVuSerif', 'DejaVuSans'] where the checkpoint has ['DejaVuSans', 'DejaVuSerif']" in err
+    # a refused resume leaves the run as it was: its config still says what the checkpoint holds, so a
+    # plain resume goes on
+    code, out, err = run_cli(capsys, "train", "fonts", "--resume", str(run), "--height", "24", "--max-steps", "4")
+    assert code == 2 and "height 24 where the checkpoint has 16" in err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["height"] == 16 and saved["train"]["max_steps"] == 2
+    assert [Path(f).name for f in saved["data"]["fonts"]] == [Path(SANS).name, Path(SERIF).name]
+    code, out, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--max-steps", "4")
+    assert code == 0, err

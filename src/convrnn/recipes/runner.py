@@ -55,6 +55,14 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     if problem:
         raise ConfigError(f"model {model.spec!r} does not fit the {recipe.name} recipe: {problem}")
     cfg.train.run_dir = str(run_path)
+    ckpt = None
+    if resume:  # checked before anything is written: a refused resume leaves the run as it was
+        ckpt = load_latest_checkpoint(run_path)
+        if ckpt.get("spec") != model.spec:
+            raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the "
+                                  f"config's ({model.spec!r})")
+        check_meta(recipe.input_meta + recipe.label_meta, ckpt.get("meta") or {}, bundle.meta,
+                   f"--resume {resume}: the data no longer matches the checkpoint", error=CheckpointError)
     run_dir = RunDir(run_path) if ctx.is_main else None  # only rank 0 writes
     if run_dir is not None:
         cfg.save(run_path / "config.json")
@@ -64,13 +72,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     kind, extra = (DistributedTrainer, {"ctx": ctx}) if ctx.enabled else (Trainer, {})
     trainer = kind(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir, checkpoint_meta=meta,
                    callbacks=[*callbacks, TensorBoardFilters(), *recipe.callbacks()], **extra)
-    if resume:
-        ckpt = load_latest_checkpoint(run_path)
-        if ckpt.get("spec") != model.spec:
-            raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the "
-                                  f"config's ({model.spec!r})")
-        check_meta(recipe.input_meta + recipe.label_meta, ckpt.get("meta") or {}, bundle.meta,
-                   f"--resume {resume}: the data no longer matches the checkpoint", error=CheckpointError)
+    if ckpt is not None:
         trainer.restore(ckpt)
         log.info("resumed %s at step %d (epoch %d, batch %d)", run_path, trainer.pos.step,
                  trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
