@@ -478,6 +478,13 @@ def test_cli_eval_needs_only_the_split_it_reads(page_run, capsys, tmp_path):
     code, out, err = run_cli(capsys, "eval", str(page_run), *moved, "--split", "test", "--set", f"data.test={folder}")
     assert code == 0, err
     assert "cer:" in out and "lines: 5 test lines" in err
+    # test pages given without --split are the ones scored; given beside another --split, refused
+    code, out, err = run_cli(capsys, "eval", str(page_run), *moved, "--set", f"data.test={folder}")
+    assert code == 0, err
+    assert "split: test" in out and "lines: 5 test lines" in err
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--split", "val", "--set", f"data.test={folder}")
+    assert code == 2 and err.count("\n") == 1
+    assert f"--set data.test={folder}: scoring the val split does not read the test data; add --split test" in err
     code, out, err = run_cli(capsys, "eval", str(page_run), "--split", "test")
     assert code == 2 and "this run's data has no test split" in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={tmp_path / 'missing'}")

@@ -15,14 +15,15 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 
 @click.command(name="eval")
 @click.argument("run", type=click.Path())
-@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
+@click.option("--split", type=click.Choice(["val", "test"]),
+              help="the split to score  [default: test when only data.test is set, else val]")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
 @click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
 @click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
 @click.pass_context
-def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int, beam: Optional[int],
+def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: int, beam: Optional[int],
              lexicon: Optional[str], lm: Optional[str]) -> None:
     """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data."""
     from convrnn.cli.progress import CountProgress
@@ -33,7 +34,7 @@ def eval_cmd(ctx: click.Context, run: str, split: str, sets, shifts: int, beam: 
                       progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]),
                       beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
-    click.echo(f"split: {split}")
+    click.echo(f"split: {result.split}")
     for line in result.task.metric_lines(result.metrics):
         click.echo(line)
 

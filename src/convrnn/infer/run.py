@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from convrnn.errors import CheckpointError
+from convrnn.errors import CheckpointError, ConfigError
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import with_views
 from convrnn.recipes.base import Recipe, get_recipe
@@ -75,27 +75,43 @@ def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
 
 
 class Evaluation(NamedTuple):
-    """What ``evaluate_run`` measured: the metrics, the task that scored them (it formats them), and the
-    checkpoint read (its path and step)."""
+    """What ``evaluate_run`` measured: the metrics, the task that scored them (it formats them), the
+    checkpoint read (its path and step) and the split scored."""
 
     metrics: dict
     task: Any
     checkpoint: Path
     step: int
+    split: str = "val"
 
 
-def evaluate_run(run: str, *, split: str = "val", overrides: dict[str, Any] | None = None,
+def eval_split(split: Optional[str], overrides: Optional[dict] = None) -> str:
+    """The split ``eval`` scores: ``split`` when given, else the one whose data ``overrides`` name
+    (``data.test`` alone: test), else val. Data given for the other split than the one scored would not
+    be read, so that is refused rather than scoring the run's own pages under the user's name for them."""
+    given = [s for s in ("val", "test") if (overrides or {}).get(f"data.{s}")]
+    if split is None:
+        return given[0] if len(given) == 1 else "val"
+    if given and split not in given:
+        other = given[0]
+        raise ConfigError(f"--set data.{other}={overrides[f'data.{other}']}: scoring the {split} split does not "
+                          f"read the {other} data; add --split {other}, or give it as data.{split}")
+    return split
+
+
+def evaluate_run(run: str, *, split: Optional[str] = None, overrides: dict[str, Any] | None = None,
                  progress: Optional[Callable] = None, shifts: int = 1, **decoding) -> Evaluation:
     """Metrics of a run's best checkpoint (or the checkpoint file given) on its validation (or test)
     data, rebuilt from its config. ``shifts`` > 1 reads every input that many times, moved by a pixel
     or so, and combines the views (``convrnn.infer.views.with_views``); ``decoding`` options (``beam``,
     ``lexicon``, ``lm``) go to the task (``Task.with_decoding``)."""
+    split = eval_split(split, overrides)
     loaded = load_run(run)
     task = loaded.task.with_decoding(**decoding)
     model = with_views(loaded.model, task, shifts)
     data = run_data(loaded, split, overrides=overrides, progress=progress)
     metrics = evaluate(model, task, data).compute()
-    return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)))
+    return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)), split)
 
 
 def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:
