@@ -436,14 +436,16 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
     code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                              "--beam", "3")
     assert code == 0, err
-    assert out.split("\n")[:2] == [f"wrote {tmp_path / 'out' / 'scan_alto.xml'} (6 lines)",
-                                   f"wrote {tmp_path / 'out' / 'scan_page.xml'} (6 lines)"]
+    assert out.split("\n")[:2] == [
+        f"wrote {tmp_path / 'out' / 'scan_alto.xml'} (6 lines; 2 not read, written without text)",
+        f"wrote {tmp_path / 'out' / 'scan_page.xml'} (6 lines; 2 not read, written without text)"]
     for src in (alto, page):
         back = pages.parse_page(tmp_path / "out" / src.name)
         texts = {ln.id: ln.text for ln in back.lines}
         for k in ids:  # the beam's texts may differ from greedy ones only where it finds better
             assert texts[k] is not None
-        assert texts["l_noarea"] == "zz" and texts["l_outside"] == "yy"  # lines not read keep their text
+        # lines not read do not keep the input's text, which would pass for a reading
+        assert texts["l_noarea"] == "" and texts["l_outside"] == ""
         assert back.kind == pages.parse_page(src).kind
     # greedy decoding writes exactly what predict prints
     run_cli(capsys, "predict", str(page_run), str(alto), "--out", str(tmp_path / "greedy"))
@@ -452,7 +454,7 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
         {k: v for k, v in predicted.items() if k.startswith(str(alto))}
     root = ET.parse(tmp_path / "greedy" / alto.name).getroot()
     confs = [float(s.get("WC")) for s in root.iter(f"{{{ALTO_NS}}}String") if s.get("WC")]
-    assert len(confs) == 6 and all(0.0 <= c <= 1.0 for c in confs)
+    assert len(confs) == 8 and all(0.0 <= c <= 1.0 for c in confs)  # the 2 lines not read: 0
     # the output folder may not be the input's own
     code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), "--out", str(tmp_path / "in"))
     assert code == 2 and "refusing to overwrite the input file" in err and err.count("\n") == 1

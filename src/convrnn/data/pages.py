@@ -1011,12 +1011,14 @@ def _declared_encoding(data: bytes) -> str:
     return (found[0] if found else "") or "utf-8"
 
 
-def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[str, float]]) -> int:
+def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[str, float]], *,
+                     others: Optional[tuple[str, float]] = None) -> int:
     """Write a copy of page XML ``src`` to ``dst`` in which the TextLine at each position ``k`` of
     ``texts`` (0-based, file order) carries ``texts[k] = (text, confidence 0..1)``: ALTO, one ``String``
     with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
-    ``TextEquiv`` with ``@conf`` and ``Unicode``. Every other byte is kept; the file is written
-    atomically. Returns the number of lines written."""
+    ``TextEquiv`` with ``@conf`` and ``Unicode``. With ``others``, every line not in ``texts`` carries
+    that pair instead of its old text. Every other byte is kept; the file is written atomically.
+    Returns the number of lines written."""
     from convrnn.files import atomic_write_bytes
 
     src, dst = Path(src), Path(dst)
@@ -1034,6 +1036,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     except (LookupError, UnicodeError, ValueError) as e:
         raise DataError(f"{src}: cannot rewrite this file ({e})") from None
     edit = _alto_edit if kind == ALTO else _page_edit
+    if others is not None:
+        texts = {k: texts.get(k, others) for k in range(len(lines))}
     edits = sorted(edit(buf, lines[k], text, conf) for k, (text, conf) in texts.items() if 0 <= k < len(lines))
     pieces, pos = [], 0
     for start, end, new in edits:

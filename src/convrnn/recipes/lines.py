@@ -188,8 +188,8 @@ class LinesRecipe(Recipe):
                 **options) -> list[str]:
         """``path<TAB>text`` per line image, and ``page.xml:line_id<TAB>text`` per line of every page XML
         input (ALTO/PAGE files, folders of them, glob patterns); with ``out``, each page XML is instead
-        written to that folder with the recognised text of its lines (``write_page_texts``) and one
-        ``wrote ...`` line per page is returned. Greedy decoding (an ensemble's: joint beam search), or
+        written to that folder with the recognised text of its lines (``write_page_texts``; lines that
+        cannot be cut are written without text) and one ``wrote ...`` line per page is returned. Greedy decoding (an ensemble's: joint beam search), or
         prefix beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained
         on the text file ``lm``), over an ensemble's members jointly."""
         model, task = loaded.model, loaded.task
@@ -228,8 +228,13 @@ class LinesRecipe(Recipe):
                     result += [f"{path}:{line_id}\t{text}" for _, (line_id, text, _) in sorted(lines.items())]
                 elif pages[page_no - 1].page_error is None:
                     dst = Path(out) / path.name
-                    n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()})
-                    result.append(f"wrote {dst} ({n} lines)")
+                    # a line that could not be cut is written without text: the copy's texts are all
+                    # the model's, never the input's transcription passed off as a reading
+                    n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()},
+                                         others=("", 0.0))
+                    unread = n - len(lines)
+                    result.append(f"wrote {dst} ({len(lines)} lines" + (
+                        f"; {unread} not read, written without text)" if unread else ")"))
         return result
 
 
