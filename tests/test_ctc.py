@@ -231,3 +231,16 @@ def test_bad_inputs_are_named():
         task.encode("abc")
     with pytest.raises(ValueError, match="distinct"):
         CTCTask(["a", "a"])
+
+
+def test_decoded_text_has_the_references_whitespace():
+    """References have whitespace runs collapsed and none at the ends; so has what every decoder reads."""
+    task = CTCTask(" ab")
+    frames = [1, 2, 1, 0, 1, 3, 0, 1]  # " a  b " with a blank splitting the double space
+    logits = torch.full((1, len(frames), 4), -10.0)
+    for t, k in enumerate(frames):
+        logits[0, t, k] = 10.0
+    out = ModelOutput(logits, torch.tensor([len(frames)]))
+    assert task.decode(out) == ["a b"]
+    assert task.with_decoding(beam=4).decode(out) == ["a b"]
+    assert task.to_text([1, 2, 1, 1, 3, 1]) == " a  b "  # the raw labels keep what the model wrote

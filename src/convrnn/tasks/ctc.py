@@ -329,6 +329,11 @@ class CTCTask(Task):
     def to_text(self, labels: Iterable[int]) -> str:
         return "".join(self.alphabet[k - 1] for k in labels)
 
+    def reading(self, labels: Iterable[int]) -> str:
+        """A decoded label sequence as text in the form the references have: whitespace runs collapsed to
+        one space, none at either end (every reader of transcriptions normalises them so)."""
+        return " ".join(self.to_text(labels).split())
+
     def with_targets(self, batch: dict) -> dict:
         """``batch`` with ``targets`` and ``target_lengths`` encoded from its ``texts`` (when it has none):
         characters outside the alphabet are left out of the targets, so the loss stays defined, but
@@ -423,10 +428,10 @@ class CTCTask(Task):
             logits = out.y if out.members is None else out.members.transpose(0, 1)  # (B, [K,] T, V)
             return [self.beam_decode(logits[b], length=frames[b], **self.search) for b in range(logits.shape[0])]
         if out.members is None:
-            return [self.to_text(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
+            return [self.reading(labels) for labels in greedy_decode_batch(out.y, out.lengths)]
         log_probs = F.log_softmax(out.members.float(), dim=-1)  # (K, B, T, V)
         frames = self._check_output(out).tolist()
-        return [self.to_text(beam_search(log_probs[:, b], ENSEMBLE_BEAM, length=frames[b]))
+        return [self.reading(beam_search(log_probs[:, b], ENSEMBLE_BEAM, length=frames[b]))
                 for b in range(log_probs.shape[1])]
 
     @torch.inference_mode()
@@ -434,4 +439,4 @@ class CTCTask(Task):
         """Prefix beam search on one sequence of logits ``(T, V)``, or ``(K, T, V)`` of an ensemble's
         members (searched jointly); keywords go to :func:`beam_search`."""
         log_probs = F.log_softmax(logits.float(), dim=-1)
-        return self.to_text(beam_search(log_probs, alphabet=self.alphabet, length=length, **kwargs))
+        return self.reading(beam_search(log_probs, alphabet=self.alphabet, length=length, **kwargs))
