@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from convrnn.errors import WriteError
 
@@ -28,36 +30,100 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old or the new file.
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the file is
-    renamed over ``path``; the directory is fsynced so the rename itself survives a power cut.
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` must replace: ``path`` itself, or the file its symlink(s) lead to.
+
+    A symlink is followed so that the link stays a link and its target gets the new content (as a shell
+    redirect does); renaming over the link itself would turn it into a regular file. Raises
+    :class:`WriteError` naming ``path`` when it is (or leads to) something a rename must not replace: a
+    folder, a device such as /dev/null, a FIFO, a socket; or when the symlinks loop.
     """
     path = Path(path)
+    target = path
+    if path.is_symlink():
+        try:
+            target = Path(os.path.realpath(path, strict=True))
+        except FileNotFoundError:  # a dangling link: write the file it names (realpath resolves what it can)
+            target = Path(os.path.realpath(path))
+        except OSError as e:  # ELOOP: a cycle of links has no file at its end
+            raise WriteError(f"{path}: cannot write, the symlink does not lead to a file ({e.strerror or e})") from None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        mode = os.stat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (the folder is made, or refused, later)
+        return target
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+    via = f" (the symlink leads to {target})" if target != path else ""
+    if stat.S_ISDIR(mode):
+        raise WriteError(f"{path}: cannot write, it is a folder{via}; give a file name")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise WriteError(f"{path}: cannot write, not a regular file ({kind}){via}; "
+                         f"it is left as it is, give a file name")
+    return target
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``'s target, then rename it over the target.
+
+    For content too large to hold twice in memory (``np.savez`` of a dataset cache);
+    :func:`atomic_write_bytes` is this with ``f.write(data)``. The target is :func:`write_target`'s:
+    a symlink keeps pointing at the (new) file, and a folder, device, FIFO or socket is refused, never
+    replaced. The file gets the permissions a plain ``open()`` gives (0o666 less the umask), the bytes
+    are fsynced before the rename and the folder after it, so a crash or power cut at any moment leaves
+    the old file or the new one. On any failure the temporary file is removed and the old file is
+    untouched; an OSError is raised as a one-line :class:`WriteError`, anything else ``write`` raises
+    passes through. Returns the path written (the symlink's target where ``path`` is a symlink).
+    """
+    path = Path(path)
+    target = write_target(path)
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise WriteError(f"{path}: cannot write, a part of its folder {folder} is a file, not a folder") from None
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
         raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files only the owner can read; plain files are not
-        os.replace(tmp, path)
-    except OSError as e:
+        os.replace(tmp, target)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise WriteError(f"{path}: cannot write ({e.strerror or e}); the previous file is untouched") from None
-    fsync_dir(path.parent)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"{path}: cannot write ({e.strerror or e}); the previous file is untouched") from None
+        raise
+    fsync_dir(folder)
+    return target
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old or the new file.
+
+    The bytes go to a temporary file in the target's folder, are flushed and fsynced, and the file is
+    renamed over the target; the folder is fsynced so the rename itself survives a power cut. A symlink
+    is followed (its target gets the bytes, the link stays); a folder, device, FIFO or socket is refused
+    with :class:`WriteError` and left as it is. See :func:`atomic_write_with`.
+    """
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def cache_dir(name: str) -> Path:

@@ -107,8 +107,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise CheckpointError(f"{p}: refused to load: the file holds objects other than tensors and plain data ({first[:160]})") from None
+        raise CheckpointError(f"{p}: refused to load: the file holds objects other than tensors and plain data "
+                              f"({_unpickling_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -137,6 +137,29 @@ def _check_looks_like_checkpoint(p: Path) -> None:
     if text_suffix or looks_like_json:
         raise CheckpointError(f"{p}: this is a {p.suffix.lstrip('.') or 'text'} file, not a checkpoint; give the run "
                               f"directory ({p.parent}) or one of its checkpoints/*.pt files")
+    # torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle (protocol 2+);
+    # anything else (an image, a text) would only be reported by what the unpickler tripped on
+    if not (head.startswith(ZIP_MAGIC) or (head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS)):
+        kind = next((name for magic, name in FOREIGN_MAGIC if head.startswith(magic)), None)
+        what = f"it is {kind}, not a PyTorch file" if kind else "not a PyTorch file (neither a zip archive nor a pickle)"
+        raise CheckpointError(f"{p}: not a convrnn checkpoint: {what}; give a run directory or one of its "
+                              f"checkpoints/*.pt files")
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
+FOREIGN_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                 (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+                 (b"\x1f\x8b", "a gzip file"), (b"\x93NUMPY", "a NumPy .npy file"))
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused ("Trying to load unsupported
+    GLOBAL posix.system ...", "Unsupported operand 80"), not its paragraph of advice about weights_only."""
+    advice = ("weights only load failed", "please file an issue", "check the documentation", "weightsunpickler error")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.lower().startswith(advice)), lines[0] if lines else "")
+    return reason[:200] or "unsupported content"
 
 
 def step_name(step: int) -> str:

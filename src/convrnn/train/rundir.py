@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from convrnn.errors import ConfigError
+from convrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,17 @@ class RunDir:
         """Drop metric rows logged after ``after_step`` (used when resuming from an older checkpoint)."""
         if not self.metrics_csv.exists():
             return
-        with open(self.metrics_csv, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= after_step]
+        # read_metrics drops a last line cut short by a crash (appending after it would glue two rows
+        # into one) and names the line of any other row that does not parse
+        rows = read_metrics(self.metrics_csv)
         from convrnn.files import atomic_write_text
         import io
         buf = io.StringIO()
-        csv.writer(buf).writerows(keep)
+        w = csv.writer(buf)
+        w.writerow(METRIC_FIELDS)
+        for r in rows:  # values as log_metrics writes them: re-formatting "%.6g" text gives the same text
+            if r["step"] <= after_step:
+                w.writerow([r["step"], r["epoch"], r["split"], r["metric"], f"{r['value']:.6g}", r["time"]])
         atomic_write_text(self.metrics_csv, buf.getvalue())
 
     def tensorboard(self):
@@ -104,10 +108,57 @@ class RunDir:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's metrics.csv as dicts with typed values."""
+    """Rows of a run's metrics.csv (or of the run directory ``path``) as dicts with typed values.
+
+    The one reader of metrics.csv (``plot curves``, the report, resuming). A last line without its line
+    end is what a crash in the middle of :meth:`RunDir.log_metrics` leaves: it is skipped with a warning
+    naming the file and line (its numbers may be cut short). A header without the columns of
+    ``METRIC_FIELDS``, or any other row that does not parse, is a one-line :class:`DataError` naming
+    the file and the line. An empty file has no rows.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.csv"
-    with open(p, newline="", encoding="utf-8") as f:
-        return [{"step": int(r["step"]), "epoch": int(r["epoch"]), "split": r["split"], "metric": r["metric"],
-                 "value": float(r["value"]), "time": float(r["time"])} for r in csv.DictReader(f)]
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:  # callers tell "no metrics yet" from an unreadable file by this
+        raise
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    expected = f"{p}: expected columns {','.join(METRIC_FIELDS)} with numbers"
+    lines = raw.splitlines(keepends=True)
+    if lines and not lines[-1].endswith((b"\n", b"\r")):  # cut short by a crash while it was written
+        log.warning("%s line %d: skipped, the line is cut short (no line end: a crash while it was written?)",
+                    p, len(lines))
+        lines.pop()
+    columns: dict[str, int] = {}
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{expected}; line {number} is not UTF-8 text") from None
+        if not text.strip():
+            continue  # csv.writer never writes blank lines; one typed by hand means nothing
+        fields = next(csv.reader([text]))
+        if not columns:  # the header
+            missing = [name for name in METRIC_FIELDS if name not in fields]
+            if missing:
+                raise DataError(f"{expected}; line {number} (the header) has no column {missing[0]!r}: "
+                                f"{text.strip()[:80]!r}")
+            columns = {name: fields.index(name) for name in METRIC_FIELDS}
+            width = len(fields)
+            continue
+        if len(fields) != width:
+            raise DataError(f"{expected}; line {number} has {len(fields)} fields, not {width}: {text.strip()[:80]!r}")
+        row: dict = {}
+        for name, kind in (("step", int), ("epoch", int), ("split", str), ("metric", str), ("value", float),
+                           ("time", float)):
+            cell = fields[columns[name]]
+            try:
+                row[name] = kind(cell)
+            except ValueError:
+                raise DataError(f"{expected}; line {number} has {name} {cell!r}, not a number: "
+                                f"{text.strip()[:80]!r}") from None
+        rows.append(row)
+    return rows

@@ -75,15 +75,15 @@ def run_confusion(run: str | os.PathLike, *, split: str = "val", max_batches: in
 def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str = "val", max_batches: int = 20,
                    progress: Optional[Callable] = None, data_progress: Optional[Callable] = None) -> Path:
     """Evaluate ``run`` and write its confusion matrix to the PNG ``out`` (atomically). Returns the path."""
-    from convrnn.files import atomic_write_bytes
+    from convrnn.files import atomic_write_bytes, write_target
     from convrnn.viz.html import figure_png
 
+    write_target(out)  # a folder or special file at --out fails before the evaluation, not after it
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,
                                     data_progress=data_progress)
     n = int(counts.sum())
     acc = float(np.trace(counts)) / max(n, 1)
     fig = confusion_figure(counts, classes, title=f"{Path(run).name} ({split}): {n} samples, accuracy {acc:.3f}")
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, figure_png(fig, dpi=110))
+    atomic_write_bytes(path, figure_png(fig, dpi=110))  # makes the folder; refuses a folder or special file
     return path

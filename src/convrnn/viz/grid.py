@@ -9,12 +9,14 @@ Shape:
 # H height, W width
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from convrnn.files import atomic_write_bytes
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -74,18 +76,9 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | Non
 
 
 def save_png(image: Image.Image, path: str) -> str:
-    """Write ``image`` as PNG atomically (temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``image`` as PNG atomically with ``convrnn.files.atomic_write_bytes`` (a temporary file in
+    the target's folder, then rename; a symlink's target is written, a folder or special file refused)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # encoded in memory: a failed encoding writes nothing
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -2,8 +2,9 @@
 
 Both take several runs and put them on one figure (curves: one line per run on shared axes;
 filters: one row per run, one panel per kernel), are drawn with matplotlib's Agg backend (no
-display needed), sized to stay readable at laptop width, and written atomically (a temporary file
-in the target folder, renamed over the final name).
+display needed), sized to stay readable at laptop width, and written atomically with
+``convrnn.files.atomic_write_bytes`` (a temporary file in the target folder, renamed over the final
+name; the ``--out`` path is checked before any work, so a folder or special file there fails at once).
 
 Shape:
     first-layer weights: ``(F, C, KH, KW)``; one panel per (kernel, input channel) pair.
@@ -12,10 +13,10 @@ Shape:
 # F filters, C input channels, KH kernel height, KW kernel width
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from convrnn.errors import CheckpointError, DataError
+from convrnn.files import atomic_write_bytes, write_target
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +40,15 @@ def _pyplot():
 
 
 def save_figure(fig, out: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG to ``out`` atomically; the folder is created. Closes the figure."""
+    """Write ``fig`` as PNG to ``out`` atomically (``convrnn.files.atomic_write_bytes``: the folder is
+    created, a symlink's target is written, a folder or special file is refused). Closes the figure."""
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)  # rendered in memory: a failed drawing writes nothing
     finally:
         _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -100,6 +96,7 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
+    write_target(out)  # a folder or special file at --out fails before any run is read
     rows_by_run = [_metrics_rows(r) for r in runs]
     names = list(metrics) if metrics else default_curve_metrics(rows_by_run)
     plt = _pyplot()
@@ -197,6 +194,7 @@ def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, p
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
+    write_target(out)  # a folder or special file at --out fails before any checkpoint is loaded
     weights = [first_conv_weights(r) for r in runs]
     fig = filters_figure(weights, [run_label(r) for r in runs], per_kernel_scale=per_kernel_scale)
     return FilterPlot(save_figure(fig, out), [w.shape[0] * w.shape[1] for w in weights])
