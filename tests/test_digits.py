@@ -158,7 +158,7 @@ def test_sklearn_fallback_runs_on_8x8_digits(tmp_path, caplog, monkeypatch):
     recipe = get_recipe("digits")
     bundle = recipe.make_data(recipe.data_config(data_dir="", num_train=20, num_val=10, num_test=10),
                               TrainConfig(batch_size=8))
-    assert bundle.input_shape == (None, 1, 8, 8) and "fallback" in bundle.meta["source"]
+    assert bundle.input_shape == (None, 1, 8, 8) and "scikit-learn" in bundle.meta["source"]
     assert "scikit-learn" in caplog.text
     batch = next(iter(bundle.train.batches(0)))
     assert batch["x"].shape[-2:] == (8, 8) and float(batch["x"].max()) <= 1.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.mnist import MnistSplit, load_mnist
+from convrnn.data.mnist import FALLBACK_SOURCE, MnistSplit, load_mnist
 from convrnn.data.sequences import (OPS, DigitSequences, collate_sequences, make_digit_sequences,
                                     make_length_eval_sets, num_target_classes, random_affine, random_shift,
                                     sequence_targets, val_test_pools)
@@ -247,4 +247,4 @@ def test_sklearn_fallback_gives_8x8_sequences(tmp_path, caplog, monkeypatch):
     batch = collate_sequences([train[i] for i in range(len(train))])
     assert batch["x"].shape[2:] == (1, 8, 8) and meta["input_shape"] == [None, 1, 8, 8]
     assert batch["x"].max() == 1.0  # divided by 16, not 255
-    assert meta["source"] == "sklearn-digits (offline fallback)"
+    assert meta["source"] == FALLBACK_SOURCE

@@ -1,9 +1,12 @@
 """``convrnn train RECIPE``: one command per registered recipe, its own options beside the common ones."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
+
+log = logging.getLogger(__name__)
 
 
 def _common_train_options(f):
@@ -72,7 +75,7 @@ def _make_train_command(recipe_name: str):
         overrides.update(parse_pairs(list(sets)))
         quiet = ctx.find_root().obj["quiet"]
         result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
-                           callbacks=[TrainProgress(quiet=quiet)],
+                           callbacks=[CompileNotice(), TrainProgress(quiet=quiet)],
                            progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
         from convrnn.train.distributed import shutdown
 
@@ -91,6 +94,16 @@ def _make_train_command(recipe_name: str):
         command = click.option(opt.flag, **kw)(command)
     command = _common_train_options(command)
     train.command(name=recipe.name)(command)
+
+
+class CompileNotice:
+    """Trainer callback: a line at the start of a run that compiles its model, since torch.compile
+    works during the first steps without a word and that time is training time (``--max-time``)."""
+
+    def on_train_start(self, trainer) -> None:
+        if trainer.cfg.compile:
+            log.info("compiling the model (torch.compile): the first steps take longer; the time counts "
+                     "against --max-time")
 
 
 def display_path(path) -> str:

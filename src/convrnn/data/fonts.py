@@ -30,8 +30,8 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field
-from convrnn.files import cache_dir
+from convrnn.files import atomic_write_with, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ class FontsDataConfig:
     text: str | None = path_field(None)             # UTF-8 file of lines; None = embedded corpus
     height: int = checked(16, lambda v: v >= 6, "at least 6")
     width: int = checked(64, lambda v: v >= 4, "at least 4")
-    samples_per_font: int = checked(2000, lambda v: v >= 1, "at least 1")  # train + val
-    val_fraction: float = checked(0.2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    # train + val: each font needs a crop in both splits
+    samples_per_font: int = checked(2000, lambda v: v >= 2, "at least 2 (a crop to train and one to validate per font)")
+    val_fraction: float = checked(0.2, lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
     jitter: int = checked(2, lambda v: v >= 0, "at least 0")
     # glyph height drawn per sample in (1 +- this) x (height - 2)
     scale_jitter: float = checked(0.15, lambda v: 0.0 <= v < 0.5, "in [0, 0.5)")
@@ -93,6 +94,13 @@ class FontsDataConfig:
     resample: float = checked(0.25, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
     seed: int = 0
     cache_dir: str | None = path_field(None)         # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
+
+    def check_together(self) -> list[tuple]:
+        # an empty split would train on nothing or score nothing (loss 0, accuracy 0 out of 0 crops)
+        n = self.samples_per_font
+        return [(1 <= round(n * self.val_fraction) <= n - 1, "val_fraction",
+                 f"a share of the {n} samples per font that rounds to 1..{n - 1} validation crops "
+                 f"(the rest train)", self.val_fraction)]
 
 
 # ---------------------------------------------------------------------------------------- fonts
@@ -113,7 +121,9 @@ def resolve_fonts(paths: list[str]) -> list[FontSpec]:
     """Font files (.ttf/.otf/.ttc) or folders of them -> one FontSpec per file, names made unique.
 
     An empty list gives :func:`default_fonts`. Raises DataError naming the path for a missing path,
-    a folder without fonts, a file of another kind, or a font file PIL cannot read.
+    a folder without fonts, a file of another kind, a font file PIL cannot read, or one font given
+    twice (the same file, also through a link: two classes no model can tell apart); two files of
+    identical bytes are named in a warning.
     """
     if not paths:
         return default_fonts()
@@ -131,16 +141,34 @@ def resolve_fonts(paths: list[str]) -> list[FontSpec]:
         else:
             raise DataError(f"font path does not exist: {p}")
     specs, seen = [], {}
+    by_file: dict[tuple[int, int], str] = {}  # (device, inode) -> the path the file was first given as
+    by_digest: dict[str, str] = {}            # SHA-256 of the bytes -> the path first given with them
     for path in files:
         try:
             ImageFont.truetype(path, 12)
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read font file {path}: {e}") from e
+        stat = os.stat(path)
+        file_id = (stat.st_dev, stat.st_ino)
+        if file_id in by_file:
+            also = "" if by_file[file_id] == path else f" (also as {by_file[file_id]})"
+            raise DataError(f"font file {path} is given twice{also}: two classes of one font cannot be told "
+                            f"apart; give each font once")
+        digest = _file_digest(path)
+        if digest in by_digest:
+            log.warning("font files %s and %s hold identical bytes: their two classes cannot be told apart",
+                        by_digest[digest], path)
+        by_file[file_id], by_digest[digest] = path, path
         stem = Path(path).stem
         seen[stem] = seen.get(stem, 0) + 1
         name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
         specs.append(FontSpec(name, path))
     return specs
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 @lru_cache(maxsize=None)
@@ -236,21 +264,51 @@ def supported_chars(font: FontSpec) -> frozenset[str] | None:
     return frozenset(chars)
 
 
-def clean_lines(lines: list[str], fonts: list[FontSpec]) -> list[str]:
-    """Lines restricted to the characters every font draws properly (others dropped), spaces collapsed.
+LEFT_OUT_SHOWN = 20  # distinct left-out characters a note names
+
+
+def drawable_lines(lines: list[str], fonts: list[FontSpec]) -> tuple[list[str], str]:
+    """Lines restricted to the characters every font draws properly (others become spaces), spaces
+    collapsed, lines left with fewer than two characters dropped; and a note of what was left out
+    ("" when nothing was): each character with its count and the font(s) that lack it, and the
+    number of lines dropped.
 
     The same alphabet for all fonts, so the set of characters never gives the font away.
-    Lines left with fewer than two characters are dropped.
     """
-    sets = [s for s in (supported_chars(f) for f in fonts) if s is not None]
+    charsets = [(f, supported_chars(f)) for f in fonts]
+    sets = [s for _, s in charsets if s is not None]
     alphabet = frozenset.intersection(*sets) if sets else None
-    out = []
+    out, left_out, dropped = [], Counter(), 0
     for line in lines:
         if alphabet is not None:
+            left_out.update(c for c in line if c not in alphabet and not c.isspace())
             line = "".join(c if c in alphabet else " " for c in line)
         line = " ".join(line.split())
         if len(line) >= 2:
             out.append(line)
+        else:
+            dropped += 1
+    parts = []
+    if left_out:
+        def lacking(c: str) -> str:
+            names = [f.name for f, s in charsets if s is not None and c not in s]
+            return "all fonts" if len(names) == len(sets) else names[0] if len(names) == 1 else f"{len(names)} fonts"
+
+        shown = left_out.most_common(LEFT_OUT_SHOWN)
+        listing = ", ".join(f"{c!r} x{n} ({lacking(c)})" for c, n in shown)
+        more = f" and {len(left_out) - len(shown)} more" if len(left_out) > len(shown) else ""
+        parts.append(f"left out {sum(left_out.values()):,} characters that not every font draws (the fonts share "
+                     f"one alphabet, so that no character gives a font away): {listing}{more}")
+    if dropped:
+        parts.append(f"dropped {dropped:,} line{'s' if dropped != 1 else ''} left with fewer than 2 characters")
+    return out, "; ".join(parts)
+
+
+def clean_lines(lines: list[str], fonts: list[FontSpec], *, source: str = "the text") -> list[str]:
+    """:func:`drawable_lines`, with what was left out named in one warning about ``source``."""
+    out, note = drawable_lines(lines, fonts)
+    if note:
+        log.warning("%s: %s", source, note)
     return out
 
 
@@ -410,14 +468,22 @@ def read_line_windows(path: str, height: int, width: int, stride: int | None = N
     """An image file of a text line (any size, dark-on-light or light-on-dark) -> float32 windows
     ``(N, height, width)`` with ink 1: :func:`normalise_line` then :func:`line_windows`.
     DataError naming the file when it is unreadable or blank."""
-    from convrnn.data.images import load_gray, to_ink
+    from convrnn.data.images import load_gray
 
-    gray = load_gray(path)
+    return line_windows(normalise_line(read_ink(path, load_gray(path)), height), width, stride)
+
+
+def read_ink(path: str, gray: np.ndarray, what: str = "text") -> np.ndarray:
+    """Gray ``(H, W)`` uint8 read from ``path`` -> contrast-stretched ink (:func:`stretch_ink`); a
+    DataError naming the file when the image is blank, so that nothing is read from an empty image.
+    ``what`` names what the image should show, for the error."""
+    from convrnn.data.images import to_ink
+
     ink = stretch_ink(to_ink(gray))
     if ink is None:
         raise DataError(f"{path}: the image is blank (no pixel differs from the background by "
-                        f"{MIN_CONTRAST:.0%} of the gray range), so there is no text to read")
-    return line_windows(normalise_line(ink, height), width, stride)
+                        f"{MIN_CONTRAST:.0%} of the gray range), so there is no {what} to read")
+    return ink
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -492,19 +558,12 @@ def _load_cache(path: str, key: str) -> dict | None:
 
 
 def _save_cache(path: str, key: str, arrays: dict) -> None:
-    tmp = None
+    # atomic_write_with streams np.savez into a temporary file beside the cache (no second copy of the
+    # arrays in memory) and renames it; on failure it removes the temporary file and raises WriteError
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
+        atomic_write_with(path, lambda fh: np.savez(fh, key=np.array(key), **arrays))
+    except OSError as e:  # WriteError included: the data is rendered, only the cache is lost
         log.warning("could not write fonts cache %s: %s", path, e)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], None] | None = None,
@@ -517,10 +576,12 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
     check(config, "data")
     fonts = resolve_fonts(list(config.fonts))
     source = config.text if config.text is not None else "<embedded corpus>"
-    lines = clean_lines(load_text_lines(config.text), fonts)
-    if len(lines) < (2 if config.val_fraction > 0 else 1):
+    lines, note = drawable_lines(load_text_lines(config.text), fonts)
+    if len(lines) < 2:
         raise DataError(f"expected at least 2 text lines the fonts can draw (to split train/val), "
-                        f"got {len(lines)} in {source}")
+                        f"got {len(lines)} in {source}" + (f": {note}" if note else ""))
+    if note:
+        log.warning("%s: %s", source, note)
     train_lines, val_lines = split_lines(len(lines), config.val_fraction, config.seed)
     n_val = round(config.samples_per_font * config.val_fraction)
     n_train = config.samples_per_font - n_val

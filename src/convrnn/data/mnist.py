@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "CONVRNN_MNIST_DIR"
 DEFAULT_DIR = Path("~/.cache/convrnn/mnist")
-FALLBACK_SOURCE = "sklearn-digits (offline fallback)"
+# the source of scikit-learn's digits, named or used as the fallback (the fallback says so in its own warning)
+FALLBACK_SOURCE = "sklearn-digits (8x8, bundled with scikit-learn)"
 SKLEARN = "sklearn"  # the data_dir value that names scikit-learn's bundled digits
 
 # The published files: name -> (MD5 of the .gz file, number of items in its header).

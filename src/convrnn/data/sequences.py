@@ -283,9 +283,11 @@ def val_test_pools(num_test_digits: int, seed: int = VAL_TEST_SEED) -> tuple[np.
 
 def make_digit_sequences(train_split, test_split, *, op: str = "sum", max_len: int = 4, min_len: int = 1,
                          num_train: int = 10000, num_val: int = 1000, num_test: int = 1000,
-                         seed: int = 0) -> tuple[DigitSequences, DigitSequences, DigitSequences, dict]:
+                         seed: int = 0, quiet: bool = False) -> tuple[DigitSequences, DigitSequences, DigitSequences,
+                                                                     dict]:
     """Training sequences from ``train_split`` digits; validation and test sequences from disjoint
-    halves of ``test_split`` digits. Returns ``(train, val, test, meta)``.
+    halves of ``test_split`` digits. Returns ``(train, val, test, meta)``, and logs their sizes
+    (:func:`describe_sequences`) unless ``quiet``: a caller that builds its own test split logs them.
 
     ``meta`` is JSON-friendly: op, lengths, ``input_shape`` ``[None, 1, H, W]``, ``num_target_classes``,
     the source, and the training targets' mean and std (to scale a regression output).
@@ -311,9 +313,16 @@ def make_digit_sequences(train_split, test_split, *, op: str = "sum", max_len: i
         "target_mean": float(valid_targets.mean()) if valid_targets.size else 0.0,
         "target_std": float(valid_targets.std()) if valid_targets.size else 1.0,
     }
-    logger.info("digit sequences (%s, lengths %d..%d): %d train, %d val, %d test from %s",
-                op, min_len, max_len, len(train), len(val), len(test), meta["source"])
+    if not quiet:
+        logger.info(describe_sequences(op, meta["source"], train=train, val=val, test=test))
     return train, val, test, meta
+
+
+def describe_sequences(op: str, source: str, **sets: DigitSequences) -> str:
+    """One line of what a run reads: ``digit sequences (sum) from SOURCE: 20,000 train of 1..4 digits,
+    1,000 val of 1..4 digits, 2,000 test of 1..8 digits`` (``sets`` by split name, in order)."""
+    sizes = ", ".join(f"{len(s):,} {name} of {s.min_len}..{s.max_len} digits" for name, s in sets.items())
+    return f"digit sequences ({op}) from {source}: {sizes}"
 
 
 def make_length_eval_sets(test_split, max_len: int, *, op: str = "sum", num_per_length: int = 500,

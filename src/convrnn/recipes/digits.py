@@ -30,9 +30,11 @@ import torch
 from PIL import Image
 
 from convrnn.data.batching import IndexedBatches
+from convrnn.data.fonts import read_ink
 from convrnn.data.images import load_gray, to_ink
 from convrnn.data.mnist import load_mnist_splits, mnist_source
-from convrnn.data.sequences import OPS, DigitSequences, make_digit_sequences, val_test_pools
+from convrnn.data.sequences import (OPS, DigitSequences, describe_sequences, make_digit_sequences, num_target_classes,
+                                    val_test_pools)
 from convrnn.errors import DataError
 from convrnn.fields import checked, one_of, path_field
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
@@ -112,12 +114,13 @@ class DigitsRecipe(Recipe):
         train_split, test_split = load_mnist_splits(data_cfg.data_dir)
         train, val, _, meta = make_digit_sequences(
             train_split, test_split, op=data_cfg.op, max_len=data_cfg.max_len, min_len=data_cfg.min_len,
-            num_train=data_cfg.num_train, num_val=data_cfg.num_val, num_test=0, seed=data_cfg.seed)
+            num_train=data_cfg.num_train, num_val=data_cfg.num_val, num_test=0, seed=data_cfg.seed, quiet=True)
         train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
         train.rotate, train.zoom, train.elastic = data_cfg.rotate, data_cfg.zoom, data_cfg.elastic
         test_pool = val_test_pools(len(test_split))[1]
         test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)
+        log.info(describe_sequences(data_cfg.op, meta["source"], train=train, val=val, test=test))
         if data_cfg.op == "sum":
             # scale only: a head that adds per-step values (reg:sum) has no constant to subtract a mean
             # with, and the sum of an empty sequence is 0 either way
@@ -142,8 +145,12 @@ class DigitsRecipe(Recipe):
         return ValueClassifyTask(output_shape[-1], per_step=per_step)
 
     def predict(self, loaded, inputs: list[str], **options) -> list[str]:
-        """The images, in order, are one sequence: its value (sum, product), or a value after each image."""
+        """The images, in order, are one sequence: its value (sum, product), or a value after each image.
+
+        A sequence longer than the run's training sequences is refused when the model's classes cannot
+        hold every value it may have (a ``cls`` head), and read with a warning otherwise."""
         meta, task = loaded.ckpt["meta"], loaded.task
+        check_length(len(inputs), meta, task)
         x = torch.from_numpy(np.stack([read_digit(p, tuple(meta["image_shape"][1:])) for p in inputs]))
         x = x[None, :, None]  # (T, H, W) -> (1, T, 1, H, W)
         lengths = torch.tensor([len(inputs)])
@@ -162,9 +169,28 @@ class DigitsRecipe(Recipe):
         return digits_sections(ctx)
 
 
+def check_length(count: int, meta: dict, task) -> None:
+    """A sequence of ``count`` digits for a run trained on ``meta``'s lengths: a DataError when its
+    value may lie past the classes of a classification head (which would answer with a wrong value
+    it can hold), a warning when it is longer than any training sequence."""
+    op, trained = meta["op"], int(meta.get("max_len") or 0)
+    if not trained or count <= trained:
+        return
+    if isinstance(task, ValueClassifyTask) and num_target_classes(op, count) > task.num_values:
+        largest = num_target_classes(op, count) - 1
+        raise DataError(f"{count} images: a sequence of {count} digits can have a {op} up to {largest:,}, but this "
+                        f"run's classification head gives 0..{task.num_values - 1:,} (sequences of at most "
+                        f"{trained} digits); predict at most {trained} images, or train a run with a longer "
+                        f"--max-len or a regression head (--preset digits:head=reg)")
+    log.warning("%d images: a sequence longer than this run's training sequences (at most %d digits), which it "
+                "reads less well (`convrnn eval RUN --split test` shows the error per length)", count, trained)
+
+
 def read_digit(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One digit image as float32 ``(H, W)`` in 0..1 with bright ink (MNIST's polarity), resized to ``size``."""
+    """One digit image as float32 ``(H, W)`` in 0..1 with bright ink (MNIST's polarity), resized to ``size``.
+    A blank image (all one gray, all black, all white) is a DataError naming the file: it shows no digit."""
     gray = load_gray(path)
+    read_ink(path, gray, what="digit")  # the fonts recipe's blank check: nothing stands out from the background
     if gray.shape != size:
         if min(gray.shape) < 4:
             raise DataError(f"{path}: expected a digit image of {size[0]}x{size[1]} pixels (or larger, to be "

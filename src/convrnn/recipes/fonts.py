@@ -7,17 +7,21 @@ slices them into blocks or columns, runs one convolution on every step, and an L
 # B batch (images), N windows of all images, C channels, H height, W width, V classes
 from __future__ import annotations
 
+import logging
+
 import click
 import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches, array_fetcher
-from convrnn.data.fonts import (FontSpec, FontsDataConfig, clean_lines, make_fonts_data, read_line_windows,
+from convrnn.data.fonts import (FontSpec, FontsDataConfig, drawable_lines, make_fonts_data, read_line_windows,
                                 render_line, resolve_fonts)
 from convrnn.errors import DataError
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
                                    register_recipe)
 from convrnn.tasks.classify import ClassifyTask
+
+log = logging.getLogger(__name__)
 
 # Windows per model call in predict: a few tens of MB of activations for the default model.
 PREDICT_CHUNK = 1024
@@ -106,19 +110,23 @@ class FontsRecipe(Recipe):
 def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
                  height: int = 16, width: int = 64, seed: int = 0, *, jitter: int = 2,
                  scale_jitter: float = FontsDataConfig.scale_jitter, resample: float = FontsDataConfig.resample,
-                 scale: int = 4) -> str:
+                 scale: int = 4, source: str = "the text") -> str:
     """Write a PNG with one row per font: its name, then ``samples`` renderings scaled ``scale`` times.
 
-    Rows show dark text on white for reading (the model sees the inverse). Returns ``out_png``.
+    Rows show dark text on white for reading (the model sees the inverse). Characters not every font
+    draws are left out, named in a warning about ``source``. Returns ``out_png``.
     """
     from convrnn.viz.grid import image_grid, save_png
 
     specs: list[FontSpec] = []
     for f in fonts:
         specs.extend([f] if isinstance(f, FontSpec) else resolve_fonts([str(f)]))
-    lines = clean_lines(list(text_lines), specs)
+    lines, note = drawable_lines(list(text_lines), specs)
     if not lines:
-        raise DataError("expected at least one text line the fonts can draw for the preview, got none")
+        raise DataError(f"expected at least one text line the fonts can draw for the preview, got none in {source}"
+                        + (f": {note}" if note else ""))
+    if note:
+        log.warning("%s: %s", source, note)
     rng = np.random.default_rng(seed)
     rows = [[255 - render_line(lines[int(rng.integers(len(lines)))], spec, height=height, width=width,
                                rng=rng, jitter=jitter, scale_jitter=scale_jitter, resample=resample)
@@ -141,5 +149,6 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
     if samples < 1 or height < 4 or width < 4:
         raise click.BadParameter("--samples must be at least 1 and --height/--width at least 4")
     specs = resolve_fonts(list(font_paths))
-    path = preview_grid(specs, load_text_lines(text), out, samples=samples, height=height, width=width, seed=seed)
+    path = preview_grid(specs, load_text_lines(text), out, samples=samples, height=height, width=width, seed=seed,
+                        source=text or "<embedded corpus>")
     click.echo(f"wrote {path} ({len(specs)} fonts x {samples} samples)")
