@@ -31,6 +31,11 @@ def checked(default: Any, check: Callable[[Any], bool], expects: str) -> Any:
     return field(default=default, metadata={"check": check, "expects": expects})
 
 
+def seed_field(default: int = 0) -> Any:
+    """A random seed: numpy and torch take 0 to 2**32 - 1."""
+    return checked(default, lambda v: 0 <= v < 2**32, "0 to 2**32 - 1")
+
+
 def one_of(default: Any, *choices: Any) -> Any:
     """A field whose value is ``default`` or one of ``choices``."""
     allowed = tuple(dict.fromkeys((default, *choices)))

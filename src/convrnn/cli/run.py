@@ -17,7 +17,8 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 @click.argument("run", type=click.Path())
 @click.option("--split", type=click.Choice(["val", "test"]),
               help="the split to score  [default: test when only data.test is set, else val]")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override the run's data config")
+@click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE",
+              help="override the run's data config (and train.batch_size); the model and training are the checkpoint's")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
 @click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)

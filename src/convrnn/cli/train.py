@@ -63,6 +63,7 @@ def _make_train_command(recipe_name: str):
         from convrnn.cli.progress import CountProgress, TrainProgress
         from convrnn.recipes.runner import train as run_train
 
+        _refuse_empty(ctx, {"config_file": config_file, "resume": resume, **kwargs})
         overrides: dict = {}
         for name, key in _COMMON_KEYS.items():
             if kwargs.get(name) is not None:
@@ -94,6 +95,20 @@ def _make_train_command(recipe_name: str):
         command = click.option(opt.flag, **kw)(command)
     command = _common_train_options(command)
     train.command(name=recipe.name)(command)
+
+
+def _refuse_empty(ctx: click.Context, values: dict) -> None:
+    """An option given an empty text (``--data "$DIR"`` with DIR unset) is an error: leaving the option
+    out means the default, and an empty value quietly becoming the default would train on other data."""
+    from convrnn.errors import ConfigError
+
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        texts = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in texts):
+            flag = max(param.opts, key=len) if getattr(param, "opts", None) else param.name
+            raise ConfigError(f"{flag}: empty value (an unset shell variable?); leave the option out to use "
+                              f"its default")
 
 
 class CompileNotice:

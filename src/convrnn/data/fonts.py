@@ -43,7 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from convrnn.errors import DataError
-from convrnn.fields import check, checked, path_field
+from convrnn.fields import check, checked, path_field, seed_field
 from convrnn.files import atomic_write_with, cache_dir
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FontsDataConfig:
     scale_jitter: float = checked(0.15, lambda v: 0.0 <= v < 0.5, "in [0, 0.5)")
     # fraction of training crops drawn at another size, then resized
     resample: float = checked(0.25, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
-    seed: int = 0
+    seed: int = seed_field()
     cache_dir: str | None = path_field(None)         # None = $CONVRNN_CACHE/fonts or ~/.cache/convrnn/fonts
 
     def check_together(self) -> list[tuple]:

@@ -32,7 +32,7 @@ from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
 from convrnn.errors import ConfigError, DataError
-from convrnn.fields import checked, one_of, path_field
+from convrnn.fields import checked, one_of, path_field, seed_field
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LinesDataConfig:
     allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
     strict: bool = False           # a bad sample is an error instead of a counted skip
     normalize: str = one_of("NFC", *NORMAL_FORMS)  # Unicode form of the transcriptions (or none)
-    seed: int = 0
+    seed: int = seed_field()
     # synthetic lines (see convrnn.data.synthetic_lines)
     num_train: int = checked(20000, lambda v: v >= 1, "at least 1")
     num_val: int = checked(1000, lambda v: v >= 1, "at least 1")

@@ -7,6 +7,7 @@ data paths it recorded: data that moved is an error naming the path, never other
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -85,10 +86,17 @@ class Evaluation(NamedTuple):
     split: str = "val"
 
 
+EVAL_TRAIN_KEYS = ("train.batch_size",)  # the training settings that evaluating reads
+
+
 def eval_split(split: Optional[str], overrides: Optional[dict] = None) -> str:
     """The split ``eval`` scores: ``split`` when given, else the one whose data ``overrides`` name
     (``data.test`` alone: test), else val. Data given for the other split than the one scored would not
     be read, so that is refused rather than scoring the run's own pages under the user's name for them."""
+    unused = [k for k in (overrides or {}) if not k.startswith("data.") and k not in EVAL_TRAIN_KEYS]
+    if unused:  # the checkpoint fixes the model and training; a setting eval does not read is not taken silently
+        raise ConfigError(f"--set {unused[0]}: eval takes data settings (data.KEY=VALUE) and "
+                          f"{', '.join(EVAL_TRAIN_KEYS)}; the model and its training are the checkpoint's")
     given = [s for s in ("val", "test") if (overrides or {}).get(f"data.{s}")]
     if split is None:
         return given[0] if len(given) == 1 else "val"
@@ -118,5 +126,10 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[
     """The recipe's output lines for ``inputs`` (image files, page XML...), read by the run's model
     (with ``shifts`` views, as ``evaluate_run``)."""
     loaded = load_run(run)
+    accepted = inspect.signature(loaded.recipe.predict).parameters
+    ignored = [k for k, v in options.items() if v is not None and k not in accepted]
+    if ignored:  # a recipe that does not take an option would drop it silently
+        raise ConfigError(f"{', '.join('--' + k for k in ignored)}: for text-line runs only; {run} is a "
+                          f"{loaded.recipe.name} run")
     loaded = loaded._replace(model=with_views(loaded.model, loaded.task, shifts))
     return loaded.recipe.predict(loaded, inputs, **options)

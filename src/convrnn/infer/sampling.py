@@ -159,8 +159,8 @@ def sample(model, vocab: Vocab, *, prime: Union[str, bytes] = "", length: int, t
     """
     if length < 0 or num_samples < 1:
         raise ConfigError(f"expected length >= 0 and num_samples >= 1, got {length} and {num_samples}")
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    if not temperature >= 0 or temperature == float("inf"):  # NaN fails every comparison
+        raise ConfigError(f"temperature must be a number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -36,7 +36,7 @@ from convrnn.data.mnist import load_mnist_splits, mnist_source
 from convrnn.data.sequences import (OPS, DigitSequences, describe_sequences, make_digit_sequences, num_target_classes,
                                     val_test_pools)
 from convrnn.errors import DataError
-from convrnn.fields import checked, one_of, path_field
+from convrnn.fields import checked, one_of, path_field, seed_field
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.values import RegressTask, SumOfValuesTask, ValueClassifyTask
 from convrnn.viz.html import (Section, captioned, esc, evaluate_metrics, figure_img, missing, note,
@@ -67,7 +67,7 @@ class DigitsDataConfig:
     rotate: float = checked(10.0, lambda v: 0 <= v <= 45, "0..45 degrees")  # training digits turn by up to this
     zoom: float = checked(0.1, lambda v: 0 <= v < 0.5, "0 <= zoom < 0.5")  # training digits scale by 1 +- zoom
     elastic: float = checked(0.0, lambda v: 0 <= v <= 5, "0..5 pixels")  # smooth bends of training digits
-    seed: int = 0              # which sequences are drawn (the training order follows train.seed)
+    seed: int = seed_field()   # which sequences are drawn (the training order follows train.seed)
 
     def check_together(self) -> list[tuple]:
         return [(self.min_len <= self.max_len, "min_len/max_len", "min_len <= max_len",

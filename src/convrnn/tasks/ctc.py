@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from convrnn.data.text import text_file, word_list
+from convrnn.errors import ConfigError
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.base import MetricAccumulator, Task
 from convrnn.tasks.text_metrics import error_counts
@@ -411,9 +412,18 @@ class CTCTask(Task):
         if not beam and lexicon is None and lm is None:
             return self
         if isinstance(lexicon, str):
-            lexicon = Lexicon(word_list(lexicon))
+            words = word_list(lexicon)
+            usable = [w for w in words if set(w) <= set(self.alphabet)]
+            if not usable:  # every reading would come out empty
+                raise ConfigError(f"{lexicon}: none of its {len(words):,} words can be written with the model's "
+                                  f"alphabet ({''.join(self.alphabet)[:60]!r})")
+            lexicon = Lexicon(usable)
         if isinstance(lm, str):
-            lm = CharNgramLM(lm_order).fit(text_file(lm).splitlines())
+            text = text_file(lm)
+            if not set(text) & (set(self.alphabet) - {" "}):  # an empty text fits a model that scores nothing
+                raise ConfigError(f"{lm}: the language-model text has no character of the model's alphabet"
+                                  + ("" if text.strip() else " (it is empty)"))
+            lm = CharNgramLM(lm_order).fit(text.splitlines())
         task = copy.copy(self)
         task.search = {"beam_width": beam or 10, "lexicon": lexicon, "char_lm": lm, "lm_weight": lm_weight}
         return task

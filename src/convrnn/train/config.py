@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convrnn.errors import ConfigError
-from convrnn.fields import apply_overrides, checked, one_of, path_field
+from convrnn.fields import apply_overrides, checked, one_of, path_field, seed_field
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -40,21 +40,21 @@ class TrainConfig:
     batch_size: int = checked(64, lambda v: v >= 1, "at least 1")
     optimizer: str = one_of("adam", *OPTIMIZERS)
     lr: float = checked(3e-3, lambda v: v > 0, "a positive number")
-    weight_decay: float = 0.0
-    momentum: float = 0.9         # sgd / rmsprop
+    weight_decay: float = checked(0.0, lambda v: v >= 0, "0 or more")
+    momentum: float = checked(0.9, lambda v: 0 <= v < 1, "0 or more, below 1")  # sgd / rmsprop
     schedule: str = one_of("constant", *SCHEDULES)
-    warmup_steps: int = 0
+    warmup_steps: int = checked(0, lambda v: v >= 0, "0 or more")
     clip_grad_norm: float = checked(1.0, lambda v: v >= 0, "0 (off) or a positive norm")
-    val_every: int = 0            # steps between validations; 0 = at each epoch end
+    val_every: int = checked(0, lambda v: v >= 0, "0 or more")  # steps between validations; 0 = at each epoch end
     checkpoint_every: int = checked(200, lambda v: v >= 1, "at least 1")  # steps between `last` checkpoints (and each epoch end)
     keep_checkpoints: int = checked(3, lambda v: v >= 1, "at least 1")  # step checkpoints kept to fall back on
     log_every: int = checked(20, lambda v: v >= 1, "at least 1")  # steps between logged training metrics
-    seed: int = 0
+    seed: int = seed_field()
     device: str = "auto"          # auto, cpu, cuda, cuda:N, mps
-    threads: int = 0              # CPU threads for torch; 0 = the cores the machine's load leaves idle
+    threads: int = checked(0, lambda v: v >= 0, "0 or more")  # CPU threads for torch; 0 = the cores the machine's load leaves idle
     deterministic: bool = False
-    early_stopping: int = 0       # validations without improvement before stopping; 0 = off
-    val_batches: int = 0          # cap on validation batches; 0 = all
+    early_stopping: int = checked(0, lambda v: v >= 0, "0 (off) or more")  # validations without improvement before stopping
+    val_batches: int = checked(0, lambda v: v >= 0, "0 (all) or more")  # cap on validation batches
     run_dir: str = path_field()   # empty = runs/<recipe>-<timestamp>
     precision: str = one_of("32", *PRECISIONS)  # 32, bf16 (autocast) or fp16 (autocast + gradient scaler; CUDA only)
     compile: bool = False         # torch.compile the training forward pass
@@ -121,6 +121,10 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"{path}: not a JSON config file ({e})") from None
     if not isinstance(data, dict) or "recipe" not in data:
         raise ConfigError(f"{path}: expected a convrnn run config with a 'recipe' key")
+    for section in ("model", "data", "train"):
+        if not isinstance(data.get(section) or {}, dict):
+            raise ConfigError(f"{path}: '{section}' must be an object of key: value settings, "
+                              f"got {type(data[section]).__name__}")
     return data
 
 

@@ -1,0 +1,101 @@
+"""Values that used to end in a traceback or be dropped silently: each is one line naming the option or
+file, exit 2, and nothing written."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from convrnn.data import fonts as F
+from convrnn.data.text import Vocab
+from convrnn.errors import ConfigError
+from convrnn.infer.sampling import sample
+from convrnn.tasks.ctc import CTCTask
+
+from helpers import line_png, run_cli, train_cli
+
+SANS, SERIF = (str(f.path) for f in F.default_fonts()[:2])
+TINY = ["--fonts", SANS, "--fonts", SERIF, "--samples-per-font", "12", "--max-steps", "1", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def fonts_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("values") / "run"
+    train_cli("-q", "train", "fonts", "--run-dir", str(run), *TINY)
+    return run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "train.seed: expected 0 to 2**32 - 1, got -1"),
+    (["--set", "data.seed=4294967296"], "data.seed: expected 0 to 2**32 - 1, got 4294967296"),
+    (["--set", "train.weight_decay=-1"], "train.weight_decay: expected 0 or more, got -1.0"),
+    (["--set", "train.momentum=5"], "train.momentum: expected 0 or more, below 1, got 5.0"),
+    (["--set", "train.val_every=-5"], "train.val_every: expected 0 or more, got -5"),
+    (["--set", "train.early_stopping=-1"], "train.early_stopping: expected 0 (off) or more, got -1"),
+    (["--threads", "-2"], "train.threads: expected 0 or more, got -2"),
+    (["--text", ""], "--text: empty value (an unset shell variable?)"),
+    (["--fonts", " "], "--fonts: empty value"),
+    (["--config", ""], "--config: empty value"),
+])
+def test_train_refuses_bad_values_before_writing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "fonts", "--run-dir", str(run), *TINY[4:], *args)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # no run directory, no default runs/ folder
+
+
+def test_empty_run_dir_is_not_the_default_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", "fonts", "--run-dir", "", *TINY[4:])
+    assert code == 2 and "--run-dir: empty value" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_file_sections_must_be_objects(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"recipe": "fonts", "train": [1, 2]}))
+    code, out, err = run_cli(capsys, "train", "fonts", "--config", str(cfg), "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and f"{cfg}: 'train' must be an object of key: value settings, got list" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("temperature", [math.nan, math.inf, -1.0])
+def test_sampling_refuses_a_temperature_that_is_not_a_number_at_least_0(temperature):
+    with pytest.raises(ConfigError, match="temperature must be a number >= 0"):
+        sample(None, Vocab.from_text("ab"), length=3, temperature=temperature)
+
+
+def test_eval_refuses_settings_it_does_not_read(fonts_run, capsys):
+    for key in ("train.lr=5", "model.spec=conv:4 gap fc"):
+        code, out, err = run_cli(capsys, "eval", str(fonts_run), "--set", key)
+        assert code == 2 and f"--set {key.partition('=')[0]}: eval takes data settings" in err, err
+        assert err.count("\n") == 1
+    code, out, err = run_cli(capsys, "eval", str(fonts_run), "--set", "train.batch_size=7")
+    assert code == 0 and "accuracy:" in out
+
+
+def test_predict_refuses_text_line_options_for_other_runs(fonts_run, capsys, tmp_path):
+    image = line_png(tmp_path / "line.png", width=80, height=24)
+    for extra, named in ((["--beam", "3"], "--beam"), (["--out", str(tmp_path / "out")], "--out")):
+        code, out, err = run_cli(capsys, "predict", str(fonts_run), image, *extra)
+        assert code == 2 and f"{named}: for text-line runs only; {fonts_run} is a fonts run" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_word_lists_and_lm_texts_the_alphabet_cannot_use_are_refused(tmp_path):
+    task = CTCTask("0123456789 ")
+    words = tmp_path / "words.txt"
+    words.write_text("hello\nworld\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"words.txt: none of its 2 words can be written with the model's alphabet"):
+        task.with_decoding(lexicon=str(words))
+    (tmp_path / "mixed.txt").write_text("hello 42\n", encoding="utf-8")
+    lexicon = task.with_decoding(lexicon=str(tmp_path / "mixed.txt")).search["lexicon"]
+    assert lexicon.allows("42", complete=True) and not lexicon.allows("hello", complete=True)
+    for text, why in (("", "(it is empty)"), ("\n\n", "(it is empty)"), ("abc\n", "")):
+        lm = tmp_path / "lm.txt"
+        lm.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match="lm.txt: the language-model text has no character of the model's "
+                                              "alphabet" + (r" \(it is empty\)" if why else "$")):
+            task.with_decoding(lm=str(lm))
