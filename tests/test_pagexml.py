@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -458,6 +459,22 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
     # the output folder may not be the input's own
     code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), "--out", str(tmp_path / "in"))
     assert code == 2 and "refusing to overwrite the input file" in err and err.count("\n") == 1
+
+
+def test_cli_predict_refuses_page_images_and_out_without_pages(page_run, capsys, tmp_path):
+    """A page scan read as one line gives a meaningless text: with its XML beside it, it is refused;
+    --out writes page XML, so inputs with none are refused rather than writing nothing."""
+    alto = write_alto(tmp_path / "export", "scan", image="scan.png")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), str(tmp_path / "export" / "scan.png"))
+    assert code == 2 and err.count("\n") == 1 and out == ""
+    assert f"{tmp_path / 'export' / 'scan.png'}: a page image (its page XML {alto} lies beside it)" in err
+    image = tmp_path / "line.png"
+    shutil.copy(tmp_path / "export" / "scan.png", image)  # the same pixels with no XML beside: a line image
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(image), "--out", str(tmp_path / "out"))
+    assert code == 2 and "--out" in err and "writes page XML files, and no input is one" in err
+    assert not (tmp_path / "out").exists()
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(image))
+    assert code == 0 and out.startswith(f"{image}\t")
 
 
 def test_cli_eval_on_pages(page_run, capsys, tmp_path):

@@ -197,9 +197,14 @@ class LinesRecipe(Recipe):
         decode = task.with_decoding(beam=beam, lexicon=lexicon, lm=lm).decode
         sources = [(inp, page_sources(inp)) for inp in inputs]
         paths = [p for _, xmls in sources if xmls for p in xmls]
-        if out is not None:
-            _check_out(paths, Path(out))
         images = [inp for inp, xmls in sources if xmls is None]
+        for image in images:
+            _refuse_page_image(image)
+        if out is not None:
+            if not paths:
+                raise DataError(f"--out {out}: writes page XML files, and no input is one ({', '.join(inputs)[:120]}); "
+                                f"leave --out out to print the line images' texts")
+            _check_out(paths, Path(out))
         image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode)[0]
         found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
         if paths:
@@ -236,6 +241,16 @@ class LinesRecipe(Recipe):
                     result.append(f"wrote {dst} ({len(lines)} lines" + (
                         f"; {unread} not read, written without text)" if unread else ")"))
         return result
+
+
+def _refuse_page_image(image: str) -> None:
+    """Refuse an image that is a page scan with its page XML beside it (as an export lays them out):
+    read as one text line, a whole page gives an empty or meaningless text."""
+    path = Path(image)
+    for xml in (path.with_suffix(".xml"), path.parent / "page" / (path.stem + ".xml")):
+        if xml.is_file() and path.suffix.lower() != ".xml":
+            raise DataError(f"{image}: a page image (its page XML {xml} lies beside it); give the XML file, "
+                            f"whose lines are cut from this image, or quote a pattern such as '*.xml'")
 
 
 def _check_out(pages: list[Path], out: Path) -> None:
