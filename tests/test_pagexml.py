@@ -576,3 +576,24 @@ def test_real_escriptorium_pages(tmp_path):
     assert lines.names == [f"{xml.name}:{k}" for k in expected]
     assert all(im.shape[0] == 32 and im.shape[1] > 64 for im in lines.images)
     assert all(text == unicodedata.normalize("NFC", text) for text in lines.texts)
+
+
+def test_cli_train_checks_every_path_before_cutting_pages(tmp_path, capsys, monkeypatch):
+    """A typo in --test stops the run before the training pages are cut (minutes on a real set); val
+    pages that are also training pages are named in a warning."""
+    monkeypatch.setenv("CONVRNN_CACHE", str(tmp_path / "cache"))
+    write_alto(tmp_path / "train", "p1")
+    typo = tmp_path / "tset"
+    code, out, err = run_cli(capsys, "train", "lines", "--data", str(tmp_path / "train"), "--test", str(typo),
+                             "--height", "16", "--max-steps", "1", "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and f"{typo}: no such folder or manifest" in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(tmp_path / "train" / "*.xml"),
+                             "--val", str(tmp_path / "train"), "--height", "16", "--max-steps", "1", "--max-time", "0",
+                             "--batch-size", "4", "--spec", "conv:4,3x3 pool:2x2 cols lstm:8,bi ctc",
+                             "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "--val and --data share 1 of their files (p1.xml)" in err
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "run"), "--set", f"data.val={tmp_path / 'gone'}")
+    assert code == 2 and err.count("\n") == 1
+    assert "no such folder or manifest" in err and "give this run's val data with --set data.val=PATH" in err

@@ -174,6 +174,18 @@ def _manifest_entries(manifest: Path, allow_outside_root: bool,
     return entries
 
 
+def find_source(source: str) -> Optional[list[Path]]:
+    """The page XML files of ``source`` (None for a folder of line images or a manifest); a source that
+    does not exist is a DataError naming it. Cheap: run on every source before any is read, so a typo
+    in the last one stops the run before minutes of cutting the others."""
+    xml_paths = page_sources(source)
+    if xml_paths is None and not Path(source).exists():
+        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
+                        f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "
+                        f"pattern)")
+    return xml_paths
+
+
 def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_root: bool = False,
                strict: bool = False, normalize: str = "NFC", workers: Optional[int] = None,
                progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
@@ -181,15 +193,11 @@ def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_ro
     glob pattern), scaled to ``height``; bad ones skipped and counted. Page lines are cut over
     ``workers`` processes (default: every core this process may use) and cached."""
     check_normal_form(normalize)
-    xml_paths = page_sources(source)
+    xml_paths = find_source(source)
     if xml_paths is not None:
         return _read_page_lines(source, xml_paths, height=height, max_width=max_width, strict=strict,
                                 normalize=normalize, workers=workers, progress=progress)
     path = Path(source)
-    if not path.exists():
-        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
-                        f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "
-                        f"pattern)")
     if path.is_dir():
         entries = _folder_entries(path)
     else:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
-                                line_fetcher, prepare_line, read_lines, split_lines, unseen_characters)
+                                find_source, line_fetcher, prepare_line, read_lines, split_lines,
+                                unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.fields import check
@@ -68,6 +69,15 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
         val = _synthetic(cfg, "val", cfg.num_val, progress)
         test = _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None
         return train, val, test
+    files = {}  # every path checked before any page is cut
+    for flag, source in (("--data", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
+        if source:
+            files[flag] = {p.resolve() for p in find_source(source) or [Path(source)]}
+    for flag in ("--val", "--test"):
+        shared = files.get("--data", set()) & files.get(flag, set())
+        if shared:
+            log.warning("%s and --data share %d of their files (%s): its scores measure what the model "
+                        "memorised, not how it reads unseen lines", flag, len(shared), sorted(shared)[0].name)
     opts = _read_options(cfg, progress)
     train = read_lines(cfg.data, **opts)
     if cfg.val:
@@ -170,6 +180,10 @@ class LinesRecipe(Recipe):
         if not path:
             raise missing_split("test", "train with --test, or evaluate other lines with --set data.test=PATH")
         check(data_cfg, "data")
+        try:
+            find_source(path)
+        except DataError as e:  # a run evaluated away from its data: say how to give it
+            raise DataError(f"{e}; give this run's {split} data with --set data.{split}=PATH") from None
         lines = read_lines(path, **_read_options(data_cfg, progress))
         log.info("lines: %d %s lines of height %d", len(lines), split, data_cfg.height)
         return _eval_batches(lines, train_cfg.batch_size)
