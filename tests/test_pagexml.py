@@ -434,6 +434,7 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
     assert [r[0] for r in rows] == [f"{alto}:{k}" for k in ids] + [f"{page}:{k}" for k in ids]
     predicted = {r[0]: r[1] for r in rows}
     assert "l_noarea" in err and "l_outside" in err  # named, not fatal
+    assert "reading lines: 12/12 lines" in err  # progress on stderr, the texts alone on stdout
     code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                              "--beam", "3")
     assert code == 0, err

@@ -49,12 +49,15 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
               "into this folder with the recognised text of its lines")
-def predict(run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str], lm: Optional[str],
-            shifts: int, out: Optional[str]) -> None:
+@click.pass_context
+def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str],
+            lm: Optional[str], shifts: int, out: Optional[str]) -> None:
     """Predict with a trained run: one line per input (per text line of a page XML input)."""
+    from convrnn.cli.progress import CountProgress
     from convrnn.infer.run import predict as run_predict
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
-    for line in run_predict(run, list(inputs), shifts=shifts, **options):
+    progress = CountProgress("reading lines", quiet=ctx.find_root().obj["quiet"], unit="lines")
+    for line in run_predict(run, list(inputs), shifts=shifts, progress=progress, **options):
         click.echo(line)
 
 

@@ -122,12 +122,16 @@ def evaluate_run(run: str, *, split: Optional[str] = None, overrides: dict[str, 
     return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)), split)
 
 
-def predict(run: str, inputs: list[str], *, shifts: int = 1, **options) -> list[str]:
+def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[Callable] = None,
+            **options) -> list[str]:
     """The recipe's output lines for ``inputs`` (image files, page XML...), read by the run's model
-    (with ``shifts`` views, as ``evaluate_run``)."""
+    (with ``shifts`` views, as ``evaluate_run``); ``progress(done, total)`` as a recipe that reports
+    progress (the lines recipe) reads them."""
     loaded = load_run(run)
     accepted = inspect.signature(loaded.recipe.predict).parameters
     ignored = [k for k, v in options.items() if v is not None and k not in accepted]
+    if progress is not None and "progress" in accepted:
+        options["progress"] = progress
     if ignored:  # a recipe that does not take an option would drop it silently
         raise ConfigError(f"{', '.join('--' + k for k in ignored)}: for text-line runs only; {run} is a "
                           f"{loaded.recipe.name} run")

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 import numpy as np
@@ -199,13 +199,14 @@ class LinesRecipe(Recipe):
 
     def predict(self, loaded, inputs: list[str], *, beam: Optional[int] = None,
                 lexicon: Optional[str] = None, lm: Optional[str] = None, out: Optional[str] = None,
-                **options) -> list[str]:
+                progress: Optional[Callable[[int, int], None]] = None, **options) -> list[str]:
         """``path<TAB>text`` per line image, and ``page.xml:line_id<TAB>text`` per line of every page XML
         input (ALTO/PAGE files, folders of them, glob patterns); with ``out``, each page XML is instead
         written to that folder with the recognised text of its lines (``write_page_texts``; lines that
         cannot be cut are written without text) and one ``wrote ...`` line per page is returned. Greedy decoding (an ensemble's: joint beam search), or
         prefix beam search with ``beam`` (and a word list ``lexicon`` / a character 3-gram model trained
-        on the text file ``lm``), over an ensemble's members jointly."""
+        on the text file ``lm``), over an ensemble's members jointly. ``progress(done, total)`` is called
+        as the lines are read."""
         model, task = loaded.model, loaded.task
         height = int(loaded.ckpt["input_shape"][1])
         decode = task.with_decoding(beam=beam, lexicon=lexicon, lm=lm).decode
@@ -219,7 +220,8 @@ class LinesRecipe(Recipe):
                 raise DataError(f"--out {out}: writes page XML files, and no input is one ({', '.join(inputs)[:120]}); "
                                 f"leave --out out to print the line images' texts")
             _check_out(paths, Path(out))
-        image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode)[0]
+        image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode,
+                                progress=progress)[0]
         found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
         if paths:
             pages = read_pages(paths, height=height)
@@ -232,7 +234,7 @@ class LinesRecipe(Recipe):
             if not where and not images:
                 raise DataError(f"{', '.join(inputs)[:200]}: no lines to recognise "
                                 f"({next(iter(got.skipped.values()), 'the pages have no lines')})")
-            texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode)
+            texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
             for (k, j), text, conf in zip(where, texts, confs):
                 found[k][pages[k].indices[j]] = (pages[k].ids[j], text, conf)
         result, image_no, page_no = [], 0, 0
@@ -299,10 +301,10 @@ def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str)
     return float(math.exp(-float(nll.mean()) / max(1, len(text))))
 
 
-def recognise(model, task: CTCTask, images: list[np.ndarray], decode,
-              batch_size: int = 32) -> tuple[list[str], list[float]]:
+def recognise(model, task: CTCTask, images: list[np.ndarray], decode, batch_size: int = 32,
+              progress: Optional[Callable[[int, int], None]] = None) -> tuple[list[str], list[float]]:
     """Texts and confidences (``line_confidence``) of ink-bright line images ``(H, W_i)``, in batches of
-    similar width."""
+    similar width; ``progress(done, total)`` after each batch."""
     texts: list[str] = [""] * len(images)
     confs: list[float] = [0.0] * len(images)
     order = np.argsort([im.shape[1] for im in images], kind="stable")
@@ -313,6 +315,8 @@ def recognise(model, task: CTCTask, images: list[np.ndarray], decode,
             n = int(out.lengths[j])
             logits = out.y[j] if out.members is None else out.members[:, j]  # ([K,] T, V)
             texts[i], confs[i] = text, line_confidence(task, logits, n, text)
+        if progress is not None and images:
+            progress(min(start + batch_size, len(images)), len(images))
     return texts, confs
 
 
