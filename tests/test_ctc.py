@@ -244,3 +244,18 @@ def test_decoded_text_has_the_references_whitespace():
     assert task.decode(out) == ["a b"]
     assert task.with_decoding(beam=4).decode(out) == ["a b"]
     assert task.to_text([1, 2, 1, 1, 3, 1]) == " a  b "  # the raw labels keep what the model wrote
+
+
+def test_unseen_characters_are_named_once_per_set(caplog):
+    """Each validation of a run reads the same lines: their unseen characters are named once, in the
+    singular for one."""
+    task = CTCTask("ab")
+    logits = torch.zeros((1, 4, 3))
+    out = ModelOutput(logits, torch.tensor([4]))
+    with caplog.at_level(logging.WARNING, logger="convrnn.tasks.ctc"):
+        for _ in range(2):
+            metrics = task.new_metrics()
+            metrics.update(out, {"texts": ["ab\u2603"]})
+            assert metrics.compute()["unseen_chars"] == 1.0
+    said = [r.getMessage() for r in caplog.records if "alphabet" in r.getMessage()]
+    assert said == ["1 reference character is not in the model's alphabet and counts as errors: '\u2603' x1"]

@@ -145,7 +145,8 @@ def results_block(result) -> list[str]:
     stopped = (f"; stopped by {STOPPING_LIMITS[result.stopped_by]} ({LIMIT_OPTIONS[result.stopped_by]})"
                if result.stopped_by else "")
     lines = [f"run:        {display_path(result.run)}",
-             f"trained:    {result.step:,} steps, {result.epochs} epochs completed, {result.train_time:.1f} s{stopped}"]
+             f"trained:    {result.step:,} step{'' if result.step == 1 else 's'}, {result.epochs} "
+             f"epoch{'' if result.epochs == 1 else 's'} completed, {result.train_time:.1f} s{stopped}"]
     if result.metrics:
         lines.append(f"final:      {task.format_metrics(result.metrics)}  (validation at step {result.val_step:,})")
     if result.best_step >= 0:

@@ -28,6 +28,7 @@ from convrnn.tasks.base import MetricAccumulator, Task
 from convrnn.tasks.text_metrics import error_counts
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # unseen-character warnings already given by this process
 BLANK = 0
 NEG_INF = -math.inf
 # beam width of an ensemble's joint decoding: past it, wider beams stopped finding better texts
@@ -276,8 +277,12 @@ class CTCMetrics(MetricAccumulator):
     def compute(self) -> dict[str, float]:
         if self.unseen:
             shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
-            log.warning("%d reference characters are not in the model's alphabet and count as errors: %s",
-                        sum(self.unseen.values()), shown)
+            n = sum(self.unseen.values())
+            message = (f"{n} reference character{' is' if n == 1 else 's are'} not in the model's alphabet and "
+                       f"count{'s' if n == 1 else ''} as errors: {shown}")
+            if message not in _WARNED:  # the same validation set at every validation: said once
+                _WARNED.add(message)
+                log.warning("%s", message)
         return {"loss": self.loss_sum / max(self.loss_n, 1),
                 "cer": self.char_edits / max(self.chars, 1),
                 "wer": self.word_edits / max(self.words, 1),
