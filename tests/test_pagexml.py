@@ -221,6 +221,24 @@ def test_curved_baseline_is_straightened(tmp_path):
     assert sum(len(r) > 0 for r in rows) >= 0.9 * len(xs) * 7  # no stroke cut off
 
 
+def test_page_image_turned_by_exif_is_read_as_its_xml_describes(tmp_path):
+    """A scan stored sideways with an EXIF orientation: turned when the XML's page size is the turned
+    image's (it was drawn on what a viewer shows), read as stored when it is the stored one's."""
+    upright_xml = write_alto(tmp_path / "a", "p")
+    expected = pages.extract_page(upright_xml, 16)
+    stored = Image.open(tmp_path / "a" / "page.png").transpose(Image.Transpose.ROTATE_90)  # 360 wide, 480 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to view"
+    folder = tmp_path / "b"
+    folder.mkdir()
+    stored.save(folder / "page.jpg", exif=exif, quality=100, subsampling=0)
+    got = pages.extract_page(write_alto(folder, "p", image="page.jpg"), 16)  # the XML says 480 x 360
+    assert got.ids == expected.ids and got.page_error is None
+    for a, b in zip(got.images, expected.images):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 8  # JPEG noise only
+    assert pages._turned((480, 360), (480, 360)) and not pages._turned((480, 360), (360, 480))
+
+
 def test_page_image_is_found_one_folder_up(tmp_path):
     # Transkribus: pages in page/, images beside that folder
     _page_image(tmp_path / "scan.png")

@@ -8,10 +8,12 @@ are skipped. urllib only; proxies come from the usual environment variables.
 """
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
 import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +23,8 @@ from typing import Callable, Sequence
 
 from convrnn import __version__
 from convrnn.data.mnist import OFFICIAL_FILES, md5_file
-from convrnn.files import fsync_dir
-from convrnn.errors import DataError
+from convrnn.files import atomic_write_with, fsync_dir, write_target
+from convrnn.errors import DataError, WriteError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def download_mnist(to: str | os.PathLike, *, base_url: str | Sequence[str] = MIR
 
 def _download_one(remote: RemoteFile, directory: Path, mirrors: list[str], **options) -> Path:
     final = directory / remote.name
+    write_target(final)  # a folder, FIFO or device under the file's name is refused before downloading
     if final.is_file():
         actual = md5_file(final)
         if actual == remote.md5:
@@ -102,8 +105,12 @@ def _download_one(remote: RemoteFile, directory: Path, mirrors: list[str], **opt
 
 
 def _fetch_verified(url: str, remote: RemoteFile, final: Path, **options) -> None:
-    """Fill ``final.part`` (resuming), verify its MD5, and rename it to ``final``."""
+    """Fill ``final.part`` (resuming), verify its MD5, and rename it to ``final`` (its target when
+    ``final`` is a symlink: the link stays and its file gets the download)."""
     part = final.with_name(final.name + ".part")
+    if part.is_symlink() or (os.path.lexists(part) and not part.is_file()):
+        # appending to it would write wherever it leads (or block on a FIFO); renaming it would move it
+        raise WriteError(f"{part}: cannot resume a download into it, it is not a regular file; remove it")
     resumed = part.is_file() and part.stat().st_size > 0
     _transfer(url, part, remote.name, **options)
     actual = md5_file(part)
@@ -117,8 +124,21 @@ def _fetch_verified(url: str, remote: RemoteFile, final: Path, **options) -> Non
         part.unlink(missing_ok=True)
         raise DataError(f"{remote.name}: expected MD5 {remote.md5}, downloaded file has MD5 {actual} "
                         f"(from {url}); deleted the partial file")
-    os.replace(part, final)
-    fsync_dir(final.parent)
+    # Only the final placement goes through files.write_target: the .part stays a plain file that is
+    # appended to across runs (atomic_write_* would rewrite it whole), and the rename must not
+    # replace a folder, FIFO or device that appeared under the final name meanwhile.
+    target = write_target(final)
+    try:
+        os.replace(part, target)
+        fsync_dir(target.parent)
+    except OSError as e:
+        if e.errno != errno.EXDEV:  # no permission, a read-only folder...
+            raise WriteError(f"{final}: cannot write ({e.strerror or e}); the verified download is kept "
+                             f"in {part}") from None
+        # a symlink leading to another filesystem: a rename cannot cross it, an atomic copy can
+        with open(part, "rb") as src:
+            atomic_write_with(final, lambda f: shutil.copyfileobj(src, f, CHUNK_SIZE))
+        part.unlink()
     logger.info("%s: downloaded and verified (MD5 %s)", final, actual)
 
 
@@ -177,7 +197,11 @@ def _transfer_once(url: str, part: Path, name: str, offset: int, progress: Progr
             mode, done, total = "wb", 0, length
         if progress is not None:
             progress(name, done, total)
-        with open(part, mode) as f:
+        try:
+            f = open(part, mode)
+        except OSError as e:  # a read-only or full folder: one line, not a traceback
+            raise WriteError(f"{part}: cannot write the download ({e.strerror or e})") from None
+        with f:
             while chunk := response.read(CHUNK_SIZE):
                 f.write(chunk)
                 done += len(chunk)

@@ -540,6 +540,16 @@ class PageLines:
     cached: bool = False
 
 
+def _turned(shape: tuple[int, int], size: tuple[float, float]) -> bool:
+    """True when an image of ``shape`` (H, W) has the aspect of a page of ``size`` (W, H) only when
+    turned a quarter: its XML was made from the image as its EXIF orientation shows it."""
+    h, w = shape
+    page_w, page_h = size
+    if min(h, w, page_w, page_h) <= 0:
+        return False
+    return abs((w / h) / (page_w / page_h) - 1) > 0.02 and abs((h / w) / (page_w / page_h) - 1) <= 0.02
+
+
 def extract_page(xml_path: str | Path, height: int) -> PageLines:
     """Every line of one page file cut and scaled to ``height``; problems recorded, never raised."""
     path = Path(xml_path)
@@ -549,7 +559,11 @@ def extract_page(xml_path: str | Path, height: int) -> PageLines:
         result.kind = page.kind
         image_path = find_image(page)
         try:
-            gray = load_gray(image_path)
+            # the pixels as stored, unless the page XML's size is that of the image turned as its EXIF
+            # orientation says (an export made from the turned image)
+            gray = load_gray(image_path, upright=False)
+            if page.size is not None and _turned(gray.shape, page.size):
+                gray = load_gray(image_path)
         except DataError as e:
             raise PageError(f"{path}: {e}", BAD_IMAGE) from None
     except PageError as e:

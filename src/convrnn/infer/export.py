@@ -18,6 +18,7 @@ Shape:
 # B batch, T time steps, C channels, H height, W width, L layers, D directions, V vocabulary
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from convrnn.errors import ConfigError
+from convrnn.errors import ConfigError, WriteError
+from convrnn.files import atomic_write_bytes, write_target
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def is_language_model(model: nn.Module) -> bool:
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] = None) -> Path:
-    """Write ``model`` (a SpecModel) to ``path`` as ONNX; written to a temporary file, then renamed."""
+    """Write ``model`` (a SpecModel) to ``path`` as ONNX, atomically (:func:`convrnn.files.atomic_write_bytes`)."""
     import onnx
 
     path = Path(path)
@@ -106,8 +108,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
         raise ConfigError(f"export: {', '.join(fixed)} layers loop over the input in Python, so an ONNX graph would "
                           f"only run at the one size it was traced at, and this model's input size varies "
                           f"{tuple(model.input_shape)}; use the PyTorch checkpoint (convrnn predict) instead")
+    check_output(path)  # a folder, special file or unwritable folder there fails before the export
     x, axes = _example_and_axes(tuple(model.input_shape))
-    tmp = path.with_name(f".{path.name}.tmp")
     if is_language_model(model):
         step = LMStep(model)
         names = step.state_names()
@@ -124,31 +126,47 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
         if y.dim() >= 3 and len(axes) > 1:
             out_axes[1] = "time"  # per-step outputs follow the variable input size
         dynamic = {"x": axes, "y": out_axes}
-    path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the model's
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # Expected while tracing, and harmless here: the input shape check turns a tensor size into
-            # a Python bool (the graph keeps the dynamic axes); the exporter's caution about RNNs with a
-            # batch other than 1 concerns packed variable lengths, which are not exported (every
-            # sequence of a batch runs to its full length; see the module docstring); and the legacy
-            # exporter is chosen on purpose (it writes LSTM/GRU as single ONNX nodes).
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch\.onnx|convrnn\.export)")
-            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-            torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs,
-                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-        proto = onnx.load(str(tmp))
-        for key, value in {"convrnn_spec": model.spec, **(metadata or {})}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    graph = io.BytesIO()  # exported in memory: only the finished file reaches the disk, atomically
+    with torch.no_grad(), warnings.catch_warnings():
+        # Expected while tracing, and harmless here: the input shape check turns a tensor size into
+        # a Python bool (the graph keeps the dynamic axes); the exporter's caution about RNNs with a
+        # batch other than 1 concerns packed variable lengths, which are not exported (every
+        # sequence of a batch runs to its full length; see the module docstring); and the legacy
+        # exporter is chosen on purpose (it writes LSTM/GRU as single ONNX nodes).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch\.onnx|convrnn\.export)")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        torch.onnx.export(module, args, graph, input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    proto = onnx.load_model_from_string(graph.getvalue())
+    for key, value in {"convrnn_spec": model.spec, **(metadata or {})}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    # the shared safe writer: follows a symlink, refuses a folder/FIFO/device, and turns a read-only
+    # or missing folder into one WriteError with no temporary file left behind
+    atomic_write_bytes(path, proto.SerializeToString())
     log.debug("exported %s (%s) to %s", model.spec, "LM step" if is_language_model(model) else "forward", path)
     return path
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse an output file that cannot be written, before the work that makes its content.
+
+    :func:`convrnn.files.write_target` refuses a folder, FIFO, device or socket at ``path``; this
+    also refuses a ``path`` whose folder cannot be made (a part of it is a regular file) or cannot
+    be written in (read-only, no permission), naming it in one :class:`WriteError`. Nothing is
+    created: the folder is made when the file is written.
+    """
+    target = write_target(path)
+    folder = target.parent
+    while not os.path.lexists(folder) and folder != folder.parent:  # the deepest part that exists
+        folder = folder.parent
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise WriteError(f"{path}: cannot write, a part of its folder {folder} is a file, not a folder")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write, the folder {folder} is read-only or not writable by this user")
 
 
 class _Forward(nn.Module):
@@ -166,6 +184,8 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
 
     if fmt != "onnx":
         raise ConfigError(f"export format: expected onnx, got {fmt!r}")
+    if out is not None:
+        check_output(out)  # a bad --out fails before the checkpoint is even loaded
     model, ckpt, recipe, _, _ = load_run(run)
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))

@@ -6,12 +6,12 @@ line, so the probability axis shares the image's x axis: a peak sits under the g
 # H height, W width, T frames, V labels (blank + alphabet)
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from convrnn.files import atomic_write_with, write_target
 
 BLANK = 0
 
@@ -39,6 +39,7 @@ def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    write_target(out_png)  # a folder or special file at ``out_png`` fails before any drawing
     if probs.ndim != 2 or probs.shape[1] != len(alphabet) + 1:
         raise ValueError(f"expected probabilities (T, {len(alphabet) + 1}) for {len(alphabet)} characters "
                          f"+ blank, got shape {probs.shape}")
@@ -71,14 +72,10 @@ def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_
     ax_p.legend(loc="upper right", fontsize=7, ncol=min(6, 1 + len(ax_p.lines) // 2), framealpha=0.8)
     fig.tight_layout()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        # through the one safe writer: a symlink's target gets the PNG, a folder, FIFO or device at
+        # ``out`` is refused (never replaced), and a failure leaves no temporary file behind
+        atomic_write_with(out, lambda f: fig.savefig(f, format="png", dpi=110))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
