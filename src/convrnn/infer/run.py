@@ -19,6 +19,7 @@ from convrnn.infer.views import with_views
 from convrnn.recipes.base import Recipe, get_recipe
 from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
 from convrnn.train.config import RunConfig, flatten_config_dict
+from convrnn.train.rundir import check_checkpoint_of_run
 
 
 class Loaded(NamedTuple):
@@ -32,10 +33,17 @@ class Loaded(NamedTuple):
 
 
 def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint, from the checkpoint alone. Returns ``(model, ckpt)``."""
+    """Rebuild the model stored in a checkpoint, from the checkpoint alone. Returns ``(model, ckpt)``.
+
+    A checkpoint of a run directory (``path`` is the run, or a file in its ``checkpoints/``) must be that
+    run's own: one copied in from another run, or a config.json edited to another recipe, is refused
+    (``check_checkpoint_of_run``) rather than read with the wrong config."""
     from convrnn.spec.builder import build_model
 
-    ckpt = load_checkpoint(path, map_location=map_location)
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file, map_location=map_location)
+    if file.absolute().parent.name == "checkpoints":
+        check_checkpoint_of_run(ckpt, file, file.absolute().parent.parent)
     if ckpt.get("ensemble"):  # K members of the spec, combined (convrnn.infer.views)
         from convrnn.infer.views import EnsembleModel
         ens = ckpt["ensemble"]
@@ -49,7 +57,8 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
 
 
 def load_run(run: str | Path, *, expect_recipe: Optional[str] = None, device: str = "cpu") -> Loaded:
-    """The run directory or checkpoint file ``run``, loaded; ``expect_recipe`` refuses another recipe's."""
+    """The run directory or checkpoint file ``run``, loaded; ``expect_recipe`` refuses another recipe's.
+    A checkpoint that is not its run directory's own is refused (see :func:`load_model`)."""
     path = resolve_checkpoint(run).absolute()
     model, ckpt = load_model(path, map_location=device)
     name = ckpt.get("recipe", "")

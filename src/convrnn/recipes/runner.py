@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -21,7 +20,7 @@ from convrnn.recipes.base import check_meta, get_recipe
 from convrnn.train.checkpoint import load_latest_checkpoint
 from convrnn.train.config import RunConfig, load_config_file
 from convrnn.train.ensemble import MEMBERS_DIR, train_ensemble
-from convrnn.train.rundir import RunDir, new_run_dir
+from convrnn.train.rundir import RunDir, RunLock, check_checkpoint_of_run, new_run_dir, new_run_id
 from convrnn.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,8 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Optional[Callable] = None,
                   resume: Optional[str] = None) -> Trainer:
-    """Data, model, task, run directory and trainer for ``cfg``; restores ``resume`` when given."""
+    """Data, model, task, run directory and trainer for ``cfg``; restores ``resume`` when given.
+    Takes no lock on the run directory: :func:`train` holds it while it builds and runs the trainer."""
     from convrnn.train.distributed import DistributedTrainer, init_from_env
     from convrnn.train.tensorboard import TensorBoardFilters
 
@@ -58,6 +58,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     ckpt = None
     if resume:  # checked before anything is written: a refused resume leaves the run as it was
         ckpt = load_latest_checkpoint(run_path)
+        check_checkpoint_of_run(ckpt, run_path / "checkpoints" / "last.pt", run_path)
         if ckpt.get("spec") != model.spec:
             raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the "
                                   f"config's ({model.spec!r})")
@@ -67,7 +68,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
     if run_dir is not None:
         cfg.save(run_path / "config.json")
         run_dir.attach_log()
-    meta = {"recipe": recipe.name, "spec": model.spec, "input_shape": list(bundle.input_shape),
+    meta = {"recipe": recipe.name, "run_id": cfg.run_id, "spec": model.spec, "input_shape": list(bundle.input_shape),
             "num_outputs": model.num_outputs, "config": cfg.to_dict(), "meta": bundle.meta}
     kind, extra = (DistributedTrainer, {"ctx": ctx}) if ctx.enabled else (Trainer, {})
     trainer = kind(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir, checkpoint_meta=meta,
@@ -86,7 +87,8 @@ def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dic
     saved = run / "config.json"
     if not saved.is_file():
         raise ConfigError(f"{resume}: not a run directory (no config.json)")
-    recorded = load_config_file(str(saved))["recipe"]
+    recorded_config = load_config_file(str(saved))
+    recorded = recorded_config["recipe"]
     if recipe_name and recorded != recipe_name:
         raise ConfigError(f"--resume {resume}: this is a run of recipe {recorded!r}, not {recipe_name!r}; "
                           f"continue it with `convrnn train {recorded} --resume {resume}`")
@@ -94,11 +96,26 @@ def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dic
         raise ConfigError(f"--resume {resume}: the run stopped before its first checkpoint, so there is nothing "
                           f"to continue; start it again with `convrnn train {recorded} --config {saved}` "
                           f"(and delete {resume})")
-    return get_recipe(recorded).config(overrides, config_file=str(saved))
+    cfg = get_recipe(recorded).config(overrides, config_file=str(saved))
+    cfg.run_id = str(recorded_config.get("run_id") or "")  # the run keeps its identity (none for older runs)
+    return cfg
 
 
 def _has_checkpoint(run: Path) -> bool:
     return any(run.glob("checkpoints/*.pt")) or any(run.glob(f"{MEMBERS_DIR}/*/checkpoints/*.pt"))
+
+
+def refuse_used_run_dir(run: Path) -> None:
+    """A new training (not a resume) into ``run`` when it already holds a run is refused: one with a
+    checkpoint is continued with --resume, one stopped before its first checkpoint is deleted first."""
+    if _has_checkpoint(run) or (run / MEMBERS_DIR).exists():
+        raise ConfigError(f"{run}: this run directory already holds a run; use --resume {run} to continue it, "
+                          f"or give another --run-dir")
+    held = [name for name in ("config.json", "train.log", "metrics.csv") if (run / name).exists()]
+    if held:
+        raise ConfigError(f"{run}: this run directory already holds a run ({held[0]}) that stopped before its "
+                          f"first checkpoint, so there is nothing to --resume; delete {run} to start it again "
+                          f"there, or give another --run-dir")
 
 
 def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_file: Optional[str] = None,
@@ -106,34 +123,51 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
           progress: Optional[Callable] = None) -> Optional[TrainResult]:
     """Train a recipe (or resume a run); the result of the finished run (None on the ranks of a
     torchrun job that do not write it). A new run whose start fails (bad data, a model that does not
-    fit the recipe, an interruption before its first checkpoint) leaves no run directory behind."""
-    if resume:
-        cfg = resume_config(resume, recipe_name, overrides)
-    else:
-        recipe = get_recipe(recipe_name)
-        cfg = recipe.config(overrides, config_file)
-        recipe.resolve_data(cfg.data)  # pin implicit data choices in the saved config
-    check_fields(cfg.train, "train")
-    check_fields(cfg.data, "data")
-    get_recipe(cfg.recipe).check_model(cfg)
-    run_path = Path(resume or cfg.train.run_dir or new_run_dir(cfg.recipe)).absolute()
-    cfg.train.run_dir = str(run_path)
-    created = not run_path.exists()
+    fit the recipe, an interruption before its first checkpoint) leaves no run directory behind.
+
+    The process that writes the run (rank 0) holds the run directory's lock (:class:`RunLock`) from
+    before the data is read until it returns: a second training or resume of the same directory is
+    refused while this one runs. A new run gets a fresh ``run_id``; a resumed one keeps its own."""
+    from convrnn.train.distributed import env_context
+
+    main = env_context().is_main  # the other ranks of a torchrun job neither write the run nor lock it
+    lock = None
     try:
-        if cfg.train.ensemble > 1:
-            refusal = get_recipe(cfg.recipe).ensemble_refusal
-            if refusal:
-                raise ConfigError(f"train.ensemble: not for recipe {cfg.recipe}: {refusal}; use train.ensemble=1")
-            return train_ensemble(cfg, resume=bool(resume), build=lambda member, again: build_trainer(
-                member, callbacks=callbacks, progress=progress, resume=again))
-        trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
+        if resume:
+            if main and Path(resume).is_dir():  # before reading it: a run in training is refused as such
+                lock = RunLock.acquire(Path(resume).absolute(), resume=True)
+            cfg = resume_config(resume, recipe_name, overrides)
+        else:
+            recipe = get_recipe(recipe_name)
+            cfg = recipe.config(overrides, config_file)
+            recipe.resolve_data(cfg.data)  # pin implicit data choices in the saved config
+            cfg.run_id = new_run_id()
+        check_fields(cfg.train, "train")
+        check_fields(cfg.data, "data")
+        get_recipe(cfg.recipe).check_model(cfg)
+        run_path = Path(resume or cfg.train.run_dir or new_run_dir(cfg.recipe)).absolute()
+        cfg.train.run_dir = str(run_path)
+        if main and not resume:
+            lock = RunLock.acquire(run_path)
+            refuse_used_run_dir(run_path)
         try:
-            trainer.fit()
-        finally:
-            if trainer.run_dir is not None:
-                trainer.run_dir.close()
-        return trainer.result()
-    except BaseException:
-        if created and not _has_checkpoint(run_path):
-            shutil.rmtree(run_path, ignore_errors=True)
-        raise
+            if cfg.train.ensemble > 1:
+                refusal = get_recipe(cfg.recipe).ensemble_refusal
+                if refusal:
+                    raise ConfigError(f"train.ensemble: not for recipe {cfg.recipe}: {refusal}; use train.ensemble=1")
+                return train_ensemble(cfg, resume=bool(resume), build=lambda member, again: build_trainer(
+                    member, callbacks=callbacks, progress=progress, resume=again))
+            trainer = build_trainer(cfg, callbacks=callbacks, progress=progress, resume=resume)
+            try:
+                trainer.fit()
+            finally:
+                if trainer.run_dir is not None:
+                    trainer.run_dir.close()
+            return trainer.result()
+        except BaseException:
+            if lock is not None and lock.created and not _has_checkpoint(run_path):
+                lock.discard()  # a new run that failed to start leaves no run directory behind
+            raise
+    finally:
+        if lock is not None:
+            lock.release()

@@ -72,9 +72,13 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the run's identity, set when a run is created and kept by a resume; every checkpoint of the run
+    # records it, so a checkpoint copied in from another run is refused (empty: a run made before ids)
+    run_id: str = ""
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe, "model": dataclasses.asdict(self.model),
+        ids = {"run_id": self.run_id} if self.run_id else {}
+        return {"recipe": self.recipe, **ids, "model": dataclasses.asdict(self.model),
                 "data": dataclasses.asdict(self.data) if self.data is not None else {},
                 "train": dataclasses.asdict(self.train)}
 

@@ -89,7 +89,7 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
     step, epochs, seconds = sum(c["step"] for c in last), max(c["epoch"] for c in last), sum(c["train_time"] for c in last)
     log.info("ensemble of %d: validation %s", k, task.format_metrics(metrics))
     ckpt = {**{key: best[0][key] for key in ("recipe", "spec", "input_shape", "num_outputs", "meta")},
-            "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine},
+            "run_id": cfg.run_id, "config": cfg.to_dict(), "ensemble": {"members": k, "combine": task.ensemble_combine},
             "model": model.state_dict(), "step": step, "epoch": epochs, "batch_in_epoch": 0, "train_time": seconds,
             "metrics": metrics, "val_step": step, "best_step": step, "best_metrics": metrics, "rng": rng_state(),
             "task": task.state_dict()}

@@ -1,18 +1,160 @@
-"""The run directory: resolved config, metrics CSV, TensorBoard events, checkpoints, log."""
+"""The run directory: resolved config, metrics CSV, TensorBoard events, checkpoints, log; the lock
+a training holds on it, and the check that a checkpoint is the run's own."""
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import logging
+import os
+import shutil
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from convrnn.errors import ConfigError, DataError
+from convrnn.errors import CheckpointError, ConfigError, DataError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no advisory locks (Windows): a run directory is not guarded
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ["step", "epoch", "split", "metric", "value", "time"]
+LOCK_FILE = ".lock"
+
+
+def new_run_id() -> str:
+    """A run's identity, recorded in its config.json and in every checkpoint it writes."""
+    return uuid.uuid4().hex
+
+
+class RunLock:
+    """An advisory lock (``flock``) on ``RUN/.lock``, held by the process that trains the run.
+
+    A second training, or a resume, of the same directory fails to take it and is refused in one line;
+    reading the run (eval, report, predict) takes no lock. The operating system drops the lock when
+    its process ends, however it ends, so a killed training never leaves a stale lock behind (only the
+    empty file, which the next holder reuses). :meth:`release` removes the file while still holding the
+    lock; :meth:`acquire` checks that the file it locked is still the one at ``RUN/.lock`` (not one a
+    releasing holder just removed), so two processes never both hold a lock on the same run.
+    """
+
+    def __init__(self, path: Path, fd: Optional[int], made: list[Path]):
+        self.path, self._fd = path, fd
+        self.made = made  # the folders acquire made, the run directory first (a failed start removes them)
+
+    @property
+    def created(self) -> bool:
+        """Whether acquire made the run directory (it did not exist before)."""
+        return bool(self.made)
+
+    @classmethod
+    def acquire(cls, run: Path, *, resume: bool = False) -> "RunLock":
+        """Lock the run directory ``run`` (made when missing); a run another process holds is a ConfigError."""
+        run = Path(run)
+        missing, p = [], run
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        try:
+            run.mkdir(parents=True)
+        except FileExistsError:  # there before, or made by another process just now: not ours to remove
+            missing = []
+        except OSError as e:
+            raise ConfigError(f"{run}: cannot create the run directory ({e.strerror or e})") from None
+        created = missing
+        if not run.is_dir():
+            raise ConfigError(f"{run}: not a directory; give a run directory as --run-dir")
+        lock = run / LOCK_FILE
+        if fcntl is None:
+            return cls(lock, None, created)
+        while True:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ConfigError(f"{lock}: cannot create the run's lock file ({e.strerror or e})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    what = f"--resume {run}" if resume else str(run)
+                    then = "wait for it to end" if resume else "wait for it to end, or give another --run-dir"
+                    raise ConfigError(f"{what}: another process is training this run directory right now "
+                                      f"(it holds {lock}); {then}") from None
+                # a file system without locks (some network mounts): train unguarded rather than not at all
+                log.warning("%s: cannot lock the run directory (%s); a second training into it would not be "
+                            "refused", run, e.strerror or e)
+                return cls(lock, None, created)
+            try:
+                held = os.fstat(fd)
+                now = os.stat(lock)
+                same = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                return cls(lock, fd, created)
+            os.close(fd)  # its previous holder removed that file as it released it: lock the new one
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (a no-op once released)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:  # the run directory was removed already (a failed start)
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def discard(self) -> None:
+        """A failed start: remove the run directory acquire made, and the empty folders made for it, then
+        release the lock. A directory that was there before is left alone."""
+        if self.made:
+            shutil.rmtree(self.made[0], ignore_errors=True)
+            for folder in self.made[1:]:
+                try:
+                    folder.rmdir()  # only while empty: another run may have been made in it since
+                except OSError:
+                    break
+        self.release()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_checkpoint_of_run(ckpt: dict, checkpoint: Path, run: Path) -> None:
+    """Refuse a checkpoint that is not the run's own: ``run``'s config.json records the run's id
+    (``run_id``) and recipe, every checkpoint the run writes its id. A checkpoint of another recipe, or
+    with another (or no) id where config.json has one, is a CheckpointError naming both files. A run
+    without config.json, or one made before runs had an id, is checked by its recipe alone."""
+    cfg_file = Path(run) / "config.json"
+    if not cfg_file.is_file():
+        return
+    try:
+        saved = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{cfg_file}: cannot read the run's config ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{cfg_file}: expected the run's JSON config, could not parse it ({e})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), str):
+        raise DataError(f"{cfg_file}: expected the run's JSON config, an object with a 'recipe' name")
+    recipe = ckpt.get("recipe", "")
+    if saved["recipe"] != recipe:
+        raise CheckpointError(f"{checkpoint}: the checkpoint is of recipe {recipe!r} but {cfg_file} is of recipe "
+                              f"{saved['recipe']!r}: one of them belongs to another run, or was edited")
+    want, got = saved.get("run_id") or "", ckpt.get("run_id") or ""
+    if want and got != want:
+        whose = f"run {got}" if got else "a run without a run_id"
+        raise CheckpointError(f"{checkpoint}: the checkpoint is of {whose}, not of the run {want} of {cfg_file}; "
+                              f"it was copied in from another run: give that run's directory instead")
 
 
 def new_run_dir(recipe: str, root: str = "runs") -> Path:
