@@ -99,3 +99,29 @@ def test_word_lists_and_lm_texts_the_alphabet_cannot_use_are_refused(tmp_path):
         with pytest.raises(ConfigError, match="lm.txt: the language-model text has no character of the model's "
                                               "alphabet" + (r" \(it is empty\)" if why else "$")):
             task.with_decoding(lm=str(lm))
+
+
+def test_ctrl_c_in_training_says_what_was_kept(tmp_path, monkeypatch, capsys):
+    """Ctrl-C ends a training with exit 130 and one line: the run and how to continue it, or that
+    nothing was kept before the first checkpoint."""
+    import types
+
+    import convrnn.recipes.runner as runner
+
+    run = tmp_path / "run"
+
+    def interrupted_train(recipe, overrides, *, callbacks, **kw):
+        trainer = types.SimpleNamespace(run_dir=types.SimpleNamespace(path=run), cfg=types.SimpleNamespace(compile=False))
+        for callback in callbacks:
+            getattr(callback, "on_train_start", lambda t: None)(trainer)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", interrupted_train)
+    code, out, err = run_cli(capsys, "train", "fonts", "--run-dir", str(run))
+    assert code == 130 and err.strip().splitlines()[-1] == "interrupted before the first checkpoint; nothing was kept"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    code, out, err = run_cli(capsys, "train", "fonts", "--run-dir", str(run))
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (f"interrupted: {run} keeps its last checkpoint; continue it with "
+                                            f"`convrnn train fonts --resume {run}`")

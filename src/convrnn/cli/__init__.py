@@ -115,21 +115,26 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def _run(argv: Optional[list[str]]) -> None:
+    from convrnn.cli.progress import stop_all
     try:
         cli.main(args=argv, prog_name="convrnn", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
+        stop_all()
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as e:  # click's form of Ctrl-C; a training says what it kept
+        stop_all()  # the message on a line of its own, not after a bar
+        click.echo(str(e) or "interrupted", err=True)
         sys.exit(130)
     except ConvrnnError as e:
+        stop_all()
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: the last checkpoint is intact; continue with --resume RUN", err=True)
+        stop_all()
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -75,9 +76,13 @@ def _make_train_command(recipe_name: str):
             overrides[opt.key] = list(value) if opt.multiple else value
         overrides.update(parse_pairs(list(sets)))
         quiet = ctx.find_root().obj["quiet"]
-        result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
-                           callbacks=[CompileNotice(), TrainProgress(quiet=quiet)],
-                           progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+        where = RunWhere()
+        try:
+            result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
+                               callbacks=[CompileNotice(), where, TrainProgress(quiet=quiet)],
+                               progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort(where.interrupted(recipe_name)) from None
         from convrnn.train.distributed import shutdown
 
         shutdown()  # a torchrun job leaves its process group together; nothing for one process
@@ -109,6 +114,25 @@ def _refuse_empty(ctx: click.Context, values: dict) -> None:
             flag = max(param.opts, key=len) if getattr(param, "opts", None) else param.name
             raise ConfigError(f"{flag}: empty value (an unset shell variable?); leave the option out to use "
                               f"its default")
+
+
+class RunWhere:
+    """Trainer callback that remembers the run directory, to say after an interruption what was kept."""
+
+    def __init__(self):
+        self.path: Optional[Path] = None
+
+    def on_train_start(self, trainer) -> None:
+        self.path = trainer.run_dir.path if trainer.run_dir is not None else None
+
+    def interrupted(self, recipe: str) -> str:
+        if self.path is None:
+            return "interrupted before training started; nothing was kept"
+        last = self.path / "checkpoints" / "last.pt"
+        if not last.exists():
+            return "interrupted before the first checkpoint; nothing was kept"
+        return (f"interrupted: {display_path(self.path)} keeps its last checkpoint; continue it with "
+                f"`convrnn train {recipe} --resume {display_path(self.path)}`")
 
 
 class CompileNotice:
