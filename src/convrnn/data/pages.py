@@ -763,8 +763,10 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
         for i, job in zip(todo, jobs):
             finish(i, _extract_job(job))
     if todo:
-        log.info("pages: %d of %d cut in %.1f s (%d process%s), %d from the cache", len(todo), len(paths),
-                 time.monotonic() - t0, max(1, n_workers), "es" if n_workers > 1 else "", len(paths) - len(todo))
+        failed = sum(1 for i in todo if results[i] is not None and results[i].page_error is not None)
+        log.info("pages: %d of %d read in %.1f s (%d process%s)%s, %d from the cache", len(todo), len(paths),
+                 time.monotonic() - t0, max(1, n_workers), "es" if n_workers > 1 else "",
+                 f", {failed} unusable (named below)" if failed else "", len(paths) - len(todo))
     return results  # type: ignore[return-value]
 
 

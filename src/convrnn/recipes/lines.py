@@ -228,12 +228,12 @@ class LinesRecipe(Recipe):
             several = len(paths) > 1 or any(Path(inp).is_dir() for inp, xmls in sources if xmls)
             got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
                                 ignore_other_xml=several)  # lines without text are the normal case here
-            if got.skipped:
-                log.warning("%s", got.summary())
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
-            if not where and not images:
+            if not where and not images:  # the error names the problem once, without the warning before it
                 raise DataError(f"{', '.join(inputs)[:200]}: no lines to recognise "
                                 f"({next(iter(got.skipped.values()), 'the pages have no lines')})")
+            if got.skipped:
+                log.warning("%s", got.summary())
             texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
             for (k, j), text, conf in zip(where, texts, confs):
                 found[k][pages[k].indices[j]] = (pages[k].ids[j], text, conf)

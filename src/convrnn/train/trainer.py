@@ -444,7 +444,8 @@ class Trainer:
     def describe_end(self) -> str:
         """Where the run ended and which checkpoint is best."""
         pos = self.pos
-        text = f"finished: {pos.step:,} steps, {pos.epoch} epochs completed, {pos.train_time:.1f} s of training"
+        text = (f"finished: {pos.step:,} step{'' if pos.step == 1 else 's'}, {pos.epoch} "
+                f"epoch{'' if pos.epoch == 1 else 's'} completed, {pos.train_time:.1f} s of training")
         reason = self.stopped_by()
         if reason:
             text += f"; stopped by {STOPPING_LIMITS[reason]}"
