@@ -125,3 +125,10 @@ def test_ctrl_c_in_training_says_what_was_kept(tmp_path, monkeypatch, capsys):
     assert code == 130
     assert err.strip().splitlines()[-1] == (f"interrupted: {run} keeps its last checkpoint; continue it with "
                                             f"`convrnn train fonts --resume {run}`")
+
+
+def test_unquoted_pattern_gets_a_hint(tmp_path, capsys):
+    pages = [str(tmp_path / f"p{k}.xml") for k in range(3)]  # what the shell makes of an unquoted p*.xml
+    code, out, err = run_cli(capsys, "train", "lines", "--data", *pages)
+    assert code == 2 and err.count("\n") == 1 and "Got unexpected extra arguments" in err
+    assert "a pattern such as 'pages/*.xml' must be quoted" in err

@@ -122,7 +122,12 @@ def _run(argv: Optional[list[str]]) -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         stop_all()
-        click.echo(f"error: {e.format_message()}", err=True)
+        message = e.format_message()
+        if message.startswith("Got unexpected extra argument") and ("/" in message or "." in message):
+            # the shell expanded an unquoted pattern given to an option that takes one value
+            message = message[:300] + ("..." if len(message) > 300 else "") + (
+                "; a pattern such as 'pages/*.xml' must be quoted, or the shell expands it into many arguments")
+        click.echo(f"error: {message}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as e:  # click's form of Ctrl-C; a training says what it kept
         stop_all()  # the message on a line of its own, not after a bar
