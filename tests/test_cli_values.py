@@ -132,3 +132,12 @@ def test_unquoted_pattern_gets_a_hint(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", "lines", "--data", *pages)
     assert code == 2 and err.count("\n") == 1 and "Got unexpected extra arguments" in err
     assert "a pattern such as 'pages/*.xml' must be quoted" in err
+
+
+def test_list_settings_take_a_json_list_or_commas():
+    from convrnn.fields import parse_value
+
+    assert parse_value("data.fonts", '["a.ttf", "b,c.ttf"]', list[str]) == ["a.ttf", "b,c.ttf"]
+    assert parse_value("data.fonts", "a.ttf,b.ttf", list[str]) == ["a.ttf", "b.ttf"]
+    with pytest.raises(ConfigError, match=r"data.fonts: '\[a.ttf' starts like a JSON list but is not one"):
+        parse_value("data.fonts", "[a.ttf", list[str])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -96,7 +97,13 @@ def parse_value(key: str, raw: Any, typ: Any) -> Any:
         return parse_value(key, raw, args[0])
     if origin in (list, tuple):
         (item,) = typing.get_args(typ)[:1] or (str,)
-        if isinstance(raw, str):
+        if isinstance(raw, str) and raw.lstrip().startswith("["):  # a JSON list: data.fonts=["a.ttf","b.ttf"]
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{key}: {raw!r} starts like a JSON list but is not one ({e.msg}); give a JSON "
+                                  f"list or a comma-separated one") from None
+        elif isinstance(raw, str):
             raw = [r for r in raw.split(",") if r != ""] if raw else []
         if not isinstance(raw, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {raw!r}")
