@@ -29,8 +29,10 @@ def _parse_input_shape(text: str) -> tuple:
 @click.argument("spec")
 @click.option("--input", "input_shape", help="input shape per sample: C,H,W (image) or T,C,H,W (sequence); "
               "default: the preset's")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="batch size for the memory estimate")
-@click.option("--num-outputs", type=int, default=None, help="classes/outputs of the head (default: the preset's)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="batch size for the memory estimate")
+@click.option("--num-outputs", type=click.IntRange(min=1), default=None,
+              help="classes/outputs of the head (default: the preset's)")
 def summary(spec: str, input_shape: Optional[str], batch_size: int, num_outputs: Optional[int]) -> None:
     """Per-layer shapes, parameters and a training-memory estimate for SPEC (a spec string or a preset name)."""
     from convrnn.spec.presets import get_preset, list_models
