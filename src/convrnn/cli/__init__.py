@@ -7,6 +7,7 @@ recipes (``Recipe.commands``: ``convrnn fonts preview``, ``convrnn plot ctc``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -76,6 +77,9 @@ def _add_quiet_option(group: click.Group) -> None:
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Convolutional-recurrent sequence models: train, evaluate, predict, inspect."""
+    # the other processes of a torchrun job (RANK > 0) train in step with rank 0, which alone reports
+    # progress; they keep to warnings and errors, as under --quiet
+    quiet = quiet or os.environ.get("RANK", "0") not in ("", "0")
     _setup_logging(verbose, quiet)
     ctx.obj = {"quiet": quiet}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -79,8 +80,8 @@ def _make_train_command(recipe_name: str):
         where = RunWhere()
         try:
             result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
-                               callbacks=[CompileNotice(), where, TrainProgress(quiet=quiet)],
-                               progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet))
+                               callbacks=[CompileNotice(), where, *([TrainProgress(quiet=quiet)] if _reports() else [])],
+                               progress=CountProgress(f"preparing {recipe_name} data", quiet=quiet) if _reports() else None)
         except KeyboardInterrupt:
             raise click.exceptions.Abort(where.interrupted(recipe_name)) from None
         from convrnn.train.distributed import shutdown
@@ -114,6 +115,11 @@ def _refuse_empty(ctx: click.Context, values: dict) -> None:
             flag = max(param.opts, key=len) if getattr(param, "opts", None) else param.name
             raise ConfigError(f"{flag}: empty value (an unset shell variable?); leave the option out to use "
                               f"its default")
+
+
+def _reports() -> bool:
+    """Whether this process shows training progress: not the other ranks of a torchrun job."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 class RunWhere:
