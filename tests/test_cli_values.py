@@ -141,3 +141,19 @@ def test_list_settings_take_a_json_list_or_commas():
     assert parse_value("data.fonts", "a.ttf,b.ttf", list[str]) == ["a.ttf", "b.ttf"]
     with pytest.raises(ConfigError, match=r"data.fonts: '\[a.ttf' starts like a JSON list but is not one"):
         parse_value("data.fonts", "[a.ttf", list[str])
+
+
+def test_eval_and_predict_take_threads(fonts_run, capsys, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, out, err = run_cli(capsys, "eval", str(fonts_run), "--threads", "1")
+        assert code == 0 and torch.get_num_threads() == 1
+        image = line_png(tmp_path / "line.png", width=80, height=24)
+        code, out, err = run_cli(capsys, "predict", str(fonts_run), image, "--threads", "1")
+        assert code == 0 and out.startswith(image)
+        code, out, err = run_cli(capsys, "predict", str(fonts_run), image, "--threads", "-1")
+        assert code == 2 and "--threads" in err
+    finally:
+        torch.set_num_threads(before)

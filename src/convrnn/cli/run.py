@@ -8,6 +8,8 @@ import click
 BEAM_HELP = "text-line runs: prefix beam search of this width (instead of the best path)"
 LEXICON_HELP = "text-line runs: a word list (a text file): the beam keeps texts made of its words"
 LM_HELP = "text-line runs: a UTF-8 text file to fit a character 3-gram model on, which scores the beam"
+THREADS_HELP = ("CPU threads for torch; 0 = the cores the machine's load leaves idle  "
+                "[default: torch's own, or OMP_NUM_THREADS]")
 VIEWS_HELP = ("read every input N times and combine the readings: a text line moved right by 0..N-1 pixels, "
               "the views decoded jointly; other images as drawn and moved one pixel right, left, down, up, "
               "then diagonally (N <= 9), the views' distributions multiplied (values averaged)")
@@ -23,13 +25,18 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
 @click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
 @click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
+@click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context
 def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: int, beam: Optional[int],
-             lexicon: Optional[str], lm: Optional[str]) -> None:
+             lexicon: Optional[str], lm: Optional[str], threads: Optional[int]) -> None:
     """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data."""
     from convrnn.cli.progress import CountProgress
     from convrnn.infer.run import evaluate_run
     from convrnn.train.config import parse_pairs
+    from convrnn.train.threads import apply_threads
+
+    if threads is not None:
+        apply_threads(threads)
 
     result = evaluate_run(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
                       progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]),
@@ -49,12 +56,17 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
               "into this folder with the recognised text of its lines")
+@click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context
 def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str],
-            lm: Optional[str], shifts: int, out: Optional[str]) -> None:
+            lm: Optional[str], shifts: int, out: Optional[str], threads: Optional[int]) -> None:
     """Predict with a trained run: one line per input (per text line of a page XML input)."""
     from convrnn.cli.progress import CountProgress
     from convrnn.infer.run import predict as run_predict
+    from convrnn.train.threads import apply_threads
+
+    if threads is not None:
+        apply_threads(threads)
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
     progress = CountProgress("reading lines", quiet=ctx.find_root().obj["quiet"], unit="lines")
     for line in run_predict(run, list(inputs), shifts=shifts, progress=progress, **options):
