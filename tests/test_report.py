@@ -390,3 +390,11 @@ def test_charlm_section_samples_at_three_temperatures(tmp_path):
     samples = _texts(section.body, "sample")
     assert len(samples) == len(SAMPLE_TEMPERATURES) == 3
     assert all(len(s) == SAMPLE_LENGTH and set(s) <= set(text.read_text()) for s in samples)
+
+
+def test_metric_text_shows_totals_as_whole_numbers():
+    from convrnn.viz.report import metric_text
+
+    assert metric_text("chars", 28591.0, None) == "28,591"  # not 2.859e+04
+    assert metric_text("cer", 0.123456, None) == "0.1235"
+    assert metric_text("loss", 12345.6, None) == "1.235e+04"

@@ -151,6 +151,8 @@ def metric_text(name: str, value: Optional[float], samples: Optional[int]) -> st
         return "–"
     if name in COUNT_METRICS and math.isfinite(value):
         return f"{round(value):,}" + (f"/{samples:,}" if samples else "")
+    if math.isfinite(value) and value == round(value) and abs(value) >= 1e4:  # a total (characters): 28,591
+        return f"{round(value):,}"
     return f"{value:.4g}"
 
 
