@@ -88,3 +88,16 @@ def test_console_filter_hides_file_only_records_and_progress_lines_under_a_bar(m
     assert not f.filter(record(console=False))
     monkeypatch.setattr(progress_module, "_live", [object()])  # a bar is drawn
     assert not f.filter(record(progress=True)) and f.filter(record())
+
+
+def test_bar_serves_one_training_after_another():
+    """The members of an ensemble train one after another with one callback: each gets its own bar
+    (the second used to remove a task of the first bar, a KeyError in a terminal)."""
+    progress = TrainProgress(fancy=True, stream=io.StringIO())
+    info = {"step": 1, "epoch": 0, "batch": 1, "batches": 10, "loss": 0.5, "rate": 80.0, "unit": "samples"}
+    for member in range(2):
+        progress.on_train_start(fake_trainer(0, 0.0))
+        progress.on_step(fake_trainer(1, 0.5), info)
+        progress.on_step(fake_trainer(11, 5.0), {**info, "epoch": 1})  # a new epoch replaces the task
+        progress.on_train_end(fake_trainer(11, 5.0), {})
+    assert progress._bar is None

@@ -76,6 +76,8 @@ class TrainProgress:
         self._rate: Optional[float] = None
 
     def on_train_start(self, trainer) -> None:
+        # one callback serves every member of an ensemble, each a training of its own: start afresh
+        self._task, self._task_epoch, self._ema, self._rate = None, -1, None, None
         if self.fancy:
             from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             self._bar = _Bar(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
