@@ -222,3 +222,15 @@ def test_bad_ensemble_values_are_one_line_errors(mnist_dir, tmp_path, capsys):
     with pytest.raises(ConfigError, match="carries recurrent state"):
         train("charlm", {"train.ensemble": 2, "train.run_dir": str(tmp_path / "charlm")})
     assert not (tmp_path / "charlm").exists()
+
+
+def test_resume_with_larger_limits_trains_every_member_on(mnist_dir, tmp_path):
+    """A finished ensemble resumed with a larger budget continues each member to its share of it
+    (it used to keep every member as it was and record the larger budget as if it had been used)."""
+    run = tmp_path / "ens"
+    assert train("digits", _settings(mnist_dir, run)).step == 4  # 2 members of 2 steps
+    trainer = train("digits", {"train.max_steps": 8}, resume=str(run))
+    steps = [load_checkpoint(run / "members" / str(i) / "checkpoints" / "last.pt")["step"] for i in (0, 1)]
+    assert steps == [4, 4] and trainer.step == 8
+    again = train("digits", None, resume=str(run))  # the same limits: nothing left to train
+    assert again.step == 8

@@ -42,12 +42,25 @@ def member_config(cfg: RunConfig, i: int) -> RunConfig:
     return member
 
 
+def _more_budget(member: RunConfig) -> bool:
+    """Whether a finished member's limits (epochs, steps, time) are now larger than those it was
+    trained with: a resume with a longer --max-time continues every member, not only an unfinished one."""
+    saved = Path(member.train.run_dir) / "config.json"
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # nothing to compare with: let the member's own trainer decide (it stops at once if done)
+    return any(float(getattr(member.train, key) or 0) != float(before.get(key) or 0)
+               for key in ("epochs", "max_steps", "max_time"))
+
+
 def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]], Trainer],
                    resume: bool = False) -> TrainResult:
     """Train the ``cfg.train.ensemble`` members of the run in ``cfg.train.run_dir`` one after another
     (``build(member_cfg, resume_dir)`` makes each member's trainer), then validate the ensemble and save
-    it as the run's checkpoint. A resumed run skips finished members and continues the interrupted one
-    from its own last checkpoint."""
+    it as the run's checkpoint. A resumed run skips finished members (unless the resume gives them
+    larger limits, which they then train on to) and continues the interrupted one from its own last
+    checkpoint."""
     k, root = cfg.train.ensemble, Path(cfg.train.run_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train.ensemble: members are trained one after another in one process; "
@@ -59,9 +72,9 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
     done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
     trainer = None
     for i in range(k):
-        if i in done:
-            continue
         member = member_config(cfg, i)
+        if i in done and not _more_budget(member):
+            continue
         again = (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists()
         log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
                  f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", member.train.run_dir)
