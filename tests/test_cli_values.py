@@ -131,7 +131,7 @@ def test_unquoted_pattern_gets_a_hint(tmp_path, capsys):
     pages = [str(tmp_path / f"p{k}.xml") for k in range(3)]  # what the shell makes of an unquoted p*.xml
     code, out, err = run_cli(capsys, "train", "lines", "--data", *pages)
     assert code == 2 and err.count("\n") == 1 and "Got unexpected extra arguments" in err
-    assert "a pattern such as 'pages/*.xml' must be quoted" in err
+    assert "repeat it for each (--fonts a.ttf --fonts b.ttf), and quote a pattern such as 'pages/*.xml'" in err
 
 
 def test_list_settings_take_a_json_list_or_commas():

@@ -128,9 +128,11 @@ def _run(argv: Optional[list[str]]) -> None:
         stop_all()
         message = e.format_message()
         if message.startswith("Got unexpected extra argument") and ("/" in message or "." in message):
-            # the shell expanded an unquoted pattern given to an option that takes one value
+            # several values after an option that takes one: an unquoted pattern the shell expanded, or
+            # files listed after one --fonts
             message = message[:300] + ("..." if len(message) > 300 else "") + (
-                "; a pattern such as 'pages/*.xml' must be quoted, or the shell expands it into many arguments")
+                "; an option takes one value: repeat it for each (--fonts a.ttf --fonts b.ttf), and quote a "
+                "pattern such as 'pages/*.xml', or the shell expands it into many arguments")
         click.echo(f"error: {message}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as e:  # click's form of Ctrl-C; a training says what it kept
