@@ -140,7 +140,7 @@ def trained(recipe: str, settings: dict, *, checkpoint: str = "best"):
     """Train ``recipe`` with ``settings`` (config overrides) into a temporary run directory, as
     ``convrnn train`` does; yields ``(result, loaded, bundle, wall_seconds)``: the TrainResult, the run's
     ``checkpoint`` (best or last) loaded, and the run's data rebuilt. The directory is removed after."""
-    from convrnn.infer.run import load_run, run_bundle
+    from convrnn.infer.run import load_run, run_config
     from convrnn.recipes.runner import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,4 +148,5 @@ def trained(recipe: str, settings: dict, *, checkpoint: str = "best"):
         result = train(recipe, {**settings, "train.run_dir": f"{tmp}/run"})
         wall = time.perf_counter() - t0
         loaded = load_run(result.run / "checkpoints" / f"{checkpoint}.pt")
-        yield result, loaded, run_bundle(loaded), wall
+        cfg = run_config(loaded)
+        yield result, loaded, loaded.recipe.make_data(cfg.data, cfg.train), wall
