@@ -101,3 +101,15 @@ def test_bar_serves_one_training_after_another():
         progress.on_step(fake_trainer(11, 5.0), {**info, "epoch": 1})  # a new epoch replaces the task
         progress.on_train_end(fake_trainer(11, 5.0), {})
     assert progress._bar is None
+
+
+def test_bar_shows_the_time_left_to_the_first_limit():
+    """The bar is the epoch's, but its time left is the run's: with --max-time the limit comes first."""
+    out = io.StringIO()
+    progress = TrainProgress(fancy=True, stream=out)
+    info = {"step": 4, "epoch": 0, "batch": 4, "batches": 100, "loss": 0.5, "rate": 80.0, "unit": "samples"}
+    progress.on_train_start(fake_trainer(0, 0.0))
+    progress.on_step(fake_trainer(4, 2.0, epochs=10, max_time=5.0), info)  # 0.5 s a step; 3 s of time left
+    task = progress._bar.progress.tasks[0]
+    assert task.fields["left"] == "0:00:03 left"
+    progress.on_train_end(fake_trainer(4, 2.0), {})

@@ -59,6 +59,12 @@ def stop_all() -> None:
         bar.stop()
 
 
+def _clock(seconds: float) -> str:
+    """``0:04:05`` for 245 seconds."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class TrainProgress:
     """Trainer callback for the console: a rich progress bar on a terminal (``fancy``); under ``quiet``
     a plain line every ``QUIET_EVERY`` seconds. Otherwise it shows nothing itself: the trainer's log
@@ -79,10 +85,13 @@ class TrainProgress:
         # one callback serves every member of an ensemble, each a training of its own: start afresh
         self._task, self._task_epoch, self._ema, self._rate = None, -1, None, None
         if self.fancy:
-            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            # the bar is the epoch's; the time left is the run's, to whichever limit (epochs, --max-steps,
+            # --max-time) comes first, as in the log's progress lines
             self._bar = _Bar(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                              TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), TimeRemainingColumn(), stream=self.stream, transient=False)
+                             TimeElapsedColumn(), TextColumn("[cyan]{task.fields[left]}"), stream=self.stream,
+                             transient=False)
             self._bar.start()
 
     def on_step(self, trainer, info: dict) -> None:
@@ -94,9 +103,10 @@ class TrainProgress:
             if self._task is None or self._task_epoch != info["epoch"]:  # a new bar for each epoch
                 if self._task is not None:
                     bar.remove_task(self._task)
-                self._task = bar.add_task("train", total=info["batches"], epoch=info["epoch"] + 1, info="")
+                self._task = bar.add_task("train", total=info["batches"], epoch=info["epoch"] + 1, info="", left="")
                 self._task_epoch = info["epoch"]
-            bar.update(self._task, completed=info["batch"],
+            eta = trainer.eta(info)
+            bar.update(self._task, completed=info["batch"], left="" if eta is None else f"{_clock(eta)} left",
                        info=f"loss {self._ema:.4f}  {self._rate:,.0f} {info['unit']}/s")
             return
         if not self.quiet:
