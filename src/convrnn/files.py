@@ -67,6 +67,24 @@ def write_target(path: str | os.PathLike) -> Path:
     return target
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse an output file that cannot be written, before the work that makes its content.
+
+    :func:`write_target` refuses a folder, FIFO, device or socket at ``path``; this also refuses a
+    ``path`` whose folder cannot be made (a part of it is a regular file) or cannot be written in
+    (read-only, no permission), naming it in one :class:`WriteError`. Nothing is created: the folder
+    is made when the file is written. Every command that writes a file calls it before its work.
+    """
+    target = write_target(path)
+    folder = target.parent
+    while not os.path.lexists(folder) and folder != folder.parent:  # the deepest part that exists
+        folder = folder.parent
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise WriteError(f"{path}: cannot write, a part of its folder {folder} is a file, not a folder")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write, the folder {folder} is read-only or not writable by this user")
+
+
 def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``'s target, then rename it over the target.
 

@@ -24,13 +24,8 @@ def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str
     """Write one self-contained HTML report of RUN: config, environment, model, throughput, curves,
     filters and the recipe's own views (confusion, per-length error, CTC alignments, samples)."""
     from convrnn.cli.progress import CountProgress
-    from convrnn.infer.export import check_output
     from convrnn.viz.report import build_report
 
-    if out is not None:
-        # an --out whose folder cannot be made (a part of it is a file) or written fails here, in one
-        # line, not after the evaluation (build_report itself refuses a folder or FIFO at --out early)
-        check_output(out)
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
     path = build_report(run, out, split=split, max_batches=max_batches,
                         progress=CountProgress("evaluating", quiet=quiet, unit="batches"),
@@ -48,10 +43,8 @@ def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str
 def confusion(ctx: click.Context, run: str, out: str, split: str, max_batches: int) -> None:
     """Confusion matrix of a classification RUN (fonts, mnist) on its validation data."""
     from convrnn.cli.progress import CountProgress
-    from convrnn.infer.export import check_output
     from convrnn.viz.confusion import plot_confusion
 
-    check_output(out)  # an unwritable --out fails before the evaluation
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
     path = plot_confusion(run, out, split=split, max_batches=max_batches,
                           progress=CountProgress("evaluating", quiet=quiet, unit="batches"),

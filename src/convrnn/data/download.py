@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from convrnn import __version__
 from convrnn.data.mnist import OFFICIAL_FILES, md5_file
-from convrnn.files import atomic_write_with, fsync_dir, write_target
+from convrnn.files import atomic_write_with, check_writable, fsync_dir, write_target
 from convrnn.errors import DataError, WriteError
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def download_mnist(to: str | os.PathLike, *, base_url: str | Sequence[str] = MIR
 
 def _download_one(remote: RemoteFile, directory: Path, mirrors: list[str], **options) -> Path:
     final = directory / remote.name
-    write_target(final)  # a folder, FIFO or device under the file's name is refused before downloading
+    check_writable(final)  # a folder, FIFO, device or unwritable folder is refused before downloading
     if final.is_file():
         actual = md5_file(final)
         if actual == remote.md5:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -29,8 +28,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from convrnn.errors import ConfigError, WriteError
-from convrnn.files import atomic_write_bytes, write_target
+from convrnn.errors import ConfigError
+from convrnn.files import atomic_write_bytes, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
         raise ConfigError(f"export: {', '.join(fixed)} layers loop over the input in Python, so an ONNX graph would "
                           f"only run at the one size it was traced at, and this model's input size varies "
                           f"{tuple(model.input_shape)}; use the PyTorch checkpoint (convrnn predict) instead")
-    check_output(path)  # a folder, special file or unwritable folder there fails before the export
+    check_writable(path)  # a folder, special file or unwritable folder there fails before the export
     x, axes = _example_and_axes(tuple(model.input_shape))
     if is_language_model(model):
         step = LMStep(model)
@@ -151,24 +150,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
     return path
 
 
-def check_output(path: str | os.PathLike) -> None:
-    """Refuse an output file that cannot be written, before the work that makes its content.
-
-    :func:`convrnn.files.write_target` refuses a folder, FIFO, device or socket at ``path``; this
-    also refuses a ``path`` whose folder cannot be made (a part of it is a regular file) or cannot
-    be written in (read-only, no permission), naming it in one :class:`WriteError`. Nothing is
-    created: the folder is made when the file is written.
-    """
-    target = write_target(path)
-    folder = target.parent
-    while not os.path.lexists(folder) and folder != folder.parent:  # the deepest part that exists
-        folder = folder.parent
-    if os.path.lexists(folder) and not folder.is_dir():
-        raise WriteError(f"{path}: cannot write, a part of its folder {folder} is a file, not a folder")
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"{path}: cannot write, the folder {folder} is read-only or not writable by this user")
-
-
 class _Forward(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -185,7 +166,7 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     if fmt != "onnx":
         raise ConfigError(f"export format: expected onnx, got {fmt!r}")
     if out is not None:
-        check_output(out)  # a bad --out fails before the checkpoint is even loaded
+        check_writable(out)  # a bad --out fails before the checkpoint is even loaded
     model, ckpt, recipe, _, _ = load_run(run)
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))

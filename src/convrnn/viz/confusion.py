@@ -75,10 +75,10 @@ def run_confusion(run: str | os.PathLike, *, split: str = "val", max_batches: in
 def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str = "val", max_batches: int = 20,
                    progress: Optional[Callable] = None, data_progress: Optional[Callable] = None) -> Path:
     """Evaluate ``run`` and write its confusion matrix to the PNG ``out`` (atomically). Returns the path."""
-    from convrnn.files import atomic_write_bytes, write_target
+    from convrnn.files import atomic_write_bytes, check_writable
     from convrnn.viz.html import figure_png
 
-    write_target(out)  # a folder or special file at --out fails before the evaluation, not after it
+    check_writable(out)  # an unwritable --out fails before the evaluation, not after it
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,
                                     data_progress=data_progress)
     n = int(counts.sum())

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from convrnn.errors import CheckpointError, DataError
-from convrnn.files import atomic_write_bytes, write_target
+from convrnn.files import atomic_write_bytes, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
-    write_target(out)  # a folder or special file at --out fails before any run is read
+    check_writable(out)  # an unwritable --out fails before any run is read
     rows_by_run = [_metrics_rows(r) for r in runs]
     names = list(metrics) if metrics else default_curve_metrics(rows_by_run)
     plt = _pyplot()
@@ -194,7 +194,7 @@ def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, p
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
-    write_target(out)  # a folder or special file at --out fails before any checkpoint is loaded
+    check_writable(out)  # an unwritable --out fails before any checkpoint is loaded
     weights = [first_conv_weights(r) for r in runs]
     fig = filters_figure(weights, [run_label(r) for r in runs], per_kernel_scale=per_kernel_scale)
     return FilterPlot(save_figure(fig, out), [w.shape[0] * w.shape[1] for w in weights])

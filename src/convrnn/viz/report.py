@@ -514,13 +514,13 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
     The file is written atomically: a failed report leaves nothing behind.
     """
     from convrnn.infer.run import load_run
-    from convrnn.files import atomic_write_text, write_target
+    from convrnn.files import atomic_write_text, check_writable
 
     run_path = Path(run)
     if not run_path.is_dir():
         raise CheckpointError(f"{run}: expected a run directory (with config.json, metrics.csv, checkpoints/), "
                               "found no such directory")
-    write_target(Path(out) if out else run_path / "report.html")  # a folder or FIFO there fails before evaluating
+    check_writable(Path(out) if out else run_path / "report.html")  # an unwritable --out fails before evaluating
     loaded = load_run(run_path)  # best.pt, else last.pt; one-line CheckpointError without either
     model, ckpt, recipe, task = loaded.model, loaded.ckpt, loaded.recipe, loaded.task
     has_best = (run_path / "checkpoints" / "best.pt").is_file()
