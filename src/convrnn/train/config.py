@@ -132,6 +132,22 @@ def load_config_file(path: str) -> dict:
     return data
 
 
+def read_run_config(cfg_file: Path) -> dict:
+    """A run directory's ``config.json`` as written, for reading what the run recorded (its recipe, id,
+    settings); a file that cannot be read or parsed, or that is not a JSON object, is one DataError."""
+    from convrnn.errors import DataError
+
+    try:
+        cfg = json.loads(Path(cfg_file).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{cfg_file}: cannot read the run's config ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{cfg_file}: expected the run's JSON config, could not parse it ({e})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"{cfg_file}: expected a JSON object of config sections, got {type(cfg).__name__}")
+    return cfg
+
+
 def flatten_config_dict(data: dict) -> dict[str, Any]:
     """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (for re-applying a saved config)."""
     out = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from convrnn.errors import CheckpointError, ConfigError, DataError
+from convrnn.train.config import read_run_config
 
 try:
     import fcntl
@@ -138,13 +138,8 @@ def check_checkpoint_of_run(ckpt: dict, checkpoint: Path, run: Path) -> None:
     cfg_file = Path(run) / "config.json"
     if not cfg_file.is_file():
         return
-    try:
-        saved = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataError(f"{cfg_file}: cannot read the run's config ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{cfg_file}: expected the run's JSON config, could not parse it ({e})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), str):
+    saved = read_run_config(cfg_file)
+    if not isinstance(saved.get("recipe"), str):
         raise DataError(f"{cfg_file}: expected the run's JSON config, an object with a 'recipe' name")
     recipe = ckpt.get("recipe", "")
     if saved["recipe"] != recipe:

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from convrnn.errors import CheckpointError, ConfigError, ConvrnnError, DataError
+from convrnn.errors import CheckpointError, ConfigError, ConvrnnError
 from convrnn.train.cpu import cpu_model
 from convrnn.viz.html import (DENSITY, EVAL_BATCHES, EvalContext, Section, esc, figure_img, gray_png, img,
                               missing, note, split_samples, table)
@@ -255,13 +255,8 @@ def read_config(run_path: Path, ckpt: dict) -> tuple[dict, str]:
     cfg_file = run_path / "config.json"
     if not cfg_file.is_file():
         return ckpt.get("config", {}), "the checkpoint (no config.json)"
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{cfg_file}: expected the run's JSON config, could not parse it ({e})") from None
-    if not isinstance(cfg, dict):
-        raise DataError(f"{cfg_file}: expected a JSON object of config sections, got {type(cfg).__name__}")
-    return cfg, str(cfg_file)
+    from convrnn.train.config import read_run_config
+    return read_run_config(cfg_file), str(cfg_file)
 
 
 def recipe_defaults(recipe_name: str) -> dict[str, str]:
