@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -119,7 +118,8 @@ def _refuse_empty(ctx: click.Context, values: dict) -> None:
 
 def _reports() -> bool:
     """Whether this process shows training progress: not the other ranks of a torchrun job."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    from convrnn.train.distributed import env_context
+    return env_context().is_main
 
 
 class RunWhere:
@@ -169,14 +169,14 @@ LIMIT_OPTIONS = {"epochs": "--epochs", "time": "--max-time", "steps": "--max-ste
 def results_block(result) -> list[str]:
     """What a finished training prints once: the run, how long it trained, its final validation and
     the best checkpoint (which eval, predict and export use)."""
-    from convrnn.train.trainer import STOPPING_LIMITS  # loaded by the training that made the result
+    from convrnn.train.trainer import STOPPING_LIMITS, plural  # loaded by the training that made the result
 
     task = result.task
     stopped = (f"; stopped by {STOPPING_LIMITS[result.stopped_by]} ({LIMIT_OPTIONS[result.stopped_by]})"
                if result.stopped_by else "")
     lines = [f"run:        {display_path(result.run)}",
-             f"trained:    {result.step:,} step{'' if result.step == 1 else 's'}, {result.epochs} "
-             f"epoch{'' if result.epochs == 1 else 's'} completed, {result.train_time:.1f} s{stopped}"]
+             f"trained:    {plural(result.step, 'step')}, {plural(result.epochs, 'epoch')} completed, "
+             f"{result.train_time:.1f} s{stopped}"]
     if result.metrics:
         lines.append(f"final:      {task.format_metrics(result.metrics)}  (validation at step {result.val_step:,})")
     if result.best_step >= 0:

@@ -17,12 +17,12 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from convrnn.errors import ConfigError
+from convrnn.errors import ConfigError, DataError
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import EnsembleModel
 from convrnn.files import atomic_write_text
 from convrnn.train.checkpoint import load_checkpoint, load_latest_checkpoint, rng_state, save_checkpoint
-from convrnn.train.config import RunConfig
+from convrnn.train.config import RunConfig, read_run_config
 from convrnn.train.rundir import RunDir
 from convrnn.train.trainer import Trainer, TrainResult
 
@@ -45,10 +45,9 @@ def member_config(cfg: RunConfig, i: int) -> RunConfig:
 def _more_budget(member: RunConfig) -> bool:
     """Whether a finished member's limits (epochs, steps, time) are now larger than those it was
     trained with: a resume with a longer --max-time continues every member, not only an unfinished one."""
-    saved = Path(member.train.run_dir) / "config.json"
     try:
-        before = json.loads(saved.read_text(encoding="utf-8"))["train"]
-    except (OSError, ValueError, KeyError, TypeError):
+        before = read_run_config(Path(member.train.run_dir) / "config.json")["train"]
+    except (DataError, KeyError, TypeError):
         return True  # nothing to compare with: let the member's own trainer decide (it stops at once if done)
     return any(float(getattr(member.train, key) or 0) != float(before.get(key) or 0)
                for key in ("epochs", "max_steps", "max_time"))

@@ -407,7 +407,7 @@ class Trainer:
         if cfg.max_time:
             limits.append(f"{cfg.max_time:g} s")
         params = sum(p.numel() for p in self.model.parameters())
-        where = f"{self.device} ({_plural(torch.get_num_threads(), 'thread')})" if self.device.type == "cpu" else str(self.device)
+        where = f"{self.device} ({plural(torch.get_num_threads(), 'thread')})" if self.device.type == "cpu" else str(self.device)
         layout = " with channels-last convolutions" if self.channels_last else ""
         if self.amp_dtype is not None:
             layout += f" in {self.cfg.precision} autocast"
@@ -444,8 +444,8 @@ class Trainer:
     def describe_end(self) -> str:
         """Where the run ended and which checkpoint is best."""
         pos = self.pos
-        text = (f"finished: {pos.step:,} step{'' if pos.step == 1 else 's'}, {pos.epoch} "
-                f"epoch{'' if pos.epoch == 1 else 's'} completed, {pos.train_time:.1f} s of training")
+        text = (f"finished: {plural(pos.step, 'step')}, {plural(pos.epoch, 'epoch')} completed, "
+                f"{pos.train_time:.1f} s of training")
         reason = self.stopped_by()
         if reason:
             text += f"; stopped by {STOPPING_LIMITS[reason]}"
@@ -601,5 +601,6 @@ def _to(state, device):
     return type(state)(_to(s, device) for s in state)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def plural(n: int, word: str) -> str:
+    """``1 step``, ``3,750 steps``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
