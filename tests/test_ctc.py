@@ -259,3 +259,22 @@ def test_unseen_characters_are_named_once_per_set(caplog):
             assert metrics.compute()["unseen_chars"] == 1.0
     said = [r.getMessage() for r in caplog.records if "alphabet" in r.getMessage()]
     assert said == ["1 reference character is not in the model's alphabet and counts as errors: '\u2603' x1"]
+
+
+def test_characters_named_when_the_data_is_read_are_not_named_again_at_validation(caplog):
+    """Training names the validation texts' unseen characters once, when it reads them; its validations
+    then score them as errors without repeating the warning. A character not named before still is."""
+    from convrnn.tasks.ctc import name_unseen
+    task = CTCTask("ab")
+    out = ModelOutput(torch.zeros((1, 4, 3)), torch.tensor([4]))
+    with caplog.at_level(logging.WARNING, logger="convrnn.tasks.ctc"):
+        name_unseen({"\u2602": 1}, "validation")
+        metrics = task.new_metrics()
+        metrics.update(out, {"texts": ["ab\u2602"]})
+        assert metrics.compute()["unseen_chars"] == 1.0
+        metrics = task.new_metrics()
+        metrics.update(out, {"texts": ["a\u2601"]})
+        metrics.compute()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "validation texts use 1 character that no training text has ('\u2602'): they count as errors"
+    assert len(said) == 2 and "'\u2601' x1" in said[1]

@@ -32,7 +32,7 @@ from convrnn.fields import check
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
                                    register_recipe)
 from convrnn.layers.base import ModelOutput
-from convrnn.tasks.ctc import BLANK, CTCTask
+from convrnn.tasks.ctc import BLANK, CTCTask, name_unseen
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,7 @@ class LinesRecipe(Recipe):
     def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None) -> DataBundle:
         train, val, test = load_splits(data_cfg, progress)
         alphabet = build_alphabet(train.texts)
-        unseen = unseen_characters(val.texts, alphabet)
-        if unseen:
-            log.warning("validation texts use %d characters that no training text has (%s): they count as errors",
-                        len(unseen), ", ".join(repr(c) for c in list(unseen)[:20]))
+        name_unseen(unseen_characters(val.texts, alphabet), "validation")
         bs = train_cfg.batch_size
         log.info("lines: %d train, %d val%s lines of height %d; alphabet of %d characters", len(train), len(val),
                  f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))

@@ -29,6 +29,7 @@ from convrnn.tasks.text_metrics import error_counts
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # unseen-character warnings already given by this process
+_NAMED: set[str] = set()   # unseen characters already named when the data was read (see name_unseen)
 BLANK = 0
 NEG_INF = -math.inf
 # beam width of an ensemble's joint decoding: past it, wider beams stopped finding better texts
@@ -245,6 +246,15 @@ def _concatenated(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.
     return targets[mask]  # (B, S) -> (sum of lengths,)
 
 
+def name_unseen(unseen: dict[str, int], what: str) -> None:
+    """Warn once that ``what`` texts use the ``unseen`` characters (``{character: count}``) that no
+    training text has; validations over those texts then do not name the same characters again."""
+    if unseen:
+        log.warning("%s texts use %d character%s that no training text has (%s): they count as errors", what,
+                    len(unseen), "" if len(unseen) == 1 else "s", ", ".join(repr(c) for c in list(unseen)[:20]))
+        _NAMED.update(unseen)
+
+
 class CTCMetrics(MetricAccumulator):
     """Mean loss per included sequence, CER and WER of greedy decoding, skipped targets, and
     ``unseen_chars``: reference characters outside the model's alphabet (they count as errors)."""
@@ -275,7 +285,7 @@ class CTCMetrics(MetricAccumulator):
             setattr(self, f"{attr}s", getattr(self, f"{attr}s") + total)
 
     def compute(self) -> dict[str, float]:
-        if self.unseen:
+        if self.unseen and not set(self.unseen) <= _NAMED:
             shown = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.unseen.items(), key=lambda kv: -kv[1])[:20])
             n = sum(self.unseen.values())
             message = (f"{n} reference character{' is' if n == 1 else 's are'} not in the model's alphabet and "
