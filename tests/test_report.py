@@ -241,6 +241,11 @@ def test_report_without_checkpoints_is_a_one_line_error(capsys, tmp_path):
     assert not (run / "report.html").exists()
     code, out, err = run_cli(capsys, "report", str(tmp_path / "nowhere"))
     assert code == 2 and "no such directory" in err and len(err.strip().splitlines()) == 1
+    # a checkpoint file given for the run: the report names the run directory it belongs to
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+    code, out, err = run_cli(capsys, "report", str(run / "checkpoints" / "best.pt"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "is a file" in err and f"give its run directory {run}" in err
 
 
 def test_plot_confusion_refuses_a_run_that_is_not_classification(capsys, tmp_path):

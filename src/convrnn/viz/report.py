@@ -513,6 +513,13 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
 
     run_path = Path(run)
     if not run_path.is_dir():
+        if run_path.is_file():
+            # a checkpoint alone has no curves, totals or config file: name the run it came from, if any
+            owner = run_path.parent.parent if run_path.parent.name == "checkpoints" else None
+            hint = (f"; give its run directory {owner}" if owner is not None and (owner / "config.json").is_file()
+                    else "; a checkpoint alone is read by eval, predict and export")
+            raise CheckpointError(f"{run}: is a file; a report reads a run directory (config.json, metrics.csv, "
+                                  f"checkpoints/){hint}")
         raise CheckpointError(f"{run}: expected a run directory (with config.json, metrics.csv, checkpoints/), "
                               "found no such directory")
     check_writable(Path(out) if out else run_path / "report.html")  # an unwritable --out fails before evaluating
