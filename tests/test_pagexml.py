@@ -247,6 +247,135 @@ def test_page_image_is_found_one_folder_up(tmp_path):
     assert len(read_lines(str(tmp_path / "page"), height=16, workers=1)) == len(GOOD)
 
 
+def _page_doc(body: str, image: str = "page.png") -> str:
+    """A PAGE 2019 file of one region holding ``body``, on a page of PAGE_W x PAGE_H."""
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<PcGts xmlns="{PAGE_NS[2019]}">\n'
+            f'  <Page imageFilename="{image}" imageWidth="{PAGE_W}" imageHeight="{PAGE_H}">\n'
+            f'    <TextRegion id="r1"><Coords points="0,0 {PAGE_W},0 {PAGE_W},{PAGE_H} 0,{PAGE_H}"/>{body}\n'
+            f"    </TextRegion>\n  </Page>\n</PcGts>\n")
+
+
+def test_transcriptions_that_need_a_guess_are_named_not_read(tmp_path):
+    """PAGE gives a TextEquiv one Unicode: a line whose TextEquiv has several, or only PlainText, or whose
+    Words only partly have text, is left out of training, counted and named, not read as a guess (the
+    first Unicode, the PlainText, the words that have text); likewise an ALTO String without CONTENT.
+    predict still reads these lines."""
+    poly, base = LINES["l_straight"][:2]
+
+    def line(line_id, inner):
+        return (f'\n      <TextLine id="{line_id}"><Coords points="{_pts(poly, ",")}"/>'
+                f'<Baseline points="{_pts(base, ",")}"/>{inner}</TextLine>')
+
+    def word(word_id, text):
+        equiv = f"<TextEquiv><Unicode>{text}</Unicode></TextEquiv>" if text is not None else ""
+        return f'<Word id="{word_id}"><Coords points="20,20 60,20 60,60"/>{equiv}</Word>'
+
+    body = "".join([
+        line("ranked", '<TextEquiv index="2"><Unicode>second</Unicode></TextEquiv>'
+                       '<TextEquiv index="1"><Unicode>first</Unicode></TextEquiv>'),
+        line("words", word("w1", "one") + word("w2", "two")),
+        line("two_unicode", "<TextEquiv><Unicode>a</Unicode><Unicode>b</Unicode></TextEquiv>"),
+        line("plain", "<TextEquiv><PlainText>p</PlainText></TextEquiv>"),
+        line("some_words", word("w3", "one") + word("w4", None) + word("w5", "three")),
+        line("untranscribed", word("w6", None))])
+    xml = _save(tmp_path, "p", "page.png", True, _page_doc(body))
+    lines = read_lines(str(xml), height=16, workers=1)
+    assert lines.texts == ["first", "one two"]
+    unusable = "transcription not usable"
+    assert lines.skipped == {
+        "p.xml:two_unicode": f"p.xml:two_unicode: {unusable} (a TextEquiv with 2 Unicode elements)",
+        "p.xml:plain": f"p.xml:plain: {unusable} (a TextEquiv without Unicode, only PlainText)",
+        "p.xml:some_words": f"p.xml:some_words: {unusable} (Words without text: 1 of 3, and no line-level text)",
+        "p.xml:untranscribed": "p.xml:untranscribed: no text"}
+    with pytest.raises(DataError, match="p.xml:two_unicode: transcription not usable"):
+        read_lines(str(xml), height=16, workers=1, strict=True)
+    read = pages.read_pages([xml], height=16, workers=1, cache=False)
+    assert len(pages.collect_lines(read, ["p.xml"], require_text=False).names) == 6  # predict reads them all
+    # ALTO: CONTENT is required, and a String without it is a word whose text is missing
+    alto = write_alto(tmp_path / "alto", lines={"l_straight": LINES["l_straight"]})
+    alto.write_text(alto.read_text(encoding="utf-8").replace(
+        '<String CONTENT="ab"/>', '<String CONTENT="ab"/><SP/><String HPOS="90"/>'), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape("page.xml:l_straight: transcription not usable "
+                                                  "(Strings without CONTENT: 1 of 2)")):
+        read_lines(str(alto), height=16, workers=1, strict=True)
+
+
+def test_lines_sharing_an_id_are_each_counted():
+    """Line ids should be unique in a file, but a merged or hand-edited one can repeat them: every line
+    left out is still counted and named, and the summary's count matches."""
+    page = pages.PageLines(Path("p.xml"), pages.PAGE, [np.zeros((2, 2), np.uint8)] * 3, ["a", "a", "b"], [0, 1, 2],
+                           [None, None, "x"], [None, None, None])
+    got = pages.collect_lines([page], ["p.xml"])
+    assert got.names == ["p.xml:b"] and got.skipped == {"p.xml:a": "p.xml:a: no text", "p.xml:a#2": "p.xml:a: no text"}
+    assert got.summary() == "skipped 2 of 3 lines (no text 2): p.xml:a: no text; p.xml:a: no text"
+
+def test_page_image_of_another_shape_is_refused(tmp_path):
+    """A page image resized keeps its lines (coordinates scaled); one of another shape is not the image
+    the XML was drawn on (a scan.jpg beside a scan.tif's XML, another page) and is refused, not stretched."""
+    xml = write_alto(tmp_path / "a", lines={"l_straight": LINES["l_straight"]})
+    expected = pages.extract_page(xml, 16)
+    resized = tmp_path / "b"
+    resized.mkdir()
+    Image.open(tmp_path / "a" / "page.png").resize((PAGE_W * 2, PAGE_H * 2), Image.NEAREST).save(resized / "page.png")
+    got = pages.extract_page(write_alto(resized, lines={"l_straight": LINES["l_straight"]}, make_image=False), 16)
+    assert got.page_error is None and got.ids == expected.ids == ["l_straight"]
+    other = tmp_path / "c"
+    other.mkdir()
+    Image.open(tmp_path / "a" / "page.png").resize((PAGE_W, PAGE_W)).save(other / "page.png")
+    xml = write_alto(other, lines={"l_straight": LINES["l_straight"]}, make_image=False)
+    got = pages.extract_page(xml, 16)
+    assert got.page_error is not None and got.page_error.kind == pages.BAD_IMAGE and not got.ids
+    assert str(got.page_error) == (f"{xml}: page image page.png is 480x480 pixels, and the XML describes a page "
+                                   f"of 480x360, another shape (not the image its lines were drawn on)")
+
+
+def test_page_image_names_decoded_and_near_misses_named(tmp_path):
+    _page_image(tmp_path / "scan 1.png")
+    for name in ["scan%201.png", "file:///elsewhere/scan%201.png", "https://host/iiif/scan%201.png?size=full",
+                 "C:\\scans\\scan 1.png", "sub/dir/scan 1.png"]:
+        xml = write_page(tmp_path, "p", image=name, make_image=False)
+        assert pages.find_image(pages.parse_page(xml)) == tmp_path / "scan 1.png", name
+    # a name relative to the folder above the XML's (an OCR-D workspace: OCR-D-GT/p.xml, OCR-D-IMG/scan.png)
+    (tmp_path / "IMG").mkdir()
+    _page_image(tmp_path / "IMG" / "scan.png")
+    xml = write_page(tmp_path / "GT", "p", image="IMG/scan.png", make_image=False)
+    assert pages.find_image(pages.parse_page(xml)) == tmp_path / "IMG" / "scan.png"
+    # another extension or case is named, never used in its place
+    case_sensitive = not (tmp_path / "SCAN 1.PNG").exists()  # not so on macOS and Windows
+    for name in ["scan 1.tif"] + (["SCAN 1.PNG"] if case_sensitive else []):
+        xml = write_page(tmp_path, "p", image=name, make_image=False)
+        with pytest.raises(pages.PageError) as e:
+            pages.find_image(pages.parse_page(xml))
+        assert str(e.value) == (f"{xml}: page image {name!r} not found (looked in {tmp_path} and {tmp_path.parent}); "
+                                f"found {tmp_path / 'scan 1.png'}, whose name differs in extension or case "
+                                f"(fix the XML or the file name)")
+
+
+def test_alto_in_tenths_of_millimetres_is_scaled_by_its_page_size(tmp_path):
+    """ALTO's mm10 and inch1200 coordinates are scaled to the image by the Page's WIDTH and HEIGHT (as its
+    schema says); without them, or in a unit ALTO does not have, the file is refused."""
+    chosen = {k: LINES[k] for k in ("l_straight", "l_band", "l_rtl")}
+    expected = pages.extract_page(write_alto(tmp_path / "px", lines=chosen), 16)
+    half = {k: (None if poly is None else [(x / 2, y / 2) for x, y in poly],
+                None if base is None else [(x / 2, y / 2) for x, y in base], text, a, b)
+            for k, (poly, base, text, a, b) in chosen.items()}
+    folder = tmp_path / "mm10"
+    xml = write_alto(folder, lines=half)
+    doc = xml.read_text(encoding="utf-8").replace(f'WIDTH="{PAGE_W}" HEIGHT="{PAGE_H}"',
+                                                  f'WIDTH="{PAGE_W / 2:g}" HEIGHT="{PAGE_H / 2:g}"')
+    xml.write_text(doc.replace(">pixel<", ">mm10<"), encoding="utf-8")
+    got = pages.extract_page(xml, 16)
+    assert got.page_error is None and got.ids == expected.ids == list(chosen)
+    assert all(np.array_equal(a, b) for a, b in zip(got.images, expected.images))
+    xml.write_text(doc.replace(">pixel<", ">inch1200<").replace(f'WIDTH="{PAGE_W / 2:g}" HEIGHT="{PAGE_H / 2:g}" ', ""),
+                   encoding="utf-8")
+    with pytest.raises(pages.PageError, match="coordinates in 'inch1200' and no Page WIDTH and HEIGHT to scale"):
+        pages.parse_page(xml)
+    xml.write_text(doc.replace(">pixel<", ">points<"), encoding="utf-8")
+    with pytest.raises(pages.PageError, match=re.escape("MeasurementUnit 'points' is none of ALTO's")):
+        pages.parse_page(xml)
+
+
 def test_bad_pages_are_counted_and_named(tmp_path, caplog):
     folder = tmp_path / "pages"
     write_alto(folder, "a_good")
@@ -385,7 +514,7 @@ def test_alto_writing_changes_only_the_lines(tmp_path):
 def test_page_writing_changes_only_the_lines(tmp_path):
     ns = PAGE_NS[2019]
 
-    def doc(line1: str, line2_tail: str) -> str:
+    def doc(line1: str, line2_tail: str, region: str) -> str:
         return ('<?xml version="1.0" encoding="UTF-8"?>\n'
                 f'<pc:PcGts xmlns:pc="{ns}"><pc:Page imageFilename="p.png" imageWidth="9" imageHeight="9">\n'
                 '  <pc:TextRegion id="r"><pc:Coords points="0,0 9,0 9,9"/>\n'
@@ -397,18 +526,19 @@ def test_page_writing_changes_only_the_lines(tmp_path):
                 '      <pc:Coords points="0,0 9,0 9,9"/>\n'
                 f'{line2_tail}'
                 '    </pc:TextLine>\n'
-                '    <pc:TextEquiv><pc:Unicode>region text</pc:Unicode></pc:TextEquiv>\n'
+                f'{region}'
                 '  </pc:TextRegion></pc:Page></pc:PcGts>\n')
 
     src = tmp_path / "in.xml"
     src.write_text(doc('      <pc:TextEquiv index="1" conf="0.2"><pc:PlainText>x</pc:PlainText><pc:Unicode>x'
                        '</pc:Unicode></pc:TextEquiv>\n      <pc:TextEquiv index="2"><pc:Unicode>y</pc:Unicode>'
                        '</pc:TextEquiv>\n',
-                       '      <pc:TextStyle fontSize="9"/>\n'), encoding="utf-8")
+                       '      <pc:TextStyle fontSize="9"/>\n',
+                       '    <pc:TextEquiv><pc:Unicode>region text</pc:Unicode></pc:TextEquiv>\n'), encoding="utf-8")
     pages.write_page_texts(src, tmp_path / "out.xml", {0: ("1 < 2", 0.125), 1: ("zwei", 0.5)})
     expected = doc('      <pc:TextEquiv conf="0.1250"><pc:Unicode>1 &lt; 2</pc:Unicode></pc:TextEquiv>\n',
                    '      <pc:TextEquiv conf="0.5000"><pc:Unicode>zwei</pc:Unicode></pc:TextEquiv>\n'
-                   '      <pc:TextStyle fontSize="9"/>\n')
+                   '      <pc:TextStyle fontSize="9"/>\n', "")  # the region's text was the old lines'
     assert (tmp_path / "out.xml").read_text(encoding="utf-8") == expected
     assert [ln.text for ln in pages.parse_page(tmp_path / "out.xml").lines] == ["1 < 2", "zwei"]
 
@@ -424,6 +554,111 @@ def test_writing_keeps_a_non_utf8_encoding(tmp_path):
     assert b"caf\xe9 &#10003;" in out
     assert pages.parse_page(tmp_path / "out.xml").lines[0].text == "café ✓"
 
+
+def test_writing_drops_what_describes_the_old_text(tmp_path):
+    """A written line keeps nothing that describes its old text and would contradict the new one: PAGE
+    Words (with Glyphs), its region's TextEquiv, Transkribus tags at character offsets (reading order
+    stays) and the page's Transkribus status (GT); ALTO character confidences (CC) and correction status
+    (CS) of String, line and block."""
+    src = tmp_path / "in.xml"
+
+    def page_doc(status: str, line_a: str, line_b: str, region_text: str) -> str:
+        return ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                f'<PcGts xmlns="{PAGE_NS[2013]}"><Metadata><Creator>Transkribus</Creator>\n'
+                f'  <TranskribusMetadata docId="1" pageId="2"{status} imgUrl="https://x/Get?id=A&amp;t=view"/>\n'
+                '</Metadata><Page imageFilename="p.png" imageWidth="9" imageHeight="9">\n'
+                '  <TextRegion id="r" custom="readingOrder {index:0;}"><Coords points="0,0 9,0 9,9"/>\n'
+                f'{line_a}{line_b}{region_text}'
+                '  </TextRegion>\n</Page></PcGts>\n')
+
+    src.write_text(page_doc(
+        ' status="GT"',
+        '    <TextLine id="a" custom="readingOrder {index:0;} textStyle {offset:0; length:3;bold:true;} '
+        'abbrev {offset:4; length:2;expansion:Herr;}">\n'
+        '      <Coords points="0,0 9,0 9,9"/>\n'
+        '      <Word id="w1"><Coords points="0,0 1,0 1,1"/><Glyph id="g1"><Coords points="0,0 1,0 1,1"/>'
+        '<TextEquiv><Unicode>o</Unicode></TextEquiv></Glyph><TextEquiv><Unicode>old</Unicode></TextEquiv></Word>\n'
+        '      <Word id="w2"><Coords points="0,0 1,0 1,1"/><TextEquiv><Unicode>Hr</Unicode></TextEquiv></Word>\n'
+        '      <TextEquiv><Unicode>old Hr</Unicode></TextEquiv>\n'
+        '    </TextLine>\n',
+        "    <TextLine id='b' custom='abbrev {offset:0; length:2;}'><Coords points=\"0,0 9,0 9,9\"/>\n"
+        '      <Word id="w3"><Coords points="0,0 1,0 1,1"/><TextEquiv><Unicode>x</Unicode></TextEquiv></Word>\n'
+        '    </TextLine>\n',
+        '    <TextEquiv><Unicode>old Hr\nx</Unicode></TextEquiv>\n'), encoding="utf-8")
+    assert [ln.text for ln in pages.parse_page(src).lines] == ["old Hr", "x"]
+    assert pages.write_page_texts(src, tmp_path / "out.xml", {0: ("new", 0.5), 1: ("y", 0.25)}) == 2
+    assert (tmp_path / "out.xml").read_text(encoding="utf-8") == page_doc(
+        "",
+        '    <TextLine id="a" custom="readingOrder {index:0;}">\n'
+        '      <Coords points="0,0 9,0 9,9"/>\n'
+        '      <TextEquiv conf="0.5000"><Unicode>new</Unicode></TextEquiv>\n'
+        '    </TextLine>\n',
+        "    <TextLine id='b'><Coords points=\"0,0 9,0 9,9\"/>\n"
+        '      <TextEquiv conf="0.2500"><Unicode>y</Unicode></TextEquiv>\n'
+        '    </TextLine>\n',
+        "")
+    assert [ln.text for ln in pages.parse_page(tmp_path / "out.xml").lines] == ["new", "y"]
+
+    def alto_doc(block: str, line_l: str, line_m: str) -> str:
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<alto xmlns="{ALTO_NS}"><Description><MeasurementUnit>pixel</MeasurementUnit><sourceImageInformation>'
+                '<fileName>p.png</fileName></sourceImageInformation></Description>\n'
+                f'<Layout><Page WIDTH="9" HEIGHT="9"><PrintSpace><TextBlock ID="b"{block}>\n'
+                f'  {line_l}\n  {line_m}\n'
+                '</TextBlock></PrintSpace></Page></Layout></alto>\n')
+
+    src.write_text(alto_doc(
+        ' CS="true"',
+        '<TextLine ID="l" CS="true" HPOS="0" VPOS="0" WIDTH="9" HEIGHT="9"><String ID="s" CONTENT="old" WC="0.99" '
+        'CC="009" CS="true" STYLE="bold"><Glyph CONTENT="o"/></String></TextLine>',
+        '<TextLine ID="m" CS="false" BASELINE="0 5 9 5"/>'), encoding="utf-8")
+    pages.write_page_texts(src, tmp_path / "out.xml", {0: ("new", 0.5), 1: ("y", 0.25)})
+    assert (tmp_path / "out.xml").read_text(encoding="utf-8") == alto_doc(
+        "",
+        '<TextLine ID="l" HPOS="0" VPOS="0" WIDTH="9" HEIGHT="9"><String ID="s" CONTENT="new" WC="0.5000" '
+        'STYLE="bold"/></TextLine>',
+        '<TextLine ID="m" BASELINE="0 5 9 5"><String CONTENT="y" WC="0.2500"/></TextLine>')
+
+
+
+@pytest.mark.parametrize("variant", ["no namespace", "unknown namespace", "BOM", "latin-1", "UTF-16"])
+def test_alto_variants_are_read_and_written(tmp_path, variant):
+    """ALTO as tools write it beyond the v4 schema's letter: no namespace (old exports), a namespace of an
+    ALTO version this code does not know (CCS's v1, a later v5), a UTF-8 byte order mark, another
+    declared encoding; read alike, and written back in the file's own encoding."""
+    doc = ('<?xml version="1.0" encoding="UTF-8"?>\n<alto><Description><MeasurementUnit>pixel</MeasurementUnit>'
+           "<sourceImageInformation><fileName>p.png</fileName></sourceImageInformation></Description>\n"
+           '<Layout><Page WIDTH="9" HEIGHT="9"><PrintSpace><TextBlock><TextLine ID="l" BASELINE="0,5 9,5">'
+           '<String CONTENT="Ré"/><SP/><String CONTENT="su"/><HYP CONTENT="-"/></TextLine>'
+           "</TextBlock></PrintSpace></Page></Layout></alto>\n")
+    data = {"no namespace": doc.encode(),
+            "unknown namespace": doc.replace("<alto>", '<alto xmlns="http://schema.ccs-gmbh.com/ALTO">').encode(),
+            "BOM": b"\xef\xbb\xbf" + doc.encode(),
+            "latin-1": doc.replace("UTF-8", "ISO-8859-1").encode("latin-1"),
+            "UTF-16": doc.replace("UTF-8", "UTF-16").encode("utf-16")}[variant]
+    src = tmp_path / "in.xml"
+    src.write_bytes(data)
+    page = pages.parse_page(src)
+    assert page.kind == pages.ALTO and page.image_name == "p.png"
+    assert [(ln.id, ln.text, ln.baseline.tolist()) for ln in page.lines] == [("l", "Ré  su-", [[0, 5], [9, 5]])]
+    pages.write_page_texts(src, tmp_path / "out.xml", {0: ("né ✓", 0.5)})
+    out = (tmp_path / "out.xml").read_bytes()
+    assert out[:3] == data[:3]  # declaration, BOM, encoding as they were
+    assert pages.parse_page(tmp_path / "out.xml").lines[0].text == "né ✓"
+
+
+@pytest.mark.parametrize("kind", ["alto", "page"])
+def test_writing_refuses_a_confidence_outside_0_1(tmp_path, kind):
+    """WC and @conf are 0..1: a NaN (a broken model) would be written as "nan", which no schema allows and
+    which no reader should take for a score; the file is not written."""
+    src = (write_alto if kind == "alto" else write_page)(tmp_path, lines={"l_straight": LINES["l_straight"]})
+    message = f"{src}:l_straight: cannot write its text (confidence nan outside 0..1)"
+    with pytest.raises(DataError, match=re.escape(message)):
+        pages.write_page_texts(src, tmp_path / "out" / "nan.xml", {0: ("x", float("nan"))})
+    assert not (tmp_path / "out" / "nan.xml").exists()
+    pages.write_page_texts(src, tmp_path / "out" / "ok.xml", {0: ("x", 1.0000001)})  # rounding above 1 is 1
+    written = (tmp_path / "out" / "ok.xml").read_text(encoding="utf-8")
+    assert ('WC="1.0000"' if kind == "alto" else 'conf="1.0000"') in written
 
 # ------------------------------------------------------------------------------------ the CLI
 

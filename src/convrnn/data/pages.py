@@ -20,8 +20,10 @@ The cut lines are scaled to a fixed height and cached on disk, one file per page
 contents of the XML and of the image and by the extraction parameters; pages are cut in parallel.
 
 Writing: :func:`write_page_texts` copies an XML file, giving chosen lines new text (ALTO: one
-``String`` with ``CONTENT`` and ``WC``; PAGE: ``TextEquiv`` with ``@conf`` and ``Unicode``) and leaving
-every other byte of the file as it was.
+``String`` with ``CONTENT`` and ``WC``; PAGE: ``TextEquiv`` with ``@conf`` and ``Unicode``), dropping what
+describes their old text (PAGE: their ``Word`` elements, their regions' ``TextEquiv``, Transkribus tags
+at character offsets and the Transkribus page status; ALTO: ``CC`` and the correction status ``CS``) and
+leaving every other byte of the file as it was.
 """
 # H height, W width, N points (x, y), P pixels
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -62,7 +65,8 @@ DEFAULT_LINES_PER_PAGE = 40  # line spacing = page height / this, where the page
 BACKGROUND_PERCENTILE = 80   # of the pixels inside a line: its paper
 INK_PERCENTILE = 1           # of the pixels inside a line: its darkest ink
 MIN_CONTRAST = 32            # grey levels: a line fainter than this is not stretched further
-EXTRACT_VERSION = 1          # bump when extraction changes, so cached lines are cut again
+EXTRACT_VERSION = 2          # bump when extraction or text reading changes, so cached lines are cut again
+ASPECT_TOLERANCE = 0.02      # relative: a page image whose aspect ratio differs more from the XML's is another image
 
 # kinds of bad input, as counted in the skip summary
 BAD_XML = "XML does not parse"
@@ -73,6 +77,7 @@ OUTSIDE = "polygon outside the page"
 NO_GEOMETRY = "no polygon or baseline"
 BAD_COORDS = "coordinates do not parse"
 NO_TEXT = "no text"
+UNCLEAR_TEXT = "transcription not usable"
 BLANK = "blank line"
 TOO_WIDE = "too wide"
 CANNOT_CUT = "cannot be cut"
@@ -141,6 +146,7 @@ class PageLine:
     polygon: Optional[np.ndarray]     # (N, 2) region outline in page pixels
     baseline: Optional[np.ndarray]    # (N, 2) baseline in page pixels, first point = start of reading
     error: Optional[BadLine] = None   # a geometry problem found while parsing
+    text_problem: Optional[str] = None  # why a transcription in the file cannot be used (text is then None)
 
 
 @dataclass
@@ -182,17 +188,22 @@ def _alto_line(el: ET.Element, ns: str, index: int) -> PageLine:
     line_id = el.get("ID") or f"line_{index + 1}"
     error, polygon, baseline = None, None, None
     # text: Strings are words, SP spaces and HYP the hyphen at the end of the line
-    parts, texted = [], False
+    parts, texted, missing = [], False, 0
     for child in el:
         tag = child.tag
         if tag == ns + "String":
-            parts.append(" " + (child.get("CONTENT") or "") if parts else (child.get("CONTENT") or ""))
+            content = child.get("CONTENT")
+            missing += content is None  # CONTENT is required: a word whose text is not there
+            parts.append(" " + (content or "") if parts else (content or ""))
             texted = True
         elif tag == ns + "SP":
             parts.append(" ")
         elif tag == ns + "HYP":
             parts.append(child.get("CONTENT") or "")
     text = "".join(parts) if texted else None
+    problem = None
+    if missing:
+        text, problem = None, f"Strings without CONTENT: {missing} of {sum(c.tag == ns + 'String' for c in el)}"
     shape = el.find(f"{ns}Shape/{ns}Polygon")
     try:
         if shape is not None and (shape.get("POINTS") or "").strip():
@@ -213,21 +224,27 @@ def _alto_line(el: ET.Element, ns: str, index: int) -> PageLine:
         if all(v is not None for v in box) and box[2] > 0 and box[3] > 0:
             x, y, w, h = box
             polygon = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
-    return PageLine(index, line_id, text, polygon, baseline, error)
+    return PageLine(index, line_id, text, polygon, baseline, error, problem)
 
 
-def _page_text(el: ET.Element, ns: str) -> Optional[str]:
-    """The Unicode of an element's own TextEquiv (the lowest @index when there are several)."""
-    best, best_index = None, None
-    for eq in el.findall(ns + "TextEquiv"):
-        uni = eq.find(ns + "Unicode")
-        if uni is None:
-            continue
-        index = _number(eq.get("index"))
-        rank = index if index is not None else math.inf
-        if best is None or rank < best_index:
-            best, best_index = uni.text or "", rank
-    return best
+def _page_text(el: ET.Element, ns: str) -> tuple[Optional[str], Optional[str]]:
+    """``(text, problem)``: the Unicode of an element's own TextEquiv (the lowest @index when there are
+    several, the first of equal ones), or None and why that TextEquiv cannot be read (PAGE requires
+    exactly one Unicode of plain text); ``(None, None)`` without a TextEquiv."""
+    equivs = el.findall(ns + "TextEquiv")
+    if not equivs:
+        return None, None
+    ranks = [_number(eq.get("index")) for eq in equivs]
+    main = min(range(len(equivs)), key=lambda k: ranks[k] if ranks[k] is not None else math.inf)
+    unis = equivs[main].findall(ns + "Unicode")
+    if len(unis) != 1:
+        if unis:
+            return None, f"a TextEquiv with {len(unis)} Unicode elements"
+        plain = ", only PlainText" if equivs[main].find(ns + "PlainText") is not None else ""
+        return None, f"a TextEquiv without Unicode{plain}"
+    if len(unis[0]):
+        return None, "a Unicode element holding elements"
+    return unis[0].text or "", None
 
 
 def _page_points(el: Optional[ET.Element], ns: str) -> Optional[np.ndarray]:
@@ -241,18 +258,26 @@ def _page_points(el: Optional[ET.Element], ns: str) -> Optional[np.ndarray]:
 
 def _page_line(el: ET.Element, ns: str, index: int) -> PageLine:
     line_id = el.get("id") or f"line_{index + 1}"
-    text = _page_text(el, ns)
-    if text is None:  # no line-level text: the words', when they have some
-        words = [_page_text(w, ns) for w in el.findall(ns + "Word")]
-        if any(w is not None for w in words):
-            text = " ".join(w for w in words if w)
+    text, problem = _page_text(el, ns)
+    words = el.findall(ns + "Word")
+    if text is None and problem is None and words:  # no line-level text: the words', when they have some
+        read = [_page_text(w, ns) for w in words]
+        bad = next((f"Word {w.get('id')}: {p}" for w, (_, p) in zip(words, read) if p), None)
+        untexted = sum(t is None for t, _ in read)
+        if bad:
+            problem = bad
+        elif untexted < len(words):
+            if untexted:  # joining the others would drop words from the transcription
+                problem = f"Words without text: {untexted} of {len(words)}, and no line-level text"
+            else:
+                text = " ".join(t for t, _ in read if t)
     error, polygon, baseline = None, None, None
     try:
         polygon = _page_points(el.find(ns + "Coords"), ns)
         baseline = _page_points(el.find(ns + "Baseline"), ns)
     except ValueError as e:
         error = BadLine(line_id, BAD_COORDS, f" ({e})", index)
-    return PageLine(index, line_id, text, polygon, baseline, error)
+    return PageLine(index, line_id, text, polygon, baseline, error, problem)
 
 
 def xml_root(path: Path, data: bytes) -> ET.Element:
@@ -288,10 +313,6 @@ def parse_page(path: str | Path, data: Optional[bytes] = None) -> Page:
     except NotPageXml as e:
         raise NotPageXml(f"{path}: {e}") from None
     if kind == ALTO:
-        unit = root.find(f"{ns}Description/{ns}MeasurementUnit")
-        if unit is not None and (unit.text or "").strip() not in ("", "pixel"):
-            raise PageError(f"{path}: coordinates in {unit.text.strip()!r}, expected 'pixel' "
-                            f"(export the ALTO file with pixel coordinates)", BAD_COORDS)
         file_el = root.find(f"{ns}Description/{ns}sourceImageInformation/{ns}fileName")
         image_name = (file_el.text or "").strip() if file_el is not None else ""
         page_el = root.find(f".//{ns}Page")
@@ -299,6 +320,16 @@ def parse_page(path: str | Path, data: Optional[bytes] = None) -> Page:
         if page_el is not None:
             w, h = _number(page_el.get("WIDTH")), _number(page_el.get("HEIGHT"))
             size = (w, h) if w and h and w > 0 and h > 0 else None
+        unit_el = root.find(f"{ns}Description/{ns}MeasurementUnit")
+        unit = (unit_el.text or "").strip() if unit_el is not None else ""
+        if unit not in ("", "pixel"):
+            # mm10 and inch1200 are scaled to the image by the Page's size, as the ALTO schema says to
+            if unit not in ("mm10", "inch1200"):
+                raise PageError(f"{path}: MeasurementUnit {unit!r} is none of ALTO's (pixel, mm10, inch1200)",
+                                BAD_COORDS)
+            if size is None:
+                raise PageError(f"{path}: coordinates in {unit!r} and no Page WIDTH and HEIGHT to scale them to "
+                                f"the image by (export the ALTO file with pixel coordinates)", BAD_COORDS)
         lines = [_alto_line(el, ns, k) for k, el in enumerate(root.iter(ns + "TextLine"))]
     else:
         page_el = root.find(ns + "Page")
@@ -314,20 +345,50 @@ def parse_page(path: str | Path, data: Optional[bytes] = None) -> Page:
     return Page(path, kind, image_name, size, lines)
 
 
+def _image_names(name: str) -> list[str]:
+    """The file name an XML gives for its image, and the same name decoded when it is a URL (``file:///``,
+    ``https://``) or holds %-escapes (``scan%20001.jpg``)."""
+    from urllib.parse import unquote, urlsplit
+
+    names = [name]
+    url = urlsplit(name)
+    if len(url.scheme) > 1 and url.path:  # a scheme, not a Windows drive letter
+        names.append(unquote(url.path))
+    elif "%" in name:
+        names.append(unquote(name))
+    return list(dict.fromkeys(names))
+
+
 def find_image(page: Page) -> Path:
-    """The page image: the XML's file name next to the XML file (also its base name alone, and one
-    folder up, where Transkribus exports keep the images of their ``page/`` folder)."""
+    """The page image: the XML's file name next to the XML file (also its base name alone, and both one
+    folder up, where Transkribus exports keep the images of their ``page/`` folder); a URL or %-escaped
+    name also decoded. Only these exact names: an image of another extension or case is named in the
+    error, never used."""
     folder = page.path.parent
-    name = page.image_name
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    candidates = [folder / name, folder / base, folder.parent / base]
-    if os.path.isabs(name):
-        candidates.insert(0, Path(name))
+    candidates, bases = [], []
+    for name in _image_names(page.image_name):
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if os.path.isabs(name):
+            candidates.append(Path(name))
+        # one folder up, the name as given too: OCR-D workspaces name images from the folder above the XML's
+        candidates += [folder / name, folder / base, folder.parent / name, folder.parent / base]
+        bases.append(base)
     for p in candidates:
         if p.is_file():
             return p
-    raise PageError(f"{page.path}: page image {name!r} not found (looked in {folder} and {folder.parent})",
-                    BAD_IMAGE)
+    # files that differ only in extension or case (scan.jpg for scan.tif, scan.jpg for scan.JPG)
+    stems = {Path(b).stem.lower() for b in bases if b}
+    near = []
+    for d in (folder, folder.parent):
+        try:
+            near += sorted(str(p) for p in d.iterdir()
+                           if p.stem.lower() in stems and p.suffix.lower() != ".xml" and p.is_file())
+        except OSError:  # a folder that cannot be listed only loses the hint
+            pass
+    hint = (f"; found {', '.join(near[:3])}, whose name differs in extension or case (fix the XML or the "
+            f"file name)" if near else "")
+    raise PageError(f"{page.path}: page image {page.image_name!r} not found (looked in {folder} and {folder.parent})"
+                    f"{hint}", BAD_IMAGE)
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -535,6 +596,7 @@ class PageLines:
     ids: list[str] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)         # positions among the file's TextLines
     texts: list[Optional[str]] = field(default_factory=list)  # as in the file; None when absent
+    problems: list[Optional[str]] = field(default_factory=list)  # why a text is None though the file has one
     bad: list[BadLine] = field(default_factory=list)          # lines left out
     page_error: Optional[PageError] = None                    # the whole page left out
     cached: bool = False
@@ -573,6 +635,12 @@ def extract_page(xml_path: str | Path, height: int) -> PageLines:
         gray = 255 - gray
     if page.size is not None:  # coordinates of a page declared at another size (a resized image)
         sx, sy = gray.shape[1] / page.size[0], gray.shape[0] / page.size[1]
+        if abs(sx / sy - 1) > ASPECT_TOLERANCE:  # not this image resized: coordinates would land elsewhere
+            result.page_error = PageError(
+                f"{path}: page image {image_path.name} is {gray.shape[1]}x{gray.shape[0]} pixels, and the XML "
+                f"describes a page of {page.size[0]:g}x{page.size[1]:g}, another shape (not the image its lines "
+                f"were drawn on)", BAD_IMAGE)
+            return result
         if abs(sx - 1) > 1e-3 or abs(sy - 1) > 1e-3:
             for line in page.lines:
                 line.polygon = None if line.polygon is None else line.polygon * [sx, sy]
@@ -595,6 +663,7 @@ def extract_page(xml_path: str | Path, height: int) -> PageLines:
         result.ids.append(line.id)
         result.indices.append(line.index)
         result.texts.append(line.text)
+        result.problems.append(line.text_problem)
     return result
 
 
@@ -622,6 +691,7 @@ def _save_cache(path: Path, lines: PageLines) -> None:
     height = lines.images[0].shape[0] if lines.images else 0
     pixels = np.concatenate(lines.images, axis=1) if lines.images else np.zeros((0, 0), np.uint8)  # (H, sum W)
     meta = {"kind": lines.kind, "ids": lines.ids, "indices": lines.indices, "texts": lines.texts,
+            "problems": lines.problems,
             "bad": [[b.id, b.kind, b.detail, b.index] for b in lines.bad], "height": height}
     buffer = io.BytesIO()
     # compressed: ink-bright lines are mostly 0 (copiste/train: 54 MB instead of about 330)
@@ -641,7 +711,8 @@ def _load_cache(path: Path, xml_path: Path) -> Optional[PageLines]:
         edges = np.concatenate([[0], np.cumsum(widths)])
         images = [np.ascontiguousarray(pixels[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
         return PageLines(xml_path, meta["kind"], images, list(meta["ids"]), list(meta["indices"]),
-                         list(meta["texts"]), [BadLine(*b) for b in meta["bad"]], cached=True)
+                         list(meta["texts"]), list(meta["problems"]), [BadLine(*b) for b in meta["bad"]],
+                         cached=True)
     except Exception as e:  # noqa: BLE001 - an unreadable cache file is cut again
         log.debug("page cache: ignoring %s (%s)", path, e)
         return None
@@ -786,7 +857,10 @@ class Collected:
     bad_pages: int = 0      # page files left out
 
     def skip(self, name: str, kind: str, message: str) -> None:
-        self.skipped[name] = message
+        key, n = name, 2
+        while key in self.skipped:  # lines of one page with one id (schema-invalid, but it happens): count each
+            key, n = f"{name}#{n}", n + 1
+        self.skipped[key] = message
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def summary(self) -> str:
@@ -832,11 +906,13 @@ def collect_lines(pages: Sequence[PageLines], names: Sequence[str], *, normalize
             raw = page.texts[j]
             text = normalize_text(raw, normalize) if raw is not None else ""
             line_name = f"{name}:{page.ids[j]}"
+            problem = page.problems[j] if j < len(page.problems) else None
             if require_text and not text:
-                bad = BadLine(page.ids[j], NO_TEXT)
+                bad = (BadLine(page.ids[j], UNCLEAR_TEXT, f" ({problem})") if problem
+                       else BadLine(page.ids[j], NO_TEXT))
                 if strict:
                     raise DataError(bad.message(name))
-                out.skip(line_name, NO_TEXT, bad.message(name))
+                out.skip(line_name, bad.kind, bad.message(name))
                 continue
             out.images.append(page.images[j])
             out.texts.append(text)
@@ -858,6 +934,7 @@ class _Node:
     tag_end: int = 0
     end: int = 0
     children: list["_Node"] = field(default_factory=list)
+    parent: Optional["_Node"] = None
 
     @property
     def empty(self) -> bool:
@@ -891,7 +968,7 @@ def _split_name(name: str) -> tuple[str, str, str]:
 
 def _text_lines(buf: bytes) -> list[_Node]:
     """Every ``TextLine`` of UTF-8 page XML ``buf`` (in the root's namespace), in file order, with its
-    direct children and their byte offsets."""
+    direct children, its ancestors (``parent``, and their children) and their byte offsets."""
     import xml.parsers.expat as expat
 
     parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
@@ -908,7 +985,8 @@ def _text_lines(buf: bytes) -> list[_Node]:
         node.tag_end = _tag_end(buf, node.start)
         if not root_uri:
             root_uri.append(uri)
-        if stack and stack[-1].local == "TextLine" and stack[-1].uri == root_uri[0]:
+        if stack:
+            node.parent = stack[-1]
             stack[-1].children.append(node)
         if local == "TextLine" and uri == root_uri[0]:
             lines.append(node)
@@ -953,19 +1031,60 @@ def _prefix(qname: str) -> str:
     return qname.split(":", 1)[0] + ":" if ":" in qname else ""
 
 
-def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> tuple[int, int, bytes]:
-    """One String with CONTENT and WC in place of the line's String/SP/HYP children."""
+_ATTRIBUTE = re.compile(rb"""(\s+)([^\s=/>]+)(\s*=\s*)("[^"]*"|'[^']*')""")
+_CUSTOM_ENTRY = re.compile(rb"[^\s{}]+\s*\{[^}]*\}")
+
+
+def _edited_start_tag(buf: bytes, node: _Node, drop: Sequence[str] = (), custom: bool = False) -> bytes:
+    """``node``'s start tag as written, less the attributes named in ``drop`` and, with ``custom``, less
+    the entries of a Transkribus ``custom`` attribute that mark characters of the old text
+    (``textStyle {offset:0; length:5; ...}``, ``abbrev``, ``unclear``, ...): on a new text they would
+    mark other characters. Every other byte as it was."""
+    def fix(m: re.Match) -> bytes:
+        name = m.group(2).decode("utf-8")
+        if name in drop:
+            return b""
+        if custom and name == "custom":
+            quote, value = m.group(4)[:1], m.group(4)[1:-1]
+            entries = _CUSTOM_ENTRY.findall(value)
+            kept = [e for e in entries if b"offset:" not in e]
+            if len(kept) == len(entries):
+                return m.group(0)
+            return m.group(1) + m.group(2) + m.group(3) + quote + b" ".join(kept) + quote if kept else b""
+        return m.group(0)
+
+    return _ATTRIBUTE.sub(fix, buf[node.start: node.tag_end])
+
+
+def _whitespace_before(buf: bytes, pos: int) -> int:
+    """Where the run of whitespace that ends at ``pos`` starts (to remove an element with its indent)."""
+    return pos - len(_indent_before(buf, pos))
+
+
+def _conf_text(conf: float) -> str:
+    """A confidence as ALTO's WC and PAGE's @conf take it (0..1); ValueError for anything else (a NaN
+    from a broken model), which a schema would reject and a reader could take for a score."""
+    if not (math.isfinite(conf) and -1e-6 <= conf <= 1 + 1e-6):
+        raise ValueError(f"confidence {conf!r} outside 0..1")
+    return f"{min(max(conf, 0.0), 1.0) + 0.0:.4f}"
+
+
+def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[int, int, bytes]]:
+    """One String with CONTENT and WC in place of the line's String/SP/HYP children (with their Glyphs and
+    ALTERNATIVEs); the old String's character confidences (CC) and the line's correction status (CS),
+    which describe the old text, go."""
     words = [c for c in line.children if c.uri == line.uri and c.local in ("String", "SP", "HYP")]
     strings = [c for c in words if c.local == "String"]
     line_attrs = dict(line.attrs)
     geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
+    tag = _edited_start_tag(buf, line, drop=("CS",))
     if strings:  # keep the first String's own attributes (ID, style, ...); one word's box only for one word
-        attrs = [(k, v) for k, v in strings[0].attrs if k not in ("SUBS_TYPE", "SUBS_CONTENT")]
+        attrs = [(k, v) for k, v in strings[0].attrs if k not in ("SUBS_TYPE", "SUBS_CONTENT", "CC", "CS")]
         if len(words) > 1:
             attrs = [(k, line_attrs.get(k, v)) if k in geometry else (k, v) for k, v in attrs]
     else:
         attrs = [(k, line_attrs[k]) for k in geometry if k in line_attrs]
-    values = {"CONTENT": text, "WC": f"{conf:.4f}"}
+    values = {"CONTENT": text, "WC": _conf_text(conf)}
     attrs = [(k, values.pop(k)) if k in values else (k, v) for k, v in attrs]
     if "CONTENT" in values:
         has_id = bool(attrs) and attrs[0][0] == "ID"
@@ -973,25 +1092,65 @@ def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> tuple[int, in
     attrs += list(values.items())
     element = _start_tag(_prefix(line.qname) + "String", attrs, empty=True).encode("utf-8")
     if words:
-        return words[0].start, words[-1].end, element
-    return _insert_child(buf, line, element, before=())
+        return [(words[0].start, words[-1].end, element)] + _tag_edit(buf, line, tag)
+    # an empty <TextLine/> is rewritten whole, its start tag included
+    return [_insert_child(buf, line, element, before=(), tag=tag)] + ([] if line.empty else _tag_edit(buf, line, tag))
 
 
-def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> tuple[int, int, bytes]:
-    """One TextEquiv (conf, Unicode) in place of the line's own TextEquiv elements."""
+def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[int, int, bytes]]:
+    """One TextEquiv (conf, Unicode) in place of the line's own TextEquiv elements; the line's Words
+    (with their Glyphs), whose texts and boxes are those of the old text, go, as do Transkribus tags in
+    its ``custom`` attribute that mark characters of the old text."""
     p = _prefix(line.qname)
-    element = (f'<{p}TextEquiv conf="{conf:.4f}"><{p}Unicode>{_escape(text, False)}</{p}Unicode>'
+    element = (f'<{p}TextEquiv conf="{_conf_text(conf)}"><{p}Unicode>{_escape(text, False)}</{p}Unicode>'
                f'</{p}TextEquiv>').encode("utf-8")
+    tag = _edited_start_tag(buf, line, custom=True)
     equivs = [c for c in line.children if c.uri == line.uri and c.local == "TextEquiv"]
+    edits = [(_whitespace_before(buf, c.start), c.end, b"") for c in line.children
+             if c.uri == line.uri and c.local == "Word"]
     if equivs:
-        return equivs[0].start, equivs[-1].end, element
-    # the schema's order: ... Baseline, Word*, TextEquiv, TextStyle, UserDefined, Labels
-    return _insert_child(buf, line, element, before=("TextStyle", "UserDefined", "Labels"))
+        edits.append((equivs[0].start, equivs[-1].end, element))
+    else:  # the schema's order: ... Baseline, Word*, TextEquiv, TextStyle, UserDefined, Labels
+        edits.append(_insert_child(buf, line, element, before=("TextStyle", "UserDefined", "Labels"), tag=tag))
+    return edits + ([] if line.empty else _tag_edit(buf, line, tag))  # an empty line is rewritten whole
 
 
-def _insert_child(buf: bytes, line: _Node, element: bytes, before: Sequence[str]) -> tuple[int, int, bytes]:
+def _tag_edit(buf: bytes, node: _Node, tag: bytes) -> list[tuple[int, int, bytes]]:
+    """The splice that gives ``node`` the start tag ``tag``, if it changed."""
+    return [] if tag == buf[node.start: node.tag_end] else [(node.start, node.tag_end, tag)]
+
+
+def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple[int, int, bytes]]:
+    """What the elements around rewritten ``lines`` lose: in PAGE, their own TextEquivs (a region's text
+    is that of its lines, and these would be the old ones) and the page's Transkribus status (``GT``,
+    ``FINAL``: a claim about the old transcription); in ALTO, the correction status (CS) of a block that
+    now holds machine-read text."""
+    seen: dict[int, _Node] = {}
+    for line in lines:
+        node = line.parent
+        while node is not None:
+            seen.setdefault(id(node), node)
+            node = node.parent
+    edits = []
+    root = next((n for n in seen.values() if n.parent is None), None)
+    if kind == PAGE and root is not None:
+        for meta in (c for c in root.children if c.local == "Metadata"):
+            for tm in (c for c in meta.children if c.local == "TranskribusMetadata"):
+                edits += _tag_edit(buf, tm, _edited_start_tag(buf, tm, drop=("status",)))
+    for node in seen.values():
+        if kind == PAGE:
+            edits += [(_whitespace_before(buf, c.start), c.end, b"") for c in node.children
+                      if c.uri == node.uri and c.local == "TextEquiv"]
+        else:
+            edits += _tag_edit(buf, node, _edited_start_tag(buf, node, drop=("CS",)))
+    return edits
+
+
+def _insert_child(buf: bytes, line: _Node, element: bytes, before: Sequence[str],
+                  tag: Optional[bytes] = None) -> tuple[int, int, bytes]:
     """Where and what to splice to add ``element`` as a child of ``line``: before the first child named in
-    ``before``, else after the last child, indented like its siblings."""
+    ``before``, else after the last child, indented like its siblings. An empty ``<TextLine .../>`` is
+    rewritten whole, with the start tag ``tag`` (default: as written)."""
     later = [c for c in line.children if c.uri == line.uri and c.local in before]
     if later:
         pos = later[0].start
@@ -1000,7 +1159,7 @@ def _insert_child(buf: bytes, line: _Node, element: bytes, before: Sequence[str]
         last = line.children[-1]
         return last.end, last.end, _indent_before(buf, last.start) + element
     if line.empty:  # <TextLine .../>: open it, add the child, close it
-        tag = buf[line.start: line.tag_end]
+        tag = buf[line.start: line.tag_end] if tag is None else tag
         opened = tag[:-2].rstrip() + b">"
         return line.start, line.end, opened + element + f"</{line.qname}>".encode("utf-8")
     pos = _tag_end_start(buf, line)
@@ -1033,7 +1192,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     ``texts`` (0-based, file order) carries ``texts[k] = (text, confidence 0..1)``: ALTO, one ``String``
     with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
     ``TextEquiv`` with ``@conf`` and ``Unicode``. With ``others``, every line not in ``texts`` carries
-    that pair instead of its old text. Every other byte is kept; the file is written atomically.
+    that pair instead of its old text. What describes a written line's old text goes (``_page_edit``,
+    ``_alto_edit``, ``_ancestor_edits``); every other byte is kept; the file is written atomically.
     Returns the number of lines written."""
     from convrnn.files import atomic_write_bytes
 
@@ -1054,9 +1214,20 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     edit = _alto_edit if kind == ALTO else _page_edit
     if others is not None:
         texts = {k: texts.get(k, others) for k in range(len(lines))}
-    edits = sorted(edit(buf, lines[k], text, conf) for k, (text, conf) in texts.items() if 0 <= k < len(lines))
+    written = [k for k in sorted(texts) if 0 <= k < len(lines)]
+    edits = []
+    for k in written:
+        try:
+            edits += edit(buf, lines[k], *texts[k])
+        except ValueError as e:
+            line_id = dict(lines[k].attrs).get("ID" if kind == ALTO else "id", f"line_{k + 1}")
+            raise DataError(f"{src}:{line_id}: cannot write its text ({e})") from None
+    edits = sorted(edits + _ancestor_edits(buf, kind, [lines[k] for k in written]))
     pieces, pos = [], 0
     for start, end, new in edits:
+        if start < pos:  # two changes to one stretch of the file (elements out of the schema's order)
+            raise DataError(f"{src}: cannot rewrite this file (overlapping changes at byte {start}; "
+                            f"are its TextLines' children in the schema's order?)")
         pieces += [buf[pos:start], new]
         pos = end
     pieces.append(buf[pos:])
@@ -1065,4 +1236,4 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
         out = out.decode("utf-8").encode(encoding, errors="xmlcharrefreplace")
     xml_root(dst, out)  # what is written parses
     atomic_write_bytes(dst, out)
-    return len(edits)
+    return len(written)
