@@ -284,6 +284,12 @@ def test_cli_train_predict_eval(digits_run, capsys, tmp_path):
                              "--set", f"data.val={folder}")
     assert code == 0, err
     assert "cer:" in out and "unseen_chars: 0" in out
+    # a run trained on drawn lines scores the lines it is given, not drawn ones in their place
+    code, out, err = run_cli(capsys, "eval", str(run), "--set", f"data.test={folder}")
+    assert code == 0, err
+    assert "split: test" in out and "skipped_too_long: 0/3\n" in out, out  # the folder's 3 lines, not 8 drawn
+    code, out, err = run_cli(capsys, "eval", str(run), "--set", f"data.test={tmp_path / 'moved'}")
+    assert code == 2 and "moved" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_train_from_folder_and_bad_inputs(digits_run, capsys, tmp_path):

@@ -64,10 +64,15 @@ def _eval_batches(lines: LineSet, batch_size: int):
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
     check(cfg, "data")
-    if cfg.synthetic:
+    if cfg.synthetic:  # drawn lines to train on; --val/--test files, when given, are read instead of drawn ones
+        for flag, source in (("--val", cfg.val), ("--test", cfg.test)):
+            if source:
+                find_source(source)
         train = _synthetic(cfg, "train", cfg.num_train, progress)
-        val = _synthetic(cfg, "val", cfg.num_val, progress)
-        test = _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None
+        opts = _read_options(cfg, progress)
+        val = read_lines(cfg.val, **opts) if cfg.val else _synthetic(cfg, "val", cfg.num_val, progress)
+        test = (read_lines(cfg.test, **opts) if cfg.test
+                else _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None)
         return train, val, test
     files = {}  # every path checked before any page is cut
     for flag, source in (("--data", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
@@ -171,7 +176,7 @@ class LinesRecipe(Recipe):
         texts may use characters the model's alphabet lacks: the task counts them as errors."""
         check_meta(self.input_meta, meta, {"height": data_cfg.height}, DOES_NOT_FIT)
         path = data_cfg.test if split == "test" else data_cfg.val
-        if data_cfg.synthetic or (split == "val" and not path):
+        if not path and (data_cfg.synthetic or split == "val"):  # drawn lines, or validation cut from --data
             bundle = self.make_data(data_cfg, train_cfg, progress=progress)
             return bundle.split(split)
         if not path:
