@@ -113,7 +113,7 @@ def test_moved_views_multiply_the_distributions_of_the_image_and_its_one_pixel_m
         with_views(tokens, Task(), 2)
 
 
-def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
+def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys, monkeypatch):
     from convrnn.data.lines import write_line_folder
     from convrnn.data.synthetic_lines import digit_lines
 
@@ -146,6 +146,14 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys):
     code, out, err = run_cli(capsys, "plot", "ctc", str(run), images[0], "--out", str(tmp_path / "ctc.png"))
     assert code == 0 and (tmp_path / "ctc.png").stat().st_size > 0, err
     assert f"text {joint[0]!r}, joint beam search" in out  # drawn over the members' mean frames
+    # the report's worst-read lines are what eval reads: the members decoded jointly, not their mean frames
+    from convrnn.tasks.ctc import CTCTask
+    from convrnn.viz.report import recipe_report
+    decoded_jointly, decode = [], CTCTask.decode
+    monkeypatch.setattr(CTCTask, "decode", lambda self, out, *a, **kw: (
+        decoded_jointly.append(out.members is not None), decode(self, out, *a, **kw))[1])
+    sections, _ = recipe_report(load_run(str(run)), max_batches=1)
+    assert sections[0].title == "Worst-read lines" and decoded_jointly and all(decoded_jointly)
 
 
 def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_model(mnist_dir, tmp_path, capsys):

@@ -377,7 +377,7 @@ def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
     def keep_worst(out, batch) -> None:
         nonlocal scored
         frames = out.lengths if out.lengths is not None else torch.full((out.y.shape[0],), out.y.shape[1])
-        hyps = ctx.task.decode(ModelOutput(out.y, frames))
+        hyps = ctx.task.decode(out._replace(lengths=frames))  # an ensemble's members decoded jointly, as eval does
         for k, (ref, hyp) in enumerate(zip(batch["texts"], hyps)):
             cer = edit_distance(ref, hyp) / max(len(ref), 1)
             scored.append((cer, k, ref, hyp, batch, out.y, frames))
@@ -398,7 +398,8 @@ def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
                                f'<br>prediction <code class="hyp">{esc(hyp)}</code>'
                                + (' <span class="p">(nothing read)</span>' if not hyp else "")))
     sections = [Section("Worst-read lines", "".join(items)
-                        + note(f"Greedy decoding of the best checkpoint; the {len(items)} lines with the highest "
+                        + note(f"Greedy decoding of the best checkpoint (an ensemble's members decoded jointly, "
+                               f"as eval reads them); the {len(items)} lines with the highest "
                                f"character error rate among at most {ctx.max_batches} {ctx.split} batches, worst "
                                "first: the line image above its reference and the prediction."),
                         "worst-lines")]
