@@ -154,6 +154,26 @@ def test_lines_ensemble_decodes_its_members_jointly(tmp_path, capsys, monkeypatc
         decoded_jointly.append(out.members is not None), decode(self, out, *a, **kw))[1])
     sections, _ = recipe_report(load_run(str(run)), max_batches=1)
     assert sections[0].title == "Worst-read lines" and decoded_jointly and all(decoded_jointly)
+    monkeypatch.undo()
+    # the ONNX export carries each member's output too, so that it reads like predict
+    import numpy as np
+    import onnxruntime as ort
+    from convrnn.infer.export import export_run
+    from convrnn.layers.base import ModelOutput
+    session = ort.InferenceSession(str(export_run(str(run), str(tmp_path / "ens.onnx"))),
+                                   providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["y", "members"]
+    from convrnn.data.lines import LineSet, line_fetcher, prepare_line
+    line = prepare_line(images[0], int(ckpt["input_shape"][1]))
+    x = line_fetcher(LineSet([line], [""], ["0"]))(np.arange(1))["x"]  # (1, 1, H, W), as predict batches it
+    y, members = session.run(None, {"x": x.numpy()})
+    with torch.inference_mode():
+        pytorch = model.run(x)
+    assert members.shape == tuple(pytorch.members.shape) == (2, *y.shape)
+    assert np.allclose(members, pytorch.members.numpy(), atol=1e-4)
+    frames = torch.tensor([y.shape[1]])
+    assert task.decode(ModelOutput(torch.from_numpy(y), frames, members=torch.from_numpy(members))) == \
+        task.decode(pytorch._replace(lengths=frames))
 
 
 def test_members_share_the_budget_with_their_own_seeds_and_the_run_loads_as_one_model(mnist_dir, tmp_path, capsys):

@@ -118,13 +118,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
                    **{n: {1: "batch"} for n in names}, **{f"{n}_out": {1: "batch"} for n in names}}
         module = step
     else:
-        module, args, inputs, outputs = _Forward(model), (x,), ["x"], ["y"]
         with torch.no_grad():
-            y = model(x)
+            out = model.run(x)
+        joint = out.members is not None  # a CTC ensemble: its members are decoded jointly, not their mean
+        module, args, inputs = _Forward(model, joint), (x,), ["x"]
+        outputs = ["y", "members"] if joint else ["y"]
         out_axes = {0: "batch"}
-        if y.dim() >= 3 and len(axes) > 1:
+        if out.y.dim() >= 3 and len(axes) > 1:
             out_axes[1] = "time"  # per-step outputs follow the variable input size
         dynamic = {"x": axes, "y": out_axes}
+        if joint:  # (K, B, T, V)
+            dynamic["members"] = {k + 1: name for k, name in out_axes.items()}
     module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the model's
     graph = io.BytesIO()  # exported in memory: only the finished file reaches the disk, atomically
     with torch.no_grad(), warnings.catch_warnings():
@@ -151,12 +155,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, metadata: Optional[dict] 
 
 
 class _Forward(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    """``x -> y``, or ``x -> (y, members)`` for an ensemble whose members' outputs are decoded jointly."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.run(x).y
+    def __init__(self, model: nn.Module, members: bool = False):
+        super().__init__()
+        self.model, self.members = model, members
+
+    def forward(self, x: torch.Tensor):
+        out = self.model.run(x)
+        return (out.y, out.members) if self.members else out.y
 
 
 def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
@@ -171,8 +178,8 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))
     meta = {"convrnn_recipe": recipe.name, "convrnn_input_shape": list(ckpt["input_shape"])}
-    if ckpt.get("ensemble"):  # y: log of the members' mean probability per frame/step (or their mean value)
-        meta["convrnn_ensemble"] = ckpt["ensemble"]
+    if ckpt.get("ensemble"):  # y: log of the members' mean probability per frame/step (or their mean value);
+        meta["convrnn_ensemble"] = ckpt["ensemble"]  # a CTC ensemble also outputs each member's, to decode jointly
     for key in ("vocab", "classes", "alphabet"):
         if isinstance(ckpt.get("meta"), dict) and key in ckpt["meta"]:
             meta[f"convrnn_{key}"] = ckpt["meta"][key]
