@@ -74,6 +74,8 @@ def test_a_preset_name_can_set_its_fields():
     assert split_preset("crnn:filters=16, hidden_size=96,dropout=0.1,kind=x") == \
         ("crnn", {"filters": "16", "hidden_size": "96", "dropout": "0.1", "kind": "x"})
     assert get_preset("crnn:dropout=0,num_layers=3").spec.endswith("lstm:128,bi,layers=3,dropout=0.0 ctc")
+    assert get_preset("crnn:num_layers=1").spec.endswith("lstm:128,bi,layers=1 ctc")  # no dropout asked, none
+    assert get_preset("crnn").spec.endswith("lstm:128,bi,layers=2,dropout=0.2 ctc")
     tanh = get_preset("digits:activation=tanh")  # a text field stays text
     assert tanh == get_preset("digits", activation="tanh") and tanh.spec != get_preset("digits").spec
     named = get_preset("crnn:filters=16,hidden_size=96", num_outputs=11)
@@ -94,6 +96,7 @@ def test_a_preset_name_can_set_its_fields():
     ("crn:filters=16", "unknown model 'crn'; did you mean: crnn"),
     ("crnn:filters=16.5", r"preset 'crnn:filters=16.5': filters: expected int, got '16.5'"),
     ("crnn:dropout=half", "dropout: expected float, got 'half'"),
+    ("crnn:num_layers=1,dropout=0.5", "dropout=0.5 acts between LSTM layers, and num_layers=1 has none"),
 ])
 def test_bad_preset_fields_are_config_errors(name, message):
     with pytest.raises(ConfigError, match=message):

@@ -171,12 +171,17 @@ def charlm(*, num_outputs: int = 65, input_shape: tuple = (None,), hidden_size: 
 
 @register_model
 def crnn(*, num_outputs: int = 80, input_shape: tuple = (1, 32, None), filters: int = 32, hidden_size: int = 128,
-         num_layers: int = 2, dropout: float = 0.2) -> Preset:
+         num_layers: int = 2, dropout: Optional[float] = None) -> Preset:
     """The lines recipe's fast default (Shi et al. 2015 / Puigcerver 2017 family).
 
     Three conv/bn/pool blocks (the last pools only the height), one step per column at 1/4 of the
     width, a bidirectional LSTM stack, per-step logits over the alphabet plus the CTC blank.
+    ``dropout`` (default 0.2) acts between the LSTM layers, so a single layer has none to take.
     """
+    if num_layers == 1 and dropout:
+        raise ConfigError(f"crnn: dropout={dropout:g} acts between LSTM layers, and num_layers=1 has none; "
+                          "give num_layers=2 or more, or leave dropout out")
+    dropout = 0.2 if dropout is None else dropout
     f = filters
     spec = (f"conv:{f},3x3 bn pool:2x2 conv:{2 * f},3x3 bn pool:2x2 conv:{4 * f},3x3 bn pool:2x1 "
             f"cols lstm:{hidden_size},bi,layers={num_layers}{f',dropout={dropout}' if num_layers > 1 else ''} ctc")
