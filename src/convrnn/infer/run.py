@@ -51,8 +51,8 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
                               int(ens["members"]), str(ens["combine"]))
     else:
         model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model.load_state_dict(ckpt["model"])  # copies into the parameters where they are (the CPU)...
+    model.to(map_location).eval()          # ...so the model goes where its checkpoint was mapped
     return model, ckpt
 
 
