@@ -353,3 +353,33 @@ def test_pruned_beam_search_finds_what_the_full_search_finds():
         logits = rng.normal(size=(30, 12)) * 6.0  # peaked frames, as a trained model gives
         lp = torch.log_softmax(torch.from_numpy(logits), dim=-1)
         assert beam_search(lp, 6) == beam_search(lp, 6, prune=0.0)
+
+
+def test_a_validation_cut_from_changed_data_is_refused(tmp_path, capsys):
+    """Validation lines cut from --data are chosen by text: added lines move others between training and
+    validation, so eval (and a resume) on the changed folder would score lines the model trained on."""
+    from convrnn.data.lines import read_lines, split_lines
+    folder = write_line_folder(digit_lines(40, split="val", max_digits=3, height=16, mnist_dir="sklearn"),
+                               tmp_path / "lines")
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(folder), "--height", "16",
+                             "--max-steps", "2", "--batch-size", "8", "--run-dir", str(run),
+                             "--spec", "conv:4,3x3 pool:2x2 cols lstm:4,bi ctc")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0 and "cer:" in out, err
+    before = split_lines(read_lines(str(folder), height=16), 0.1, 0)[1].texts
+    more = digit_lines(12, split="train", max_digits=3, height=16, mnist_dir="sklearn")
+    write_line_folder(more, tmp_path / "more")
+    for k, png in enumerate(sorted((tmp_path / "more").glob("*.png"))):
+        png.rename(folder / f"added{k}.png")
+        (tmp_path / "more" / f"{png.stem}.gt.txt").rename(folder / f"added{k}.gt.txt")
+    after = split_lines(read_lines(str(folder), height=16), 0.1, 0)[1].texts
+    assert sorted(before) != sorted(after)  # the cut moved: the case this test is about
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 2 and [line.startswith("error: ") for line in err.strip().splitlines()][-1:] == [True], err
+    assert err.count("error: ") == 1 and "the data changed" in err and "--set data.val=PATH" in err and str(folder) in err
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--resume", str(run), "--max-steps", "3")
+    assert code == 2 and "val_cut" in err and err.count("error: ") == 1, err
+    code, out, err = run_cli(capsys, "eval", str(run), "--set", f"data.val={folder}")  # given, not cut: read
+    assert code == 0 and "cer:" in out, err

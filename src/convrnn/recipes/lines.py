@@ -9,6 +9,7 @@ texts with it, so evaluating on other data works and characters the model never 
 # B batch, C channels (1), H height, W width, T frames, V labels (blank + alphabet)
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tempfile
@@ -61,6 +62,13 @@ def _eval_batches(lines: LineSet, batch_size: int):
     return line_batches(lines, max(batch_size, 64), shuffle=False)
 
 
+def _val_cut(val: LineSet) -> str:
+    """The validation lines cut from --data, as their count and a hash of their sorted texts (the cut
+    is by text, so the same texts are the same lines)."""
+    digest = hashlib.sha256("\n".join(sorted(val.texts)).encode("utf-8")).hexdigest()[:12]
+    return f"{len(val)} lines, texts {digest}"
+
+
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
     check(cfg, "data")
@@ -109,7 +117,9 @@ class LinesRecipe(Recipe):
     default_preset = "crnn"
     data_config = LinesDataConfig
     input_meta = ("height",)
-    label_meta = ("alphabet",)
+    # val_cut: which lines validate when they are cut from --data (see _val_cut); changed data moves
+    # lines between training and validation, so a resume or eval on it would score trained-on lines
+    label_meta = ("alphabet", "val_cut")
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
@@ -165,6 +175,8 @@ class LinesRecipe(Recipe):
                      data_cfg.augment, ", ".join(f"{k} {v:g}" for k, v in asdict(augment).items() if v > 0))
         meta = {"alphabet": alphabet, "height": data_cfg.height,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
+        if not data_cfg.val and not data_cfg.synthetic:
+            meta["val_cut"] = _val_cut(val)
         return DataBundle(train=line_batches(train, bs, seed=train_cfg.seed, augment=augment),
                           val=_eval_batches(val, bs),
                           test=_eval_batches(test, bs) if test is not None else None,
@@ -178,6 +190,11 @@ class LinesRecipe(Recipe):
         path = data_cfg.test if split == "test" else data_cfg.val
         if not path and (data_cfg.synthetic or split == "val"):  # drawn lines, or validation cut from --data
             bundle = self.make_data(data_cfg, train_cfg, progress=progress)
+            held, now = meta.get("val_cut"), bundle.meta.get("val_cut")
+            if held is not None and split == "val" and now != held:
+                raise DataError(f"{data_cfg.data}: the validation lines cut from it are now {now}, where this run "
+                                f"held out {held}: the data changed, and the score would count lines the model "
+                                f"trained on; give validation lines with --set data.val=PATH")
             return bundle.split(split)
         if not path:
             raise missing_split("test", "train with --test, or evaluate other lines with --set data.test=PATH")
