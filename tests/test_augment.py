@@ -148,6 +148,15 @@ def test_the_recipe_distorts_lines_read_from_files_and_not_synthetic_ones(tmp_pa
     cfg.save(saved)
     again = recipe.config(config_file=str(saved)).data
     assert line_augment(again) == LineAugment(tilt=2.0) and again.augment == "none"
+    # a set named over a saved config replaces the config's distortions, except those named one by one
+    handwriting = recipe.config({"data.data": "lines/"})
+    handwriting.save(saved)
+    off = recipe.config({"data.augment": "none"}, config_file=str(saved)).data
+    assert not line_augment(off).active and off.augment == "none"
+    some = recipe.config({"data.augment": "none", "data.slant": "0.1"}, config_file=str(saved)).data
+    assert line_augment(some) == LineAugment(slant=0.1)
+    kept = recipe.config({"train.lr": "0.001"}, config_file=str(saved)).data  # no set named: the file's own
+    assert line_augment(kept) == LineAugment(**AUGMENT_SETS["handwriting"])
     with pytest.raises(ConfigError, match="data.augment"):
         check(recipe.config({"data.data": "lines/", "data.augment": "strong"}).data, "data")
 

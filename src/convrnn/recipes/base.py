@@ -124,12 +124,13 @@ class Recipe:
         if overrides:
             cfg.override(overrides)
             given.update(overrides)
-        self.settle_defaults(cfg, given)
+        self.settle_defaults(cfg, given, set(overrides or ()))
         return cfg
 
-    def settle_defaults(self, cfg: RunConfig, given: set[str]) -> None:
+    def settle_defaults(self, cfg: RunConfig, given: set[str], overridden: set[str] = frozenset()) -> None:
         """Defaults that depend on other settings, filled in place; ``given`` names the keys
-        (``section.key``) that the caller or a saved config set, which are left alone. Default: none."""
+        (``section.key``) that the caller or a saved config set, which are left alone; ``overridden``
+        those the caller set (over a saved config's). Default: none."""
 
     def resolve_data(self, data_cfg) -> None:
         """At the start of a new run: settle implicit data choices in place (where the data comes

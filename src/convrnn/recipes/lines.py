@@ -142,18 +142,21 @@ class LinesRecipe(Recipe):
         CliOption("--fonts", "data.fonts", "synthetic text: font file or folder (repeatable)", multiple=True),
     )
 
-    def settle_defaults(self, cfg, given: set[str]) -> None:
+    def settle_defaults(self, cfg, given: set[str], overridden: set[str] = frozenset()) -> None:
         """``data.augment``: ``auto`` becomes ``handwriting`` for lines read from files and ``none`` for
-        synthetic lines, and the named set fills every distortion not given one by one. Lines read from
-        files train in batches of ``FILE_BATCH_SIZE`` unless a batch size is given."""
+        synthetic lines, and the named set fills every distortion not given one by one (a set named by
+        the caller replaces a saved config's distortions too: ``--augment none`` over a config file
+        turns them all off). Lines read from files train in batches of ``FILE_BATCH_SIZE`` unless a
+        batch size is given."""
         data = cfg.data
         if not data.synthetic and "train.batch_size" not in given:
             cfg.train.batch_size = FILE_BATCH_SIZE
         name = data.augment if data.augment != "auto" else ("none" if data.synthetic else "handwriting")
         if name not in AUGMENT_SETS:
             return  # an unknown name: the config check names it
+        kept = overridden if "data.augment" in overridden else given
         for f in dataclass_fields(LineAugment):
-            if f"data.{f.name}" not in given:
+            if f"data.{f.name}" not in kept:
                 setattr(data, f.name, AUGMENT_SETS[name].get(f.name, 0.0))
         data.augment = name
 
