@@ -83,6 +83,10 @@ def test_curves_from_several_runs(tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] >= 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "curves.png"]
+    # a metric no run logged (a misspelt name) is refused, not drawn as an empty panel
+    with pytest.raises(DataError, match="--metric acuracy: no run logged it; logged: exact, exact_len2, loss, mse"):
+        plot_curves([a, b], tmp_path / "typo.png", metrics=["loss", "acuracy"])
+    assert not (tmp_path / "typo.png").exists()
 
 
 def test_curves_need_metrics(tmp_path):

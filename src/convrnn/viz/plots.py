@@ -99,6 +99,10 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     check_writable(out)  # an unwritable --out fails before any run is read
     rows_by_run = [_metrics_rows(r) for r in runs]
     names = list(metrics) if metrics else default_curve_metrics(rows_by_run)
+    logged = sorted({r["metric"] for rows in rows_by_run for r in rows})
+    unknown = [n for n in names if n not in logged]
+    if unknown:  # an empty panel for a misspelt name would look like a run that logged nothing
+        raise DataError(f"--metric {unknown[0]}: no run logged it; logged: {', '.join(logged) or 'nothing'}")
     plt = _pyplot()
     cols = min(len(names), 3)
     nrows = math.ceil(len(names) / cols)
