@@ -403,3 +403,22 @@ def test_metric_text_shows_totals_as_whole_numbers():
     assert metric_text("chars", 28591.0, None) == "28,591"  # not 2.859e+04
     assert metric_text("cer", 0.123456, None) == "0.1235"
     assert metric_text("loss", 12345.6, None) == "1.235e+04"
+
+
+def test_a_resumed_run_hides_the_tensorboard_events_it_logs_again(tmp_path):
+    """A run that crashed after its last checkpoint logged steps that the resume logs again: TensorBoard
+    shows each step once, like metrics.csv."""
+    import time
+    from convrnn.train.rundir import RunDir
+    first = RunDir(tmp_path / "run")
+    for step in range(1, 6):
+        first.log_metrics(step, 0, "train", {"loss": 10.0 - step})
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they are opened in
+    again = RunDir(tmp_path / "run")
+    again.truncate_metrics(2)  # the checkpoint the resume starts from
+    for step in range(3, 5):
+        again.log_metrics(step, 0, "train", {"loss": 100.0 + step})
+    again.close()
+    events = _event_tags(tmp_path / "run").Scalars("train/loss")
+    assert [(e.step, e.value) for e in events] == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0)]

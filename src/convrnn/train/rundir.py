@@ -174,6 +174,7 @@ class RunDir:
             raise ConfigError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
         self._tb = None
         self._tb_wanted = tensorboard
+        self._tb_purge_step: Optional[int] = None  # a resume's first step: later events of an earlier try are hidden
         self._log_handler: Optional[logging.Handler] = None
 
     @property
@@ -207,7 +208,9 @@ class RunDir:
                 tb.add_scalar(f"{split}/{name}", float(value), step)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop metric rows logged after ``after_step`` (used when resuming from an older checkpoint)."""
+        """Drop metric rows logged after ``after_step`` (used when resuming from an older checkpoint), and
+        have TensorBoard hide the events after it, which the resumed run logs again."""
+        self._tb_purge_step = after_step + 1
         if not self.metrics_csv.exists():
             return
         # read_metrics drops a last line cut short by a crash (appending after it would glue two rows
@@ -231,7 +234,7 @@ class RunDir:
                 log.warning("tensorboard is not installed; no event files will be written")
                 self._tb_wanted = False
                 return None
-            self._tb = SummaryWriter(log_dir=str(self.path))
+            self._tb = SummaryWriter(log_dir=str(self.path), purge_step=self._tb_purge_step)
         return self._tb
 
     def close(self) -> None:
