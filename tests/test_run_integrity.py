@@ -210,3 +210,83 @@ def test_only_the_writing_rank_takes_the_lock(monkeypatch, tmp_path):
         monkeypatch.setenv("RANK", "1")
         result = train("fonts", settings)
         assert result.step == 2 and result.run is None and os.listdir(run) == [".lock"]  # rank 1 wrote nothing
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--config", "/nonexistent/config.json"],
+     "--config /nonexistent/config.json: a resumed run continues with its own config.json; change values with --set"),
+    (["--run-dir", "ELSEWHERE"], "--run-dir ELSEWHERE: a resumed run stays in its own directory RUN"),
+    (["--epochs", "77", "--precision", "fp16", "--device", "cpu"], "train.precision=fp16 needs a CUDA device"),
+    (["--epochs", "77", "--set", "train.optimizer=sgd"],
+     "train.optimizer=sgd: the run trains with adam, and its checkpoint holds adam's state"),
+    (["--epochs", "77", "--batch-size", "8"],
+     "train.batch_size=8: the run stopped at batch 4 of epoch 1, and the rest of that epoch is the batch order "
+     "of train.batch_size=16; change it at an epoch's end: resume first with --epochs 1"),
+    (["--epochs", "77", "--seed", "5"], "train.seed=5: the run stopped at batch 4 of epoch 1"),
+])
+def test_a_refused_resume_leaves_the_run_as_it_was(capsys, tmp_path, trained_run, change, message):
+    """Every refusal comes before config.json is written: the refused values do not stick to the run,
+    and the next plain --resume continues with the run's own settings."""
+    run = copy_run(trained_run, tmp_path / "run")
+    change = [str(tmp_path / "elsewhere") if a == "ELSEWHERE" else a for a in change]
+    message = message.replace("ELSEWHERE", str(tmp_path / "elsewhere")).replace("RUN", str(run))
+    before = snapshot(run)
+    code, _, err = run_cli(capsys, "train", "fonts", "--resume", str(run), "--max-steps", "6", *change)
+    assert code == 2 and message in error_line(err), err
+    assert snapshot(run) == before and not (tmp_path / "elsewhere").exists()
+    code, _, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--run-dir", str(run),
+                           "--max-steps", "6")
+    assert code == 0, err
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert (saved["epochs"], saved["precision"], saved["optimizer"], saved["batch_size"], saved["seed"]) == \
+        (json.loads((trained_run / "config.json").read_text())["train"]["epochs"], "32", "adam", 16, 0)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_a_resume_trains_with_the_optimizer_settings_config_json_records(capsys, tmp_path, trained_run):
+    run = copy_run(trained_run, tmp_path / "run")
+    code, _, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--max-steps", "6",
+                           "--set", "train.weight_decay=0.5")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["weight_decay"] == 0.5
+    groups = load_checkpoint(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.5] * len(groups)
+
+
+def test_batch_size_and_seed_change_at_an_epochs_end(capsys, tmp_path, trained_run):
+    run = copy_run(trained_run, tmp_path / "run")
+    code, _, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--epochs", "1", "--max-steps", "0")
+    assert code == 0, err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["batch_in_epoch"]) == (1, 0)
+    code, _, err = run_cli(capsys, "-q", "train", "fonts", "--resume", str(run), "--epochs", "2",
+                           "--batch-size", "8", "--seed", "3")
+    assert code == 0, err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["batch_in_epoch"], last["step"]) == (2, 0, 10 + 20)  # 160 samples: 10, then 20 batches
+
+
+class _StopSecondMember:
+    """Interrupts the second member of an ensemble after its third step, as a kill would."""
+
+    def on_step(self, trainer, info):
+        if trainer.cfg.seed == 1 and info["step"] == 3:
+            raise KeyboardInterrupt
+
+
+def test_a_refused_ensemble_resume_trains_no_member_on(capsys, tmp_path):
+    """Every member's check comes before the first member trains on: the first member, at an epoch's
+    end, could take another batch size, but the second stopped within an epoch, so the resume is
+    refused and the first member stays as it was."""
+    from convrnn.recipes.runner import train
+
+    run = tmp_path / "ens"
+    settings = {"data.samples_per_font": 40, "train.batch_size": 16, "train.max_steps": 20, "train.threads": 1,
+                "train.checkpoint_every": 2, "train.ensemble": 2, "train.run_dir": str(run)}
+    with pytest.raises(KeyboardInterrupt):  # member 1 ends at its epoch's end (10 batches), member 2 at batch 2
+        train("fonts", settings, callbacks=[_StopSecondMember()])
+    before = snapshot(run)
+    code, _, err = run_cli(capsys, "train", "fonts", "--resume", str(run), "--max-steps", "40", "--batch-size", "8")
+    assert code == 2, err
+    assert "ensemble member 2 of 2: train.batch_size=8: the run stopped at batch 2 of epoch 1" in error_line(err)
+    assert snapshot(run) == before

@@ -166,3 +166,34 @@ def test_best_checkpoint_breaks_ties_by_loss_then_by_the_later_step(tmp_path):
     assert (t.pos.best, t.pos.best_loss, t.pos.best_step) == (1.0, 0.10, 50)
     best = load_checkpoint(tmp_path / "ties" / "checkpoints" / "best.pt")
     assert best["step"] == 50 and best["metrics"]["loss"] == 0.10
+
+
+def test_restore_applies_the_configs_optimizer_settings(tmp_path):
+    """A resume keeps the optimizer's state but trains with the config's weight decay and momentum
+    (RMSprop gets the momentum buffer it makes only for a momentum set from the start)."""
+    first = make_trainer(tmp_path, "run", optimizer="rmsprop", momentum=0.0, max_steps=3)
+    first.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    second = make_trainer(tmp_path, "run", optimizer="rmsprop", momentum=0.5, weight_decay=0.1, max_steps=6)
+    second.restore(ckpt)
+    assert [(g["momentum"], g["weight_decay"]) for g in second.optimizer.param_groups] == [(0.5, 0.1)]
+    assert second.optimizer.state_dict()["state"][0]["step"] == ckpt["optimizer"]["state"][0]["step"]
+    second.fit()
+    assert second.pos.step == 6
+
+
+def test_resume_refusal_names_what_a_checkpoint_cannot_continue_under():
+    from convrnn.train.trainer import resume_refusal
+
+    saved = {"train": {"optimizer": "adam", "batch_size": 16, "seed": 0, "epochs": 3, "max_steps": 4, "max_time": 0}}
+    now = {"train": dict(saved["train"])}
+    assert resume_refusal(saved, {"train": {**now["train"], "optimizer": "adamw"}}, epoch=2, batch_in_epoch=0) \
+        .startswith("train.optimizer=adamw: the run trains with adam")
+    for key, value in (("batch_size", 8), ("seed", 1)):
+        changed = {"train": {**now["train"], key: value}}
+        assert resume_refusal(saved, changed, epoch=0, batch_in_epoch=4).startswith(
+            f"train.{key}={value}: the run stopped at batch 4 of epoch 1")
+        assert resume_refusal(saved, changed, epoch=1, batch_in_epoch=0) == ""  # at an epoch's end
+    limits = {"train": {**now["train"], "epochs": 9, "max_steps": 0, "max_time": 60.0}}
+    assert resume_refusal(saved, limits, epoch=0, batch_in_epoch=4) == ""
+    assert resume_refusal(None, now, epoch=0, batch_in_epoch=4) == ""  # a checkpoint without its config

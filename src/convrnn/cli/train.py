@@ -31,8 +31,10 @@ def _common_train_options(f):
         click.option("--ensemble", type=int, metavar="K",
                      help="train K models one after another, each on 1/K of the time, and average them"),
         click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
-        click.option("--config", "config_file", type=click.Path(), help="a run's config.json to start from"),
-        click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped"),
+        click.option("--config", "config_file", type=click.Path(),
+                     help="a run's config.json to start a new run from (not with --resume)"),
+        click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped, "
+                     "with its own config.json (options and --set change it)"),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="any config field, e.g. --set train.schedule=cosine (repeatable)"),
     ]

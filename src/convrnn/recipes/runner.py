@@ -65,16 +65,19 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
         check_meta(recipe.input_meta + recipe.label_meta, ckpt.get("meta") or {}, bundle.meta,
                    f"--resume {resume}: the data no longer matches the checkpoint", error=CheckpointError)
     run_dir = RunDir(run_path) if ctx.is_main else None  # only rank 0 writes
-    if run_dir is not None:
-        cfg.save(run_path / "config.json")
-        run_dir.attach_log()
     meta = {"recipe": recipe.name, "run_id": cfg.run_id, "spec": model.spec, "input_shape": list(bundle.input_shape),
             "num_outputs": model.num_outputs, "config": cfg.to_dict(), "meta": bundle.meta}
     kind, extra = (DistributedTrainer, {"ctx": ctx}) if ctx.enabled else (Trainer, {})
+    # the trainer refuses a device or precision this machine lacks, and restore a change the checkpoint
+    # cannot continue under, both before config.json is written: a refused resume leaves the run as it was
     trainer = kind(model, task, bundle.train, bundle.val, cfg.train, run_dir=run_dir, checkpoint_meta=meta,
                    callbacks=[*callbacks, TensorBoardFilters(), *recipe.callbacks()], **extra)
     if ckpt is not None:
         trainer.restore(ckpt)
+    if run_dir is not None:
+        cfg.save(run_path / "config.json")
+        run_dir.attach_log()
+    if ckpt is not None:
         log.info("resumed %s at step %d (epoch %d, batch %d)", run_path, trainer.pos.step,
                  trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
     return trainer
@@ -118,6 +121,18 @@ def refuse_used_run_dir(run: Path) -> None:
                           f"there, or give another --run-dir")
 
 
+def refuse_resume_options(resume: str, config_file: Optional[str], overrides: dict[str, Any]) -> None:
+    """A resume continues the run in ``resume`` with its own config.json: another config file, or a
+    run directory other than ``resume``, would be ignored, so either is an error."""
+    if config_file:
+        raise ConfigError(f"--config {config_file}: a resumed run continues with its own config.json; "
+                          f"change values with --set SECTION.KEY=VALUE")
+    wanted = overrides.get("train.run_dir")
+    if wanted and Path(str(wanted)).resolve() != Path(resume).resolve():
+        raise ConfigError(f"--run-dir {wanted}: a resumed run stays in its own directory {resume}; leave "
+                          f"--run-dir out, or copy the run there and resume the copy")
+
+
 def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_file: Optional[str] = None,
           resume: Optional[str] = None, callbacks: Iterable[Any] = (),
           progress: Optional[Callable] = None) -> Optional[TrainResult]:
@@ -134,6 +149,7 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
     lock = None
     try:
         if resume:
+            refuse_resume_options(resume, config_file, overrides or {})
             if main and Path(resume).is_dir():  # before reading it: a run in training is refused as such
                 lock = RunLock.acquire(Path(resume).absolute(), resume=True)
             cfg = resume_config(resume, recipe_name, overrides)

@@ -24,7 +24,7 @@ from convrnn.files import atomic_write_text
 from convrnn.train.checkpoint import load_checkpoint, load_latest_checkpoint, rng_state, save_checkpoint
 from convrnn.train.config import RunConfig, read_run_config
 from convrnn.train.rundir import RunDir
-from convrnn.train.trainer import Trainer, TrainResult
+from convrnn.train.trainer import Trainer, TrainResult, resume_refusal
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,21 @@ def _more_budget(member: RunConfig) -> bool:
                for key in ("epochs", "max_steps", "max_time"))
 
 
+def _check_members_resume(cfg: RunConfig, members: list[int]) -> None:
+    """Refuse a resume that one of ``members`` could not continue under (another optimizer, or another
+    batch size or seed within an epoch) before any member trains on: a refused resume leaves the run
+    as it was, not with its first members trained further."""
+    for i in members:
+        member = member_config(cfg, i)
+        if not (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists():
+            continue
+        ckpt = load_latest_checkpoint(Path(member.train.run_dir), map_location="cpu")
+        refusal = resume_refusal(ckpt.get("config"), member.to_dict(), epoch=ckpt.get("epoch", 0),
+                                 batch_in_epoch=ckpt.get("batch_in_epoch", 0))
+        if refusal:
+            raise ConfigError(f"ensemble member {i + 1} of {cfg.train.ensemble}: {refusal}")
+
+
 def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]], Trainer],
                    resume: bool = False) -> TrainResult:
     """Train the ``cfg.train.ensemble`` members of the run in ``cfg.train.run_dir`` one after another
@@ -69,10 +84,13 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
         raise ConfigError(f"{root}: this run directory already holds a run; use --resume {root} to continue it")
     done_path = members_dir / DONE_FILE
     done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
+    todo = [i for i in range(k) if i not in done or _more_budget(member_config(cfg, i))]
+    if resume:
+        _check_members_resume(cfg, todo)
     trainer = None
     for i in range(k):
         member = member_config(cfg, i)
-        if i in done and not _more_budget(member):
+        if i not in todo:
             continue
         again = (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists()
         log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,

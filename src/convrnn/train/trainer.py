@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -17,7 +17,7 @@ import torch
 
 from convrnn.data.batching import BatchSource
 from convrnn.infer.evaluate import evaluate, run_model, to_device
-from convrnn.errors import ConvrnnError, TrainingDiverged
+from convrnn.errors import ConfigError, ConvrnnError, TrainingDiverged
 from convrnn.tasks.base import Task
 from convrnn.train.averaging import WeightAverage
 from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
@@ -60,6 +60,28 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def resume_refusal(saved: Optional[dict], now: dict, *, epoch: int, batch_in_epoch: int) -> str:
+    """Why a resume from a checkpoint written with the config ``saved`` (its ``to_dict()``) cannot
+    continue under ``now``; empty when it can. The optimizer state is of one optimizer, so
+    train.optimizer cannot change. A checkpoint within an epoch (``batch_in_epoch`` > 0) continues
+    that epoch's batch order at batch ``batch_in_epoch``, an order that train.batch_size and
+    train.seed fix: changing either would skip or repeat training data, so they can change only at
+    an epoch's end. Limits (epochs, max_steps, max_time) and the other settings are free."""
+    old, new = (saved or {}).get("train") or {}, now.get("train") or {}
+    if old.get("optimizer") and new.get("optimizer") and old["optimizer"] != new["optimizer"]:
+        return (f"train.optimizer={new['optimizer']}: the run trains with {old['optimizer']}, and its checkpoint "
+                f"holds {old['optimizer']}'s state, which another optimizer cannot continue; keep "
+                f"train.optimizer={old['optimizer']}, or start a new run")
+    if batch_in_epoch > 0:
+        for key in ("batch_size", "seed"):
+            if key in old and key in new and old[key] != new[key]:
+                return (f"train.{key}={new[key]}: the run stopped at batch {batch_in_epoch} of epoch {epoch + 1}, "
+                        f"and the rest of that epoch is the batch order of train.{key}={old[key]}; change it "
+                        f"at an epoch's end: resume first with --epochs {epoch + 1} to finish this epoch "
+                        f"(raising --max-steps or --max-time if one of them stopped the run), or start a new run")
+    return ""
 
 
 def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
@@ -267,14 +289,21 @@ class Trainer:
         return path
 
     def restore(self, ckpt: dict) -> None:
-        """Continue exactly where ``ckpt`` stopped: weights, optimizer, position, RNG, carried state."""
+        """Continue exactly where ``ckpt`` stopped: weights, optimizer state, position, RNG, carried
+        state. The optimizer's hyper-parameters are this trainer's config (what config.json records),
+        not the checkpoint's. A change the checkpoint cannot continue under (:func:`resume_refusal`)
+        is a ConfigError, raised before anything is loaded or written."""
+        refusal = resume_refusal(ckpt.get("config"), self.meta.get("config") or {"train": asdict(self.cfg)},
+                                 epoch=ckpt.get("epoch", 0), batch_in_epoch=ckpt.get("batch_in_epoch", 0))
+        if refusal:
+            raise ConfigError(refusal)
         raw = ckpt.get("train_model", ckpt["model"])
         if self.average is not None:
             self.average.load(self.model, ckpt["model"], raw)  # an unaveraged checkpoint: both are its weights
             self.average.updates = ckpt.get("ema_updates", 0)
         else:
             self.model.load_state_dict(raw)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._load_optimizer(ckpt["optimizer"])
         self.pos = Position(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
                             train_time=ckpt.get("train_time", 0.0), best=ckpt.get("best"), stale=ckpt.get("stale", 0),
                             best_loss=ckpt.get("best_loss"), best_step=ckpt.get("best_step", -1))
@@ -289,6 +318,20 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.pos.step)
+
+    def _load_optimizer(self, state: dict) -> None:
+        """The checkpoint's optimizer state (moments, step counts) under this config's hyper-parameters:
+        ``load_state_dict`` replaces every param group with the saved one, which would keep the saved
+        weight decay and momentum while config.json records the new ones."""
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
+            if isinstance(self.optimizer, torch.optim.RMSprop) and group["momentum"] > 0:
+                for p in group["params"]:  # RMSprop makes this buffer only for a momentum set from the start
+                    st = self.optimizer.state.get(p)
+                    if st and "momentum_buffer" not in st:
+                        st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     # ----- the loop ----------------------------------------------------------------------------
     def _total_steps(self) -> int:
