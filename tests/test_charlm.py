@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from convrnn.data.text import Vocab
+from convrnn.errors import DataError
 from convrnn.recipes import get_recipe
 from convrnn.recipes.charlm import CharLMDataConfig
 from convrnn.train.threads import choose_threads
@@ -195,3 +196,47 @@ def test_default_corpus_ships_with_the_package():
     assert cfg.path == ""
     from convrnn.recipes.charlm import DEFAULT_CORPUS
     assert DEFAULT_CORPUS.is_file() and DEFAULT_CORPUS.stat().st_size > 10_000
+
+
+def test_utf16_text_is_one_line_saying_how_to_convert_it(tmp_path, capsysbinary):
+    wide = tmp_path / "wide.txt"
+    wide.write_bytes(TEXT.encode("utf-16"))  # what "Unicode" means in some Windows editors
+    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(wide), "--run-dir",
+                           str(tmp_path / "r"), "--max-steps", "1")
+    assert code == 2 and err.count("\n") == 1
+    assert "wide.txt" in err and "UTF-16LE" in err and "iconv -f UTF-16LE -t UTF-8" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_scores_a_text_shorter_than_training_needs(trained, tmp_path, capsysbinary):
+    short = tmp_path / "short.txt"
+    short.write_text(TEXT[:40], encoding="utf-8")  # 4 characters to score; training on it needs 46
+    with pytest.raises(DataError, match="40 characters are too few"):
+        get_recipe("charlm").make_data(CharLMDataConfig(path=str(short), seq_len=8), TrainConfig(batch_size=4))
+    code, out, err = run_cli(capsysbinary, "-q", "eval", str(trained), "--set", f"data.path={short}")
+    assert code == 0, err
+    assert b"bits_per_char:" in out
+
+
+def test_a_validation_part_of_unknown_characters_is_refused_naming_the_text(trained, tmp_path, capsysbinary):
+    other = tmp_path / "greek.txt"
+    other.write_text("αβγδεζηθικ" * 100, encoding="utf-8")  # no character of the model's vocabulary
+    code, out, err = run_cli(capsysbinary, "-q", "eval", str(trained), "--set", f"data.path={other}")
+    assert code == 2 and err.count("\n") == 1 and out == b"", err
+    assert "greek.txt: its validation part (the last 10%) has 100 characters, 100 of them not in the vocabulary" in err
+    # training: the validation part of a text holds only characters the rest never had
+    text = tmp_path / "ends.txt"
+    text.write_text(TEXT + "".join(chr(0x400 + i) for i in range(len(TEXT) // 5)), encoding="utf-8")
+    with pytest.raises(DataError, match=r"ends.txt: its validation part .* not in the vocabulary, which leaves 0"):
+        get_recipe("charlm").make_data(CharLMDataConfig(path=str(text), seq_len=8), TrainConfig(batch_size=4))
+
+
+def test_the_embedded_text_says_that_it_stands_in(corpus, caplog):
+    recipe = get_recipe("charlm")
+    with caplog.at_level("INFO", logger="convrnn"):
+        recipe.make_data(CharLMDataConfig(seq_len=8), TrainConfig(batch_size=4))
+    assert "char corpus from the text embedded in the package (no --data given): " in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="convrnn"):
+        recipe.make_data(CharLMDataConfig(path=str(corpus), seq_len=8), TrainConfig(batch_size=4))
+    assert f"char corpus from {corpus}: " in caplog.text

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus
+from convrnn.data.text import RandomWindows, StreamBatches, Vocab, read_corpus, split_corpus, text_file
 from convrnn.errors import DataError
 from convrnn.layers.base import ModelOutput
 
@@ -63,8 +63,43 @@ def test_empty_or_missing_corpus_is_a_data_error(tmp_path):
         read_corpus(tmp_path / "empty.txt", unit="byte")
     with pytest.raises(DataError, match="does not exist"):
         read_corpus(tmp_path / "nope")
+    (tmp_path / "blank.txt").write_bytes(b" \n\r\n\t \n" * 1000)
+    for unit in ("char", "byte"):
+        with pytest.raises(DataError, match=r"blank.txt' holds only whitespace \(7,000 bytes\): expected text"):
+            read_corpus(tmp_path / "blank.txt", unit=unit)
     with pytest.raises(DataError, match="unit"):
         read_corpus(tmp_path / "empty.txt", unit="word")
+
+
+def test_a_byte_order_mark_is_no_character_of_the_text(tmp_path):
+    (tmp_path / "a.txt").write_bytes("\ufefffirst\n".encode("utf-8"))
+    (tmp_path / "b.txt").write_bytes("\ufeffsecond".encode("utf-8"))  # a mark in front of every file
+    assert read_corpus(tmp_path / "a.txt") == "first\n"
+    assert read_corpus(tmp_path) == "first\nsecond"
+    assert read_corpus(tmp_path, unit="byte").count(b"\xef\xbb\xbf") == 2  # bytes stay as they are
+    assert text_file(tmp_path / "a.txt") == "first\n"
+
+
+@pytest.mark.parametrize("encoding, found", [
+    ("utf-16", "got UTF-16LE text (its byte-order mark)"),
+    ("utf-16-be", "got a NUL byte at byte offset 0"),     # no mark: ASCII in UTF-16 has a NUL in every other byte
+    ("utf-16-le", "got a NUL byte at byte offset 1"),
+    ("utf-32", "got UTF-32LE text (its byte-order mark)"),
+])
+def test_utf16_text_is_refused_with_how_to_convert_it(tmp_path, encoding, found):
+    path = tmp_path / "wide.txt"
+    path.write_bytes("To be, or not to be\n".encode(encoding) * 50)
+    for read in (read_corpus, text_file):
+        with pytest.raises(DataError) as err:
+            read(path)
+        assert found in str(err.value) and "wide.txt" in str(err.value) and "iconv" in str(err.value)
+    assert len(read_corpus(path, unit="byte")) == path.stat().st_size
+
+
+def test_a_pattern_given_as_the_corpus_says_that_it_is_not_expanded(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(DataError, match=r"does not exist \(a pattern is not expanded here: give the folder"):
+        read_corpus(tmp_path / "*.txt")
 
 
 # ---- Vocab --------------------------------------------------------------------------------------

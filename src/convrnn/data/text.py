@@ -1,7 +1,7 @@
 """Character and byte corpora for language models, and the two ways to batch them.
 
 - :func:`read_corpus` reads a file or a folder of files as ``str`` (``unit="char"``, UTF-8) or
-  ``bytes`` (``unit="byte"``, any file).
+  ``bytes`` (``unit="byte"``, any file); :func:`decode_utf8` is how every text file is decoded.
 - :class:`Vocab` maps symbols to ids: 256 fixed bytes, or the sorted characters of the training text.
 - :func:`split_corpus` keeps the first 90% for training and the last 10% for validation
   (the char-rnn / nanoGPT convention on Tiny Shakespeare).
@@ -46,7 +46,9 @@ def _corpus_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise DataError(f"corpus {str(path)!r} does not exist")
+        pattern = any(c in path.name for c in "*?[")
+        raise DataError(f"corpus {str(path)!r} does not exist" + (
+            " (a pattern is not expanded here: give the folder, whose files are all read)" if pattern else ""))
     files = []
     for root, dirs, names in os.walk(path):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -58,41 +60,71 @@ def read_corpus(path: str | os.PathLike, unit: str = "char") -> Text:
     """Read a text corpus: one file, or every file of a folder (recursively, sorted by relative path).
 
     Files of a folder are joined so that each starts on a new line: a ``"\\n"`` is inserted after a
-    file that does not already end with one (in both units, so a folder of text files gives the same
-    characters either way). ``unit="byte"`` returns ``bytes`` and accepts any file; ``unit="char"``
-    returns ``str`` decoded as UTF-8 and raises :class:`DataError` naming the file and byte offset of
-    the first undecodable byte. An empty corpus is a :class:`DataError`.
+    file that does not already end with one (in both units). ``unit="byte"`` returns ``bytes`` and
+    accepts any file; ``unit="char"`` returns ``str`` decoded as UTF-8 without the byte-order mark a
+    file may start with, and raises :class:`DataError` naming the file when it is UTF-16 or UTF-32
+    text or not UTF-8 (:func:`decode_utf8`). Line ends are kept as they are (``"\\r\\n"`` too): a
+    model of the text learns them. An empty corpus, or one of only whitespace, is a :class:`DataError`.
     """
     _check_unit(unit)
     root = Path(path)
     parts: list[bytes] = []
     for file in _corpus_files(root):
         data = file.read_bytes()
+        if unit == "char":
+            # checked, and its byte-order mark dropped: a mark is no character of the text
+            data = decode_utf8(data, repr(str(file)),
+                               advice="; use --unit byte (unit='byte') to model raw bytes").encode("utf-8")
         if parts and not parts[-1].endswith(b"\n"):
             parts.append(b"\n")
         parts.append(data)
-        if unit == "char":
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"expected UTF-8 text, got byte 0x{data[err.start]:02x} at byte offset {err.start} of "
-                    f"{str(file)!r} ({err.reason}); use --unit byte (unit='byte') to model raw bytes") from None
     raw = b"".join(parts)
     if not raw:
         raise DataError(f"corpus {str(root)!r} is empty: expected at least one byte of text")
+    if not raw.strip():
+        raise DataError(f"corpus {str(root)!r} holds only whitespace ({len(raw):,} bytes): expected text to model")
     return raw if unit == "byte" else raw.decode("utf-8")
 
 
+# Byte-order marks of the encodings that are not UTF-8 but hold text (UTF-32's first: it starts like UTF-16's).
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+              (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE"))
+
+
+def decode_utf8(data: bytes, name: str, *, advice: str = "") -> str:
+    """The text of the UTF-8 bytes ``data`` of the file ``name``, without a leading byte-order mark.
+
+    A DataError naming the file when they are UTF-16 or UTF-32 text (told by a byte-order mark, or by
+    NUL bytes, which text has none of but UTF-16 has in every other byte of ASCII), or when they are
+    not UTF-8 (the offset of the first bad byte), with the command that converts them; ``advice`` ends
+    the message of NUL bytes and of bad bytes.
+    """
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            raise DataError(f"expected UTF-8 text, got {encoding} text (its byte-order mark) in {name}; convert it "
+                            f"to UTF-8, for example with iconv -f {encoding} -t UTF-8")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"expected UTF-8 text, got a NUL byte at byte offset {nul} of {name} (UTF-16 or UTF-32 "
+                        f"text, or not text); convert text to UTF-8, for example with iconv -f UTF-16 -t UTF-8"
+                        + advice)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"expected UTF-8 text, got byte 0x{data[err.start]:02x} at byte offset {err.start} of "
+                        f"{name} ({err.reason}); text in another encoding converts with iconv, for example "
+                        f"iconv -f LATIN1 -t UTF-8" + advice) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def text_file(path: str | os.PathLike) -> str:
-    """A UTF-8 text file's content; a DataError naming the file when it is missing or not UTF-8."""
+    """A UTF-8 text file's content (no byte-order mark, universal newlines, as ``read_text`` gives it); a
+    DataError naming the file when it is missing or not UTF-8 (:func:`decode_utf8`)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such text file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: expected UTF-8 text ({e})") from None
+    # as Python reads text: line ends made "\n" (a "\r" would be a character of the text)
+    return decode_utf8(p.read_bytes(), str(path)).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def word_list(path: str | os.PathLike) -> list[str]:
@@ -164,8 +196,9 @@ class Vocab:
             return bytes((i,))
         return "\ufffd" if i == self.unk_id else self.chars[i]
 
-    def encode(self, text: Text) -> np.ndarray:
-        """Text -> ids ``(N,)`` int64. Byte mode also takes ``str`` (as UTF-8); char mode takes UTF-8 bytes."""
+    def encode(self, text: Text, *, warn: bool = True) -> np.ndarray:
+        """Text -> ids ``(N,)`` int64. Byte mode also takes ``str`` (as UTF-8); char mode takes UTF-8 bytes.
+        ``warn=False`` leaves the warning about unknown characters to the caller (:meth:`unknown_note`)."""
         self.last_unknown = {}
         if self.is_bytes:
             data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
@@ -181,15 +214,20 @@ class Vocab:
         known = self._points[ids] == points
         if not known.all():
             self.last_unknown = dict(Counter(chr(p) for p in points[~known]).most_common())
-            listing = ", ".join(f"{c!r} x{n}" for c, n in self.last_unknown.items())
-            action = f"mapped to id {self.unk_id}" if self.unk_id is not None else "skipped"
-            log.warning("%d character(s) not in the %d-symbol vocabulary were %s: %s",
-                        int((~known).sum()), len(self.chars), action, listing)
+            if warn:
+                log.warning("%s", self.unknown_note())
             if self.unk_id is not None:
                 ids = np.where(known, ids, self.unk_id)
             else:
                 ids = ids[known]
         return ids.astype(np.int64)
+
+    def unknown_note(self) -> str:
+        """What the last :meth:`encode` did with characters not in the vocabulary, listing them."""
+        listing = ", ".join(f"{c!r} x{n}" for c, n in self.last_unknown.items())
+        action = f"mapped to id {self.unk_id}" if self.unk_id is not None else "skipped"
+        return (f"{sum(self.last_unknown.values())} character(s) not in the {len(self.chars)}-symbol vocabulary "
+                f"were {action}: {listing}")
 
     def decode(self, ids) -> Text:
         """Ids (any int sequence, array or tensor) -> ``bytes`` in byte mode, ``str`` otherwise."""

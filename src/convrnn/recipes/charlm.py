@@ -62,6 +62,22 @@ def _val_batches(val_ids) -> StreamBatches:
     return StreamBatches(val_ids, max(1, min(VAL_BATCH_SIZE, (len(val_ids) - 1) // 2)), VAL_SEQ_LEN)
 
 
+def encode_val(vocab: Vocab, val_text, cfg: CharLMDataConfig):
+    """The validation text's ids, with a warning naming the characters the vocabulary lacks; a DataError
+    naming the text instead when fewer than two ids are left (a symbol and the one after it)."""
+    ids = vocab.encode(val_text, warn=False)
+    if len(ids) < 2:
+        unit = "bytes" if cfg.unit == "byte" else "characters"
+        unknown = sum(vocab.last_unknown.values())
+        raise DataError(f"{cfg.path or DEFAULT_CORPUS}: its validation part (the last {cfg.val_fraction:.0%}) has "
+                        f"{len(val_text):,} {unit}, {unknown:,} of them not in the vocabulary, which leaves "
+                        f"{len(ids)} to score; at least 2 are needed: give a longer text, or a text whose end "
+                        f"uses the characters of the rest")
+    if vocab.last_unknown:
+        log.warning("%s", vocab.unknown_note())
+    return ids
+
+
 def load_text(cfg: CharLMDataConfig):
     """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit byte."""
     return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit)
@@ -94,29 +110,31 @@ class CharLMRecipe(Recipe):
         check_length(len(text), data_cfg, train_cfg.batch_size)
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
         vocab = Vocab.from_text(train_text)
-        train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
+        train_ids, val_ids = vocab.encode(train_text), encode_val(vocab, val_text, data_cfg)
         bs, seq_len = train_cfg.batch_size, data_cfg.seq_len
         if data_cfg.stateful:
             train = StreamBatches(train_ids, bs, seq_len, random_offset=data_cfg.random_offset, seed=train_cfg.seed)
         else:
             train = RandomWindows(train_ids, bs, seq_len, seed=train_cfg.seed)
         val = _val_batches(val_ids)
-        log.info("%s corpus: %d train and %d validation %s, vocabulary of %d", data_cfg.unit,
+        source = data_cfg.path or "the text embedded in the package (no --data given)"
+        log.info("%s corpus from %s: %d train and %d validation %s, vocabulary of %d", data_cfg.unit, source,
                  len(train_ids), len(val_ids), "bytes" if vocab.is_bytes else "characters", len(vocab))
         meta = {"vocab": vocab.to_dict(), "unit": data_cfg.unit, "train_symbols": len(train_ids),
                 "val_symbols": len(val_ids)}
         return DataBundle(train=train, val=val, input_shape=(None,), num_outputs=len(vocab), meta=meta)
 
     def make_split(self, data_cfg: CharLMDataConfig, train_cfg, split: str, meta: dict, *, progress=None):
-        """The validation text encoded with the checkpoint's vocabulary, so that any text (another file,
-        or the training file since edited) is scored by what the model's outputs mean; characters the
-        vocabulary lacks are left out and named in a warning."""
+        """The validation text (the last ``val_fraction``) encoded with the checkpoint's vocabulary, so that
+        any text (another file, or the training file since edited) is scored by what the model's outputs
+        mean; characters the vocabulary lacks are left out and named in a warning. Only scoring is asked
+        of the text, so it may be shorter than training needs."""
         check_meta(self.input_meta, meta, {"unit": data_cfg.unit}, DOES_NOT_FIT)
         if split != "val":
             raise missing_split(split)
         text = load_text(data_cfg)
-        check_length(len(text), data_cfg, train_cfg.batch_size)
-        return _val_batches(Vocab.from_dict(meta["vocab"]).encode(split_corpus(text, data_cfg.val_fraction)[1]))
+        val_text = split_corpus(text, data_cfg.val_fraction)[1]
+        return _val_batches(encode_val(Vocab.from_dict(meta["vocab"]), val_text, data_cfg))
 
     def make_task(self, meta: dict, output_shape: tuple) -> LanguageModelTask:
         return LanguageModelTask(Vocab.from_dict(meta["vocab"]))
