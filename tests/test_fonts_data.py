@@ -277,12 +277,109 @@ def test_font_folders_and_duplicate_names(tmp_path):
     assert F.resolve_fonts([]) == F.default_fonts()
 
 
+def test_a_folder_copied_from_a_mac_reads_its_fonts_and_not_their_hidden_companions(tmp_path):
+    sans, serif = F.default_fonts()[:2]
+    folder = tmp_path / "fonts"
+    folder.mkdir()
+    for spec in (sans, serif):
+        (folder / f"{spec.name}.ttf").write_bytes(open(spec.path, "rb").read())
+        (folder / f"._{spec.name}.ttf").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 200)  # AppleDouble, no font
+    (folder / "nested").mkdir()
+    assert [s.name for s in F.resolve_fonts([str(folder)])] == ["DejaVuSans", "DejaVuSerif"]
+
+
+def test_fonts_of_formats_not_read_are_named(tmp_path, caplog):
+    folder = tmp_path / "web"
+    folder.mkdir()
+    (folder / "Roboto.woff2").write_bytes(b"wOF2" + b"\x00" * 100)
+    with pytest.raises(DataError, match=r"in folder .*web, found none; 1 font file of a format not read "
+                                        r"\(Roboto.woff2\): convert them to .ttf or .otf"):
+        F.resolve_fonts([str(folder)])
+    (folder / "DejaVuSans.ttf").write_bytes(open(F.default_fonts()[0].path, "rb").read())
+    with caplog.at_level("WARNING", logger="convrnn"):
+        assert [s.name for s in F.resolve_fonts([str(folder)])] == ["DejaVuSans"]
+    assert any("Roboto.woff2" in r.getMessage() for r in caplog.records)
+    nested = tmp_path / "families"
+    (nested / "Roboto").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"found none \(its 1 subfolder is not searched: give each\)"):
+        F.resolve_fonts([str(nested)])
+
+
+def test_a_collection_of_faces_says_which_face_its_class_is(tmp_path, caplog):
+    ttlib = pytest.importorskip("fontTools.ttLib")  # installed with matplotlib
+    TTCollection, TTFont = ttlib.TTCollection, ttlib.TTFont
+    sans, serif = F.default_fonts()[:2]
+    collection = TTCollection()
+    collection.fonts = [TTFont(sans.path), TTFont(serif.path)]
+    path = tmp_path / "Family.ttc"
+    collection.save(str(path))
+    with caplog.at_level("WARNING", logger="convrnn"):
+        (spec,) = F.resolve_fonts([str(path)])
+    assert spec.name == "Family"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "Family.ttc holds 2 faces: its class is drawn in the first, DejaVu Sans Book" in warning
+
+
+@pytest.mark.parametrize("encoding, found", [("utf-16", "UTF-16LE text"), ("utf-16-le", "a NUL byte")])
+def test_text_lines_drop_a_byte_order_mark_and_refuse_utf16(tmp_path, encoding, found):
+    path = tmp_path / "book.txt"
+    path.write_bytes("\ufeffFirst line\r\nsecond\r\n".encode("utf-8"))
+    assert F.load_text_lines(str(path)) == ["First line", "second"]
+    path.write_bytes("First line\nsecond\n".encode(encoding))
+    with pytest.raises(DataError, match=found + ".*book.txt.*iconv"):
+        F.load_text_lines(str(path))
+
+
+def test_a_font_without_the_reference_letters_is_drawn_at_the_height_not_the_largest_size(tmp_path):
+    subset = pytest.importorskip("fontTools.subset")  # installed with matplotlib
+    options = subset.Options()
+    options.notdef_outline = False  # a missing glyph draws nothing, as in many fonts of digits only
+    font = subset.load_font(F.default_fonts()[1].path, options)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text="0123456789 ")
+    subsetter.subset(font)
+    path = tmp_path / "Digits.ttf"
+    subset.save_font(font, str(path), options)
+    (spec,) = F.resolve_fonts([str(path)])
+    assert F.font_size_for(spec, 16) < 4 * 16
+    crop = F.render_line("0123 4567 89", spec, height=16, width=64)
+    rows = np.nonzero(crop.max(axis=1) > 127)[0]
+    assert 6 <= len(rows) <= 14 and rows[0] > 0 and rows[-1] < 15  # whole digits inside the crop
+    text = tmp_path / "numbers.txt"
+    text.write_text("\n".join(f"{i * 7919} {i * 104729}" for i in range(1, 9)), encoding="utf-8")
+    config = small_config(tmp_path, str(text), fonts=[str(path), F.default_fonts()[0].path])
+    train, val, meta = F.make_fonts_data(config)
+    assert set(meta["alphabet"]) <= set("0123456789 ") and train.images.max() == 255
+
+
+def test_punctuation_drawn_with_a_glyph_of_an_equivalent_character_is_kept(monkeypatch):
+    """Liberation Sans maps ';' to its glyph 'uni037E' (the Greek question mark, which is ';' once normalised)
+    and '-' to 'uni00AD' (the soft hyphen): both draw what they should. cmr10's '<' ('exclamdown') does not."""
+    import matplotlib.ft2font
+
+    names = {1: "uni037E", 2: "uni00AD", 3: "exclamdown", 4: "comma", 5: "uni0021", 6: "uni00A1"}
+
+    class Face:
+        def __init__(self, path):
+            pass
+
+        def get_charmap(self):
+            return {ord(";"): 1, ord("-"): 2, ord("<"): 3, ord(","): 4, ord("!"): 5, ord(":"): 6}
+
+        def get_glyph_name(self, glyph):
+            return names[glyph]
+
+    monkeypatch.setattr(matplotlib.ft2font, "FT2Font", Face)
+    assert F.supported_chars(F.FontSpec("shared-glyphs", "shared.ttf")) == frozenset(";-,!")
+
+
 def test_text_errors_name_the_path(tmp_path):
     with pytest.raises(DataError, match="missing.txt"):
         F.load_text_lines(str(tmp_path / "missing.txt"))
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf".encode() + b"\xe9 au lait\n")
-    with pytest.raises(DataError, match=r"byte offset 3 .*latin1.txt"):
+    with pytest.raises(DataError, match=r"byte offset 3 .*latin1.txt .*converts with iconv, for example iconv -f "
+                                        r"LATIN1 -t UTF-8$"):
         F.load_text_lines(str(bad))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n\n")

@@ -30,7 +30,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from convrnn.data.text import decode_utf8
 from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field, seed_field
 from convrnn.files import atomic_write_with, cache_dir
@@ -49,7 +52,9 @@ from convrnn.files import atomic_write_with, cache_dir
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
+# font formats that are not read: a folder's files of these kinds are named rather than passed over
+OTHER_FONT_SUFFIXES = (".woff", ".woff2", ".pfb", ".pfa", ".afm", ".dfont", ".fon", ".fnt", ".bdf", ".pcf")
 DEFAULT_FACES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral", "cmr10")
 # Ascenders and descenders: the ink height of this string is what fills ``height - 2`` pixels.
 REFERENCE_TEXT = "bdfghjklpqtyHJQ"
@@ -118,21 +123,34 @@ def default_fonts() -> list[FontSpec]:
 
 
 def resolve_fonts(paths: list[str]) -> list[FontSpec]:
-    """Font files (.ttf/.otf/.ttc) or folders of them -> one FontSpec per file, names made unique.
+    """Font files (.ttf/.otf/.ttc/.otc) or folders of them -> one FontSpec per file, names made unique.
 
-    An empty list gives :func:`default_fonts`. Raises DataError naming the path for a missing path,
-    a folder without fonts, a file of another kind, a font file PIL cannot read, or one font given
-    twice (the same file, also through a link: two classes no model can tell apart); two files of
-    identical bytes are named in a warning.
+    A folder gives its font files (not those of its subfolders, nor hidden ones such as the ``._NAME``
+    companions macOS writes); files of other font formats in it are named in a warning. A collection
+    (.ttc) of several faces gives its first face, named in a warning. An empty list gives
+    :func:`default_fonts`. Raises DataError naming the path for a missing path, a folder without fonts,
+    a file of another kind, a font file PIL cannot read, or one font given twice (the same file, also
+    through a link: two classes no model can tell apart); two files of identical bytes, or of one face
+    (family and style), are named in a warning.
     """
     if not paths:
         return default_fonts()
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).iterdir() if f.is_file() and f.suffix.lower() in FONT_SUFFIXES)
+            listed = sorted(f for f in Path(p).iterdir() if f.is_file() and not f.name.startswith("."))
+            found = [str(f) for f in listed if f.suffix.lower() in FONT_SUFFIXES]
+            other = [f.name for f in listed if f.suffix.lower() in OTHER_FONT_SUFFIXES]
+            unread = (f"; {len(other)} font file{'s' if len(other) != 1 else ''} of a format not read "
+                      f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): convert them to .ttf or .otf"
+                      if other else "")
             if not found:
-                raise DataError(f"expected font files ({', '.join(FONT_SUFFIXES)}) in folder {p}, found none")
+                subfolders = sum(1 for f in Path(p).iterdir() if f.is_dir())
+                raise DataError(f"expected font files ({', '.join(FONT_SUFFIXES)}) in folder {p}, found none" + unread
+                                + (f" (its {subfolders} subfolder{'s are' if subfolders != 1 else ' is'} not "
+                                   f"searched: give each)" if subfolders and not unread else ""))
+            if other:
+                log.warning("folder %s: %d font files read%s", p, len(found), unread)
             files.extend(found)
         elif os.path.isfile(p):
             if Path(p).suffix.lower() not in FONT_SUFFIXES:
@@ -143,22 +161,29 @@ def resolve_fonts(paths: list[str]) -> list[FontSpec]:
     specs, seen = [], {}
     by_file: dict[tuple[int, int], str] = {}  # (device, inode) -> the path the file was first given as
     by_digest: dict[str, str] = {}            # SHA-256 of the bytes -> the path first given with them
+    by_face: dict[tuple, str] = {}            # (family, style) -> the path first given with that face
     for path in files:
         try:
-            ImageFont.truetype(path, 12)
+            face = ImageFont.truetype(path, 12)
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read font file {path}: {e}") from e
+        _note_collection(path)
         stat = os.stat(path)
         file_id = (stat.st_dev, stat.st_ino)
         if file_id in by_file:
             also = "" if by_file[file_id] == path else f" (also as {by_file[file_id]})"
             raise DataError(f"font file {path} is given twice{also}: two classes of one font cannot be told "
                             f"apart; give each font once")
-        digest = _file_digest(path)
+        digest = file_digest(path)
+        names = face.getname()
         if digest in by_digest:
             log.warning("font files %s and %s hold identical bytes: their two classes cannot be told apart",
                         by_digest[digest], path)
+        elif names[0] and names in by_face:
+            log.warning("font files %s and %s are both the face %s: two versions or formats of one font make two "
+                        "classes that can hardly be told apart", by_face[names], path, " ".join(filter(None, names)))
         by_file[file_id], by_digest[digest] = path, path
+        by_face.setdefault(names, path)
         stem = Path(path).stem
         seen[stem] = seen.get(stem, 0) + 1
         name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
@@ -166,7 +191,22 @@ def resolve_fonts(paths: list[str]) -> list[FontSpec]:
     return specs
 
 
-def _file_digest(path: str) -> str:
+def _note_collection(path: str) -> None:
+    """Warn when a font file is a collection of several faces: its class is drawn in the first only."""
+    try:
+        from matplotlib.ft2font import FT2Font
+
+        face = FT2Font(path)
+    except Exception:  # noqa: BLE001 - PIL has read it; the count of faces is only for the warning
+        return
+    if face.num_faces > 1:
+        log.warning("font file %s holds %d faces: its class is drawn in the first, %s %s (give each face as a "
+                    "file of its own to train on the others)", path, face.num_faces, face.family_name,
+                    face.style_name)
+
+
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 
@@ -177,12 +217,30 @@ def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
 
 
+def _reference_box(face: ImageFont.FreeTypeFont) -> tuple[int, int]:
+    """Rows ``(top, bottom)`` of REFERENCE_TEXT's ink drawn at y = 0. A font without any of its letters
+    (digits only, say, whose missing glyphs draw nothing) has no such ink: its line box, ascender to
+    descender, stands in, so that it is not drawn at the largest size tried."""
+    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    if bottom > top:
+        return top, bottom
+    ascent, descent = face.getmetrics()
+    return 0, ascent + descent
+
+
+@lru_cache(maxsize=None)
+def _sized_by_line_box(font: FontSpec) -> bool:
+    """Whether the font has none of REFERENCE_TEXT's ink, so that :func:`_reference_box` gives its line box."""
+    _, top, _, bottom = _truetype(font.path, 200).getbbox(REFERENCE_TEXT)
+    return bottom <= top
+
+
 @lru_cache(maxsize=None)
 def font_size_for(font: FontSpec, height: int) -> int:
     """Largest font size whose REFERENCE_TEXT ink height is at most ``height - 2`` pixels."""
     target, size = max(height - 2, 1), 1
     for s in range(2, 4 * height + 1):
-        _, top, _, bottom = _truetype(font.path, s).getbbox(REFERENCE_TEXT)
+        top, bottom = _reference_box(_truetype(font.path, s))
         if bottom - top > target:
             break
         size = s
@@ -193,7 +251,7 @@ def font_size_for(font: FontSpec, height: int) -> int:
 def _layout(font: FontSpec, height: int) -> tuple[ImageFont.FreeTypeFont, int]:
     """The face at :func:`font_size_for` size and the y that centres REFERENCE_TEXT's ink vertically."""
     face = _truetype(font.path, font_size_for(font, height))
-    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    top, bottom = _reference_box(face)
     return face, (height - (bottom - top)) // 2 - top
 
 
@@ -207,7 +265,7 @@ SIZE_STEP = 0.25
 @lru_cache(maxsize=None)
 def _ink_per_point(font: FontSpec) -> float:
     """REFERENCE_TEXT's ink height per point of font size, measured where hinting hardly matters."""
-    _, top, _, bottom = _truetype(font.path, 200).getbbox(REFERENCE_TEXT)
+    top, bottom = _reference_box(_truetype(font.path, 200))
     return max(bottom - top, 1) / 200.0
 
 
@@ -220,7 +278,7 @@ def _scaled_layout(font: FontSpec, height: int, scale: float) -> tuple[ImageFont
 @lru_cache(maxsize=None)
 def _sized_layout(font: FontSpec, height: int, size: float) -> tuple[ImageFont.FreeTypeFont, int]:
     face = _truetype(font.path, size)
-    _, top, _, bottom = face.getbbox(REFERENCE_TEXT)
+    top, bottom = _reference_box(face)
     return face, (height - (bottom - top)) // 2 - top
 
 
@@ -258,13 +316,39 @@ def supported_chars(font: FontSpec) -> frozenset[str] | None:
         expected = _ASCII_GLYPHS.get(c)
         if expected is not None:
             name = face.get_glyph_name(glyph)
-            if name and name.split(".")[0] not in expected.split():
+            if name and not _glyph_draws(name.split(".")[0], c, expected):
                 continue
         chars.add(c)
     return frozenset(chars)
 
 
+def _glyph_draws(name: str, char: str, expected: str) -> bool:
+    """Whether a glyph of this PostScript name draws ``char``: one of the ``expected`` names, or a
+    ``uniXXXX`` / ``uXXXXX`` name of a character that is ``char`` once normalised (NFKC) or a hyphen
+    for ``-`` (fonts share one glyph among such characters: Liberation draws ';' with ``uni037E``,
+    the Greek question mark, and '-' with ``uni00AD``, the soft hyphen)."""
+    if name in expected.split():
+        return True
+    match = re.fullmatch(r"uni([0-9A-Fa-f]{4})|u([0-9A-Fa-f]{4,6})", name)
+    if match is None:
+        return False
+    other = chr(int(match.group(1) or match.group(2), 16))
+    return unicodedata.normalize("NFKC", other) == char or (char == "-" and other in HYPHENS)
+
+
+HYPHENS = "\u00ad\u2010\u2011\u2212"  # soft hyphen, hyphen, non-breaking hyphen, minus: what '-' may share a glyph with
+
+
 LEFT_OUT_SHOWN = 20  # distinct left-out characters a note names
+
+
+def unshaped_chars(lines: list[str]) -> list[str]:
+    """The distinct characters of ``lines`` that a layout without shaping cannot draw as they are printed
+    (glyphs are drawn one after another, left to right): letters of right-to-left scripts (Hebrew,
+    Arabic...) and spacing marks of scripts that reorder or join them (Devanagari and other Indic
+    scripts), sorted."""
+    return sorted(c for c in set("".join(lines))
+                  if unicodedata.bidirectional(c) in ("R", "AL") or unicodedata.category(c) == "Mc")
 
 
 def drawable_lines(lines: list[str], fonts: list[FontSpec]) -> tuple[list[str], str]:
@@ -315,7 +399,8 @@ def clean_lines(lines: list[str], fonts: list[FontSpec], *, source: str = "the t
 # ----------------------------------------------------------------------------------------- text
 
 def load_text_lines(path: str | None) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 file; ``None`` gives the embedded English corpus."""
+    """Non-empty stripped lines of a UTF-8 file (:func:`convrnn.data.text.decode_utf8`: no byte-order mark,
+    UTF-16 refused with a way to convert it); ``None`` gives the embedded English corpus."""
     if path is None:
         raw = resources.files("convrnn.data").joinpath("corpus_default.txt").read_bytes()
         path = "<embedded corpus_default.txt>"
@@ -326,11 +411,7 @@ def load_text_lines(path: str | None) -> list[str]:
             raise DataError(f"expected a text file, got a folder: {path}")
         with open(path, "rb") as fh:
             raw = fh.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"expected UTF-8 text, got byte 0x{raw[e.start]:02x} at byte offset {e.start} in {path}") from e
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in decode_utf8(raw, str(path)).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise DataError(f"expected at least one non-empty line of text, got none in {path}")
@@ -537,7 +618,9 @@ def _cache_key(fonts: list[FontSpec], lines: list[str], config: FontsDataConfig)
             return hashlib.sha256(fh.read()).hexdigest()
 
     key = {"format": FORMAT_VERSION, "pillow": pil_version, "freetype": ImageFont.core.freetype2_version,
-           "fonts": [[f.name, os.path.abspath(f.path), digest(f.path)] for f in fonts],
+           # a font sized by its line box (no REFERENCE_TEXT ink) is marked, as its size follows another rule
+           "fonts": [[f.name, os.path.abspath(f.path), digest(f.path)] + (["line box"] if _sized_by_line_box(f) else [])
+                     for f in fonts],
            "text": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(),
            **{k: v for k, v in asdict(config).items() if k not in ("fonts", "text", "cache_dir")}}
     return json.dumps(key, sort_keys=True)
@@ -580,8 +663,18 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
     if len(lines) < 2:
         raise DataError(f"expected at least 2 text lines the fonts can draw (to split train/val), "
                         f"got {len(lines)} in {source}" + (f": {note}" if note else ""))
+    if not config.fonts:
+        log.info("fonts: the %d faces bundled with matplotlib (no --fonts given)", len(fonts))
+    if config.text is None:
+        log.info("text: the English text embedded in the package (no --text given)")
     if note:
         log.warning("%s: %s", source, note)
+    unshaped = unshaped_chars(lines)
+    if unshaped:
+        log.warning("%s: characters of scripts written right to left or with joined or reordered letters (%s%s, "
+                    "%d distinct) are drawn without shaping, one glyph after another from left to right, so the "
+                    "crops look unlike printed lines of these scripts", source, " ".join(unshaped[:10]),
+                    " ..." if len(unshaped) > 10 else "", len(unshaped))
     train_lines, val_lines = split_lines(len(lines), config.val_fraction, config.seed)
     n_val = round(config.samples_per_font * config.val_fraction)
     n_train = config.samples_per_font - n_val

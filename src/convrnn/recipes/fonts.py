@@ -8,14 +8,17 @@ slices them into blocks or columns, runs one convolution on every step, and an L
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
+from pathlib import Path
 
 import click
 import numpy as np
 import torch
 
 from convrnn.data.batching import IndexedBatches, array_fetcher
-from convrnn.data.fonts import (FontSpec, FontsDataConfig, drawable_lines, make_fonts_data, read_line_windows,
-                                render_line, resolve_fonts)
+from convrnn.data.fonts import (FontSpec, FontsDataConfig, drawable_lines, file_digest, make_fonts_data,
+                                read_line_windows, render_line, resolve_fonts)
 from convrnn.errors import DataError
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
                                    register_recipe)
@@ -41,8 +44,8 @@ class FontsRecipe(Recipe):
     train_defaults = {"epochs": 30, "max_time": 100.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "checkpoint_every": 500}
     cli_options = (
-        CliOption("--fonts", "data.fonts", "font file (.ttf/.otf) or folder; repeat for each class "
-                  "(default: five faces bundled with matplotlib)", multiple=True),
+        CliOption("--fonts", "data.fonts", "font file (.ttf/.otf/.ttc) or folder of them, one class per font "
+                  "file; repeatable (default: five faces bundled with matplotlib)", multiple=True),
         CliOption("--text", "data.text", "UTF-8 text file whose lines are rendered (default: embedded text)"),
         CliOption("--height", "data.height", "image height in pixels", type=int),
         CliOption("--width", "data.width", "image width in pixels", type=int),
@@ -73,6 +76,7 @@ class FontsRecipe(Recipe):
         if unknown:
             raise DataError(f"font{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: not among the classes "
                             f"this model was trained on ({', '.join(known)})")
+        check_same_fonts(meta, data_meta)
         to_model = np.array([known.index(c) for c in data_meta["classes"]], dtype=np.int64)
         return _val_batches(val, to_model[val.labels], train_cfg.batch_size)
 
@@ -105,6 +109,33 @@ class FontsRecipe(Recipe):
 
     def commands(self) -> list:
         return [("fonts", preview)]
+
+
+def check_same_fonts(meta: dict, data_meta: dict) -> None:
+    """Each font given to score a model is the file its class was trained on, where that file is still
+    there: a font with other bytes is a DataError when its name is ambiguous (two trained or two given
+    files have the file name that gave it, so the ``-2`` suffix depends on which fonts are given and in
+    what order) and a warning otherwise (another version of a font, say)."""
+    trained = dict(zip(meta["classes"], meta.get("fonts") or []))
+
+    def repeated(paths) -> set[str]:
+        stems = Counter(Path(p).stem for p in paths)
+        return {stem for stem, n in stems.items() if n > 1}
+
+    ambiguous = repeated(trained.values()) | repeated(data_meta["fonts"])
+    for name, path in zip(data_meta["classes"], data_meta["fonts"]):
+        was = trained.get(name)
+        if was is None or not os.path.isfile(was) or os.path.samefile(was, path):
+            continue
+        if file_digest(was) == file_digest(path):
+            continue
+        problem = (f"font {path} is scored as class {name}, which this model learned from {was}, a file with other "
+                   f"bytes")
+        if Path(path).stem in ambiguous:
+            raise DataError(f"{problem}; several fonts share the file name {Path(path).stem!r}, so their classes "
+                            f"are told apart by the order they are given in: give the fonts as in training "
+                            f"({', '.join(trained.values())})")
+        log.warning("%s", problem)
 
 
 def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_png: str, samples: int = 8,
