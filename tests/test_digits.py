@@ -213,6 +213,9 @@ def test_mnist_predict_and_filters_side_by_side(mnist_run, digits_run, capsys, t
     (["--set", "data.zoom=0.5"], "data.zoom: expected 0 <= zoom < 0.5, got 0.5"),
     (["--set", "data.elastic=6"], "data.elastic: expected 0..5 pixels, got 6"),
     (["--set", "data.shift=-1"], "data.shift: expected 0 or more pixels, got -1"),
+    # test sequences of 20 digits: a product of 20 nines is past a 64-bit integer
+    (["--op", "product", "--max-len", "10", "--preset", "digits:head=reg"],
+     "data.max_len: expected at most 9 for products (test sequences have up to 2N digits"),
 ])
 def test_bad_options_are_one_line_errors(mnist_dir, tmp_path, capsys, argv, message):
     code, out, err = run_cli(capsys, "train", "digits", "--data-dir", str(mnist_dir), "--run-dir",

@@ -210,3 +210,67 @@ def test_shared_subset_and_official_test_set():
     assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert np.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_splits_of_two_sizes_or_too_few_test_digits_are_refused_naming_the_folder(tmp_path):
+    from convrnn.data.mnist import load_mnist_splits
+    write_mnist_dir(tmp_path)
+    images, labels = fake_split(7, size=32)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    with pytest.raises(DataError, match="expected train and test digits of one size, found 28x28 train digits and "
+                                        "32x32 test digits") as err:
+        load_mnist_splits(tmp_path)
+    assert str(tmp_path.resolve()) in str(err.value)
+    images, labels = fake_split(1)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match=r"expected at least 2 test digits \(half validate, half test\), found 1"):
+        load_mnist_splits(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: expected digits for the test split, found a "
+                                        "file of 0 items"):
+        load_mnist(tmp_path, "test")
+
+
+def test_labels_that_are_not_integers_are_refused(tmp_path):
+    write_mnist_dir(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0.5, 1, 2, 3, 4, 5, 6.9], dtype=np.float32))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: expected integer labels \\(N,\\), found float32"):
+        load_mnist(tmp_path, "test")
+
+
+def test_files_unpacked_into_folders_of_their_own_names_are_found(tmp_path):
+    flat = write_mnist_dir(tmp_path / "flat", gz=False)
+    nested = tmp_path / "nested"
+    for f in flat.iterdir():
+        (nested / f.name).mkdir(parents=True)
+        (nested / f.name / f.name).write_bytes(f.read_bytes())
+    np.testing.assert_array_equal(load_mnist(nested, "train").images, load_mnist(flat, "train").images)
+
+
+def test_a_data_dir_that_is_a_file_or_a_folder_of_images_says_so(tmp_path):
+    from convrnn.data.mnist import mnist_source
+    write_mnist_dir(tmp_path)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: a file, not a folder"):
+        mnist_source(str(tmp_path / "train-images-idx3-ubyte.gz"), what="--data-dir")
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "pngs" / "7.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"pngs: no MNIST IDX files in this folder \(.*\); image files such as "
+                                        r"7.png are not read: the digits come from IDX files$"):
+        mnist_source(str(tmp_path / "pngs"), what="--data-dir")
+
+
+def test_dark_digits_on_light_paper_are_inverted_as_predict_reads_images(tmp_path, caplog):
+    write_mnist_dir(tmp_path)
+    images = np.full((7, 28, 28), 250, dtype=np.uint8)  # dark strokes on white, as a scanner gives them
+    images[:, 5:23, 12:16] = 10
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
+        test = load_mnist(tmp_path, "test")
+    assert test.images[0, 0, 0] == 5 and test.images[0, 10, 13] == 245
+    assert "t10k-images-idx3-ubyte.gz: its digits are dark on a light background; inverted" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
+        train = load_mnist(tmp_path, "train")  # random pixels: median about 128, no light background
+    np.testing.assert_array_equal(train.images, fake_split(12, seed=12)[0])

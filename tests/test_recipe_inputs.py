@@ -16,7 +16,7 @@ from convrnn.data.sequences import make_digit_sequences
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import check
 from convrnn.recipes.base import get_recipe
-from convrnn.recipes.digits import check_length
+from convrnn.recipes.digits import check_length, read_digit
 from convrnn.tasks.values import RegressTask, ValueClassifyTask
 from convrnn.train.config import TrainConfig
 
@@ -97,6 +97,32 @@ def test_text_with_nothing_drawable_is_refused_naming_what_was_left_out(tmp_path
     assert code == 2 and "'你' x1 (all fonts)" in one_error_line(err) and not (tmp_path / "run").exists()
 
 
+# ------------------------------------------------------------------------ fonts: defaults say so
+
+def test_the_bundled_fonts_and_embedded_text_say_that_they_stand_in(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="convrnn"):
+        F.make_fonts_data(F.FontsDataConfig(samples_per_font=4, val_fraction=0.25, cache_dir=str(tmp_path / "c")))
+    assert "fonts: the 5 faces bundled with matplotlib (no --fonts given)" in caplog.text
+    assert "text: the English text embedded in the package (no --text given)" in caplog.text
+    caplog.clear()
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox\njumps over the lazy dog\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="convrnn"):
+        F.make_fonts_data(fonts_config(tmp_path, text, fonts=[SANS, SERIF]))
+    assert "no --fonts given" not in caplog.text and "no --text given" not in caplog.text
+
+
+def test_text_of_a_right_to_left_script_is_named_as_drawn_without_shaping(tmp_path, caplog):
+    text = tmp_path / "hebrew.txt"
+    text.write_text("שלום עולם\nמה שלומך היום\nבוקר טוב\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        train, val, meta = F.make_fonts_data(fonts_config(tmp_path, text, fonts=[SANS]))
+    assert f"{text}: characters of scripts written right to left or with joined or reordered letters (" in caplog.text
+    assert "..., 13 distinct) are drawn without shaping, one glyph after another from left to right" in caplog.text
+    assert F.unshaped_chars(["The quick brown fox", "Grüße 你好"]) == []
+    assert F.unshaped_chars(["नमस्ते दुनिया"]) == ["ा", "ि"]  # Devanagari vowel signs, the second drawn before its letter
+
+
 # ------------------------------------------------------------------------ fonts: one file twice
 
 def test_a_font_file_given_twice_is_refused(tmp_path, capsys):
@@ -120,6 +146,49 @@ def test_copies_of_one_font_are_named_in_a_warning(tmp_path, caplog):
         specs = F.resolve_fonts([SANS, str(copy)])
     assert [s.name for s in specs] == ["DejaVuSans", "Copy"]
     assert f"font files {SANS} and {copy} hold identical bytes" in caplog.text
+
+
+def test_two_files_of_one_face_are_named_in_a_warning(tmp_path, caplog):
+    other = tmp_path / "DejaVuSans-other-version.ttf"
+    other.write_bytes(open(SANS, "rb").read() + b"\x00" * 4)  # other bytes, the same face
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        specs = F.resolve_fonts([SANS, str(other), SERIF])
+    assert len(specs) == 3
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"font files {SANS} and {other} are both the face DejaVu Sans Book: two versions")
+
+
+# ------------------------------------------------------------------------ fonts: eval by class name
+
+def test_eval_refuses_a_font_whose_class_name_depends_on_the_order_given(tmp_path, caplog):
+    """Trained on a/Regular.ttf (class Regular) and b/Regular.ttf (class Regular-2): scoring b/Regular.ttf
+    alone names it Regular, the class of the other font, and would score its crops against it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "Regular.ttf").write_bytes(open(SANS, "rb").read())
+    (b / "Regular.ttf").write_bytes(open(SERIF, "rb").read())
+    meta = {"classes": ["Regular", "Regular-2"], "fonts": [str(a / "Regular.ttf"), str(b / "Regular.ttf")],
+            "height": 16, "width": 64}
+    recipe = get_recipe("fonts")
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox\njumps over the lazy dog\nPack my box with five dozen\n", encoding="utf-8")
+
+    def score(*fonts):
+        return recipe.make_split(fonts_config(tmp_path, text, fonts=[str(f) for f in fonts]), TrainConfig(),
+                                 "val", meta)
+
+    with pytest.raises(DataError, match=r"font .*b/Regular.ttf is scored as class Regular, which this model learned "
+                                        r"from .*a/Regular.ttf, a file with other bytes; several fonts share the file "
+                                        r"name 'Regular'"):
+        score(b / "Regular.ttf")
+    with pytest.raises(DataError, match="is scored as class Regular"):
+        score(b / "Regular.ttf", a / "Regular.ttf")
+    assert len(score(a / "Regular.ttf", b / "Regular.ttf").dataset) == 2  # as in training
+    # a name that only one file has: another version of a font scores, with a warning
+    meta = {"classes": ["Regular"], "fonts": [str(a / "Regular.ttf")], "height": 16, "width": 64}
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        score(b / "Regular.ttf")
+    assert "b/Regular.ttf is scored as class Regular, which this model learned from" in caplog.text
 
 
 # ------------------------------------------------------------------------ digits: predict
@@ -160,6 +229,40 @@ def test_predict_refuses_a_blank_digit_image(product_run, tmp_path, capsys, pixe
     assert code == 2 and out == ""
     assert one_error_line(err) == (f"error: {blank}: the image is blank (no pixel differs from the background by "
                                    f"10% of the gray range), so there is no digit to read")
+
+
+def ink_rows_and_columns(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.nonzero(x.max(axis=1) > 0.5)[0], np.nonzero(x.max(axis=0) > 0.5)[0]
+
+
+def test_a_digit_image_of_another_size_is_fitted_as_mnist_digits_are(tmp_path, caplog):
+    one = np.full((60, 12), 255, dtype=np.uint8)     # a tall, thin "1", dark on white paper
+    one[5:55, 5:8] = 0
+    Image.fromarray(one).save(tmp_path / "one.png")
+    x = read_digit(str(tmp_path / "one.png"), (28, 28))
+    rows, cols = ink_rows_and_columns(x)
+    assert 19 <= len(rows) <= 21 and len(cols) <= 2  # 20 of 28 rows, as thin as it was: not squeezed to 28x28
+    assert abs(rows.mean() - 13.5) <= 1 and abs(cols.mean() - 13.5) <= 1
+    photo = np.full((200, 300), 180, dtype=np.uint8)  # a small digit near a corner of gray paper
+    photo[20:50, 250:270] = 40
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    x = read_digit(str(tmp_path / "photo.png"), (28, 28))
+    rows, cols = ink_rows_and_columns(x)
+    assert len(rows) == 20 and 12 <= len(cols) <= 14 and abs(cols.mean() - 13.5) <= 1
+    assert x.min() == 0.0 and x.max() == pytest.approx(1.0)  # the paper is background (0), as in MNIST
+    x = read_digit(str(tmp_path / "photo.png"), (8, 8), fill=1.0)  # scikit-learn's digits fill their image
+    assert len(ink_rows_and_columns(x)[0]) == 8
+    mnist_like = np.zeros((12, 12), dtype=np.uint8)
+    mnist_like[2:10, 5:7] = 255
+    Image.fromarray(mnist_like).save(tmp_path / "same.png")
+    np.testing.assert_array_equal(read_digit(str(tmp_path / "same.png"), (12, 12)), mnist_like / 255.0)  # as it is
+    assert "wider than a digit" not in caplog.text
+    number = np.zeros((20, 60), dtype=np.uint8)      # "111": three digits in one image
+    number[2:18, [10, 30, 50]] = 255
+    Image.fromarray(number).save(tmp_path / "number.png")
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        read_digit(str(tmp_path / "number.png"), (28, 28))
+    assert f"{tmp_path / 'number.png'}: its ink is 41 pixels wide and 16 high, wider than a digit" in caplog.text
 
 
 def test_sequence_length_against_each_head(caplog):

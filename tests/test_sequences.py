@@ -248,3 +248,18 @@ def test_sklearn_fallback_gives_8x8_sequences(tmp_path, caplog, monkeypatch):
     assert batch["x"].shape[2:] == (1, 8, 8) and meta["input_shape"] == [None, 1, 8, 8]
     assert batch["x"].max() == 1.0  # divided by 16, not 255
     assert meta["source"] == FALLBACK_SOURCE
+
+
+def test_products_stop_where_a_64_bit_target_would_wrap_around():
+    nines = np.full((1, 19), 9)
+    assert int(sequence_targets(nines, np.array([19]), "product")[0]) == 9 ** 19
+    with pytest.raises(ConfigError, match="expected products of at most 19 digits"):
+        sequence_targets(np.full((1, 20), 9), np.array([20]), "product")
+    assert int(sequence_targets(np.full((1, 40), 9), np.array([40]), "sum")[0]) == 360
+    from convrnn.fields import check
+    from convrnn.recipes.digits import DigitsDataConfig
+    check(DigitsDataConfig(op="product", max_len=9), "data")
+    check(DigitsDataConfig(op="product", max_len=19, num_test=0), "data")  # no test sequences of 2N digits
+    check(DigitsDataConfig(op="sum", max_len=50), "data")
+    with pytest.raises(ConfigError, match="data.max_len: expected at most 9 for products"):
+        check(DigitsDataConfig(op="product", max_len=10), "data")

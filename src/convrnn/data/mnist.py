@@ -46,6 +46,8 @@ SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 # IDX type byte -> big-endian numpy dtype
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
+LIGHT_BACKGROUND = 192  # a median pixel this light: dark digits on light paper, the inverse of MNIST's
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ def _candidates(prefix: str, kind: str) -> list[str]:
 
 
 def _find(directory: Path, prefix: str, kind: str) -> Path | None:
+    """The file of one split and kind in ``directory``; also inside a folder of its own name, as some
+    archives unpack (``train-images-idx3-ubyte/train-images-idx3-ubyte``)."""
     for name in _candidates(prefix, kind):
-        if (directory / name).is_file():
-            return directory / name
+        for path in (directory / name, directory / name / name):
+            if path.is_file():
+                return path
     return None
 
 
@@ -187,9 +192,14 @@ def mnist_source(data_dir: str | os.PathLike | None = None, *, what: str = "data
         return str(directory.resolve())
     if explicit:
         where = f"{what}={data_dir}" if data_dir else f"${ENV_VAR}={explicit}"
-        problem = "no such folder" if not directory.exists() else "no MNIST IDX files in this folder"
+        problem = ("no such folder" if not directory.exists() else "a file, not a folder" if not directory.is_dir()
+                   else "no MNIST IDX files in this folder")
+        images = [f.name for f in directory.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES] \
+            if directory.is_dir() else []
         raise DataError(f"{where}: {problem} (expected train-images-idx3-ubyte.gz and the three other MNIST "
-                        f"files; `convrnn data download mnist --to {directory}` fetches them)")
+                        f"files; `convrnn data download mnist --to {directory}` fetches them)"
+                        + (f"; image files such as {min(images)} are not read: the digits come from IDX files"
+                           if images else ""))
     logger.warning("no MNIST files in %s: using scikit-learn's bundled 8x8 digits instead; "
                    "`convrnn data download mnist` fetches MNIST there (or give its folder)", directory)
     return SKLEARN
@@ -218,20 +228,36 @@ def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") 
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{paths['images'].name}: expected uint8 images (N, H, W), "
                         f"found {images.dtype} of shape {images.shape}")
-    if labels.ndim != 1:
-        raise DataError(f"{paths['labels'].name}: expected labels (N,), found shape {labels.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{paths['labels'].name}: expected integer labels (N,), found {labels.dtype} of shape "
+                        f"{labels.shape}")
+    if len(labels) == 0:
+        raise DataError(f"{paths['labels'].name}: expected digits for the {split} split, found a file of 0 items")
     if len(images) != len(labels):
         raise DataError(f"{paths['labels'].name}: expected {len(images)} labels to match "
                         f"{paths['images'].name}, found {len(labels)}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{paths['labels'].name}: expected digit labels 0..9, found {labels.min()}..{labels.max()}")
+    if float(np.median(images[:1000])) >= LIGHT_BACKGROUND:
+        # predict reads every image as light ink on dark (inverting scans), so the digits learnt must be so too
+        images = 255 - images
+        logger.warning("%s: its digits are dark on a light background; inverted to MNIST's light ink on dark, as "
+                       "predict reads every image", paths["images"].name)
     logger.info("MNIST %s: %d digits of %dx%d from %s", split, len(labels), *images.shape[1:], directory)
     return MnistSplit(images, labels.astype(np.int64), f"mnist ({directory})", 255)
 
 
 def load_mnist_splits(data_dir: str | os.PathLike | None = None) -> tuple[MnistSplit, MnistSplit]:
-    """The train and test splits from ``data_dir`` (as :func:`load_mnist` takes it)."""
-    return load_mnist(data_dir or None, "train"), load_mnist(data_dir or None, "test")
+    """The train and test splits from ``data_dir`` (as :func:`load_mnist` takes it): digits of one size,
+    and at least two test digits (the recipes validate on one half of them and test on the other)."""
+    train, test = load_mnist(data_dir or None, "train"), load_mnist(data_dir or None, "test")
+    if train.image_shape != test.image_shape:
+        raise DataError(f"{train.source}: expected train and test digits of one size, found "
+                        f"{'x'.join(map(str, train.image_shape))} train digits and "
+                        f"{'x'.join(map(str, test.image_shape))} test digits")
+    if len(test) < 2:
+        raise DataError(f"{test.source}: expected at least 2 test digits (half validate, half test), found {len(test)}")
+    return train, test
 
 
 def load_sklearn_digits(split: str = "train") -> MnistSplit:

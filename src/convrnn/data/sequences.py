@@ -31,6 +31,7 @@ from convrnn.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 OPS = ("sum", "product", "running-sum")
+MAX_PRODUCT_DIGITS = 19  # 9 ** 19 fits an int64 target; 9 ** 20 does not (it would wrap around)
 VAL_TEST_SEED = 0  # fixes which test digits validate and which test, whatever the sequence seed
 
 
@@ -68,6 +69,9 @@ def sequence_targets(digits: np.ndarray, lengths: np.ndarray, op: str) -> np.nda
     """
     check_op(op)
     digits = np.asarray(digits, dtype=np.int64)
+    if op == "product" and digits.shape[1] > MAX_PRODUCT_DIGITS:
+        raise ConfigError(f"expected products of at most {MAX_PRODUCT_DIGITS} digits (a longer one can exceed a "
+                          f"64-bit integer), got sequences of up to {digits.shape[1]}")
     valid = np.arange(digits.shape[1])[None, :] < np.asarray(lengths)[:, None]  # (S, T)
     if op == "sum":
         return np.where(valid, digits, 0).sum(axis=1)

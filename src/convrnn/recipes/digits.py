@@ -30,11 +30,11 @@ import torch
 from PIL import Image
 
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.fonts import read_ink
+from convrnn.data.fonts import ink_box, read_ink
 from convrnn.data.images import load_gray, to_ink
-from convrnn.data.mnist import load_mnist_splits, mnist_source
-from convrnn.data.sequences import (OPS, DigitSequences, describe_sequences, make_digit_sequences, num_target_classes,
-                                    val_test_pools)
+from convrnn.data.mnist import FALLBACK_SOURCE, load_mnist_splits, mnist_source
+from convrnn.data.sequences import (MAX_PRODUCT_DIGITS, OPS, DigitSequences, describe_sequences, make_digit_sequences,
+                                    num_target_classes, val_test_pools)
 from convrnn.errors import DataError
 from convrnn.fields import checked, one_of, path_field, seed_field
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
@@ -70,8 +70,13 @@ class DigitsDataConfig:
     seed: int = seed_field()   # which sequences are drawn (the training order follows train.seed)
 
     def check_together(self) -> list[tuple]:
+        longest = 2 * self.max_len if self.num_test else self.max_len  # test sequences go to 2N digits
         return [(self.min_len <= self.max_len, "min_len/max_len", "min_len <= max_len",
-                 f"{self.min_len}/{self.max_len}")]
+                 f"{self.min_len}/{self.max_len}"),
+                (self.op != "product" or longest <= MAX_PRODUCT_DIGITS, "max_len",
+                 f"at most {MAX_PRODUCT_DIGITS // 2} for products (test sequences have up to 2N digits, and a "
+                 f"product of more than {MAX_PRODUCT_DIGITS} digits can exceed a 64-bit integer; "
+                 f"{MAX_PRODUCT_DIGITS} with data.num_test=0)", self.max_len)]
 
 
 def sequence_batches(data: DigitSequences, batch_size: int, *, shuffle: bool, seed: int = 0) -> IndexedBatches:
@@ -151,7 +156,8 @@ class DigitsRecipe(Recipe):
         hold every value it may have (a ``cls`` head), and read with a warning otherwise."""
         meta, task = loaded.ckpt["meta"], loaded.task
         check_length(len(inputs), meta, task)
-        x = torch.from_numpy(np.stack([read_digit(p, tuple(meta["image_shape"][1:])) for p in inputs]))
+        size, fill = tuple(meta["image_shape"][1:]), digit_fill(meta)
+        x = torch.from_numpy(np.stack([read_digit(p, size, fill) for p in inputs]))
         x = x[None, :, None]  # (T, H, W) -> (1, T, 1, H, W)
         lengths = torch.tensor([len(inputs)])
         with torch.inference_mode():
@@ -186,20 +192,59 @@ def check_length(count: int, meta: dict, task) -> None:
                 "reads less well (`convrnn eval RUN --split test` shows the error per length)", count, trained)
 
 
-def read_digit(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One digit image as float32 ``(H, W)`` in 0..1 with bright ink (MNIST's polarity), resized to ``size``.
+# The share of the image a digit's ink spans along its longer side: MNIST centres each digit's 20x20 box
+# in 28x28 pixels; scikit-learn's 8x8 digits fill their image.
+MNIST_FILL = 20 / 28
+WIDEST_DIGIT = 1.5  # width / height of the widest ink a single digit has (MNIST's are at most about 1.2)
+
+
+def digit_fill(meta: dict) -> float:
+    """The :data:`MNIST_FILL` of a run's digits: 1 for scikit-learn's 8x8 digits, MNIST's otherwise."""
+    return 1.0 if meta.get("source") == FALLBACK_SOURCE else MNIST_FILL
+
+
+def read_digit(path: str, size: tuple[int, int], fill: float = MNIST_FILL) -> np.ndarray:
+    """One digit image as float32 ``(H, W)`` in 0..1 with bright ink (MNIST's polarity), at ``size``.
+
+    An image of ``size`` is taken as it is, as a training digit. Any other is prepared the way MNIST's
+    digits were: its ink contrast-stretched (background 0), cropped to its box, scaled with its aspect
+    ratio kept so that the longer side spans ``fill`` of the image, and placed with its centre of mass at
+    the centre, so that a tall "1" or a small digit on a large photo reads like a training digit.
     A blank image (all one gray, all black, all white) is a DataError naming the file: it shows no digit."""
     gray = load_gray(path)
-    read_ink(path, gray, what="digit")  # the fonts recipe's blank check: nothing stands out from the background
-    if gray.shape != size:
-        if min(gray.shape) < 4:
-            raise DataError(f"{path}: expected a digit image of {size[0]}x{size[1]} pixels (or larger, to be "
-                            f"resized), got {gray.shape[0]}x{gray.shape[1]}")
-        ink = to_ink(gray)
-        resized = Image.fromarray((ink * 255).astype(np.uint8)).resize((size[1], size[0]), Image.BILINEAR)
-        log.info("%s: resized %dx%d -> %dx%d", path, *gray.shape, *size)
-        return np.asarray(resized, dtype=np.float32) / 255.0
-    return to_ink(gray).astype(np.float32)
+    ink = read_ink(path, gray, what="digit")  # the fonts recipe's blank check: nothing stands out from the background
+    top, bottom, left, right = ink_box(ink)
+    if right - left > WIDEST_DIGIT * (bottom - top):
+        log.warning("%s: its ink is %d pixels wide and %d high, wider than a digit: if it shows several digits, "
+                    "give one image per digit (it is read as one)", path, right - left, bottom - top)
+    if gray.shape == size:
+        return to_ink(gray).astype(np.float32)
+    if min(gray.shape) < 4:
+        raise DataError(f"{path}: expected a digit image of {size[0]}x{size[1]} pixels (or larger, to be "
+                        f"resized), got {gray.shape[0]}x{gray.shape[1]}")
+    log.info("%s: fitted %dx%d -> %dx%d", path, *gray.shape, *size)
+    return fit_digit(ink, size, fill)
+
+
+def fit_digit(ink: np.ndarray, size: tuple[int, int], fill: float = MNIST_FILL) -> np.ndarray:
+    """Stretched ink ``(H, W)`` with some ink -> float32 ``size``: the ink's box scaled, aspect kept, so that
+    it spans at most ``fill`` of each side (one side exactly), its centre of mass at the image centre."""
+    top, bottom, left, right = ink_box(ink)
+    box = ink[top:bottom, left:right].astype(np.float32)  # (h, w)
+    h, w = box.shape
+    scale = min(fill * size[0] / h, fill * size[1] / w)
+    new_h, new_w = min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale)))
+    digit = np.asarray(Image.fromarray(box).resize((new_w, new_h), Image.BOX if scale < 1 else Image.BILINEAR),
+                       dtype=np.float32)  # mode "F": (h, w) -> (new_h, new_w)
+    digit = np.clip(digit, 0.0, 1.0)
+    mass = float(digit.sum()) or 1.0
+    cy = float(digit.sum(axis=1) @ np.arange(new_h)) / mass
+    cx = float(digit.sum(axis=0) @ np.arange(new_w)) / mass
+    y0 = int(np.clip(round((size[0] - 1) / 2 - cy), 0, size[0] - new_h))
+    x0 = int(np.clip(round((size[1] - 1) / 2 - cx), 0, size[1] - new_w))
+    out = np.zeros(size, dtype=np.float32)
+    out[y0:y0 + new_h, x0:x0 + new_w] = digit
+    return out
 
 
 # ----------------------------------------------------------------------------------------- report

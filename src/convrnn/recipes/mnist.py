@@ -22,7 +22,7 @@ from convrnn.data.mnist import load_mnist_splits, mnist_source
 from convrnn.data.sequences import val_test_pools
 from convrnn.fields import checked, path_field
 from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
-from convrnn.recipes.digits import DATA_DIR_HELP, read_digit
+from convrnn.recipes.digits import DATA_DIR_HELP, digit_fill, read_digit
 from convrnn.tasks.classify import ClassifyTask
 
 CLASSES = [str(d) for d in range(10)]
@@ -87,9 +87,11 @@ class MnistRecipe(Recipe):
         return ClassifyTask(meta["classes"])
 
     def predict(self, loaded, inputs: list[str], **options) -> list[str]:
-        """The digit and its probability for each image (resized to the model's size, bright ink)."""
-        size = tuple(loaded.ckpt["input_shape"][1:])
-        x = torch.from_numpy(np.stack([read_digit(p, size) for p in inputs])).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        """The digit and its probability for each image (bright ink, fitted to the model's size like MNIST's
+        digits: :func:`convrnn.recipes.digits.read_digit`)."""
+        size, fill = tuple(loaded.ckpt["input_shape"][1:]), digit_fill(loaded.ckpt["meta"])
+        x = torch.from_numpy(np.stack([read_digit(p, size, fill) for p in inputs]))
+        x = x.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
         with torch.inference_mode():
             logits = loaded.model(x)
         return [f"{path}\t{name}\t{p:.3f}" for path, (name, p) in zip(inputs, loaded.task.predict(logits))]
