@@ -89,6 +89,23 @@ def test_manifest_paths_relative_escaping_and_malformed(tmp_path):
         read_lines(str(tmp_path / "missing"), height=16)
 
 
+
+def test_byte_order_marks_are_not_text(tmp_path):
+    """Files saved by Windows editors start with a UTF-8 byte-order mark: it is not a character of the
+    transcription (nor of the first path of a manifest); UTF-16 is refused with how to convert it."""
+    root = tmp_path / "set"
+    root.mkdir()
+    _line_image(root / "a.png")
+    (root / "a.gt.txt").write_bytes("\ufeffhello".encode("utf-8"))
+    assert read_lines(str(root), height=16).texts == ["hello"]
+    manifest = tmp_path / "train.tsv"
+    manifest.write_bytes("\ufeffset/a.png\thi\n".encode("utf-8"))
+    assert read_lines(str(manifest), height=16).texts == ["hi"]
+    (root / "a.gt.txt").write_bytes("hello".encode("utf-16"))
+    with pytest.raises(DataError, match=r"expected UTF-8 text, got UTF-16LE text .* in .*a\.gt\.txt"):
+        read_lines(str(root), height=16, strict=True)
+
+
 def test_all_bad_is_an_error_not_an_empty_dataset(tmp_path):
     (tmp_path / "x.png").write_bytes(b"nope")
     (tmp_path / "x.gt.txt").write_text("x", encoding="utf-8")

@@ -31,6 +31,7 @@ from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
+from convrnn.data.text import decode_utf8
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import checked, one_of, path_field, seed_field
 
@@ -126,10 +127,7 @@ def read_transcription(path: Path, normalize: str = "NFC") -> str:
     missing, not UTF-8 or empty."""
     if not path.is_file():
         raise DataError(f"{path}: missing transcription")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: expected UTF-8 text, got byte 0x{e.object[e.start]:02x} at offset {e.start}") from None
+    text = decode_utf8(path.read_bytes(), str(path))  # a byte-order mark would become a character of the alphabet
     text = normalize_text(text, normalize)  # one line: newlines and runs of spaces become one space
     if not text:
         raise DataError(f"{path}: empty transcription")
@@ -154,11 +152,7 @@ def _folder_entries(folder: Path) -> list[tuple[str, Optional[Path], Optional[st
 def _manifest_entries(manifest: Path, allow_outside_root: bool,
                       normalize: str = "NFC") -> list[tuple[str, Optional[Path], Optional[str]]]:
     root = manifest.parent.resolve()
-    try:
-        lines = manifest.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{manifest}: expected a UTF-8 manifest, got byte 0x{e.object[e.start]:02x} "
-                        f"at offset {e.start}") from None
+    lines = decode_utf8(manifest.read_bytes(), str(manifest)).splitlines()  # a byte-order mark would lead the first path
     entries = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
