@@ -19,6 +19,7 @@ whitespace runs collapsed to one space.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -273,6 +274,28 @@ def build_alphabet(texts: Iterable[str]) -> list[str]:
     if not chars:
         raise DataError("expected training transcriptions with at least one character, got none")
     return chars
+
+
+def right_to_left(text: str) -> bool:
+    """Whether ``text`` holds a character of a right-to-left script (Unicode bidi class R or AL)."""
+    return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+
+
+def check_reading_direction(lines: LineSet, source: str) -> None:
+    """Lines are read left to right and CTC aligns a text in that order, but right-to-left text is
+    stored in reading order (the first letter is at the right): a training set mostly in such a script
+    is refused rather than trained into a model that cannot learn it; a few such lines are named."""
+    rtl = [k for k, text in enumerate(lines.texts) if right_to_left(text)]
+    if not rtl:
+        return
+    first = f"{lines.names[rtl[0]]}: {lines.texts[rtl[0]][:40]!r}"
+    if 2 * len(rtl) > len(lines):
+        raise DataError(f"{source}: {len(rtl)} of {len(lines)} training lines are in a right-to-left script "
+                        f"({first}); convrnn reads lines left to right and does not reorder their text, so it "
+                        f"cannot learn them: right-to-left scripts are not supported")
+    log.warning("%s: %d of %d training lines hold right-to-left characters (%s); they are read left to right "
+                "without reordering their text, so those characters will be hard to learn", source, len(rtl),
+                len(lines), first)
 
 
 def unseen_characters(texts: Iterable[str], alphabet: Sequence[str]) -> dict[str, int]:

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from convrnn.data.augment import AUGMENT_SETS, LineAugment
-from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, line_augment, line_batches,
-                                find_source, line_fetcher, prepare_line, read_lines, split_lines,
-                                unseen_characters)
+from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_reading_direction,
+                                find_source, line_augment, line_batches, line_fetcher, prepare_line,
+                                read_lines, split_lines, unseen_characters)
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.fields import check
@@ -167,6 +167,7 @@ class LinesRecipe(Recipe):
 
     def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None) -> DataBundle:
         train, val, test = load_splits(data_cfg, progress)
+        check_reading_direction(train, data_cfg.data or f"--synthetic {data_cfg.synthetic}")
         alphabet = build_alphabet(train.texts)
         name_unseen(unseen_characters(val.texts, alphabet), "validation")
         bs = train_cfg.batch_size
