@@ -60,7 +60,8 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
 @click.pass_context
 def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optional[int], lexicon: Optional[str],
             lm: Optional[str], shifts: int, out: Optional[str], threads: Optional[int]) -> None:
-    """Predict with a trained run: one line per input (per text line of a page XML input)."""
+    """Predict with a trained run: one line per input (per text line of a page XML input); a digits run
+    reads its inputs, in order, as one sequence and prints its value (or one line per digit)."""
     from convrnn.cli.progress import CountProgress
     from convrnn.infer.run import predict as run_predict
     from convrnn.train.threads import apply_threads
