@@ -12,7 +12,8 @@ from convrnn.train.trainer import Trainer
 
 def fake_trainer(step, train_time, *, epochs=2, max_steps=0, max_time=0.0, start=(0, 0.0)):
     t = SimpleNamespace(cfg=SimpleNamespace(epochs=epochs, max_steps=max_steps, max_time=max_time),
-                        pos=SimpleNamespace(step=step, train_time=train_time, epoch=0), _fit_start=start)
+                        pos=SimpleNamespace(step=step, train_time=train_time, epoch=0), _fit_start=start,
+                        later_members=0)
     t.eta = lambda info, start=None: Trainer.eta(t, info, start)
     t.progress_line = lambda info, loss, rate: Trainer.progress_line(t, info, loss, rate)
     return t
@@ -28,6 +29,18 @@ def test_eta_is_the_first_limit_at_the_recent_seconds_per_step(limits, expected)
     info = {"epoch": 0, "batch": 4, "batches": 10}
     assert trainer.eta(info, (0, 0.0)) == pytest.approx(expected)
     assert trainer.eta(info, (4, 2.0)) is None  # no step yet in this process: no estimate
+
+
+@pytest.mark.parametrize("limits, later_each", [
+    (dict(epochs=2), 2 * 10 * 0.5),              # a later member: 2 epochs of 10 batches at 0.5 s
+    (dict(epochs=2, max_time=3.0), 3.0),          # ... or its time limit
+])
+def test_an_ensemble_members_eta_counts_the_members_after_it(limits, later_each):
+    trainer = fake_trainer(4, 2.0, **limits)
+    info = {"epoch": 0, "batch": 4, "batches": 10}
+    own = trainer.eta(info, (0, 0.0))
+    trainer.later_members = 2
+    assert trainer.eta(info, (0, 0.0)) == pytest.approx(own + 2 * later_each)
 
 
 def test_progress_lines_show_rate_and_eta():

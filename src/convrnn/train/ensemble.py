@@ -96,6 +96,7 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
         log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
                  f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", member.train.run_dir)
         trainer = build(member, member.train.run_dir if again else None)
+        trainer.later_members = sum(1 for j in todo if j > i)  # the time left shown is the ensemble's
         if not (root / "config.json").exists():  # once the data and the member's run are set up
             cfg.save(root / "config.json")
         try:

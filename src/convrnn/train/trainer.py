@@ -250,6 +250,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.best_metrics: dict[str, float] = {}  # validation metrics of the best checkpoint
         self.val_step = -1  # step of the last validation
+        self.later_members = 0  # ensemble members to train after this one: their time counts in eta()
         self.skipped = 0
 
     def wrap_forward(self, module: RunModule) -> torch.nn.Module:
@@ -468,8 +469,9 @@ class Trainer:
 
     def eta(self, info: dict, start: Optional[tuple[int, float]] = None) -> Optional[float]:
         """Training seconds left until the first limit (epochs, max_steps, max_time), from the seconds
-        per step since ``start`` (step, training seconds; default: where this fit began); None before
-        the first step. Validation is not counted."""
+        per step since ``start`` (step, training seconds; default: where this fit began), plus the
+        ``later_members`` of an ensemble still to train; None before the first step. Validation is not
+        counted."""
         cfg, pos = self.cfg, self.pos
         start = self._fit_start if start is None else start
         steps = pos.step - start[0]
@@ -482,6 +484,13 @@ class Trainer:
         eta = max(left, 0) * per_step
         if cfg.max_time:
             eta = min(eta, max(cfg.max_time - pos.train_time, 0.0))
+        later = self.later_members
+        if later:  # an ensemble member: the members trained after it, each a whole run of this one's limits
+            whole = cfg.epochs * info["batches"]
+            if cfg.max_steps:
+                whole = min(whole, cfg.max_steps)
+            one = whole * per_step
+            eta += later * (min(one, cfg.max_time) if cfg.max_time else one)
         return eta
 
     def describe_end(self) -> str:
