@@ -223,6 +223,8 @@ def test_only_the_writing_rank_takes_the_lock(monkeypatch, tmp_path):
      "train.batch_size=8: the run stopped at batch 4 of epoch 1, and the rest of that epoch is the batch order "
      "of train.batch_size=16; change it at an epoch's end: resume first with --epochs 1"),
     (["--epochs", "77", "--seed", "5"], "train.seed=5: the run stopped at batch 4 of epoch 1"),
+    (["--epochs", "77", "--samples-per-font", "80"], "the run stopped at batch 4 of 10 in epoch 1, and its "
+     "training data now makes 20 batches of that epoch (a data setting changed)"),
 ])
 def test_a_refused_resume_leaves_the_run_as_it_was(capsys, tmp_path, trained_run, change, message):
     """Every refusal comes before config.json is written: the refused values do not stick to the run,

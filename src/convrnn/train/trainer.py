@@ -271,6 +271,8 @@ class Trainer:
             **weights,
             "optimizer": self.optimizer.state_dict(),
             "step": self.pos.step, "epoch": self.pos.epoch, "batch_in_epoch": self.pos.batch_in_epoch,
+            # how many batches that epoch has: a resume within it must find the same number (see restore)
+            "epoch_batches": self.train_data.num_batches(self.pos.epoch) if self.pos.batch_in_epoch else 0,
             "train_time": self.pos.train_time, "best": self.pos.best, "stale": self.pos.stale,
             "best_loss": self.pos.best_loss, "best_step": self.pos.best_step, "best_metrics": dict(self.best_metrics),
             "rng": rng_state(),
@@ -298,6 +300,13 @@ class Trainer:
                                  epoch=ckpt.get("epoch", 0), batch_in_epoch=ckpt.get("batch_in_epoch", 0))
         if refusal:
             raise ConfigError(refusal)
+        epoch, done, had = ckpt.get("epoch", 0), ckpt.get("batch_in_epoch", 0), ckpt.get("epoch_batches", 0)
+        if done and had and self.train_data.num_batches(epoch) != had:
+            # the data settings changed (how many lines or windows, their length...): the epoch's batch
+            # order is another one, and its rest from batch `done` on would skip or repeat training data
+            raise ConfigError(f"the run stopped at batch {done} of {had} in epoch {epoch + 1}, and its training "
+                              f"data now makes {self.train_data.num_batches(epoch)} batches of that epoch (a data "
+                              f"setting changed): resume with the data settings it had, or start a new run")
         raw = ckpt.get("train_model", ckpt["model"])
         if self.average is not None:
             self.average.load(self.model, ckpt["model"], raw)  # an unaveraged checkpoint: both are its weights
