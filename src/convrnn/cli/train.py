@@ -29,7 +29,8 @@ def _common_train_options(f):
         click.option("--ema", type=float, metavar="DECAY",
                      help="validate and save a moving average of the weights (e.g. 0.999; 0 = off)"),
         click.option("--ensemble", type=int, metavar="K",
-                     help="train K models one after another, each on 1/K of the time, and average them"),
+                     help="train K models one after another, each on 1/K of --max-time and of --max-steps, and "
+                          "average them"),
         click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
         click.option("--config", "config_file", type=click.Path(),
                      help="a run's config.json to start a new run from (not with --resume)"),
