@@ -126,3 +126,19 @@ def test_bar_shows_the_time_left_to_the_first_limit():
     task = progress._bar.progress.tasks[0]
     assert task.fields["left"] == "0:00:03 left"
     progress.on_train_end(fake_trainer(4, 2.0), {})
+
+
+def test_count_progress_times_each_phase_from_its_own_start(monkeypatch):
+    """One callback counts the training pages, then the validation pages: the second count's rate is
+    its own, not its items over the time since the first began."""
+    from convrnn.cli import progress as progress_module
+    from convrnn.cli.progress import CountProgress
+    clock = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = CountProgress("pages", every=0.0, stream=stream)
+    for done, at in ((50, 50.0), (100, 100.0), (10, 101.0), (20, 102.0)):  # 1/s, then 10/s
+        clock[0] = at
+        progress(done, 100 if at <= 100 else 20)
+    assert stream.getvalue().splitlines() == ["pages: 50/100 items (1/s, eta 50 s)", "pages: 100/100 items (1/s, eta 0 s)",
+                                              "pages: 10/20 items (10/s, eta 1 s)", "pages: 20/20 items (10/s, eta 0 s)"]

@@ -134,6 +134,7 @@ class CountProgress:
         self._task = None
         self._t0 = time.monotonic()
         self._last = 0.0
+        self._phase: Optional[tuple[int, int]] = None  # the last (done, total) seen
 
     def __call__(self, done: int, total: int) -> None:
         if self.fancy:
@@ -148,6 +149,11 @@ class CountProgress:
                 self._bar = None
             return
         now = time.monotonic()
+        if self._phase is not None and (total != self._phase[1] or done < self._phase[0]):
+            # counting started again (the validation pages after the training pages): so does the clock,
+            # from the previous call, when the new phase's work began
+            self._t0 = self._at
+        self._phase, self._at = (done, total), now
         if now - self._last < self.every and (done < total or self.quiet):
             return
         self._last = now
