@@ -715,6 +715,22 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
     assert code == 2 and "refusing to overwrite the input file" in err and err.count("\n") == 1
 
 
+def test_cli_predict_reads_the_pages_it_can_and_ends_with_an_error_for_the_others(page_run, capsys, tmp_path):
+    """A batch with a page whose image is missing: the other pages are read and written, and the
+    command ends with one error line and exit 2, so that a script sees that a page is missing."""
+    good = write_alto(tmp_path / "in", "good", image="good.png")
+    lost = write_alto(tmp_path / "in", "lost", image="lost.png", make_image=False)
+    for extra in ([], ["--out", str(tmp_path / "out")]):
+        code, out, err = run_cli(capsys, "predict", str(page_run), str(good), str(lost), *extra)
+        assert code == 2, err
+        assert out.startswith(f"wrote {tmp_path / 'out' / 'good.xml'} (" if extra else f"{good}:l_straight\t")
+        assert str(lost) not in out
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: 1 of 2 pages could not be read") and "lost.png" in last, err
+        assert err.count("error: ") == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.xml"]
+
+
 def test_cli_predict_refuses_page_images_and_out_without_pages(page_run, capsys, tmp_path):
     """A page scan read as one line gives a meaningless text: with its XML beside it, it is refused;
     --out writes page XML, so inputs with none are refused rather than writing nothing."""

@@ -70,8 +70,12 @@ def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optiona
         apply_threads(threads)
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
     progress = CountProgress("reading lines", quiet=ctx.find_root().obj["quiet"], unit="lines")
-    for line in run_predict(run, list(inputs), shifts=shifts, progress=progress, **options):
+    lines = run_predict(run, list(inputs), shifts=shifts, progress=progress, **options)
+    for line in lines:
         click.echo(line)
+    if getattr(lines, "unread", None):  # the readable inputs are out; a script must still see the failure
+        from convrnn.errors import DataError
+        raise DataError(lines.unread[0])
 
 
 def register(cli: click.Group) -> None:

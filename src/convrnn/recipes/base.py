@@ -26,6 +26,15 @@ class CliOption:
     is_flag: bool = False
 
 
+class Predictions(list):
+    """A recipe's ``predict`` output lines; ``unread`` says, one entry each, which inputs could not be
+    read at all (the output holds the others), so that the command line can end with an error."""
+
+    def __init__(self, lines=(), unread=()):
+        super().__init__(lines)
+        self.unread = list(unread)
+
+
 @dataclass
 class DataBundle:
     """What a recipe's data step returns."""
@@ -195,7 +204,8 @@ class Recipe:
         raise NotImplementedError
 
     def predict(self, loaded, inputs: list[str], **options) -> list[str]:
-        """One line per input (or per line of a page...) for a loaded run (``convrnn.infer.run.Loaded``)."""
+        """One line per input (or per line of a page...) for a loaded run (``convrnn.infer.run.Loaded``);
+        a :class:`Predictions` when some inputs could not be read."""
         raise ConfigError(f"recipe {self.name} has no predict")
 
     # ----- what is shown about it ------------------------------------------------------------------

@@ -30,8 +30,8 @@ from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_
 from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.fields import check
-from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
-                                   register_recipe)
+from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Predictions, Recipe, check_meta,
+                                   missing_split, register_recipe)
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.ctc import BLANK, CTCTask, name_unseen
 
@@ -279,7 +279,10 @@ class LinesRecipe(Recipe):
                     unread = n - len(lines)
                     result.append(f"wrote {dst} ({len(lines)} lines" + (
                         f"; {unread} not read, written without text)" if unread else ")"))
-        return result
+        failed = [str(page.page_error) for page in (pages if paths else []) if page.page_error is not None]
+        return Predictions(result, [f"{len(failed)} of {len(paths)} pages could not be read"
+                                    + (" or written" if out is not None else "") + f" ({failed[0]}), the others "
+                                    "were; the warning above names each"] if failed else [])
 
 
 def _refuse_page_image(image: str) -> None:
