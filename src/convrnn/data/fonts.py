@@ -613,13 +613,9 @@ def _render_split(fonts: list[FontSpec], lines: list[str], line_set: np.ndarray,
 def _cache_key(fonts: list[FontSpec], lines: list[str], config: FontsDataConfig) -> str:
     from PIL import __version__ as pil_version
 
-    def digest(path: str) -> str:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-
     key = {"format": FORMAT_VERSION, "pillow": pil_version, "freetype": ImageFont.core.freetype2_version,
            # a font sized by its line box (no REFERENCE_TEXT ink) is marked, as its size follows another rule
-           "fonts": [[f.name, os.path.abspath(f.path), digest(f.path)] + (["line box"] if _sized_by_line_box(f) else [])
+           "fonts": [[f.name, os.path.abspath(f.path), file_digest(f.path)] + (["line box"] if _sized_by_line_box(f) else [])
                      for f in fonts],
            "text": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(),
            **{k: v for k, v in asdict(config).items() if k not in ("fonts", "text", "cache_dir")}}
