@@ -68,22 +68,24 @@ def read_corpus(path: str | os.PathLike, unit: str = "char") -> Text:
     """
     _check_unit(unit)
     root = Path(path)
-    parts: list[bytes] = []
+    newline = "\n" if unit == "char" else b"\n"
+    parts: list[Text] = []
     for file in _corpus_files(root):
         data = file.read_bytes()
         if unit == "char":
             # checked, and its byte-order mark dropped: a mark is no character of the text
-            data = decode_utf8(data, repr(str(file)),
-                               advice="; use --unit byte (unit='byte') to model raw bytes").encode("utf-8")
-        if parts and not parts[-1].endswith(b"\n"):
-            parts.append(b"\n")
+            data = decode_utf8(data, repr(str(file)), advice="; use --unit byte (unit='byte') to model raw bytes")
+        if parts and not parts[-1].endswith(newline):
+            parts.append(newline)
         parts.append(data)
-    raw = b"".join(parts)
+    raw = newline[:0].join(parts)
     if not raw:
         raise DataError(f"corpus {str(root)!r} is empty: expected at least one byte of text")
-    if not raw.strip():
-        raise DataError(f"corpus {str(root)!r} holds only whitespace ({len(raw):,} bytes): expected text to model")
-    return raw if unit == "byte" else raw.decode("utf-8")
+    spaces = " \t\n\r\x0b\x0c"  # ASCII whitespace, in either unit
+    if not raw.strip(spaces if unit == "char" else spaces.encode()):
+        size = len(raw) if unit == "byte" else len(raw.encode("utf-8"))
+        raise DataError(f"corpus {str(root)!r} holds only whitespace ({size:,} bytes): expected text to model")
+    return raw
 
 
 # Byte-order marks of the encodings that are not UTF-8 but hold text (UTF-32's first: it starts like UTF-16's).
