@@ -72,17 +72,7 @@ def _val_cut(val: LineSet) -> str:
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
     check(cfg, "data")
-    if cfg.synthetic:  # drawn lines to train on; --val/--test files, when given, are read instead of drawn ones
-        for flag, source in (("--val", cfg.val), ("--test", cfg.test)):
-            if source:
-                find_source(source)
-        train = _synthetic(cfg, "train", cfg.num_train, progress)
-        opts = _read_options(cfg, progress)
-        val = read_lines(cfg.val, **opts) if cfg.val else _synthetic(cfg, "val", cfg.num_val, progress)
-        test = (read_lines(cfg.test, **opts) if cfg.test
-                else _synthetic(cfg, "test", cfg.num_test, progress) if cfg.num_test else None)
-        return train, val, test
-    files = {}  # every path checked before any page is cut
+    files = {}  # every path checked before any page is cut (synthetic runs: their --val/--test files)
     for flag, source in (("--data", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
         if source:
             files[flag] = {p.resolve() for p in find_source(source) or [Path(source)]}
@@ -92,12 +82,17 @@ def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, 
             log.warning("%s and --data share %d of their files (%s): its scores measure what the model "
                         "memorised, not how it reads unseen lines", flag, len(shared), sorted(shared)[0].name)
     opts = _read_options(cfg, progress)
-    train = read_lines(cfg.data, **opts)
-    if cfg.val:
-        val = read_lines(cfg.val, **opts)
+    if cfg.synthetic:  # drawn lines to train on; --val/--test files, when given, are read instead of drawn ones
+        train = _synthetic(cfg, "train", cfg.num_train, progress)
+        val = read_lines(cfg.val, **opts) if cfg.val else _synthetic(cfg, "val", cfg.num_val, progress)
     else:
-        train, val = split_lines(train, cfg.val_fraction, cfg.seed)
-    test = read_lines(cfg.test, **opts) if cfg.test else None
+        train = read_lines(cfg.data, **opts)
+        if cfg.val:
+            val = read_lines(cfg.val, **opts)
+        else:
+            train, val = split_lines(train, cfg.val_fraction, cfg.seed)
+    test = (read_lines(cfg.test, **opts) if cfg.test
+            else _synthetic(cfg, "test", cfg.num_test, progress) if cfg.synthetic and cfg.num_test else None)
     return train, val, test
 
 
@@ -246,8 +241,10 @@ class LinesRecipe(Recipe):
         image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode,
                                 progress=progress)[0]
         found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
+        failed: list[str] = []  # why each page that could not be read was left out
         if paths:
             pages = read_pages(paths, height=height)
+            failed = [str(page.page_error) for page in pages if page.page_error is not None]
             several = len(paths) > 1 or any(Path(inp).is_dir() for inp, xmls in sources if xmls)
             got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
                                 ignore_other_xml=several)  # lines without text are the normal case here
@@ -279,7 +276,6 @@ class LinesRecipe(Recipe):
                     unread = n - len(lines)
                     result.append(f"wrote {dst} ({len(lines)} lines" + (
                         f"; {unread} not read, written without text)" if unread else ")"))
-        failed = [str(page.page_error) for page in (pages if paths else []) if page.page_error is not None]
         return Predictions(result, [f"{len(failed)} of {len(paths)} pages could not be read"
                                     + (" or written" if out is not None else "") + f" ({failed[0]}), the others "
                                     "were; the warning above names each"] if failed else [])
