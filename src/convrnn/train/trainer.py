@@ -62,13 +62,16 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def resume_refusal(saved: Optional[dict], now: dict, *, epoch: int, batch_in_epoch: int) -> str:
+def resume_refusal(saved: Optional[dict], now: dict, *, epoch: int, batch_in_epoch: int, batches_then: int = 0,
+                   batches_now: int = 0) -> str:
     """Why a resume from a checkpoint written with the config ``saved`` (its ``to_dict()``) cannot
     continue under ``now``; empty when it can. The optimizer state is of one optimizer, so
     train.optimizer cannot change. A checkpoint within an epoch (``batch_in_epoch`` > 0) continues
     that epoch's batch order at batch ``batch_in_epoch``, an order that train.batch_size and
     train.seed fix: changing either would skip or repeat training data, so they can change only at
-    an epoch's end. Limits (epochs, max_steps, max_time) and the other settings are free."""
+    an epoch's end; so must the number of batches of that epoch, ``batches_then`` in the checkpoint
+    (0: not recorded) and ``batches_now`` in the data (data settings). Limits (epochs, max_steps,
+    max_time) and the other settings are free."""
     old, new = (saved or {}).get("train") or {}, now.get("train") or {}
     if old.get("optimizer") and new.get("optimizer") and old["optimizer"] != new["optimizer"]:
         return (f"train.optimizer={new['optimizer']}: the run trains with {old['optimizer']}, and its checkpoint "
@@ -81,6 +84,12 @@ def resume_refusal(saved: Optional[dict], now: dict, *, epoch: int, batch_in_epo
                         f"and the rest of that epoch is the batch order of train.{key}={old[key]}; change it "
                         f"at an epoch's end: resume first with --epochs {epoch + 1} to finish this epoch "
                         f"(raising --max-steps or --max-time if one of them stopped the run), or start a new run")
+        if batches_then and batches_now != batches_then:
+            # the data settings changed (how many lines or windows, their length...): the epoch's batch
+            # order is another one, and its rest from the stopping batch on would skip or repeat data
+            return (f"the run stopped at batch {batch_in_epoch} of {batches_then} in epoch {epoch + 1}, and its "
+                    f"training data now makes {batches_now} batches of that epoch (a data setting changed): "
+                    f"resume with the data settings it had, or start a new run")
     return ""
 
 
@@ -296,17 +305,13 @@ class Trainer:
         state. The optimizer's hyper-parameters are this trainer's config (what config.json records),
         not the checkpoint's. A change the checkpoint cannot continue under (:func:`resume_refusal`)
         is a ConfigError, raised before anything is loaded or written."""
+        epoch = ckpt.get("epoch", 0)
         refusal = resume_refusal(ckpt.get("config"), self.meta.get("config") or {"train": asdict(self.cfg)},
-                                 epoch=ckpt.get("epoch", 0), batch_in_epoch=ckpt.get("batch_in_epoch", 0))
+                                 epoch=epoch, batch_in_epoch=ckpt.get("batch_in_epoch", 0),
+                                 batches_then=ckpt.get("epoch_batches", 0),
+                                 batches_now=self.train_data.num_batches(epoch))
         if refusal:
             raise ConfigError(refusal)
-        epoch, done, had = ckpt.get("epoch", 0), ckpt.get("batch_in_epoch", 0), ckpt.get("epoch_batches", 0)
-        if done and had and self.train_data.num_batches(epoch) != had:
-            # the data settings changed (how many lines or windows, their length...): the epoch's batch
-            # order is another one, and its rest from batch `done` on would skip or repeat training data
-            raise ConfigError(f"the run stopped at batch {done} of {had} in epoch {epoch + 1}, and its training "
-                              f"data now makes {self.train_data.num_batches(epoch)} batches of that epoch (a data "
-                              f"setting changed): resume with the data settings it had, or start a new run")
         raw = ckpt.get("train_model", ckpt["model"])
         if self.average is not None:
             self.average.load(self.model, ckpt["model"], raw)  # an unaveraged checkpoint: both are its weights
