@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from convrnn.data.text import decode_utf8
+from convrnn.data.text import decode_utf8, right_to_left
 from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field, seed_field
 from convrnn.files import atomic_write_with, cache_dir
@@ -348,7 +348,7 @@ def unshaped_chars(lines: list[str]) -> list[str]:
     Arabic...) and spacing marks of scripts that reorder or join them (Devanagari and other Indic
     scripts), sorted."""
     return sorted(c for c in set("".join(lines))
-                  if unicodedata.bidirectional(c) in ("R", "AL") or unicodedata.category(c) == "Mc")
+                  if right_to_left(c) or unicodedata.category(c) == "Mc")
 
 
 def drawable_lines(lines: list[str], fonts: list[FontSpec]) -> tuple[list[str], str]:

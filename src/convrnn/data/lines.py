@@ -19,7 +19,6 @@ whitespace runs collapsed to one space.
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -32,7 +31,7 @@ from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
-from convrnn.data.text import decode_utf8
+from convrnn.data.text import decode_utf8, right_to_left
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import checked, one_of, path_field, seed_field
 
@@ -274,11 +273,6 @@ def build_alphabet(texts: Iterable[str]) -> list[str]:
     if not chars:
         raise DataError("expected training transcriptions with at least one character, got none")
     return chars
-
-
-def right_to_left(text: str) -> bool:
-    """Whether ``text`` holds a character of a right-to-left script (Unicode bidi class R or AL)."""
-    return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
 
 
 def check_reading_direction(lines: LineSet, source: str) -> None:

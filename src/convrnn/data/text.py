@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Union
@@ -117,6 +118,11 @@ def decode_utf8(data: bytes, name: str, *, advice: str = "") -> str:
                         f"{name} ({err.reason}); text in another encoding converts with iconv, for example "
                         f"iconv -f LATIN1 -t UTF-8" + advice) from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def right_to_left(text: str) -> bool:
+    """Whether ``text`` holds a character of a right-to-left script (Unicode bidi class R or AL)."""
+    return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
 
 
 def text_file(path: str | os.PathLike) -> str:
