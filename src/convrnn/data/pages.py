@@ -1056,9 +1056,11 @@ def _edited_start_tag(buf: bytes, node: _Node, drop: Sequence[str] = (), custom:
     return _ATTRIBUTE.sub(fix, buf[node.start: node.tag_end])
 
 
-def _whitespace_before(buf: bytes, pos: int) -> int:
-    """Where the run of whitespace that ends at ``pos`` starts (to remove an element with its indent)."""
-    return pos - len(_indent_before(buf, pos))
+def _removals(buf: bytes, node: _Node, local: str) -> list[tuple[int, int, bytes]]:
+    """The splices that remove ``node``'s children named ``local`` (in its namespace), each with the
+    indent before it."""
+    return [(c.start - len(_indent_before(buf, c.start)), c.end, b"") for c in node.children
+            if c.uri == node.uri and c.local == local]
 
 
 def _conf_text(conf: float) -> str:
@@ -1106,8 +1108,7 @@ def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[in
                f'</{p}TextEquiv>').encode("utf-8")
     tag = _edited_start_tag(buf, line, custom=True)
     equivs = [c for c in line.children if c.uri == line.uri and c.local == "TextEquiv"]
-    edits = [(_whitespace_before(buf, c.start), c.end, b"") for c in line.children
-             if c.uri == line.uri and c.local == "Word"]
+    edits = _removals(buf, line, "Word")
     if equivs:
         edits.append((equivs[0].start, equivs[-1].end, element))
     else:  # the schema's order: ... Baseline, Word*, TextEquiv, TextStyle, UserDefined, Labels
@@ -1139,8 +1140,7 @@ def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple
                 edits += _tag_edit(buf, tm, _edited_start_tag(buf, tm, drop=("status",)))
     for node in seen.values():
         if kind == PAGE:
-            edits += [(_whitespace_before(buf, c.start), c.end, b"") for c in node.children
-                      if c.uri == node.uri and c.local == "TextEquiv"]
+            edits += _removals(buf, node, "TextEquiv")
         else:
             edits += _tag_edit(buf, node, _edited_start_tag(buf, node, drop=("CS",)))
     return edits
