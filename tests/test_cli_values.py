@@ -3,6 +3,7 @@ file, exit 2, and nothing written."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -99,6 +100,28 @@ def test_word_lists_and_lm_texts_the_alphabet_cannot_use_are_refused(tmp_path):
         with pytest.raises(ConfigError, match="lm.txt: the language-model text has no character of the model's "
                                               "alphabet" + (r" \(it is empty\)" if why else "$")):
             task.with_decoding(lm=str(lm))
+
+
+def test_word_lists_and_lm_texts_take_the_runs_normal_form(tmp_path, caplog):
+    """A word list saved decomposed (NFD, as some editors and macOS file names write it) matches a model
+    of composed (NFC) text: each accented word would otherwise be left out, the list read as shorter."""
+    import unicodedata
+    task = CTCTask(list("abcdeéft "), normalize="NFC")
+    words = tmp_path / "words.txt"
+    words.write_text(unicodedata.normalize("NFD", "été café\nzèbre\n"), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        lexicon = task.with_decoding(lexicon=str(words)).search["lexicon"]
+    assert lexicon.allows("été", complete=True) and lexicon.allows("café", complete=True)
+    assert "words.txt: 1 of 3 words use characters the model cannot write (rzè) and are left out, e.g. 'zèbre'" \
+        in caplog.text
+    lm = tmp_path / "lm.txt"
+    lm.write_text(unicodedata.normalize("NFD", "été\n"), encoding="utf-8")
+    assert task.with_decoding(lm=str(lm)).search["char_lm"].vocab == {"é", "t"}  # composed, as the model writes
+    # a run of decomposed text (data.normalize=NFD) gets its lists decomposed
+    task = CTCTask(list("abcdeft ") + ["\u0301"], normalize="NFD")
+    words.write_text("été\n", encoding="utf-8")
+    assert task.with_decoding(lexicon=str(words)).search["lexicon"].allows(unicodedata.normalize("NFD", "été"),
+                                                                          complete=True)
 
 
 def test_ctrl_c_in_training_says_what_was_kept(tmp_path, monkeypatch, capsys):

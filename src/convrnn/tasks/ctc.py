@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import unicodedata
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence, Union
 
@@ -321,13 +322,16 @@ class CTCTask(Task):
     output_ndim = 3  # label logits at every frame
     ensemble_combine = "labellings"  # members decoded jointly (convrnn.infer.views), not averaged per frame
 
-    def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean"):
+    def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean", normalize: Optional[str] = None):
         alphabet = list(alphabet)
         if not alphabet or len(set(alphabet)) != len(alphabet):
             raise ValueError(f"CTC needs a non-empty alphabet of distinct symbols, got {alphabet!r}")
         if reduction not in ("mean", "sequence"):
             raise ValueError(f"reduction must be 'mean' or 'sequence', got {reduction!r}")
         self.alphabet, self.reduction = alphabet, reduction
+        # the Unicode normal form of the texts the model learned (NFC, NFD, NFKC, NFKD), which word lists
+        # and language-model texts are put in; None or "none": taken as they are
+        self.normalize = normalize if normalize in ("NFC", "NFD", "NFKC", "NFKD") else None
         self.index = {ch: k + 1 for k, ch in enumerate(alphabet)}
         self.search: Optional[dict] = None  # beam search settings (with_decoding); None: greedy
         self.skipped_too_long = 0
@@ -423,18 +427,27 @@ class CTCTask(Task):
         """This task decoding by prefix beam search of width ``beam`` (10 when only a word list or a
         language model is given), restricted to the words of ``lexicon`` (a Lexicon, or a file of
         words), scored with a character n-gram ``lm`` (a CharNgramLM, or a UTF-8 text file to fit one of
-        ``lm_order`` on); the same task, greedy, when none is given. Metrics (CER, WER) then use it."""
+        ``lm_order`` on); the same task, greedy, when none is given. Metrics (CER, WER) then use it.
+        Files are put in the task's normal form first (an accented word written decomposed would never
+        match a reading of composed text); words the alphabet cannot write are left out, with a warning."""
         if not beam and lexicon is None and lm is None:
             return self
+        form = (lambda t: unicodedata.normalize(self.normalize, t)) if self.normalize else (lambda t: t)
         if isinstance(lexicon, str):
-            words = word_list(lexicon)
+            words = sorted({form(w) for w in word_list(lexicon)})
             usable = [w for w in words if set(w) <= set(self.alphabet)]
             if not usable:  # every reading would come out empty
                 raise ConfigError(f"{lexicon}: none of its {len(words):,} words can be written with the model's "
                                   f"alphabet ({''.join(self.alphabet)[:60]!r})")
+            if len(usable) < len(words):
+                unusable = [w for w in words if not set(w) <= set(self.alphabet)]
+                missing = sorted({ch for w in unusable for ch in w} - set(self.alphabet))
+                log.warning("%s: %s of %s words use characters the model cannot write (%s) and are left out, "
+                            "e.g. %r", lexicon, f"{len(unusable):,}", f"{len(words):,}", "".join(missing)[:40],
+                            unusable[0])
             lexicon = Lexicon(usable)
         if isinstance(lm, str):
-            text = text_file(lm)
+            text = form(text_file(lm))
             if not set(text) & (set(self.alphabet) - {" "}):  # an empty text fits a model that scores nothing
                 raise ConfigError(f"{lm}: the language-model text has no character of the model's alphabet"
                                   + ("" if text.strip() else " (it is empty)"))
