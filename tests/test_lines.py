@@ -385,6 +385,7 @@ def test_a_validation_cut_from_changed_data_is_refused(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run))
     assert code == 0 and "cer:" in out, err
+    assert "distorted" not in err  # eval reads the training lines to cut the validation out, and distorts none
     before = split_lines(read_lines(str(folder), height=16), 0.1, 0)[1].texts
     more = digit_lines(12, split="train", max_digits=3, height=16, mnist_dir="sklearn")
     write_line_folder(more, tmp_path / "more")

@@ -300,14 +300,35 @@ def test_transcriptions_that_need_a_guess_are_named_not_read(tmp_path):
         read_lines(str(alto), height=16, workers=1, strict=True)
 
 
-def test_lines_sharing_an_id_are_each_counted():
+def test_lines_sharing_an_id_are_each_counted_and_named_apart():
     """Line ids should be unique in a file, but a merged or hand-edited one can repeat them: every line
-    left out is still counted and named, and the summary's count matches."""
+    is still counted, and named apart in file order (``a``, ``a#2``, ...), good and bad lines alike."""
     page = pages.PageLines(Path("p.xml"), pages.PAGE, [np.zeros((2, 2), np.uint8)] * 3, ["a", "a", "b"], [0, 1, 2],
                            [None, None, "x"], [None, None, None])
     got = pages.collect_lines([page], ["p.xml"])
-    assert got.names == ["p.xml:b"] and got.skipped == {"p.xml:a": "p.xml:a: no text", "p.xml:a#2": "p.xml:a: no text"}
-    assert got.summary() == "skipped 2 of 3 lines (no text 2): p.xml:a: no text; p.xml:a: no text"
+    assert got.names == ["p.xml:b"] and got.skipped == {"p.xml:a": "p.xml:a: no text",
+                                                        "p.xml:a#2": "p.xml:a#2: no text"}
+    assert got.summary() == "skipped 2 of 3 lines (no text 2): p.xml:a: no text; p.xml:a#2: no text"
+    # a bad line between two good ones of its id takes its place in the count
+    page = pages.PageLines(Path("p.xml"), pages.PAGE, [np.zeros((2, 2), np.uint8)] * 2, ["a", "a"], [0, 2],
+                           ["x", "y"], [None, None], bad=[pages.BadLine("a", pages.NO_AREA, "", 1)])
+    got = pages.collect_lines([page], ["p.xml"])
+    assert got.names == ["p.xml:a", "p.xml:a#3"] and got.skipped == {"p.xml:a#2": "p.xml:a#2: polygon with no area"}
+
+
+def test_a_file_declaring_utf8_by_another_name_is_read_and_written(tmp_path):
+    """"UTF8" is a common misspelling other XML readers take; the standard library's parser knows only
+    "UTF-8" and would stop at the first accented letter."""
+    _page_image(tmp_path / "page.png")
+    body = ('<TextLine id="a"><Coords points="20,20 300,20 300,60 20,60"/>'
+            "<TextEquiv><Unicode>été</Unicode></TextEquiv></TextLine>")
+    src = tmp_path / "utf8.xml"
+    src.write_bytes(_page_doc(body).replace('encoding="UTF-8"', 'encoding="UTF8"').encode("utf-8"))
+    assert pages.parse_page(src).lines[0].text == "été"
+    pages.write_page_texts(src, tmp_path / "out" / "utf8.xml", {0: ("hiver ✓", 0.5)})
+    out = (tmp_path / "out" / "utf8.xml").read_bytes()
+    assert out.startswith(b'<?xml version="1.0" encoding="UTF8"?>') and "hiver ✓".encode("utf-8") in out
+    assert pages.parse_page(tmp_path / "out" / "utf8.xml").lines[0].text == "hiver ✓"
 
 def test_page_image_of_another_shape_is_refused(tmp_path):
     """A page image resized keeps its lines (coordinates scaled); one of another shape is not the image
@@ -543,6 +564,25 @@ def test_page_writing_changes_only_the_lines(tmp_path):
     assert [ln.text for ln in pages.parse_page(tmp_path / "out.xml").lines] == ["1 < 2", "zwei"]
 
 
+def test_page_writing_sets_last_change(tmp_path, monkeypatch):
+    """PAGE's Metadata/LastChange says when the file was last changed: writing texts is a change."""
+    meta = ("<Metadata><Creator>Transkribus</Creator><Created>2020-01-01T00:00:00</Created>"
+            "<LastChange>2020-02-02T00:00:00</LastChange></Metadata>")
+    src = tmp_path / "in.xml"
+    doc = (f'<?xml version="1.0" encoding="UTF-8"?>\n<PcGts xmlns="{PAGE_NS[2019]}">{meta}<Page imageFilename="p.png">'
+           '<TextLine id="a"><Coords points="0,0 9,0 9,9"/></TextLine></Page></PcGts>\n')
+    src.write_text(doc, encoding="utf-8")
+    monkeypatch.setattr(pages, "_utc_now", lambda: "2026-12-05T10:11:12Z")
+    pages.write_page_texts(src, tmp_path / "out.xml", {0: ("x", 0.5)})
+    out = (tmp_path / "out.xml").read_text(encoding="utf-8")
+    assert out == doc.replace("<LastChange>2020-02-02T00:00:00<", "<LastChange>2026-12-05T10:11:12Z<").replace(
+        '<Coords points="0,0 9,0 9,9"/>', '<Coords points="0,0 9,0 9,9"/><TextEquiv conf="0.5000"><Unicode>x</Unicode>'
+        '</TextEquiv>')
+    src.write_text(doc.replace("<LastChange>2020-02-02T00:00:00</LastChange>", "<LastChange/>"), encoding="utf-8")
+    pages.write_page_texts(src, tmp_path / "out2.xml", {0: ("x", 0.5)})
+    assert "<LastChange>2026-12-05T10:11:12Z</LastChange>" in (tmp_path / "out2.xml").read_text(encoding="utf-8")
+
+
 def test_writing_keeps_a_non_utf8_encoding(tmp_path):
     src = tmp_path / "in.xml"
     text = (f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<PcGts xmlns="{PAGE_NS[2013]}"><Page imageFilename="é.png">'
@@ -713,6 +753,41 @@ def test_cli_predict_writes_pages_read_back(page_run, capsys, tmp_path):
     # the output folder may not be the input's own
     code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), "--out", str(tmp_path / "in"))
     assert code == 2 and "refusing to overwrite the input file" in err and err.count("\n") == 1
+
+
+def test_cli_predict_passes_over_an_exports_mets_file(page_run, capsys, tmp_path):
+    """An unpacked eScriptorium or Transkribus export holds a METS file beside the pages: predict reads
+    the pages, in the folder or by a pattern, and passes over the METS file as training does."""
+    write_alto(tmp_path / "export", "p1", lines={"l_straight": LINES["l_straight"]})
+    (tmp_path / "export" / "METS.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<mets:mets xmlns:mets="http://www.loc.gov/METS/"/>\n',
+        encoding="utf-8")
+    for given in (tmp_path / "export", f"{tmp_path / 'export'}/*.xml"):
+        code, out, err = run_cli(capsys, "predict", str(page_run), str(given))
+        assert code == 0 and out.startswith(f"{tmp_path / 'export' / 'p1.xml'}:l_straight\t"), err
+        code, out, err = run_cli(capsys, "predict", str(page_run), str(given), "--out", str(tmp_path / "out"))
+        assert code == 0 and out == f"wrote {tmp_path / 'out' / 'p1.xml'} (1 line)\n", err
+        assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["p1.xml"]
+    # given alone, it is not a page: one error line
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "export" / "METS.xml"))
+    assert code == 2 and "not ALTO or PAGE XML" in err and err.count("error: ") == 1, err
+
+
+def test_a_run_decodes_word_lists_in_its_normal_form(page_run):
+    """The run's data.normalize is kept with the model, so that --lexicon and --lm files are put in it."""
+    from convrnn.infer.run import load_run
+    assert load_run(str(page_run)).task.normalize == "NFC"
+
+
+def test_cli_predict_names_lines_sharing_an_id_apart(page_run, capsys, tmp_path):
+    """Two lines of one page with one id: predict's output names each once, in file order, so that a
+    script joining texts to lines by name does not give both lines one text."""
+    lines = {"l_straight": LINES["l_straight"], "l_band": LINES["l_band"]}
+    alto = write_alto(tmp_path, "twice", lines=lines)
+    alto.write_text(alto.read_text(encoding="utf-8").replace('ID="l_band"', 'ID="l_straight"'), encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(alto))
+    assert code == 0, err
+    assert [r.split("\t")[0] for r in out.rstrip("\n").split("\n")] == [f"{alto}:l_straight", f"{alto}:l_straight#2"]
 
 
 def test_cli_predict_reads_the_pages_it_can_and_ends_with_an_error_for_the_others(page_run, capsys, tmp_path):

@@ -41,7 +41,7 @@ import time
 import unicodedata
 import warnings
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -281,8 +281,11 @@ def _page_line(el: ET.Element, ns: str, index: int) -> PageLine:
 
 
 def xml_root(path: Path, data: bytes) -> ET.Element:
+    # expat knows UTF-8 only by that name; a file declaring it as "UTF8" or "utf_8" (which other XML
+    # readers take) would fail at its first non-ASCII character
+    parser = ET.XMLParser(encoding="UTF-8") if _utf8_alias(_declared_encoding(data)) else None
     try:
-        return ET.fromstring(data)
+        return ET.fromstring(data, parser=parser)
     except ET.ParseError as e:
         raise PageError(f"{path}: {BAD_XML} ({e})", BAD_XML) from None
 
@@ -601,6 +604,18 @@ class PageLines:
     page_error: Optional[PageError] = None                    # the whole page left out
     cached: bool = False
 
+    def line_ids(self) -> dict[int, str]:
+        """Each line's id by its position in the file, good and bad lines alike, unique within the page:
+        lines that share an id (schema-invalid, but exports have them) are told apart in file order as
+        ``id``, ``id#2``, ``id#3``, ... so that no two results or messages name the same line."""
+        order = sorted([(k, self.ids[j]) for j, k in enumerate(self.indices)] + [(b.index, b.id) for b in self.bad])
+        seen: dict[str, int] = {}
+        out = {}
+        for k, line_id in order:
+            seen[line_id] = seen.get(line_id, 0) + 1
+            out[k] = line_id if seen[line_id] == 1 else f"{line_id}#{seen[line_id]}"
+        return out
+
 
 def _turned(shape: tuple[int, int], size: tuple[float, float]) -> bool:
     """True when an image of ``shape`` (H, W) has the aspect of a page of ``size`` (W, H) only when
@@ -858,7 +873,7 @@ class Collected:
 
     def skip(self, name: str, kind: str, message: str) -> None:
         key, n = name, 2
-        while key in self.skipped:  # lines of one page with one id (schema-invalid, but it happens): count each
+        while key in self.skipped:  # two inputs listed under one name: count each
             key, n = f"{name}#{n}", n + 1
         self.skipped[key] = message
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -897,19 +912,21 @@ def collect_lines(pages: Sequence[PageLines], names: Sequence[str], *, normalize
         out.lines += len(page.indices) + len(page.bad)
         order = sorted([(k, j) for j, k in enumerate(page.indices)] + [(b.index, b) for b in page.bad],
                        key=lambda item: item[0])  # file order, good and bad lines together
-        for _, j in order:
+        ids = page.line_ids()
+        for k, j in order:
             if isinstance(j, BadLine):
+                j = replace(j, id=ids[k])
                 if strict:
                     raise DataError(j.message(name))
                 out.skip(f"{name}:{j.id}", j.kind, j.message(name))
                 continue
             raw = page.texts[j]
             text = normalize_text(raw, normalize) if raw is not None else ""
-            line_name = f"{name}:{page.ids[j]}"
+            line_name = f"{name}:{ids[k]}"
             problem = page.problems[j] if j < len(page.problems) else None
             if require_text and not text:
-                bad = (BadLine(page.ids[j], UNCLEAR_TEXT, f" ({problem})") if problem
-                       else BadLine(page.ids[j], NO_TEXT))
+                bad = (BadLine(ids[k], UNCLEAR_TEXT, f" ({problem})") if problem
+                       else BadLine(ids[k], NO_TEXT))
                 if strict:
                     raise DataError(bad.message(name))
                 out.skip(line_name, bad.kind, bad.message(name))
@@ -1124,8 +1141,9 @@ def _tag_edit(buf: bytes, node: _Node, tag: bytes) -> list[tuple[int, int, bytes
 def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple[int, int, bytes]]:
     """What the elements around rewritten ``lines`` lose: in PAGE, their own TextEquivs (a region's text
     is that of its lines, and these would be the old ones) and the page's Transkribus status (``GT``,
-    ``FINAL``: a claim about the old transcription); in ALTO, the correction status (CS) of a block that
-    now holds machine-read text."""
+    ``FINAL``: a claim about the old transcription), and the page's ``Metadata/LastChange`` becomes the
+    time of writing (UTC, as the schema asks); in ALTO, the correction status (CS) of a block that now
+    holds machine-read text."""
     seen: dict[int, _Node] = {}
     for line in lines:
         node = line.parent
@@ -1138,12 +1156,24 @@ def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple
         for meta in (c for c in root.children if c.local == "Metadata"):
             for tm in (c for c in meta.children if c.local == "TranskribusMetadata"):
                 edits += _tag_edit(buf, tm, _edited_start_tag(buf, tm, drop=("status",)))
+            for lc in (c for c in meta.children if c.uri == meta.uri and c.local == "LastChange"):
+                stamp = _utc_now().encode("ascii")
+                if lc.empty:
+                    edits.append((lc.start, lc.end, buf[lc.start: lc.tag_end - 2].rstrip() + b">" + stamp
+                                  + f"</{lc.qname}>".encode("utf-8")))
+                else:
+                    edits.append((lc.tag_end, _tag_end_start(buf, lc), stamp))
     for node in seen.values():
         if kind == PAGE:
             edits += _removals(buf, node, "TextEquiv")
         else:
             edits += _tag_edit(buf, node, _edited_start_tag(buf, node, drop=("CS",)))
     return edits
+
+
+def _utc_now() -> str:
+    """The time of writing as PAGE's LastChange takes it (xsd:dateTime, UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _insert_child(buf: bytes, line: _Node, element: bytes, before: Sequence[str],
@@ -1171,6 +1201,18 @@ def _tag_end_start(buf: bytes, node: _Node) -> int:
     return buf.rindex(b"</", node.tag_end, node.end)
 
 
+def _utf8_alias(encoding: str) -> bool:
+    """True for a name of UTF-8 other than the one expat knows ("UTF8", "utf_8", "U8")."""
+    import codecs
+
+    if encoding.upper() == "UTF-8":
+        return False
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
 def _declared_encoding(data: bytes) -> str:
     import xml.parsers.expat as expat
 
@@ -1193,7 +1235,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
     ``TextEquiv`` with ``@conf`` and ``Unicode``. With ``others``, every line not in ``texts`` carries
     that pair instead of its old text. What describes a written line's old text goes (``_page_edit``,
-    ``_alto_edit``, ``_ancestor_edits``); every other byte is kept; the file is written atomically.
+    ``_alto_edit``, ``_ancestor_edits``) and a PAGE file's LastChange becomes the time of writing; every
+    other byte is kept; the file is written atomically.
     Returns the number of lines written."""
     from convrnn.files import atomic_write_bytes
 
@@ -1205,7 +1248,7 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     root = xml_root(src, data)
     kind, _ = page_kind(root)
     encoding = _declared_encoding(data)
-    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "us-ascii", "ascii")
+    utf8 = encoding.upper() == "UTF-8" or _utf8_alias(encoding) or encoding.lower() in ("us-ascii", "ascii")
     try:
         buf = data if utf8 else data.decode(encoding).encode("utf-8")
         lines = _text_lines(buf)
@@ -1220,8 +1263,9 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
         try:
             edits += edit(buf, lines[k], *texts[k])
         except ValueError as e:
-            line_id = dict(lines[k].attrs).get("ID" if kind == ALTO else "id", f"line_{k + 1}")
-            raise DataError(f"{src}:{line_id}: cannot write its text ({e})") from None
+            ids = [dict(ln.attrs).get("ID" if kind == ALTO else "id") or f"line_{j + 1}" for j, ln in enumerate(lines)]
+            same = ids[:k].count(ids[k])  # named as the reader names lines sharing an id (PageLines.line_ids)
+            raise DataError(f"{src}:{ids[k]}{f'#{same + 1}' if same else ''}: cannot write its text ({e})") from None
     edits = sorted(edits + _ancestor_edits(buf, kind, [lines[k] for k in written]))
     pieces, pos = [], 0
     for start, end, new in edits:

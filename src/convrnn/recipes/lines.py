@@ -27,7 +27,7 @@ from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_reading_direction,
                                 find_source, line_augment, line_batches, line_fetcher, prepare_line,
                                 read_lines, split_lines, unseen_characters)
-from convrnn.data.pages import collect_lines, page_sources, read_pages, write_page_texts
+from convrnn.data.pages import NotPageXml, collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.fields import check
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Predictions, Recipe, check_meta,
@@ -160,7 +160,9 @@ class LinesRecipe(Recipe):
             from convrnn.data.mnist import mnist_source
             data_cfg.mnist_dir = mnist_source(data_cfg.mnist_dir, what="--mnist-dir")
 
-    def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None) -> DataBundle:
+    def make_data(self, data_cfg: LinesDataConfig, train_cfg, *, progress=None, training: bool = True) -> DataBundle:
+        """The splits; ``training=False`` (evaluating a validation cut from ``--data``) leaves out the
+        log line on the training lines' distortions, which that evaluation does not apply."""
         train, val, test = load_splits(data_cfg, progress)
         check_reading_direction(train, data_cfg.data or f"--synthetic {data_cfg.synthetic}")
         alphabet = build_alphabet(train.texts)
@@ -169,10 +171,10 @@ class LinesRecipe(Recipe):
         log.info("lines: %d train, %d val%s lines of height %d; alphabet of %d characters", len(train), len(val),
                  f", {len(test)} test" if test is not None else "", data_cfg.height, len(alphabet))
         augment = line_augment(data_cfg)
-        if augment.active:
+        if augment.active and training:
             log.info("lines: training lines distorted (data.augment=%s; --augment none turns them off): %s",
                      data_cfg.augment, ", ".join(f"{k} {v:g}" for k, v in asdict(augment).items() if v > 0))
-        meta = {"alphabet": alphabet, "height": data_cfg.height,
+        meta = {"alphabet": alphabet, "height": data_cfg.height, "normalize": data_cfg.normalize,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
         if not data_cfg.val and not data_cfg.synthetic:
             meta["val_cut"] = _val_cut(val)
@@ -188,7 +190,7 @@ class LinesRecipe(Recipe):
         check_meta(self.input_meta, meta, {"height": data_cfg.height}, DOES_NOT_FIT)
         path = data_cfg.test if split == "test" else data_cfg.val
         if not path and (data_cfg.synthetic or split == "val"):  # drawn lines, or validation cut from --data
-            bundle = self.make_data(data_cfg, train_cfg, progress=progress)
+            bundle = self.make_data(data_cfg, train_cfg, progress=progress, training=False)
             held, now = meta.get("val_cut"), bundle.meta.get("val_cut")
             if held is not None and split == "val" and now != held:
                 raise DataError(f"{data_cfg.data}: the validation lines cut from it are now {now}, where this run "
@@ -207,7 +209,7 @@ class LinesRecipe(Recipe):
         return _eval_batches(lines, train_cfg.batch_size)
 
     def make_task(self, meta: dict, output_shape: tuple) -> CTCTask:
-        return CTCTask(meta["alphabet"])
+        return CTCTask(meta["alphabet"], normalize=meta.get("normalize"))
 
     def report_sections(self, ctx) -> list:
         return lines_sections(ctx)
@@ -242,10 +244,14 @@ class LinesRecipe(Recipe):
                                 progress=progress)[0]
         found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
         failed: list[str] = []  # why each page that could not be read was left out
+        passed_over = 0  # other XML among several files (an export's METS file)
         if paths:
             pages = read_pages(paths, height=height)
-            failed = [str(page.page_error) for page in pages if page.page_error is not None]
             several = len(paths) > 1 or any(Path(inp).is_dir() for inp, xmls in sources if xmls)
+            # among several files, other XML (an export's METS file) is passed over, as in training
+            passed_over = sum(several and isinstance(page.page_error, NotPageXml) for page in pages)
+            failed = [str(page.page_error) for page in pages if page.page_error is not None
+                      and not (several and isinstance(page.page_error, NotPageXml))]
             got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
                                 ignore_other_xml=several)  # lines without text are the normal case here
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
@@ -255,8 +261,9 @@ class LinesRecipe(Recipe):
             if got.skipped:
                 log.warning("%s", got.summary())
             texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
+            ids = [page.line_ids() if page.page_error is None else {} for page in pages]
             for (k, j), text, conf in zip(where, texts, confs):
-                found[k][pages[k].indices[j]] = (pages[k].ids[j], text, conf)
+                found[k][pages[k].indices[j]] = (ids[k][pages[k].indices[j]], text, conf)
         result, image_no, page_no = [], 0, 0
         for inp, xmls in sources:
             if xmls is None:
@@ -274,9 +281,9 @@ class LinesRecipe(Recipe):
                     n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()},
                                          others=("", 0.0))
                     unread = n - len(lines)
-                    result.append(f"wrote {dst} ({len(lines)} lines" + (
+                    result.append(f"wrote {dst} ({len(lines)} line{'s' if len(lines) != 1 else ''}" + (
                         f"; {unread} not read, written without text)" if unread else ")"))
-        return Predictions(result, [f"{len(failed)} of {len(paths)} pages could not be read"
+        return Predictions(result, [f"{len(failed)} of {len(paths) - passed_over} pages could not be read"
                                     + (" or written" if out is not None else "") + f" ({failed[0]}), the others "
                                     "were; the warning above names each"] if failed else [])
 
