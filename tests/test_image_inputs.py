@@ -94,6 +94,21 @@ def test_transparent_pixels_are_background_not_their_hidden_black(tmp_path):
     assert gray[2:4, 2:6].max() == 0 and gray[0].min() == 255
 
 
+def test_light_ink_on_a_transparent_ground_is_laid_over_black(tmp_path):
+    rgba = np.zeros((6, 8, 4), dtype=np.uint8)      # transparent everywhere...
+    rgba[2:4, 2:6] = [255, 255, 255, 255]            # ...but opaque white ink: made for a dark page
+    rgba[2, 6] = [255, 255, 255, 128]                # an antialiased edge
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "white.png")
+    gray = load_gray(tmp_path / "white.png")
+    assert gray[2:4, 2:6].min() == 255 and gray[0].max() == 0 and 0 < gray[2, 6] < 255
+    # a line image with opaque paper and transparent margins stays over white: its margins are paper
+    rgba[:, 1:7] = [250, 250, 250, 255]
+    rgba[3, 3:5] = [0, 0, 0, 255]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "paper.png")
+    gray = load_gray(tmp_path / "paper.png")
+    assert gray[:, 0].min() == 255 and gray[3, 3] == 0
+
+
 # ------------------------------------------------------------------------------- orientation
 
 @pytest.mark.parametrize("orientation, turn", [(3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, 1)),

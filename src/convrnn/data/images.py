@@ -18,6 +18,7 @@ import numpy as np
 from convrnn.errors import DataError
 
 U16_MAX = 65535
+FAINT_OVER_WHITE = 32  # grey levels: an image with transparency fainter than this over white is tried over black
 
 
 def load_gray(path: str | Path, *, upright: bool = True) -> np.ndarray:
@@ -90,7 +91,8 @@ def _to_uint8(path, im) -> np.ndarray:
     minimum (black) to its maximum (white): ink stays distinct from the background, which is what
     recognition reads. Not-a-number or infinite pixels are refused. Images with transparency are
     laid over white, as on a page, so transparent pixels are background rather than their hidden
-    (often black) colour.
+    (often black) colour; one that would vanish over white (white ink on a transparent ground) is
+    laid over black.
     """
     from PIL import Image
 
@@ -116,8 +118,18 @@ def _to_uint8(path, im) -> np.ndarray:
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if "A" in mode or "transparency" in im.info:  # LA, RGBA, PA, or a palette/colour key marked transparent
         rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
+        def over(level: int) -> np.ndarray:
+            ground = Image.new("RGBA", rgba.size, (level, level, level, 255))
+            return np.asarray(Image.alpha_composite(ground, rgba).convert("L"), dtype=np.uint8)
+
+        white = over(255)
+        if white.size and int(np.ptp(white)) < FAINT_OVER_WHITE:
+            # light ink on a transparent ground (made for a dark page) all but vanishes over white;
+            # its text is where it is opaque, so it is laid over black when that shows it better
+            black = over(0)
+            if int(np.ptp(black)) > int(np.ptp(white)):
+                return black
+        return white
     return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
