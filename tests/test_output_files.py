@@ -217,6 +217,18 @@ def test_resume_repairs_a_cut_last_line_before_appending(tmp_path):
         {"step": 40, "epoch": 0, "split": "val", "metric": "loss", "value": 0.5, "time": read_metrics(run)[-1]["time"]}]
 
 
+def test_whole_numbers_are_written_in_full(tmp_path):
+    """Counts past a million would lose their last digits in 6 significant ones; other values keep 6."""
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    run.log_metrics(1, 0, "val", {"chars": 12345678, "errors": 1234567.0, "cer": 0.123456789,
+                                  "loss": float("nan")})
+    run.truncate_metrics(1)  # rewriting keeps the text
+    run.close()
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[3:5] for r in rows] == [["chars", "12345678"], ["errors", "1234567"], ["cer", "0.123457"],
+                                                 ["loss", "nan"]]
+
+
 def test_a_header_without_the_columns_is_named(tmp_path):
     (tmp_path / "metrics.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(DataError, match=r"metrics.csv: expected columns .*; line 1 \(the header\) has no column 'step'"):

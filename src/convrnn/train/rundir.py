@@ -24,6 +24,16 @@ except ImportError:  # pragma: no cover - no advisory locks (Windows): a run dir
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ["step", "epoch", "split", "metric", "value", "time"]
+
+
+def metric_text(value) -> str:
+    """A metric as ``metrics.csv`` holds it: a whole number in full (a count of lines or characters
+    past a million would lose its last digits in 6 significant ones), anything else to 6 significant
+    digits."""
+    v = float(value)
+    if v.is_integer() and abs(v) < 2 ** 53:
+        return str(int(v))
+    return f"{v:.6g}"
 LOCK_FILE = ".lock"
 
 
@@ -201,7 +211,7 @@ class RunDir:
             if new:
                 w.writerow(METRIC_FIELDS)
             for name, value in metrics.items():
-                w.writerow([step, epoch, split, name, f"{float(value):.6g}", now])
+                w.writerow([step, epoch, split, name, metric_text(value), now])
         tb = self.tensorboard()
         if tb is not None:
             for name, value in metrics.items():
@@ -221,9 +231,9 @@ class RunDir:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(METRIC_FIELDS)
-        for r in rows:  # values as log_metrics writes them: re-formatting "%.6g" text gives the same text
+        for r in rows:  # values as log_metrics writes them: re-formatting metric_text's text gives the same text
             if r["step"] <= after_step:
-                w.writerow([r["step"], r["epoch"], r["split"], r["metric"], f"{r['value']:.6g}", r["time"]])
+                w.writerow([r["step"], r["epoch"], r["split"], r["metric"], metric_text(r["value"]), r["time"]])
         atomic_write_text(self.metrics_csv, buf.getvalue())
 
     def tensorboard(self):
