@@ -191,6 +191,26 @@ def test_eval_refuses_a_font_whose_class_name_depends_on_the_order_given(tmp_pat
     assert "b/Regular.ttf is scored as class Regular, which this model learned from" in caplog.text
 
 
+def test_eval_on_another_machine_checks_fonts_by_their_recorded_digest(tmp_path, caplog):
+    """The training font files are not on the machine that evaluates: the checkpoint's SHA-256 of each
+    still tells a font of the same name with other bytes from the one the class was learned from."""
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "Regular.ttf").write_bytes(open(SERIF, "rb").read())
+    (c / "Bold.ttf").write_bytes(open(SANS, "rb").read())
+    gone = tmp_path / "elsewhere"  # the training machine's paths
+    meta = {"classes": ["Regular", "Bold"], "fonts": [str(gone / "Regular.ttf"), str(gone / "Bold.ttf")],
+            "font_digests": [F.file_digest(SANS), F.file_digest(SANS)], "height": 16, "width": 64}
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox\njumps over the lazy dog\nPack my box with five dozen\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="convrnn"):
+        cfg = fonts_config(tmp_path, text, fonts=[str(c / "Regular.ttf"), str(c / "Bold.ttf")])
+        get_recipe("fonts").make_split(cfg, TrainConfig(), "val", meta)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"font {c / 'Regular.ttf'} is scored as class Regular, "
+                                                         f"which this model learned from {gone / 'Regular.ttf'}")
+
+
 # ------------------------------------------------------------------------ digits: predict
 
 TINY = ["--max-steps", "2", "--batch-size", "16", "--num-train", "32", "--threads", "1",

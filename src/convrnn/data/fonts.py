@@ -709,7 +709,8 @@ def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], N
     train, val = (FontsDataset(arrays[f"{s}_images"], arrays[f"{s}_labels"], arrays[f"{s}_line_ids"], classes)
                   for s in ("train", "val"))
     alphabet = "".join(sorted(set("".join(lines))))
-    meta = {"classes": classes, "height": config.height, "width": config.width, "fonts": [f.path for f in fonts],
+    meta = {"classes": classes, "height": config.height, "width": config.width,
+            "fonts": [f.path for f in fonts], "font_digests": [file_digest(f.path) for f in fonts],
             "alphabet": alphabet, "num_lines": {"train": len(train_lines), "val": len(val_lines)},
             "cache": cache_path}
     return train, val, meta

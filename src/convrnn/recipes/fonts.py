@@ -112,22 +112,28 @@ class FontsRecipe(Recipe):
 
 
 def check_same_fonts(meta: dict, data_meta: dict) -> None:
-    """Each font given to score a model is the file its class was trained on, where that file is still
-    there: a font with other bytes is a DataError when its name is ambiguous (two trained or two given
-    files have the file name that gave it, so the ``-2`` suffix depends on which fonts are given and in
-    what order) and a warning otherwise (another version of a font, say)."""
+    """Each font given to score a model is the file its class was trained on, by the SHA-256 of its
+    bytes the checkpoint records (older checkpoints: where the trained file is still there): a font
+    with other bytes is a DataError when its name is ambiguous (two trained or two given files have
+    the file name that gave it, so the ``-2`` suffix depends on which fonts are given and in what
+    order) and a warning otherwise (another version of a font, say)."""
     trained = dict(zip(meta["classes"], meta.get("fonts") or []))
+    digests = dict(zip(meta["classes"], meta.get("font_digests") or []))
 
     def repeated(paths) -> set[str]:
         stems = Counter(Path(p).stem for p in paths)
         return {stem for stem, n in stems.items() if n > 1}
 
     ambiguous = repeated(trained.values()) | repeated(data_meta["fonts"])
+    given = dict(zip(data_meta["fonts"], data_meta.get("font_digests") or []))
     for name, path in zip(data_meta["classes"], data_meta["fonts"]):
         was = trained.get(name)
-        if was is None or not os.path.isfile(was) or os.path.samefile(was, path):
+        if was is None:
             continue
-        if file_digest(was) == file_digest(path):
+        if name in digests:
+            if digests[name] == (given.get(path) or file_digest(path)):
+                continue
+        elif not os.path.isfile(was) or os.path.samefile(was, path) or file_digest(was) == file_digest(path):
             continue
         problem = (f"font {path} is scored as class {name}, which this model learned from {was}, a file with other "
                    f"bytes")
