@@ -218,6 +218,20 @@ def test_eval_scores_a_text_shorter_than_training_needs(trained, tmp_path, capsy
     assert b"bits_per_char:" in out
 
 
+def test_random_windows_need_one_window_of_text_not_one_per_stream(tmp_path):
+    """Random windows may overlap: 40 characters hold windows of 8 for a batch of 4 (stateful streams
+    side by side would need 46); below one window and a validation part, the error names the flags."""
+    short = tmp_path / "short.txt"
+    short.write_text(TEXT[:40], encoding="utf-8")
+    bundle = get_recipe("charlm").make_data(CharLMDataConfig(path=str(short), seq_len=8, stateful=False),
+                                            TrainConfig(batch_size=4))
+    assert bundle.train.batch(0, 0)["x"].shape == (4, 8)
+    with pytest.raises(DataError, match=r"40 characters are too few: with --random-windows and --seq-len 36, training "
+                                        r"on 90% of the text needs at least 42 characters; lower --seq-len, or"):
+        get_recipe("charlm").make_data(CharLMDataConfig(path=str(short), seq_len=36, stateful=False),
+                                       TrainConfig(batch_size=4))
+
+
 def test_a_validation_part_of_unknown_characters_is_refused_naming_the_text(trained, tmp_path, capsysbinary):
     other = tmp_path / "greek.txt"
     other.write_text("αβγδεζηθικ" * 100, encoding="utf-8")  # no character of the model's vocabulary

@@ -46,16 +46,22 @@ class CharLMDataConfig:
 
 
 def check_length(symbols: int, cfg: CharLMDataConfig, batch_size: int) -> None:
-    """A text too short for one window of ``seq_len`` per stream (plus a few symbols to validate on)
-    is a DataError that says how long it must be and what to lower."""
+    """A text too short to train on (plus a few symbols to validate on) is a DataError that says how
+    long it must be and what to lower: stateful training needs one window of ``seq_len`` per stream
+    (``batch_size`` streams side by side), random windows need one window, which they draw
+    ``batch_size`` times."""
     per_stream = cfg.seq_len + 1
-    train_needed = batch_size * cfg.seq_len + per_stream  # a window per stream, and room to shift it
+    # stateful: a window per stream, and room to shift it; random windows may overlap
+    train_needed = batch_size * cfg.seq_len + per_stream if cfg.stateful else per_stream
     needed = max(math.ceil(train_needed / (1 - cfg.val_fraction)), math.ceil(3 / cfg.val_fraction))
     if symbols < needed:
         unit = "bytes" if cfg.unit == "byte" else "characters"
-        raise DataError(f"{cfg.path or DEFAULT_CORPUS}: {symbols:,} {unit} are too few: with --batch-size "
-                        f"{batch_size} and --seq-len {cfg.seq_len}, training on {1 - cfg.val_fraction:.0%} of the "
-                        f"text needs at least {needed:,} {unit}; lower --batch-size or --seq-len, or give a longer text")
+        given = f"--batch-size {batch_size} and --seq-len {cfg.seq_len}" if cfg.stateful else \
+            f"--random-windows and --seq-len {cfg.seq_len}"
+        lower = "--batch-size or --seq-len" if cfg.stateful else "--seq-len"
+        raise DataError(f"{cfg.path or DEFAULT_CORPUS}: {symbols:,} {unit} are too few: with {given}, training on "
+                        f"{1 - cfg.val_fraction:.0%} of the text needs at least {needed:,} {unit}; lower {lower}, or "
+                        f"give a longer text")
 
 
 def _val_batches(val_ids) -> StreamBatches:
