@@ -1,7 +1,7 @@
 """The ``convrnn`` command line: a thin adapter over the library.
 
 Every user error ends in one line on stderr and exit code 2, never a traceback. The commands live in
-the modules of this package (each with ``register(cli)``, listed in ``COMMAND_MODULES``) and in the
+the modules of this package (each with ``register(cli)``, listed in the tuple of ``_register``) and in the
 recipes (``Recipe.commands``: ``convrnn fonts preview``, ``convrnn plot ctc``).
 """
 from __future__ import annotations

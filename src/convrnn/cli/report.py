@@ -1,7 +1,7 @@
 """``convrnn report RUN`` (one self-contained HTML page) and ``convrnn plot confusion RUN`` (PNG).
 
 ``plot confusion`` joins the shared ``plot`` group of :mod:`convrnn.cli.plot`; this module is
-listed after ``plot`` in ``COMMAND_MODULES``.
+listed after ``plot`` in the tuple of ``_register``.
 """
 from __future__ import annotations
 
