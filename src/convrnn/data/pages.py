@@ -849,10 +849,13 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
         for i, job in zip(todo, jobs):
             finish(i, _extract_job(job))
     if todo:
-        failed = sum(1 for i in todo if results[i] is not None and results[i].page_error is not None)
-        log.info("pages: %d of %d read in %.1f s (%d process%s)%s, %d from the cache", len(todo), len(paths),
+        errors = [results[i].page_error for i in todo if results[i] is not None and results[i].page_error is not None]
+        other = sum(isinstance(e, NotPageXml) for e in errors)  # a METS file beside the pages, say
+        failed = len(errors) - other
+        log.info("pages: %d of %d read in %.1f s (%d process%s)%s%s, %d from the cache", len(todo), len(paths),
                  time.monotonic() - t0, max(1, n_workers), "es" if n_workers > 1 else "",
-                 f", {failed} unusable (named below)" if failed else "", len(paths) - len(todo))
+                 f", {failed} unusable (named below)" if failed else "",
+                 f", {other} not ALTO or PAGE XML" if other else "", len(paths) - len(todo))
     return results  # type: ignore[return-value]
 
 
