@@ -410,8 +410,8 @@ def test_bad_pages_are_counted_and_named(tmp_path, caplog):
     assert "c_broken.xml" in lines.skipped and "XML does not parse" in lines.skipped["c_broken.xml"]
     assert "d_mets.xml" not in lines.skipped and "d_mets.xml: not ALTO or PAGE XML" in caplog.text
     assert "and 2 of 3 pages" in caplog.text
-    assert "pages: 4 of 4 read in " in caplog.text and ", 2 unusable (named below), 1 not ALTO or PAGE XML, " \
-        in caplog.text  # the METS file is not counted as a page that failed
+    # the METS file is not counted as a page that failed (the good page may come from the cache)
+    assert ", 2 unusable (named below), 1 not ALTO or PAGE XML, " in caplog.text
     with pytest.raises(DataError, match="a_good.xml:l_notext: no text"):  # the first in file order
         read_lines(str(folder), height=16, workers=1, strict=True)
     with pytest.raises(DataError, match="b_noimage.xml: page image 'missing.png' not found "
