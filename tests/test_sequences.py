@@ -260,6 +260,12 @@ def test_products_stop_where_a_64_bit_target_would_wrap_around():
     from convrnn.recipes.digits import DigitsDataConfig
     check(DigitsDataConfig(op="product", max_len=9), "data")
     check(DigitsDataConfig(op="product", max_len=19, num_test=0), "data")  # no test sequences of 2N digits
+    # ...and the data builds: no test split of 2N digits is drawn when none is asked for
+    from convrnn.recipes import get_recipe
+    from convrnn.train.config import TrainConfig
+    bundle = get_recipe("digits").make_data(DigitsDataConfig(op="product", max_len=12, num_test=0, num_train=8,
+                                                             num_val=4, data_dir="sklearn"), TrainConfig(batch_size=4))
+    assert bundle.test is None and bundle.meta["test_max_len"] == 12
     check(DigitsDataConfig(op="sum", max_len=50), "data")
     with pytest.raises(ConfigError, match="data.max_len: expected at most 9 for products"):
         check(DigitsDataConfig(op="product", max_len=10), "data")

@@ -123,7 +123,9 @@ class DigitsRecipe(Recipe):
         train.shift = min(data_cfg.shift, train.image_shape[-1] // 10)  # at most a tenth of the width: off for 8x8
         train.rotate, train.zoom, train.elastic = data_cfg.rotate, data_cfg.zoom, data_cfg.elastic
         test_pool = val_test_pools(len(test_split))[1]
-        test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=2 * data_cfg.max_len,
+        # test sequences reach 2N digits; without any (num_test=0), products of up to 19 digits may train
+        test_max_len = 2 * data_cfg.max_len if data_cfg.num_test else data_cfg.max_len
+        test = DigitSequences.from_split(test_split, op=data_cfg.op, min_len=1, max_len=test_max_len,
                                          num_sequences=data_cfg.num_test, seed=(data_cfg.seed, 3), pool=test_pool)
         log.info(describe_sequences(data_cfg.op, meta["source"], train=train, val=val, test=test))
         if data_cfg.op == "sum":
@@ -131,7 +133,7 @@ class DigitsRecipe(Recipe):
             # with, and the sum of an empty sequence is 0 either way
             meta["target_mean"] = 0.0
         meta.update(per_step=data_cfg.op == "running-sum", image_shape=list(train.image_shape),
-                    test_max_len=2 * data_cfg.max_len)
+                    test_max_len=test_max_len)
         meta["sizes"]["test"] = len(test)
         bs = train_cfg.batch_size
         return DataBundle(train=sequence_batches(train, bs, shuffle=True, seed=train_cfg.seed),
