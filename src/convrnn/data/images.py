@@ -118,6 +118,7 @@ def _to_uint8(path, im) -> np.ndarray:
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if "A" in mode or "transparency" in im.info:  # LA, RGBA, PA, or a palette/colour key marked transparent
         rgba = im.convert("RGBA")
+
         def over(level: int) -> np.ndarray:
             ground = Image.new("RGBA", rgba.size, (level, level, level, 255))
             return np.asarray(Image.alpha_composite(ground, rgba).convert("L"), dtype=np.uint8)

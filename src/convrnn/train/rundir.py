@@ -34,6 +34,8 @@ def metric_text(value) -> str:
     if v.is_integer() and abs(v) < 2 ** 53:
         return str(int(v))
     return f"{v:.6g}"
+
+
 LOCK_FILE = ".lock"
 
 
