@@ -282,8 +282,8 @@ def _page_line(el: ET.Element, ns: str, index: int) -> PageLine:
 
 def xml_root(path: Path, data: bytes) -> ET.Element:
     # expat knows UTF-8 only by that name; a file declaring it as "UTF8" or "utf_8" (which other XML
-    # readers take) would fail at its first non-ASCII character
-    parser = ET.XMLParser(encoding="UTF-8") if _utf8_alias(_declared_encoding(data)) else None
+    # readers take) would fail at its first non-ASCII character, so UTF-8 by any name is parsed as such
+    parser = ET.XMLParser(encoding="UTF-8") if _is_utf8(_declared_encoding(data)) else None
     try:
         return ET.fromstring(data, parser=parser)
     except ET.ParseError as e:
@@ -605,16 +605,22 @@ class PageLines:
     cached: bool = False
 
     def line_ids(self) -> dict[int, str]:
-        """Each line's id by its position in the file, good and bad lines alike, unique within the page:
-        lines that share an id (schema-invalid, but exports have them) are told apart in file order as
-        ``id``, ``id#2``, ``id#3``, ... so that no two results or messages name the same line."""
+        """Each line's id by its position in the file, good and bad lines alike, unique within the page
+        (:func:`unique_ids`)."""
         order = sorted([(k, self.ids[j]) for j, k in enumerate(self.indices)] + [(b.index, b.id) for b in self.bad])
-        seen: dict[str, int] = {}
-        out = {}
-        for k, line_id in order:
-            seen[line_id] = seen.get(line_id, 0) + 1
-            out[k] = line_id if seen[line_id] == 1 else f"{line_id}#{seen[line_id]}"
-        return out
+        return dict(zip([k for k, _ in order], unique_ids([line_id for _, line_id in order])))
+
+
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """The ids of a page's lines in file order, made unique: lines that share an id (schema-invalid, but
+    exports have them) are told apart as ``id``, ``id#2``, ``id#3``, ... so that no two results or
+    messages name the same line."""
+    seen: dict[str, int] = {}
+    out = []
+    for line_id in ids:
+        seen[line_id] = seen.get(line_id, 0) + 1
+        out.append(line_id if seen[line_id] == 1 else f"{line_id}#{seen[line_id]}")
+    return out
 
 
 def _turned(shape: tuple[int, int], size: tuple[float, float]) -> bool:
@@ -1204,12 +1210,10 @@ def _tag_end_start(buf: bytes, node: _Node) -> int:
     return buf.rindex(b"</", node.tag_end, node.end)
 
 
-def _utf8_alias(encoding: str) -> bool:
-    """True for a name of UTF-8 other than the one expat knows ("UTF8", "utf_8", "U8")."""
+def _is_utf8(encoding: str) -> bool:
+    """True for UTF-8 by any of its names ("UTF-8", and "UTF8", "utf_8", "U8", which expat does not know)."""
     import codecs
 
-    if encoding.upper() == "UTF-8":
-        return False
     try:
         return codecs.lookup(encoding).name == "utf-8"
     except LookupError:
@@ -1251,7 +1255,7 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     root = xml_root(src, data)
     kind, _ = page_kind(root)
     encoding = _declared_encoding(data)
-    utf8 = encoding.upper() == "UTF-8" or _utf8_alias(encoding) or encoding.lower() in ("us-ascii", "ascii")
+    utf8 = _is_utf8(encoding) or encoding.lower() in ("us-ascii", "ascii")
     try:
         buf = data if utf8 else data.decode(encoding).encode("utf-8")
         lines = _text_lines(buf)
@@ -1266,9 +1270,9 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
         try:
             edits += edit(buf, lines[k], *texts[k])
         except ValueError as e:
-            ids = [dict(ln.attrs).get("ID" if kind == ALTO else "id") or f"line_{j + 1}" for j, ln in enumerate(lines)]
-            same = ids[:k].count(ids[k])  # named as the reader names lines sharing an id (PageLines.line_ids)
-            raise DataError(f"{src}:{ids[k]}{f'#{same + 1}' if same else ''}: cannot write its text ({e})") from None
+            ids = unique_ids([dict(ln.attrs).get("ID" if kind == ALTO else "id") or f"line_{j + 1}"
+                              for j, ln in enumerate(lines)])  # named as the reader names them
+            raise DataError(f"{src}:{ids[k]}: cannot write its text ({e})") from None
     edits = sorted(edits + _ancestor_edits(buf, kind, [lines[k] for k in written]))
     pieces, pos = [], 0
     for start, end, new in edits:
