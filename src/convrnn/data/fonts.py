@@ -206,7 +206,14 @@ def _note_collection(path: str) -> None:
 
 
 def file_digest(path: str) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
+    """The SHA-256 of a file's bytes, in hex. Remembered by the file's path, size and modification time:
+    resolving the fonts, the render cache's key, the checkpoint's meta and eval's check all ask for it."""
+    st = os.stat(path)
+    return _digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 

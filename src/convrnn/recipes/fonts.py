@@ -125,13 +125,12 @@ def check_same_fonts(meta: dict, data_meta: dict) -> None:
         return {stem for stem, n in stems.items() if n > 1}
 
     ambiguous = repeated(trained.values()) | repeated(data_meta["fonts"])
-    given = dict(zip(data_meta["fonts"], data_meta.get("font_digests") or []))
     for name, path in zip(data_meta["classes"], data_meta["fonts"]):
         was = trained.get(name)
         if was is None:
             continue
         if name in digests:
-            if digests[name] == (given.get(path) or file_digest(path)):
+            if digests[name] == file_digest(path):
                 continue
         elif not os.path.isfile(was) or os.path.samefile(was, path) or file_digest(was) == file_digest(path):
             continue
