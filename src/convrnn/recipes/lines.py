@@ -249,9 +249,9 @@ class LinesRecipe(Recipe):
             pages = read_pages(paths, height=height)
             several = len(paths) > 1 or any(Path(inp).is_dir() for inp, xmls in sources if xmls)
             # among several files, other XML (an export's METS file) is passed over, as in training
-            passed_over = sum(several and isinstance(page.page_error, NotPageXml) for page in pages)
-            failed = [str(page.page_error) for page in pages if page.page_error is not None
-                      and not (several and isinstance(page.page_error, NotPageXml))]
+            other = [several and isinstance(page.page_error, NotPageXml) for page in pages]
+            passed_over = sum(other)
+            failed = [str(page.page_error) for page, skip in zip(pages, other) if page.page_error is not None and not skip]
             got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
                                 ignore_other_xml=several)  # lines without text are the normal case here
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
