@@ -403,16 +403,3 @@ def test_a_validation_cut_from_changed_data_is_refused(tmp_path, capsys):
     assert code == 0 and "cer:" in out, err
 
 
-def test_right_to_left_training_text_is_refused_or_named(tmp_path, caplog):
-    """Hebrew or Arabic text is stored first letter first while the line reads right to left: mostly
-    such lines are refused (nothing could be learnt), a few are named."""
-    from convrnn.data.lines import LineSet, check_reading_direction
-    image = np.zeros((8, 20), np.uint8)
-    hebrew = LineSet([image] * 3, ["\u05e9\u05dc\u05d5\u05dd", "\u05e2\u05d5\u05dc\u05dd", "abc"], ["a", "b", "c"])
-    with pytest.raises(DataError, match=r"pages/: 2 of 3 training lines are in a right-to-left script \(a: "):
-        check_reading_direction(hebrew, "pages/")
-    mostly_latin = LineSet([image] * 3, ["abc", "\u0633\u0644\u0627\u0645 x", "def"], ["a", "b", "c"])
-    with caplog.at_level(logging.WARNING, logger="convrnn.data.lines"):
-        check_reading_direction(mostly_latin, "pages/")
-    assert "1 of 3 training lines hold right-to-left characters (b: " in caplog.text
-    check_reading_direction(LineSet([image], ["caf\u00e9 \u00ab 12 \u00bb"], ["a"]), "pages/")  # left to right: silent

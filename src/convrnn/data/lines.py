@@ -31,7 +31,7 @@ from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
-from convrnn.data.text import decode_utf8, right_to_left
+from convrnn.data.text import base_direction, decode_utf8, right_to_left
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import checked, one_of, path_field, seed_field
 
@@ -56,6 +56,10 @@ class LinesDataConfig:
     allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
     strict: bool = False           # a bad sample is an error instead of a counted skip
     normalize: str = one_of("NFC", *NORMAL_FORMS)  # Unicode form of the transcriptions (or none)
+    # right-to-left scripts: the paragraph direction that texts are put in display order with for
+    # training, and readings back in logical order (reading_base): auto = that of most training lines,
+    # rtl, ltr; none = texts taken as they are (transcriptions already in display order)
+    bidi: str = one_of("auto", "rtl", "ltr", "none")
     seed: int = seed_field()
     # synthetic lines (see convrnn.data.synthetic_lines)
     num_train: int = checked(20000, lambda v: v >= 1, "at least 1")
@@ -275,21 +279,22 @@ def build_alphabet(texts: Iterable[str]) -> list[str]:
     return chars
 
 
-def check_reading_direction(lines: LineSet, source: str) -> None:
-    """Lines are read left to right and CTC aligns a text in that order, but right-to-left text is
-    stored in reading order (the first letter is at the right): a training set mostly in such a script
-    is refused rather than trained into a model that cannot learn it; a few such lines are named."""
-    rtl = [k for k, text in enumerate(lines.texts) if right_to_left(text)]
-    if not rtl:
-        return
-    first = f"{lines.names[rtl[0]]}: {lines.texts[rtl[0]][:40]!r}"
-    if 2 * len(rtl) > len(lines):
-        raise DataError(f"{source}: {len(rtl)} of {len(lines)} training lines are in a right-to-left script "
-                        f"({first}); convrnn reads lines left to right and does not reorder their text, so it "
-                        f"cannot learn them: right-to-left scripts are not supported")
-    log.warning("%s: %d of %d training lines hold right-to-left characters (%s); they are read left to right "
-                "without reordering their text, so those characters will be hard to learn", source, len(rtl),
-                len(lines), first)
+def reading_base(texts: Sequence[str], setting: str, source: Optional[str] = None) -> Optional[str]:
+    """The paragraph direction (``"L"`` or ``"R"``) a run puts its texts in display order with
+    (``CTCTask.visual``), from ``data.bidi`` (``setting``): ``auto`` takes that of most training
+    ``texts`` (:func:`~convrnn.data.text.base_direction`), ``rtl`` and ``ltr`` force one; ``none``
+    gives None (texts taken as they are). With ``source``, says so when some texts hold right-to-left
+    characters."""
+    if setting == "none":
+        return None
+    base = {"rtl": "R", "ltr": "L"}.get(setting) or base_direction(texts)
+    rtl = [t for t in texts if right_to_left(t)] if source else []
+    if rtl and source:
+        log.info("%s: %d of %d training lines hold right-to-left characters (%r); the model learns texts in "
+                 "display order, paragraphs %s (data.bidi=%s), and its readings come back in logical order",
+                 source, len(rtl), len(texts), rtl[0][:40], "right to left" if base == "R" else "left to right",
+                 setting)
+    return base
 
 
 def unseen_characters(texts: Iterable[str], alphabet: Sequence[str]) -> dict[str, int]:

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from convrnn.data.lines import LineSet, scale_to_height
+from convrnn.data.text import display_order
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +217,11 @@ def render_printed(text: str, font_path: str, *, height: int, rng: np.random.Gen
 
 def text_lines(count: int, *, split: str, height: int = 32, seed: int = 0, text: Optional[str] = None,
                fonts: Optional[list[str]] = None, max_chars: int = 32, heldout_fraction: float = 0.1,
-               progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
+               base: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None) -> LineSet:
     """``count`` printed lines: word-aligned pieces of ``text`` (a file; None = embedded corpus) in
-    random fonts; training pieces and held-out pieces (val, test) never share a text."""
+    random fonts; training pieces and held-out pieces (val, test) never share a text. Glyphs are drawn
+    one after another from left to right (no shaping), in display order for paragraph direction
+    ``base`` (``"L"``/``"R"``: right-to-left runs reversed, as they are printed; None: as stored)."""
     from convrnn.data.fonts import clean_lines, load_text_lines, resolve_fonts
 
     if split not in ("train", "val", "test"):
@@ -231,7 +234,7 @@ def text_lines(count: int, *, split: str, height: int = 32, seed: int = 0, text:
     out = []
     for k, t in enumerate(texts):
         font = specs[int(rng.integers(len(specs)))]
-        out.append(render_printed(t, font.path, height=height, rng=rng))
+        out.append(render_printed(display_order(t, base) if base else t, font.path, height=height, rng=rng))
         if progress is not None and (k + 1) % 500 == 0:
             progress(k + 1, count)
     return LineSet(out, texts, [f"{split}-text-{k:06d}" for k in range(count)])

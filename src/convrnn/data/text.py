@@ -125,6 +125,59 @@ def right_to_left(text: str) -> bool:
     return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
 
 
+# Bidirectional text. Transcriptions store right-to-left scripts (Hebrew, Arabic, Syriac...) in logical
+# order, first letter first, while a line image is read left to right; CTC aligns labels in the image's
+# order, so a model learns a line's text in display order (as it is seen from the left) and its readings
+# are put back in logical order. Both ways use the Unicode Bidirectional Algorithm (UAX #9, python-bidi)
+# with one paragraph direction for every line of a run ("L" or "R", see base_direction): a reading in
+# display order does not tell which direction its line was written in.
+_REORDERED = ("R", "AL", "AN")  # bidi classes that make the algorithm move characters
+
+
+def _reordered(text: str) -> bool:
+    return any(unicodedata.bidirectional(ch) in _REORDERED for ch in text)
+
+
+def first_strong(text: str) -> str:
+    """``"R"`` when the first letter of ``text`` with a direction (Unicode bidi class L, R or AL) is of a
+    right-to-left script, ``"L"`` when it is of a left-to-right one, ``""`` when it has none (rules P2
+    and P3 of the Unicode Bidirectional Algorithm, without embeddings)."""
+    for ch in text:
+        kind = unicodedata.bidirectional(ch)
+        if kind == "L":
+            return "L"
+        if kind in ("R", "AL"):
+            return "R"
+    return ""
+
+
+def base_direction(texts: Iterable[str]) -> str:
+    """The paragraph direction of most of ``texts`` by :func:`first_strong` (``"R"`` or ``"L"``; ties
+    and texts without letters: ``"L"``)."""
+    votes = Counter(first_strong(t) for t in texts)
+    return "R" if votes["R"] > votes["L"] else "L"
+
+
+def display_order(text: str, base: str) -> str:
+    """``text`` (logical order) in the order its characters appear from left to right on a line of
+    paragraph direction ``base`` (``"L"`` or ``"R"``): runs of right-to-left letters reversed, numbers
+    and left-to-right words inside them kept in their own order. Characters are not mirrored: a
+    bracket keeps its code point wherever it stands. Text without right-to-left characters comes back
+    unchanged."""
+    if not _reordered(text):
+        return text
+    from bidi import get_display
+
+    return get_display(text, base_dir=base)
+
+
+def logical_order(text: str, base: str) -> str:
+    """The inverse of :func:`display_order` for one ``base``: a reading in display order put back in
+    logical order (the algorithm applied again, as OCR engines do; exact for text whose neutral
+    characters sit between letters of one direction, which is most text)."""
+    return display_order(text, base)
+
+
 def text_file(path: str | os.PathLike) -> str:
     """A UTF-8 text file's content (no byte-order mark, universal newlines, as ``read_text`` gives it); a
     DataError naming the file when it is missing or not UTF-8 (:func:`decode_utf8`)."""

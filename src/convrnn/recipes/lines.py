@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import click
 import numpy as np
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from convrnn.data.augment import AUGMENT_SETS, LineAugment
-from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, check_reading_direction,
-                                find_source, line_augment, line_batches, line_fetcher, prepare_line,
-                                read_lines, split_lines, unseen_characters)
+from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, find_source, line_augment,
+                                line_batches, line_fetcher, prepare_line, read_lines, reading_base,
+                                split_lines, unseen_characters)
 from convrnn.data.pages import NotPageXml, collect_lines, page_sources, read_pages, write_page_texts
 from convrnn.errors import DataError
 from convrnn.fields import check
@@ -49,7 +49,18 @@ def _synthetic(cfg: LinesDataConfig, split: str, count: int, progress) -> LineSe
         return digit_lines(count, split=split, max_digits=cfg.max_digits, height=cfg.height, seed=cfg.seed,
                            mnist_dir=cfg.mnist_dir or None, progress=progress, **distort)
     return text_lines(count, split=split, height=cfg.height, seed=cfg.seed, text=cfg.text or None,
-                      fonts=cfg.fonts, max_chars=cfg.max_chars, progress=progress)
+                      fonts=cfg.fonts, max_chars=cfg.max_chars, base=bidi_base(cfg, say=False), progress=progress)
+
+
+def bidi_base(cfg: LinesDataConfig, texts: Sequence[str] = (), *, say: bool = True) -> Optional[str]:
+    """The paragraph direction the run's texts are put in display order with (``reading_base``), from
+    the training ``texts``; synthetic text lines take it from their whole text file, so that every
+    split is drawn and labelled with one direction. ``say``: log how right-to-left texts are read."""
+    if cfg.synthetic == "text" and cfg.bidi == "auto":
+        from convrnn.data.fonts import load_text_lines
+
+        texts = load_text_lines(cfg.text or None)
+    return reading_base(texts, cfg.bidi, (cfg.data or f"--synthetic {cfg.synthetic}") if say else None)
 
 
 def _read_options(cfg: LinesDataConfig, progress) -> dict:
@@ -127,6 +138,9 @@ class LinesRecipe(Recipe):
         CliOption("--val", "data.val", "validation lines, as --data (default: a split of --data by text)"),
         CliOption("--test", "data.test", "test lines, as --data (for `convrnn eval RUN --split test`)"),
         CliOption("--height", "data.height", "line height in pixels after scaling", type=int),
+        CliOption("--bidi", "data.bidi", "right-to-left scripts: texts are learned in display order with the "
+                  "paragraph direction of most training lines (auto), rtl or ltr; none takes them as they are",
+                  type=click.Choice(["auto", "rtl", "ltr", "none"])),
         CliOption("--augment", "data.augment", "distortions of training lines: auto (handwriting for --data, "
                   "none for --synthetic), handwriting or none; data.slant etc. set one each",
                   type=click.Choice(["auto", *AUGMENT_SETS])),
@@ -164,7 +178,7 @@ class LinesRecipe(Recipe):
         """The splits; ``training=False`` (evaluating a validation cut from ``--data``) leaves out the
         log line on the training lines' distortions, which that evaluation does not apply."""
         train, val, test = load_splits(data_cfg, progress)
-        check_reading_direction(train, data_cfg.data or f"--synthetic {data_cfg.synthetic}")
+        base = bidi_base(data_cfg, train.texts)
         alphabet = build_alphabet(train.texts)
         name_unseen(unseen_characters(val.texts, alphabet), "validation")
         bs = train_cfg.batch_size
@@ -174,7 +188,7 @@ class LinesRecipe(Recipe):
         if augment.active and training:
             log.info("lines: training lines distorted (data.augment=%s; --augment none turns them off): %s",
                      data_cfg.augment, ", ".join(f"{k} {v:g}" for k, v in asdict(augment).items() if v > 0))
-        meta = {"alphabet": alphabet, "height": data_cfg.height, "normalize": data_cfg.normalize,
+        meta = {"alphabet": alphabet, "height": data_cfg.height, "normalize": data_cfg.normalize, "bidi": base,
                 "skipped": {"train": len(train.skipped), "val": len(val.skipped)}}
         if not data_cfg.val and not data_cfg.synthetic:
             meta["val_cut"] = _val_cut(val)
@@ -209,7 +223,7 @@ class LinesRecipe(Recipe):
         return _eval_batches(lines, train_cfg.batch_size)
 
     def make_task(self, meta: dict, output_shape: tuple) -> CTCTask:
-        return CTCTask(meta["alphabet"], normalize=meta.get("normalize"))
+        return CTCTask(meta["alphabet"], normalize=meta.get("normalize"), bidi=meta.get("bidi"))
 
     def report_sections(self, ctx) -> list:
         return lines_sections(ctx)
@@ -314,7 +328,7 @@ def _check_out(pages: list[Path], out: Path) -> None:
 
 
 def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:
-    """How sure the model is of ``text``: its CTC probability (summed over all alignments, an ensemble's
+    """How sure the model is of ``text`` (in display order, ``task.visual``): its CTC probability (summed over all alignments, an ensemble's
     members' geometric mean) per character, ``P(text | line) ** (1 / max(1, len(text)))``, in 0..1;
     0 for a text with characters outside the alphabet. ``logits`` ``(T, V)`` or ``(K, T, V)``."""
     if any(ch not in task.index for ch in text):
@@ -343,7 +357,7 @@ def recognise(model, task: CTCTask, images: list[np.ndarray], decode, batch_size
         for j, (i, text) in enumerate(zip(idx, decode(out))):
             n = int(out.lengths[j])
             logits = out.y[j] if out.members is None else out.members[:, j]  # ([K,] T, V)
-            texts[i], confs[i] = text, line_confidence(task, logits, n, text)
+            texts[i], confs[i] = text, line_confidence(task, logits, n, task.visual(text))
         if progress is not None and images:
             progress(min(start + batch_size, len(images)), len(images))
     return texts, confs
@@ -384,7 +398,7 @@ def plot_ctc(run: str, image: str, out: str) -> None:
     probs = torch.softmax(output.y[0, :n].float(), dim=-1).numpy()  # (T, V)
     text = loaded.task.decode(output)[0]
     pixels = prepare_line(image, int(loaded.ckpt["input_shape"][1]))
-    path = draw(pixels, probs, alphabet, out, text=text)
+    path = draw(pixels, probs, alphabet, out, text=loaded.task.visual(text))  # drawn left to right, as the line
     how = "joint beam search of its members" if output.members is not None else "greedy"
     click.echo(f"wrote {path} ({n} frames, text {text!r}, {how})")
 
@@ -437,7 +451,9 @@ def lines_sections(ctx, *, worst: int = 8, plots: int = 3) -> list:
             image = (b["x"][k, 0, :, :width] * 255).round().to(torch.uint8).numpy()  # (1, H, W) -> (H, W)
             probs = torch.softmax(logits[k, :n].float(), dim=-1).numpy()  # (T, V)
             png = Path(plot_ctc(image, probs, alphabet, Path(tmp) / f"ctc{i}.png",
-                                title=f"reference {ref!r}\ngreedy    {hyp!r}  (CER {cer:.2f})")).read_bytes()
+                                # matplotlib draws glyphs left to right: texts in display order, as the line
+                                title=f"reference {ctx.task.visual(ref)!r}\ngreedy    {ctx.task.visual(hyp)!r}  "
+                                      f"(CER {cer:.2f})")).read_bytes()
             figures.append(img(png, f"CTC alignment of {b['ids'][k]}", css_class="wide"))
     sections.append(Section("CTC alignments", "".join(figures) + note(
         "Per-frame label probabilities under the line image (dashed: blank); a peak sits under the "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.data.text import text_file, word_list
+from convrnn.data.text import display_order, logical_order, text_file, word_list
 from convrnn.errors import ConfigError
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.base import MetricAccumulator, Task
@@ -322,7 +322,8 @@ class CTCTask(Task):
     output_ndim = 3  # label logits at every frame
     ensemble_combine = "labellings"  # members decoded jointly (convrnn.infer.views), not averaged per frame
 
-    def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean", normalize: Optional[str] = None):
+    def __init__(self, alphabet: Sequence[str], *, reduction: str = "mean", normalize: Optional[str] = None,
+                 bidi: Optional[str] = None):
         alphabet = list(alphabet)
         if not alphabet or len(set(alphabet)) != len(alphabet):
             raise ValueError(f"CTC needs a non-empty alphabet of distinct symbols, got {alphabet!r}")
@@ -332,6 +333,11 @@ class CTCTask(Task):
         # the Unicode normal form of the texts the model learned (NFC, NFD, NFKC, NFKD), which word lists
         # and language-model texts are put in; None or "none": taken as they are
         self.normalize = normalize if normalize in ("NFC", "NFD", "NFKC", "NFKD") else None
+        # the paragraph direction ("L" or "R") texts are put in display order with for the labels, and
+        # readings back in logical order (convrnn.data.text.display_order); None: texts taken as they are
+        if bidi not in (None, "L", "R"):
+            raise ValueError(f"bidi must be 'L', 'R' or None, got {bidi!r}")
+        self.bidi = bidi
         self.index = {ch: k + 1 for k, ch in enumerate(alphabet)}
         self.search: Optional[dict] = None  # beam search settings (with_decoding); None: greedy
         self.skipped_too_long = 0
@@ -349,10 +355,16 @@ class CTCTask(Task):
     def to_text(self, labels: Iterable[int]) -> str:
         return "".join(self.alphabet[k - 1] for k in labels)
 
+    def visual(self, text: str) -> str:
+        """A text as the model reads it: in display order, left to right (the text itself without bidi)."""
+        return display_order(text, self.bidi) if self.bidi else text
+
     def reading(self, labels: Iterable[int]) -> str:
         """A decoded label sequence as text in the form the references have: whitespace runs collapsed to
-        one space, none at either end (every reader of transcriptions normalises them so)."""
-        return " ".join(self.to_text(labels).split())
+        one space, none at either end (every reader of transcriptions normalises them so), and in
+        logical order (with bidi)."""
+        text = " ".join(self.to_text(labels).split())
+        return logical_order(text, self.bidi) if self.bidi else text
 
     def with_targets(self, batch: dict) -> dict:
         """``batch`` with ``targets`` and ``target_lengths`` encoded from its ``texts`` (when it has none):
@@ -360,7 +372,7 @@ class CTCTask(Task):
         stay in the references, so CER and WER count them as errors."""
         if "targets" in batch:
             return batch
-        labels = [[self.index[ch] for ch in text if ch in self.index] for text in batch["texts"]]
+        labels = [[self.index[ch] for ch in self.visual(text) if ch in self.index] for text in batch["texts"]]
         flat = [k for lab in labels for k in lab]
         return {**batch, "targets": torch.tensor(flat, dtype=torch.long),
                 "target_lengths": torch.tensor([len(lab) for lab in labels], dtype=torch.long)}
@@ -370,7 +382,8 @@ class CTCTask(Task):
 
     def texts_from_targets(self, batch: dict) -> list[str]:
         targets, lengths = _concatenated(batch["targets"], batch["target_lengths"]), batch["target_lengths"]
-        return [self.to_text(t.tolist()) for t in torch.split(targets.cpu(), lengths.cpu().tolist())]
+        texts = [self.to_text(t.tolist()) for t in torch.split(targets.cpu(), lengths.cpu().tolist())]
+        return [logical_order(t, self.bidi) for t in texts] if self.bidi else texts
 
     def _check_output(self, out: ModelOutput) -> torch.Tensor:
         if out.y.dim() != 3 or out.y.shape[-1] != self.num_outputs:
@@ -432,7 +445,8 @@ class CTCTask(Task):
         match a reading of composed text); words the alphabet cannot write are left out, with a warning."""
         if not beam and lexicon is None and lm is None:
             return self
-        form = (lambda t: unicodedata.normalize(self.normalize, t)) if self.normalize else (lambda t: t)
+        normal = (lambda t: unicodedata.normalize(self.normalize, t)) if self.normalize else (lambda t: t)
+        form = lambda t: self.visual(normal(t))  # noqa: E731  (the search runs in display order)
         if isinstance(lexicon, str):
             words = sorted({form(w) for w in word_list(lexicon)})
             usable = [w for w in words if set(w) <= set(self.alphabet)]
@@ -447,7 +461,7 @@ class CTCTask(Task):
                             unusable[0])
             lexicon = Lexicon(usable)
         if isinstance(lm, str):
-            text = form(text_file(lm))
+            text = "\n".join(form(line) for line in text_file(lm).splitlines())
             if not set(text) & (set(self.alphabet) - {" "}):  # an empty text fits a model that scores nothing
                 raise ConfigError(f"{lm}: the language-model text has no character of the model's alphabet"
                                   + ("" if text.strip() else " (it is empty)"))
