@@ -150,3 +150,10 @@ def test_a_run_keeps_the_direction_it_learned_with(tmp_path, capsys, hebrew_fold
     assert loaded.ckpt["meta"]["bidi"] == held and loaded.task.bidi == held
     code, out, err = run_cli(capsys, "predict", str(run), str(next(hebrew_folder.glob("*.png"))))
     assert code == 0, err
+    if held == "R":  # an exported model says which order its labels are in
+        import onnx
+
+        code, out, err = run_cli(capsys, "export", str(run))
+        assert code == 0, err
+        props = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
+        assert props["convrnn_bidi"] == "R" and "convrnn_alphabet" in props

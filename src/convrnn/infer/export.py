@@ -180,8 +180,10 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     meta = {"convrnn_recipe": recipe.name, "convrnn_input_shape": list(ckpt["input_shape"])}
     if ckpt.get("ensemble"):  # y: log of the members' mean probability per frame/step (or their mean value);
         meta["convrnn_ensemble"] = ckpt["ensemble"]  # a CTC ensemble also outputs each member's, to decode jointly
-    for key in ("vocab", "classes", "alphabet"):
-        if isinstance(ckpt.get("meta"), dict) and key in ckpt["meta"]:
+    # bidi: the paragraph direction a lines model's labels are in display order for ("L" or "R"; absent:
+    # texts as stored); a decoder puts its readings back in logical order with it
+    for key in ("vocab", "classes", "alphabet", "bidi"):
+        if isinstance(ckpt.get("meta"), dict) and ckpt["meta"].get(key) is not None:
             meta[f"convrnn_{key}"] = ckpt["meta"][key]
     return export_onnx(model, out, metadata=meta)
 
