@@ -157,3 +157,15 @@ def test_a_run_keeps_the_direction_it_learned_with(tmp_path, capsys, hebrew_fold
         assert code == 0, err
         props = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
         assert props["convrnn_bidi"] == "R" and "convrnn_alphabet" in props
+
+
+def test_a_resume_in_another_order_is_refused(tmp_path, capsys, hebrew_folder):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), "--height", "16",
+                             "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
+                             "--run-dir", str(run))
+    assert code == 0, err
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--resume", str(run), "--max-steps", "4", "--bidi", "none")
+    assert code == 2 and "bidi None where the checkpoint has 'R'" in err and err.count("error: ") == 1, err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # the run as it was

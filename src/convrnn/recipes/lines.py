@@ -125,7 +125,8 @@ class LinesRecipe(Recipe):
     input_meta = ("height",)
     # val_cut: which lines validate when they are cut from --data (see _val_cut); changed data moves
     # lines between training and validation, so a resume or eval on it would score trained-on lines
-    label_meta = ("alphabet", "val_cut")
+    # bidi: the order the labels spell texts in (display order for a paragraph direction, or as stored)
+    label_meta = ("alphabet", "val_cut", "bidi")
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
