@@ -172,6 +172,27 @@ def _resolved_config(overrides: dict) -> dict:
     return cfg
 
 
+def same_config(kept: dict, now: dict) -> bool:
+    """Whether a kept run's config is ``now``'s, counting a setting the kept config lacks (added to
+    convrnn after the run) as equal when ``now`` has its default: a new setting's default keeps what
+    runs did before it existed."""
+    defaults = _resolved_config({})
+    if set(kept) != set(now):
+        return False
+    for section, values in now.items():
+        old = kept[section]
+        if not isinstance(values, dict) or not isinstance(old, dict):
+            if old != values:
+                return False
+            continue
+        if set(old) - set(values):
+            return False
+        for key, value in values.items():
+            if (old[key] if key in old else defaults.get(section, {}).get(key)) != value:
+                return False
+    return True
+
+
 def _git_commit() -> str:
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -241,7 +262,7 @@ def convrnn_run(quick: bool, *, reuse: bool) -> tuple[dict, bool]:
     run = _run_dir("lines_copiste", quick)
     info = kept_run(run)
     if reuse and info and not os.environ.get("CONVRNN_BENCH_RETRAIN") \
-            and info.get("config") == _resolved_config(overrides) and info.get("cpu") == cpu_model():
+            and same_config(info.get("config") or {}, _resolved_config(overrides)) and info.get("cpu") == cpu_model():
         _log(f"convrnn: using the kept run {run} (trained {info.get('measured_at')})")
         return info, True
     return train_convrnn(overrides, run), False
