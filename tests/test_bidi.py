@@ -169,3 +169,71 @@ def test_a_resume_in_another_order_is_refused(tmp_path, capsys, hebrew_folder):
     code, out, err = run_cli(capsys, "-q", "train", "lines", "--resume", str(run), "--max-steps", "4", "--bidi", "none")
     assert code == 2 and "bidi None where the checkpoint has 'R'" in err and err.count("error: ") == 1, err
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # the run as it was
+
+
+def test_combining_marks_stay_with_their_letters_both_ways():
+    katab = "\u0643\u064e\u062a\u064e\u0628\u064e"  # Arabic: three letters, each with a fatha after it
+    shown = display_order(katab, "R")
+    assert shown == "\u0628\u064e\u062a\u064e\u0643\u064e"  # letters reversed, each mark still after its letter
+    for base in ("R", "L"):
+        for text in (katab, f"abc {katab} def", "caf\u00e9 \u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd"):
+            assert logical_order(display_order(text, base), base) == text, (base, text)
+
+
+def test_texts_that_cannot_come_back_as_written_are_counted(caplog):
+    texts = [f"{SHALOM} 5", f"abc {OLAM}", "abc", "def"]  # a left-to-right run: the number is ambiguous
+    with caplog.at_level(logging.INFO, logger="convrnn.data.lines"):
+        assert reading_base(texts, "auto", "pages/") == "L"
+    assert "1 of those 2 texts would not come back as written" in caplog.text
+    assert "--bidi rtl" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="convrnn.data.lines"):
+        reading_base(texts, "rtl", "pages/")
+    assert "would not come back" not in caplog.text
+
+
+def test_a_word_list_keeps_punctuation_with_the_word():
+    task = CTCTask(build_alphabet([f"{SHALOM}, {OLAM} abc,"]), bidi="L")
+    assert task.encode(SHALOM) == [task.index[ch] for ch in SHALOM[::-1]]  # labels in display order
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        words = os.path.join(tmp, "words.txt")
+        with open(words, "w", encoding="utf-8") as fh:
+            fh.write(f"{SHALOM},\nabc,\n")
+        root = task.with_decoding(lexicon=words).search["lexicon"].root
+    # inside a line, the comma after a Hebrew word stands at its left; after a Latin word, at its right
+    assert set(root) == {",", "a"} and SHALOM[-1] in root[","]
+    line = display_order(f"{SHALOM}, {OLAM}", "L")
+    assert line.split(" ")[-1] == f",{SHALOM[::-1]}"
+
+
+def test_a_run_from_before_right_to_left_support_resumes_as_it_trained(tmp_path, capsys, hebrew_folder):
+    from convrnn.infer.run import load_run
+    from convrnn.train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), "--height", "16",
+                             "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
+                             "--run-dir", str(run), "--bidi", "none")
+    assert code == 0, err
+    for path in (run / "checkpoints").rglob("*.pt"):  # as a checkpoint written before the entry existed
+        ckpt = load_checkpoint(path)
+        del ckpt["meta"]["bidi"]
+        save_checkpoint(path, ckpt)
+    assert load_run(str(run), expect_recipe="lines").task.bidi is None
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--resume", str(run), "--max-steps", "4")
+    assert code == 0, err  # --bidi auto now, but the run goes on with its texts as stored
+    assert load_run(str(run), expect_recipe="lines").ckpt["meta"]["bidi"] is None
+
+
+def test_eval_of_drawn_lines_in_another_direction_is_refused(tmp_path, capsys):
+    corpus = str(_hebrew_corpus(tmp_path / "hebrew.txt", lines=60))
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--synthetic", "text", "--text", corpus, "--fonts", DEJAVU,
+                             "--num-train", "16", "--set", "data.num_val=8", "--set", "data.num_test=0", "--height", "16",
+                             "--max-steps", "1", "--model", "crnn:filters=4,hidden_size=8", "--run-dir", str(run))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(run), "--set", "data.bidi=ltr")
+    assert code == 2 and "bidi 'L' where the checkpoint has 'R'" in err and err.count("error: ") == 1, err
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0 and "cer:" in out, err

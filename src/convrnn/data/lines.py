@@ -31,7 +31,7 @@ from convrnn.data.batching import IndexedBatches
 from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
-from convrnn.data.text import base_direction, decode_utf8, right_to_left
+from convrnn.data.text import base_direction, decode_utf8, right_to_left, round_trips
 from convrnn.errors import ConfigError, DataError
 from convrnn.fields import checked, one_of, path_field, seed_field
 
@@ -294,6 +294,13 @@ def reading_base(texts: Sequence[str], setting: str, source: Optional[str] = Non
                  "display order, paragraphs %s (data.bidi=%s), and its readings come back in logical order",
                  source, len(rtl), len(texts), rtl[0][:40], "right to left" if base == "R" else "left to right",
                  setting)
+        astray = [t for t in rtl if not round_trips(t, base)]
+        if astray:  # a reading in display order cannot tell these from another logical order
+            log.warning("%s: %d of those %d texts would not come back as written from their display order "
+                        "with paragraphs %s, e.g. %r; readings of such lines can differ from the transcription "
+                        "in the order of numbers or words around right-to-left text%s", source, len(astray),
+                        len(rtl), "right to left" if base == "R" else "left to right", astray[0][:40],
+                        " (--bidi rtl reads them as right-to-left paragraphs)" if base == "L" else "")
     return base
 
 

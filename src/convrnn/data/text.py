@@ -168,13 +168,45 @@ def display_order(text: str, base: str) -> str:
         return text
     from bidi import get_display
 
-    return get_display(text, base_dir=base)
+    return _marks_after_letters(get_display(text, base_dir=base))
+
+
+def _marks_after_letters(shown: str) -> str:
+    """Combining marks (bidi class NSM) of right-to-left letters put back after their letter: reversing a
+    run puts each mark before the letter it sits on (rule L3 of the algorithm, which python-bidi leaves
+    out), and a second reordering would then move it to the wrong word. A run of marks is moved when the
+    character after it is a right-to-left letter and the one before it is not a left-to-right one (whose
+    marks follow it already)."""
+    if not any(unicodedata.bidirectional(ch) == "NSM" for ch in shown):
+        return shown
+    out, i = [], 0
+    while i < len(shown):
+        j = i
+        while j < len(shown) and unicodedata.bidirectional(shown[j]) == "NSM":
+            j += 1
+        if j > i and j < len(shown) and unicodedata.bidirectional(shown[j]) in ("R", "AL") \
+                and not (out and unicodedata.bidirectional(out[-1]) == "L"):
+            out += [shown[j], *shown[i:j]]
+            i = j + 1
+        elif j > i:
+            out += shown[i:j]
+            i = j
+        else:
+            out.append(shown[i])
+            i += 1
+    return "".join(out)
+
+
+def round_trips(text: str, base: str) -> bool:
+    """Whether ``text`` comes back as written from its display order for ``base``."""
+    return logical_order(display_order(text, base), base) == text
 
 
 def logical_order(text: str, base: str) -> str:
     """The inverse of :func:`display_order` for one ``base``: a reading in display order put back in
-    logical order (the algorithm applied again, as OCR engines do; exact for text whose neutral
-    characters sit between letters of one direction, which is most text)."""
+    logical order (the algorithm applied again, as OCR engines do). Exact for most text; not where two
+    logical orders look alike, such as a number after right-to-left text in a left-to-right paragraph
+    (:func:`round_trips` tells)."""
     return display_order(text, base)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convrnn.data.text import display_order, logical_order, text_file, word_list
+from convrnn.data.text import display_order, first_strong, logical_order, text_file, word_list
 from convrnn.errors import ConfigError
 from convrnn.layers.base import ModelOutput
 from convrnn.tasks.base import MetricAccumulator, Task
@@ -347,6 +347,8 @@ class CTCTask(Task):
         return len(self.alphabet) + 1
 
     def encode(self, text: str) -> list[int]:
+        """The labels of ``text``, in the order the model reads them (``visual``)."""
+        text = self.visual(text)
         unknown = sorted(set(text) - set(self.index))
         if unknown:
             raise ValueError(f"text {text!r} has characters outside the alphabet: {unknown}")
@@ -448,7 +450,9 @@ class CTCTask(Task):
         normal = (lambda t: unicodedata.normalize(self.normalize, t)) if self.normalize else (lambda t: t)
         form = lambda t: self.visual(normal(t))  # noqa: E731  (the search runs in display order)
         if isinstance(lexicon, str):
-            words = sorted({form(w) for w in word_list(lexicon)})
+            # a word's punctuation goes with the word's own direction, as it stands inside a line
+            words = sorted({display_order(normal(w), first_strong(w) or self.bidi) if self.bidi else normal(w)
+                            for w in word_list(lexicon)})
             usable = [w for w in words if set(w) <= set(self.alphabet)]
             if not usable:  # every reading would come out empty
                 raise ConfigError(f"{lexicon}: none of its {len(words):,} words can be written with the model's "
