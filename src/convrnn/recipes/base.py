@@ -100,6 +100,9 @@ class Recipe:
     # output means.
     input_meta: tuple[str, ...] = ()
     label_meta: tuple[str, ...] = ()
+    # Data meta entries added after runs were already made, with the value that such a run (whose
+    # checkpoint lacks the entry) trained with: a resume of it keeps that value
+    meta_before: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -127,6 +127,7 @@ class LinesRecipe(Recipe):
     # lines between training and validation, so a resume or eval on it would score trained-on lines
     # bidi: the order the labels spell texts in (display order for a paragraph direction, or as stored)
     label_meta = ("alphabet", "val_cut", "bidi")
+    meta_before = {"bidi": None}  # runs made before right-to-left support took texts as stored
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
@@ -206,6 +207,8 @@ class LinesRecipe(Recipe):
         path = data_cfg.test if split == "test" else data_cfg.val
         if not path and (data_cfg.synthetic or split == "val"):  # drawn lines, or validation cut from --data
             bundle = self.make_data(data_cfg, train_cfg, progress=progress, training=False)
+            # drawn lines and their labels follow the direction; the model's is the checkpoint's
+            check_meta(("bidi",), meta, bundle.meta, DOES_NOT_FIT)
             held, now = meta.get("val_cut"), bundle.meta.get("val_cut")
             if held is not None and split == "val" and now != held:
                 raise DataError(f"{data_cfg.data}: the validation lines cut from it are now {now}, where this run "
