@@ -207,7 +207,9 @@ def test_a_word_list_keeps_punctuation_with_the_word():
     assert line.split(" ")[-1] == f",{SHALOM[::-1]}"
 
 
-def test_a_run_from_before_right_to_left_support_resumes_as_it_trained(tmp_path, capsys, hebrew_folder):
+def test_a_run_from_before_right_to_left_support_goes_on_taking_texts_as_stored(tmp_path, capsys, hebrew_folder):
+    import json
+
     from convrnn.infer.run import load_run
     from convrnn.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -216,14 +218,21 @@ def test_a_run_from_before_right_to_left_support_resumes_as_it_trained(tmp_path,
                              "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
                              "--run-dir", str(run), "--bidi", "none")
     assert code == 0, err
-    for path in (run / "checkpoints").rglob("*.pt"):  # as a checkpoint written before the entry existed
+    # as a run made before the setting existed: neither its config nor its checkpoints name it
+    config = json.loads((run / "config.json").read_text())
+    del config["data"]["bidi"]
+    (run / "config.json").write_text(json.dumps(config))
+    for path in (run / "checkpoints").rglob("*.pt"):
         ckpt = load_checkpoint(path)
-        del ckpt["meta"]["bidi"]
+        del ckpt["meta"]["bidi"], ckpt["config"]["data"]["bidi"]
         save_checkpoint(path, ckpt)
     assert load_run(str(run), expect_recipe="lines").task.bidi is None
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0 and "cer:" in out, err
     code, out, err = run_cli(capsys, "-q", "train", "lines", "--resume", str(run), "--max-steps", "4")
-    assert code == 0, err  # --bidi auto now, but the run goes on with its texts as stored
-    assert load_run(str(run), expect_recipe="lines").ckpt["meta"]["bidi"] is None
+    assert code == 0, err  # the default is auto now, but the run goes on with its texts as stored
+    resumed = load_run(str(run), expect_recipe="lines")
+    assert resumed.ckpt["meta"]["bidi"] is None and resumed.ckpt["config"]["data"]["bidi"] == "none"
 
 
 def test_eval_of_drawn_lines_in_another_direction_is_refused(tmp_path, capsys):

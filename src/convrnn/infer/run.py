@@ -71,7 +71,7 @@ def load_run(run: str | Path, *, expect_recipe: Optional[str] = None, device: st
 def run_config(loaded: Loaded, overrides: Optional[dict] = None) -> RunConfig:
     """The config the run was trained with (its recipe's defaults under it), with ``overrides``."""
     cfg = loaded.recipe.default_config()
-    cfg.override(flatten_config_dict(loaded.ckpt["config"]))
+    cfg.override(loaded.recipe.with_saved_defaults(flatten_config_dict(loaded.ckpt["config"])))
     if overrides:
         cfg.override(overrides)
     return cfg

@@ -100,9 +100,9 @@ class Recipe:
     # output means.
     input_meta: tuple[str, ...] = ()
     label_meta: tuple[str, ...] = ()
-    # Data meta entries added after runs were already made, with the value that such a run (whose
-    # checkpoint lacks the entry) trained with: a resume of it keeps that value
-    meta_before: dict[str, Any] = {}
+    # Settings added after runs were already made, with the value such a run trained with: a saved
+    # config (a run's config.json, read to resume, evaluate or start from) that lacks one gets it
+    saved_defaults: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -131,6 +131,7 @@ class Recipe:
                 raise ConfigError(f"{config_file}: this config is for recipe {saved['recipe']!r}, not {self.name!r}")
             flat = flatten_config_dict(saved)
             flat.pop("train.run_dir", None)  # a re-run gets a fresh directory
+            flat = self.with_saved_defaults(flat)
             cfg.override(flat)
             given.update(flat)
         if overrides:
@@ -138,6 +139,10 @@ class Recipe:
             given.update(overrides)
         self.settle_defaults(cfg, given, set(overrides or ()))
         return cfg
+
+    def with_saved_defaults(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """A saved config's settings (``section.key``) with ``saved_defaults`` for the ones it lacks."""
+        return {**{k: v for k, v in self.saved_defaults.items() if k not in flat}, **flat}
 
     def settle_defaults(self, cfg: RunConfig, given: set[str], overridden: set[str] = frozenset()) -> None:
         """Defaults that depend on other settings, filled in place; ``given`` names the keys

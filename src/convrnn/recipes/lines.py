@@ -127,7 +127,7 @@ class LinesRecipe(Recipe):
     # lines between training and validation, so a resume or eval on it would score trained-on lines
     # bidi: the order the labels spell texts in (display order for a paragraph direction, or as stored)
     label_meta = ("alphabet", "val_cut", "bidi")
-    meta_before = {"bidi": None}  # runs made before right-to-left support took texts as stored
+    saved_defaults = {"data.bidi": "none"}  # runs made before right-to-left support took texts as stored
     # AdamW with decoupled decay 0.2, as the digits recipe: a crnn memorises 20,000 digit lines within a
     # few minutes, and decay is the remedy that costs no steps (docs/decisions.md)
     train_defaults = {"epochs": 50, "max_time": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,

@@ -62,14 +62,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
         if ckpt.get("spec") != model.spec:
             raise CheckpointError(f"{resume}: the checkpoint's model ({ckpt.get('spec')!r}) differs from the "
                                   f"config's ({model.spec!r})")
-        held = ckpt.get("meta") or {}
-        # a checkpoint from before a meta entry existed trained as that entry's old value says; the
-        # resumed run goes on so (the task is made again with it)
-        old = {k: v for k, v in recipe.meta_before.items() if k not in held and bundle.meta.get(k) != v}
-        if old:
-            bundle.meta.update(old)
-            task = recipe.make_task(bundle.meta, tuple(model.output_shape))
-        check_meta(recipe.input_meta + recipe.label_meta, held, bundle.meta,
+        check_meta(recipe.input_meta + recipe.label_meta, ckpt.get("meta") or {}, bundle.meta,
                    f"--resume {resume}: the data no longer matches the checkpoint", error=CheckpointError)
     run_dir = RunDir(run_path) if ctx.is_main else None  # only rank 0 writes
     meta = {"recipe": recipe.name, "run_id": cfg.run_id, "spec": model.spec, "input_shape": list(bundle.input_shape),
