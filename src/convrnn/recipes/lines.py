@@ -332,9 +332,10 @@ def _check_out(pages: list[Path], out: Path) -> None:
 
 
 def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:
-    """How sure the model is of ``text`` (in display order, ``task.visual``): its CTC probability (summed over all alignments, an ensemble's
-    members' geometric mean) per character, ``P(text | line) ** (1 / max(1, len(text)))``, in 0..1;
-    0 for a text with characters outside the alphabet. ``logits`` ``(T, V)`` or ``(K, T, V)``."""
+    """How sure the model is of ``text`` (in display order, ``task.visual``): its CTC probability
+    (summed over all alignments, an ensemble's members' geometric mean) per character,
+    ``P(text | line) ** (1 / max(1, len(text)))``, in 0..1; 0 for a text with characters outside the
+    alphabet. ``logits`` ``(T, V)`` or ``(K, T, V)``."""
     if any(ch not in task.index for ch in text):
         return 0.0
     log_probs = F.log_softmax(logits.float(), dim=-1)
