@@ -22,6 +22,19 @@ SALAM = "\u0633\u0644\u0627\u0645"  # an Arabic word
 DEJAVU = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")  # draws Hebrew
 
 
+# a few steps of a tiny crnn on a folder of lines (add --data, --run-dir)
+TINY_RUN = ("--height", "16", "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8")
+
+
+def _spelling(task: CTCTask, labels: list) -> ModelOutput:
+    """Logits whose greedy reading is ``labels``: each label at a frame, a blank after it."""
+    y = torch.full((1, 2 * len(labels), task.num_outputs), -10.0)
+    for t, k in enumerate(labels):
+        y[0, 2 * t, k] = 10.0
+        y[0, 2 * t + 1, 0] = 10.0
+    return ModelOutput(y, torch.tensor([2 * len(labels)]))
+
+
 def test_display_order_reverses_right_to_left_runs_and_keeps_numbers():
     text = f"{SHALOM} {OLAM} 1948."
     shown = display_order(text, "R")
@@ -64,12 +77,7 @@ def test_task_labels_in_display_order_and_reads_back_in_logical_order():
     plain = CTCTask(build_alphabet([text]))  # no bidi: the text as stored
     assert plain.to_text(plain.with_targets({"texts": [text]})["targets"].tolist()) == text
     # greedy decoding of logits that spell the display order gives the logical text
-    v = task.num_outputs
-    y = torch.full((1, 2 * len(labels), v), -10.0)
-    for t, k in enumerate(labels):
-        y[0, 2 * t, k] = 10.0
-        y[0, 2 * t + 1, 0] = 10.0
-    out = ModelOutput(y, torch.tensor([2 * len(labels)]))
+    out = _spelling(task, labels)
     assert task.decode(out) == [text]
     metrics = task.new_metrics()
     metrics.update(out, {"texts": [text], "ids": ["a"]})
@@ -83,11 +91,7 @@ def test_word_lists_and_language_model_texts_are_searched_in_display_order(tmp_p
     searched = task.with_decoding(lexicon=str(words), lm=str(words))
     assert set(searched.search["lexicon"].root) == {SHALOM[-1], OLAM[-1]}  # words spelt from the left
     labels = [task.index[ch] for ch in display_order(f"{SHALOM} {OLAM}", "R")]
-    y = torch.full((1, 2 * len(labels), task.num_outputs), -10.0)
-    for t, k in enumerate(labels):
-        y[0, 2 * t, k] = 10.0
-        y[0, 2 * t + 1, 0] = 10.0
-    assert searched.decode(ModelOutput(y, torch.tensor([2 * len(labels)]))) == [f"{SHALOM} {OLAM}"]
+    assert searched.decode(_spelling(task, labels)) == [f"{SHALOM} {OLAM}"]
 
 
 def _hebrew_corpus(path, lines: int = 400, seed: int = 0):
@@ -141,8 +145,7 @@ def test_a_run_keeps_the_direction_it_learned_with(tmp_path, capsys, hebrew_fold
     from convrnn.infer.run import load_run
 
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", "lines", "--data", str(hebrew_folder), "--height", "16",
-                             "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
+    code, out, err = run_cli(capsys, "train", "lines", "--data", str(hebrew_folder), *TINY_RUN,
                              "--run-dir", str(run), *given)
     assert code == 0, err
     assert ("training lines hold right-to-left characters" in err) == (held is not None), err
@@ -161,8 +164,7 @@ def test_a_run_keeps_the_direction_it_learned_with(tmp_path, capsys, hebrew_fold
 
 def test_a_resume_in_another_order_is_refused(tmp_path, capsys, hebrew_folder):
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), "--height", "16",
-                             "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), *TINY_RUN,
                              "--run-dir", str(run))
     assert code == 0, err
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
@@ -214,8 +216,7 @@ def test_a_run_from_before_right_to_left_support_goes_on_taking_texts_as_stored(
     from convrnn.train.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), "--height", "16",
-                             "--max-steps", "2", "--batch-size", "8", "--model", "crnn:filters=4,hidden_size=8",
+    code, out, err = run_cli(capsys, "-q", "train", "lines", "--data", str(hebrew_folder), *TINY_RUN,
                              "--run-dir", str(run), "--bidi", "none")
     assert code == 0, err
     # as a run made before the setting existed: neither its config nor its checkpoints name it
