@@ -153,10 +153,11 @@ def test_cli_train_sample_eval(corpus, tmp_path, capsysbinary):
     assert code == 0 and b"bits_per_char:" in out and b"perplexity:" in out
 
 
-def test_non_utf8_file_in_char_mode_is_one_line_exit_2(tmp_path, capsysbinary):
+@pytest.mark.parametrize("flag", ["--data", "--text"])  # --text as in the fonts and lines recipes
+def test_non_utf8_file_in_char_mode_is_one_line_exit_2(tmp_path, capsysbinary, flag):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"hello \xff\xfe world\n" * 20)
-    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", "--data", str(bad), "--run-dir",
+    code, _, err = run_cli(capsysbinary, "-q", "train", "charlm", flag, str(bad), "--run-dir",
                            str(tmp_path / "r"), "--max-steps", "1")
     assert code == 2
     assert err.count("\n") == 1 and "--unit byte" in err and "bad.txt" in err

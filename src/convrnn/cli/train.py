@@ -100,7 +100,7 @@ def _make_train_command(recipe_name: str):
             kw = {"help": opt.help, "is_flag": True, "default": None}
         else:
             kw["type"] = opt.type
-        command = click.option(opt.flag, **kw)(command)
+        command = click.option(opt.flag, *opt.aliases, **kw)(command)
     command = _common_train_options(command)
     train.command(name=recipe.name)(command)
 

@@ -24,6 +24,7 @@ class CliOption:
     type: Any = str            # click type
     multiple: bool = False
     is_flag: bool = False
+    aliases: tuple = ()        # other spellings of the flag, e.g. ("--text",) for a recipe reading text
 
 
 class Predictions(list):

@@ -103,7 +103,8 @@ class CharLMRecipe(Recipe):
     train_defaults = {"epochs": 50, "max_time": 300.0, "batch_size": 32, "lr": 6e-3, "schedule": "cosine",
                       "clip_grad_norm": 1.0, "checkpoint_every": 200, "log_every": 20}
     cli_options = (
-        CliOption("--data", "data.path", "text file or folder (default: a text embedded in the package)"),
+        CliOption("--data", "data.path", "text file or folder (default: a text embedded in the package)",
+                  aliases=("--text",)),
         CliOption("--unit", "data.unit", "char: vocabulary of the training text (UTF-8); byte: 256 symbols, any file"),
         CliOption("--seq-len", "data.seq_len", "time steps per batch (truncated BPTT length T)", type=int),
         CliOption("--stateful/--random-windows", "data.stateful",
