@@ -193,7 +193,7 @@ def _convrnn_rate(batches: list[dict], lr: float) -> float:
 
     model = create_model("caine2016")
     cfg = TrainConfig(epochs=1, batch_size=len(batches[0]["x"]), optimizer="rmsprop", lr=lr, momentum=0.0,
-                      clip_grad_norm=0.0, log_every=10 ** 9, checkpoint_every=10 ** 9, device="cpu")
+                      clip_grad_norm=0.0, log_every=10 ** 9, checkpoint_every=10 ** 9, device="cpu", threads=THREADS)
     trainer = Trainer(model, RegressTask(), Fixed(), None, cfg)
     t0 = time.perf_counter()
     trainer.fit()

@@ -186,7 +186,7 @@ def fwtk_throughput(quick: bool = False) -> dict:
         torch.manual_seed(r)
         model = create_model("fwtk", num_outputs=k)
         cfg = TrainConfig(epochs=1, batch_size=bs, lr=3e-3, clip_grad_norm=1.0, log_every=10 ** 9,
-                          checkpoint_every=10 ** 9, device="cpu")
+                          checkpoint_every=10 ** 9, device="cpu", threads=2)
         trainer = Trainer(model, ClassifyTask(meta["classes"]), fixed, None, cfg)
         t0 = time.perf_counter()
         trainer.fit()
