@@ -44,7 +44,7 @@ class FontsRecipe(Recipe):
     train_defaults = {"epochs": 30, "max_time": 100.0, "batch_size": 64, "lr": 3e-3, "schedule": "cosine",
                       "checkpoint_every": 500}
     cli_options = (
-        CliOption("--fonts", "data.fonts", "font file (.ttf/.otf/.ttc) or folder of them, one class per font "
+        CliOption("--fonts", "data.fonts", "font file (.ttf/.otf/.ttc/.otc) or folder of them, one class per font "
                   "file; repeatable (default: five faces bundled with matplotlib)", multiple=True),
         CliOption("--text", "data.text", "UTF-8 text file whose lines are rendered (default: embedded text)"),
         CliOption("--height", "data.height", "image height in pixels", type=int),

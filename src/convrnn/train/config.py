@@ -2,7 +2,7 @@
 
 A run's resolved configuration is ``{"recipe": ..., "model": {...}, "data": {...}, "train": {...}}``.
 Overrides are ``section.key=value`` strings (or a dict); each value is parsed and checked against
-the field's type, and an unknown key is an error that lists the known ones.
+the field's type, and an unknown key is an error that suggests the close ones.
 """
 from __future__ import annotations
 
