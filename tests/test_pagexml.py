@@ -520,7 +520,7 @@ def test_alto_writing_changes_only_the_lines(tmp_path):
                                                               2: ("c", 1.0)})
     assert n == 3
     new = ('<a:String ID="s1" CONTENT="new &amp; &quot;&lt;text&gt;&quot;" HPOS="20" VPOS="20" WIDTH="280" '
-           'HEIGHT="40" STYLEREFS="f1" WC="0.5000"/>')
+           'HEIGHT="40" WC="0.5000"/>')  # one word's style (STYLEREFS) does not claim the line
     expected = _alto_doc(new).replace(
         '<a:TextLine ID="l2" BASELINE="20 112 300 112"/>',
         '<a:TextLine ID="l2" BASELINE="20 112 300 112"><a:String CONTENT="b" WC="0.2500"/></a:TextLine>').replace(
@@ -662,6 +662,59 @@ def test_writing_drops_what_describes_the_old_text(tmp_path):
         '<TextLine ID="m" BASELINE="0 5 9 5"><String CONTENT="y" WC="0.2500"/></TextLine>')
 
 
+
+
+def test_writing_a_line_of_several_words_keeps_no_words_attributes_or_references(tmp_path):
+    """An ALTO line of several Strings becomes one String: it keeps the first ID (reading-order
+    references to the others point to it, or go where that would repeat one) and the line's box, or
+    the words' union where the line has none; no word's style or tags, which would now claim the whole
+    line. The page's confidence (PC), of the old reading, goes."""
+    def alto_doc(line_l: str, line_m: str, order: str) -> str:
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<alto xmlns="{ALTO_NS}"><Description><MeasurementUnit>pixel</MeasurementUnit><sourceImageInformation>'
+                '<fileName>p.png</fileName></sourceImageInformation></Description>\n'
+                f'<ReadingOrder><OrderedGroup ID="o">{order}</OrderedGroup></ReadingOrder>\n'
+                '<Layout><Page WIDTH="99" HEIGHT="99"{pc}><PrintSpace><TextBlock ID="b">\n'
+                f'  {line_l}\n  {line_m}\n'
+                '</TextBlock></PrintSpace></Page></Layout></alto>\n')
+
+    src = tmp_path / "in.xml"
+    src.write_text(alto_doc(
+        '<TextLine ID="l" HPOS="0" VPOS="0" WIDTH="90" HEIGHT="9"><String ID="s1" CONTENT="Old" HPOS="0" VPOS="0" '
+        'WIDTH="20" HEIGHT="9" STYLE="bold" TAGREFS="NE1"/><SP ID="sp1"/><String ID="s2" CONTENT="wor" HPOS="30" '
+        'VPOS="0" WIDTH="20" HEIGHT="9"/><HYP CONTENT="-"/></TextLine>',
+        '<TextLine ID="m" BASELINE="0 25 90 25"><String CONTENT="a" HPOS="5" VPOS="20" WIDTH="10" HEIGHT="8"/>'
+        '<SP/><String ID="s4" CONTENT="b" HPOS="40" VPOS="18" WIDTH="10.5" HEIGHT="9"/></TextLine>',
+        '<ElementRef ID="e1" REF="s1"/><ElementRef ID="e2" REF="s2"/><ElementRef ID="e4" REF="s4"/>'
+        '<ElementRef ID="eb" REF="b"/>').replace("{pc}", ' PC="0.97"'), encoding="utf-8")
+    pages.write_page_texts(src, tmp_path / "out.xml", {0: ("new text", 0.5), 1: ("y z", 0.25)})
+    assert (tmp_path / "out.xml").read_text(encoding="utf-8") == alto_doc(
+        '<TextLine ID="l" HPOS="0" VPOS="0" WIDTH="90" HEIGHT="9"><String ID="s1" CONTENT="new text" HPOS="0" '
+        'VPOS="0" WIDTH="90" HEIGHT="9" WC="0.5000"/></TextLine>',
+        '<TextLine ID="m" BASELINE="0 25 90 25"><String ID="s4" CONTENT="y z" HPOS="5" VPOS="18" WIDTH="45.5" '
+        'HEIGHT="10" WC="0.2500"/></TextLine>',
+        '<ElementRef ID="e1" REF="s1"/><ElementRef ID="e4" REF="s4"/><ElementRef ID="eb" REF="b"/>').replace("{pc}", "")
+    assert [ln.text for ln in pages.parse_page(tmp_path / "out.xml").lines] == ["new text", "y z"]
+
+
+def test_writing_every_line_leaves_no_region_text_of_the_input(tmp_path):
+    """With every line of a PAGE file written (as predict --out writes them), a region without lines loses
+    its TextEquiv too: the copy's texts are all the model's. Writing some lines keeps other regions' texts."""
+    src = write_page(tmp_path, "p", lines={"l_straight": LINES["l_straight"]})
+    doc = src.read_text(encoding="utf-8").replace(
+        "\n  </Page>", '\n    <TextRegion id="r2"><Coords points="0,0 9,0 9,9"/>'
+        "<TextEquiv><Unicode>region text</Unicode></TextEquiv></TextRegion>\n  </Page>")
+    src.write_text(doc, encoding="utf-8")
+    pages.write_page_texts(src, tmp_path / "all.xml", {}, others=("new", 0.5))
+    assert "region text" not in (tmp_path / "all.xml").read_text(encoding="utf-8")
+    assert '<TextRegion id="r2"><Coords points="0,0 9,0 9,9"/></TextRegion>' in (tmp_path / "all.xml").read_text(
+        encoding="utf-8")
+    write_page(tmp_path, "q", lines={"l_straight": LINES["l_straight"], "l_band": LINES["l_band"]})
+    (tmp_path / "q.xml").write_text((tmp_path / "q.xml").read_text(encoding="utf-8").replace(
+        "\n  </Page>", '\n    <TextRegion id="r2"><Coords points="0,0 9,0 9,9"/>'
+        "<TextEquiv><Unicode>region text</Unicode></TextEquiv></TextRegion>\n  </Page>"), encoding="utf-8")
+    pages.write_page_texts(tmp_path / "q.xml", tmp_path / "some.xml", {0: ("new", 0.5)})
+    assert "region text" in (tmp_path / "some.xml").read_text(encoding="utf-8")
 
 @pytest.mark.parametrize("variant", ["no namespace", "unknown namespace", "BOM", "latin-1", "UTF-16"])
 def test_alto_variants_are_read_and_written(tmp_path, variant):
@@ -807,6 +860,22 @@ def test_cli_predict_reads_the_pages_it_can_and_ends_with_an_error_for_the_other
         assert err.count("error: ") == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.xml"]
 
+
+def test_cli_predict_writes_the_other_pages_when_one_cannot_be_rewritten(page_run, capsys, tmp_path):
+    """A page the reader takes but the writer cannot rewrite (a line's children out of the schema's
+    order) is named at the end with exit 2; the pages after it are still written."""
+    odd = write_page(tmp_path / "in", "a_odd", lines={"l_straight": LINES["l_straight"]})
+    odd.write_text(odd.read_text(encoding="utf-8").replace(
+        "<TextEquiv><Unicode>ab</Unicode></TextEquiv>",
+        '<TextEquiv index="0"><Unicode>ab</Unicode></TextEquiv><Word id="w"><Coords points="1,1 2,1 2,2"/></Word>'
+        '<TextEquiv index="1"><Unicode>ab</Unicode></TextEquiv>'), encoding="utf-8")
+    write_alto(tmp_path / "in", "b_good", lines={"l_straight": LINES["l_straight"]})
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert code == 2, err
+    assert out == f"wrote {tmp_path / 'out' / 'b_good.xml'} (1 line)\n"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 pages could not be read or written") and "a_odd.xml" in last, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_good.xml"]
 
 def test_cli_predict_refuses_page_images_and_out_without_pages(page_run, capsys, tmp_path):
     """A page scan read as one line gives a meaningless text: with its XML beside it, it is refused;

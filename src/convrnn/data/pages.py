@@ -992,9 +992,10 @@ def _split_name(name: str) -> tuple[str, str, str]:
     return parts[0], parts[1], f"{parts[2]}:{parts[1]}"
 
 
-def _text_lines(buf: bytes) -> list[_Node]:
+def _text_lines(buf: bytes, every: Optional[list] = None) -> list[_Node]:
     """Every ``TextLine`` of UTF-8 page XML ``buf`` (in the root's namespace), in file order, with its
-    direct children, its ancestors (``parent``, and their children) and their byte offsets."""
+    direct children, its ancestors (``parent``, and their children) and their byte offsets; ``every``,
+    when given, receives every element of the file in order."""
     import xml.parsers.expat as expat
 
     parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
@@ -1016,6 +1017,8 @@ def _text_lines(buf: bytes) -> list[_Node]:
             stack[-1].children.append(node)
         if local == "TextLine" and uri == root_uri[0]:
             lines.append(node)
+        if every is not None:
+            every.append(node)
         stack.append(node)
 
     def end(name):
@@ -1106,12 +1109,13 @@ def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[in
     line_attrs = dict(line.attrs)
     geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
     tag = _edited_start_tag(buf, line, drop=("CS",))
-    if strings:  # keep the first String's own attributes (ID, style, ...); one word's box only for one word
+    if len(strings) == 1:  # one word: its own attributes (ID, style, ...), its box only if it is alone
         attrs = [(k, v) for k, v in strings[0].attrs if k not in ("SUBS_TYPE", "SUBS_CONTENT", "CC", "CS")]
         if len(words) > 1:
             attrs = [(k, line_attrs.get(k, v)) if k in geometry else (k, v) for k, v in attrs]
-    else:
-        attrs = [(k, line_attrs[k]) for k in geometry if k in line_attrs]
+    else:  # several words: one word's style, tags or box would now claim the whole line; the ID stays
+        kept = _alto_kept_id(line)
+        attrs = ([("ID", kept)] if kept else []) + [(k, v) for k, v in zip(geometry, _alto_line_box(line))]
     values = {"CONTENT": text, "WC": _conf_text(conf)}
     attrs = [(k, values.pop(k)) if k in values else (k, v) for k, v in attrs]
     if "CONTENT" in values:
@@ -1123,6 +1127,73 @@ def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[in
         return [(words[0].start, words[-1].end, element)] + _tag_edit(buf, line, tag)
     # an empty <TextLine/> is rewritten whole, its start tag included
     return [_insert_child(buf, line, element, before=(), tag=tag)] + ([] if line.empty else _tag_edit(buf, line, tag))
+
+
+def _alto_words(line: _Node) -> list[_Node]:
+    return [c for c in line.children if c.uri == line.uri and c.local in ("String", "SP", "HYP")]
+
+
+def _alto_kept_id(line: _Node) -> Optional[str]:
+    """The ID the line's one new String takes: its first String's that has one."""
+    return next((dict(c.attrs)["ID"] for c in _alto_words(line) if c.local == "String" and "ID" in dict(c.attrs)),
+                None)
+
+
+def _alto_line_box(line: _Node) -> tuple[str, ...]:
+    """HPOS, VPOS, WIDTH, HEIGHT for a String holding the whole line: the line's own, else the union of its
+    Strings' boxes, else none."""
+    geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
+    own = dict(line.attrs)
+    if all(k in own for k in geometry):
+        return tuple(own[k] for k in geometry)
+    try:
+        boxes = [[float(dict(c.attrs)[k]) for k in geometry] for c in _alto_words(line) if c.local == "String"]
+    except (KeyError, ValueError):
+        return ()
+    if not boxes:
+        return ()
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return tuple(f"{v:g}" for v in (x0, y0, x1 - x0, y1 - y0))
+
+
+def _alto_reference_edits(buf: bytes, lines: Sequence[_Node], every: Sequence[_Node]) -> list[tuple[int, int, bytes]]:
+    """Reading-order references (``ElementRef REF``) to the Strings, spaces and hyphens that rewritten
+    ``lines`` lost point to the line's new String instead; one that would then repeat a reference of its
+    group goes (the group keeps the first), so no REF names an ID the file no longer has."""
+    moved: dict[str, Optional[str]] = {}
+    for line in lines:
+        kept = _alto_kept_id(line)
+        for word in _alto_words(line):
+            old = dict(word.attrs).get("ID")
+            if old is not None and old != kept:
+                moved[old] = kept
+    edits = []
+    for group in {id(n.parent): n.parent for n in every if n.local == "ElementRef" and n.parent is not None}.values():
+        refs = [c for c in group.children if c.local == "ElementRef"]
+        named = {dict(ref.attrs).get("REF") for ref in refs}
+        for ref in refs:
+            target = dict(ref.attrs).get("REF")
+            if target not in moved:
+                continue
+            new = moved[target]
+            if new is None or new in named:  # nothing left to point to, or a repeat: the reference goes
+                edits.append((ref.start - len(_indent_before(buf, ref.start)), ref.end, b""))
+            else:
+                named.add(new)
+                edits += _tag_edit(buf, ref, _set_attribute(buf, ref, "REF", new))
+    return edits
+
+
+def _set_attribute(buf: bytes, node: _Node, name: str, value: str) -> bytes:
+    """``node``'s start tag as written with attribute ``name`` given ``value``."""
+    def fix(m: re.Match) -> bytes:
+        if m.group(2).decode("utf-8") != name:
+            return m.group(0)
+        quote = m.group(4)[:1]
+        return m.group(1) + m.group(2) + m.group(3) + quote + _escape(value, True).encode("utf-8") + quote
+
+    return _ATTRIBUTE.sub(fix, buf[node.start: node.tag_end])
 
 
 def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[int, int, bytes]]:
@@ -1147,18 +1218,25 @@ def _tag_edit(buf: bytes, node: _Node, tag: bytes) -> list[tuple[int, int, bytes
     return [] if tag == buf[node.start: node.tag_end] else [(node.start, node.tag_end, tag)]
 
 
-def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple[int, int, bytes]]:
+def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node],
+                    every: Sequence[_Node] = ()) -> list[tuple[int, int, bytes]]:
     """What the elements around rewritten ``lines`` lose: in PAGE, their own TextEquivs (a region's text
     is that of its lines, and these would be the old ones) and the page's Transkribus status (``GT``,
     ``FINAL``: a claim about the old transcription), and the page's ``Metadata/LastChange`` becomes the
-    time of writing (UTC, as the schema asks); in ALTO, the correction status (CS) of a block that now
-    holds machine-read text."""
+    time of writing (UTC, as the schema asks); in ALTO, the correction status (CS) and confidence (PC)
+    of a block or page that now holds machine-read text. ``every`` (every element, when every line is
+    written): in PAGE, the TextEquivs of regions without lines go too, so no text of the input is left."""
     seen: dict[int, _Node] = {}
     for line in lines:
         node = line.parent
         while node is not None:
             seen.setdefault(id(node), node)
             node = node.parent
+    if kind == PAGE:
+        for node in every:
+            if node.local not in ("TextLine", "Word", "Glyph", "TextEquiv") and any(
+                    c.local == "TextEquiv" and c.uri == node.uri for c in node.children):
+                seen.setdefault(id(node), node)
     edits = []
     root = next((n for n in seen.values() if n.parent is None), None)
     if kind == PAGE and root is not None:
@@ -1176,7 +1254,7 @@ def _ancestor_edits(buf: bytes, kind: str, lines: Sequence[_Node]) -> list[tuple
         if kind == PAGE:
             edits += _removals(buf, node, "TextEquiv")
         else:
-            edits += _tag_edit(buf, node, _edited_start_tag(buf, node, drop=("CS",)))
+            edits += _tag_edit(buf, node, _edited_start_tag(buf, node, drop=("CS", "PC")))
     return edits
 
 
@@ -1239,7 +1317,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
                      others: Optional[tuple[str, float]] = None) -> int:
     """Write a copy of page XML ``src`` to ``dst`` in which the TextLine at each position ``k`` of
     ``texts`` (0-based, file order) carries ``texts[k] = (text, confidence 0..1)``: ALTO, one ``String``
-    with ``CONTENT`` and ``WC`` (keeping the first old String's ID and attributes); PAGE, one
+    with ``CONTENT`` and ``WC`` (keeping the first old String's ID, and its other attributes when it
+    was the line's one word); PAGE, one
     ``TextEquiv`` with ``@conf`` and ``Unicode``. With ``others``, every line not in ``texts`` carries
     that pair instead of its old text. What describes a written line's old text goes (``_page_edit``,
     ``_alto_edit``, ``_ancestor_edits``) and a PAGE file's LastChange becomes the time of writing; every
@@ -1258,7 +1337,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
     utf8 = _is_utf8(encoding) or encoding.lower() in ("us-ascii", "ascii")
     try:
         buf = data if utf8 else data.decode(encoding).encode("utf-8")
-        lines = _text_lines(buf)
+        every: list[_Node] = []
+        lines = _text_lines(buf, every)
     except (LookupError, UnicodeError, ValueError) as e:
         raise DataError(f"{src}: cannot rewrite this file ({e})") from None
     edit = _alto_edit if kind == ALTO else _page_edit
@@ -1273,7 +1353,10 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
             ids = unique_ids([dict(ln.attrs).get("ID" if kind == ALTO else "id") or f"line_{j + 1}"
                               for j, ln in enumerate(lines)])  # named as the reader names them
             raise DataError(f"{src}:{ids[k]}: cannot write its text ({e})") from None
-    edits = sorted(edits + _ancestor_edits(buf, kind, [lines[k] for k in written]))
+    around = _ancestor_edits(buf, kind, [lines[k] for k in written], every if len(written) == len(lines) else ())
+    if kind == ALTO:
+        around += _alto_reference_edits(buf, [lines[k] for k in written], every)
+    edits = sorted(edits + around)
     pieces, pos = [], 0
     for start, end, new in edits:
         if start < pos:  # two changes to one stretch of the file (elements out of the schema's order)

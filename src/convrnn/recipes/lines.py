@@ -296,8 +296,13 @@ class LinesRecipe(Recipe):
                     dst = Path(out) / path.name
                     # a line that could not be cut is written without text: the copy's texts are all
                     # the model's, never the input's transcription passed off as a reading
-                    n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()},
-                                         others=("", 0.0))
+                    try:
+                        n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()},
+                                             others=("", 0.0))
+                    except DataError as e:  # this file cannot be rewritten; the other pages still are
+                        log.warning("%s", e)
+                        failed.append(str(e))
+                        continue
                     unread = n - len(lines)
                     result.append(f"wrote {dst} ({len(lines)} line{'s' if len(lines) != 1 else ''}" + (
                         f"; {unread} not read, written without text)" if unread else ")"))
