@@ -83,6 +83,9 @@ def test_predict_refuses_text_line_options_for_other_runs(fonts_run, capsys, tmp
         code, out, err = run_cli(capsys, "predict", str(fonts_run), image, *extra)
         assert code == 2 and f"{named}: for text-line runs only; {fonts_run} is a fonts run" in err, err
     assert not (tmp_path / "out").exists()
+    (tmp_path / "page.xml").write_text("<alto/>", encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(fonts_run), str(tmp_path / "page.xml"))
+    assert code == 2 and "page.xml: page XML, not an image; page XML is read by text-line runs" in err, err
 
 
 def test_word_lists_and_lm_texts_the_alphabet_cannot_use_are_refused(tmp_path):

@@ -898,7 +898,30 @@ def test_cli_eval_on_pages(page_run, capsys, tmp_path):
     write_page(folder, "v")
     code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={folder}")
     assert code == 0, err
-    assert "cer:" in out
+    assert "cer:" in out and "decoding:" not in out  # greedy, as every score unless said
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={folder}", "--beam", "3")
+    assert code == 0 and out.splitlines()[2] == "decoding: beam 3", out
+
+
+def test_cli_names_where_the_page_xml_is_and_warns_of_page_sized_images(page_run, capsys, tmp_path):
+    """A Transkribus export keeps its page XML in page/ beside the scans: given the folder, predict and
+    eval say where the XML is instead of reading each scan as one text line; a scan given as eval data
+    is named as an image; an image taller than wide is read with a warning."""
+    export = tmp_path / "export"
+    write_page(export / "page", "scan", image="../scan.png")
+    Image.new("L", (60, 90), 255).save(export / "scan.png")
+    for argv in (["predict", str(page_run), str(export)], ["eval", str(page_run), "--set", f"data.val={export}"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{export}: no page XML in this folder, and some in {export / 'page'}; give that folder" in err
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={export / 'scan.png'}")
+    assert code == 2 and f"{export / 'scan.png'}: an image file, where lines are read from" in err, err
+    tall = Image.new("L", (60, 90), PAPER)
+    ImageDraw.Draw(tall).rectangle((10, 30, 50, 60), fill=INK)
+    tall.save(tmp_path / "tall.png")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "tall.png"))
+    assert code == 0 and out.startswith(f"{tmp_path / 'tall.png'}\t"), err
+    assert "tall.png: taller than wide (60x90 pixels), read as one text line" in err
 
 
 def test_cli_eval_needs_only_the_split_it_reads(page_run, capsys, tmp_path):

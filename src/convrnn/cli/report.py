@@ -9,6 +9,8 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.run import THREADS_HELP
+
 SPLITS = click.Choice(["val", "test"])
 
 
@@ -19,13 +21,18 @@ SPLITS = click.Choice(["val", "test"])
               "[default: val; digits: test, whose sequences are longer than training's]")
 @click.option("--max-batches", type=click.IntRange(min=1), default=20, show_default=True,
               help="evaluate at most this many batches (keeps a report to seconds)")
+@click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context
-def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str], max_batches: int) -> None:
+def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str], max_batches: int,
+           threads: Optional[int]) -> None:
     """Write one self-contained HTML report of RUN: config, environment, model, throughput, curves,
     filters and the recipe's own views (confusion, per-length error, CTC alignments, samples)."""
     from convrnn.cli.progress import CountProgress
+    from convrnn.train.threads import apply_threads
     from convrnn.viz.report import build_report
 
+    if threads is not None:
+        apply_threads(threads)
     quiet = (ctx.find_root().obj or {}).get("quiet", False)
     path = build_report(run, out, split=split, max_batches=max_batches,
                         progress=CountProgress("evaluating", quiet=quiet, unit="batches"),

@@ -43,6 +43,9 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
                       beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
     click.echo(f"split: {result.split}")
+    if beam or lexicon or lm:  # scores of another decoding than greedy say which
+        click.echo("decoding: " + ", ".join([f"beam {beam or 10}"] + [f"lexicon {lexicon}"] * bool(lexicon)
+                                            + [f"lm {lm}"] * bool(lm)))
     for line in result.task.metric_lines(result.metrics):
         click.echo(line)
 

@@ -36,6 +36,8 @@ def load_gray(path: str | Path, *, upright: bool = True) -> np.ndarray:
                         f"(for example {p / '*.png'})")
     if not p.is_file():
         raise DataError(f"{path}: no such image file")
+    if p.suffix.lower() == ".xml":
+        raise DataError(f"{path}: page XML, not an image; page XML is read by text-line runs (convrnn train lines)")
     try:
         with warnings.catch_warnings():
             # Pillow warns (two lines, on stderr) above MAX_IMAGE_PIXELS and raises above twice that;

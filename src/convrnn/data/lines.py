@@ -177,6 +177,9 @@ def find_source(source: str) -> Optional[list[Path]]:
     does not exist is a DataError naming it. Cheap: run on every source before any is read, so a typo
     in the last one stops the run before minutes of cutting the others."""
     xml_paths = page_sources(source)
+    if xml_paths is None and Path(source).is_file() and Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        raise DataError(f"{source}: an image file, where lines are read from a folder of name.png + name.gt.txt, "
+                        f"a TSV file of path<TAB>text, or ALTO/PAGE XML (for a page scan, give its XML file)")
     if xml_paths is None and not Path(source).exists():
         raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
                         f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "

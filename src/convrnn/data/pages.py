@@ -753,6 +753,7 @@ def page_sources(source: str) -> Optional[list[Path]]:
     if path.is_dir():
         xmls = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
         if not xmls:
+            _refuse_xml_one_folder_down(source, path)
             return None
         if any(p.name.endswith(".gt.txt") for p in path.iterdir()):
             raise DataError(f"{source}: holds both page XML files and .gt.txt line transcriptions; "
@@ -768,6 +769,19 @@ def page_sources(source: str) -> Optional[list[Path]]:
                             + (f" ({len(matches)} other files)" if matches else ""))
         return xmls
     return None
+
+
+def _refuse_xml_one_folder_down(source: str, path: Path) -> None:
+    """A folder without page XML or line transcriptions whose subfolder holds page XML (a Transkribus
+    export keeps it in ``page/`` beside the scans) is a DataError saying where the XML is: read as a
+    folder of line images, its page scans would each be taken for one text line."""
+    if any(p.name.endswith(".gt.txt") for p in path.iterdir()):
+        return
+    nested = sorted({p.parent for p in path.glob("*/*.xml") if p.is_file()})
+    if nested:
+        raise DataError(f"{source}: no page XML in this folder, and some in {nested[0]}"
+                        + (f" and {len(nested) - 1} other subfolder(s)" if len(nested) > 1 else "")
+                        + f"; give that folder, or the pattern '{path / '**' / '*.xml'}'")
 
 
 def page_root(source: str) -> Path:

@@ -253,6 +253,7 @@ class LinesRecipe(Recipe):
         images = [inp for inp, xmls in sources if xmls is None]
         for image in images:
             _refuse_page_image(image)
+            _warn_page_like(image)
         if out is not None:
             if not paths:
                 raise DataError(f"--out {out}: writes page XML files, and no input is one ({', '.join(inputs)[:120]}); "
@@ -319,6 +320,23 @@ def _refuse_page_image(image: str) -> None:
         if xml.is_file() and path.suffix.lower() != ".xml":
             raise DataError(f"{image}: a page image (its page XML {xml} lies beside it); give the XML file, "
                             f"whose lines are cut from this image, or quote a pattern such as '*.xml'")
+
+
+def _warn_page_like(image: str) -> None:
+    """Warn about an image taller than wide: read as one text line, left to right, a page scan (whose
+    XML is not beside it) or an unturned vertical line gives a meaningless text."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it a quarter: read as shown
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError):
+        return  # not readable: reading it names the problem
+    if height > width:
+        log.warning("%s: taller than wide (%dx%d pixels), read as one text line from left to right; for a "
+                    "page scan, give its page XML; turn a vertical line first", image, width, height)
 
 
 def _check_out(pages: list[Path], out: Path) -> None:
