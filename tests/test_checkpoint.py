@@ -48,6 +48,19 @@ def test_truncated_and_foreign_files_are_one_line_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_reader_error_is_cut_to_its_first_sentence(tmp_path, monkeypatch):
+    """torch's zip reader follows its message with advice; the one line keeps the first sentence whole."""
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+    advice = ("PytorchStreamReader failed reading file data/0: invalid header or archive is corrupted. This is an "
+              "internal miniz error. If you are seeing this error, there is a high likelihood that the file is bad")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(advice)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: not a readable checkpoint (truncated or corrupt: PytorchStreamReader failed "
+                               "reading file data/0: invalid header or archive is corrupted)")
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/convrnn-evil-marker",))

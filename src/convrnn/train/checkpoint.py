@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,14 @@ def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
         raise CheckpointError(str(e)) from None
 
 
+def _first_sentence(e: BaseException, limit: int = 160) -> str:
+    """The first sentence of an error's message, cut at a word if still longer than ``limit``: torch's
+    reader appends paragraphs of advice that would bury the one line."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely: ``torch.load(weights_only=True)`` never runs code from the file.
 
@@ -110,7 +119,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{p}: refused to load: the file holds objects other than tensors and plain data "
                               f"({_unpickling_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
-        raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {_first_sentence(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a convrnn checkpoint")
     if ckpt.get("version", 0) > VERSION:
