@@ -877,6 +877,14 @@ def test_cli_predict_writes_the_other_pages_when_one_cannot_be_rewritten(page_ru
     assert last.startswith("error: 1 of 2 pages could not be read or written") and "a_odd.xml" in last, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_good.xml"]
 
+def test_cli_predict_of_one_unreadable_page_names_it_once(page_run, capsys, tmp_path):
+    lost = write_alto(tmp_path, "lost", image="lost.png", make_image=False)
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(lost))
+    assert code == 2 and out == "", err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {lost}: page image 'lost.png' not found") and last.count(str(lost)) == 1, err
+    assert last.endswith("; no lines to recognise")
+
 def test_cli_predict_refuses_page_images_and_out_without_pages(page_run, capsys, tmp_path):
     """A page scan read as one line gives a meaningless text: with its XML beside it, it is refused;
     --out writes page XML, so inputs with none are refused rather than writing nothing."""

@@ -275,8 +275,10 @@ class LinesRecipe(Recipe):
                                 ignore_other_xml=several)  # lines without text are the normal case here
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
             if not where and not images:  # the error names the problem once, without the warning before it
-                raise DataError(f"{', '.join(inputs)[:200]}: no lines to recognise "
-                                f"({next(iter(got.skipped.values()), 'the pages have no lines')})")
+                given = ', '.join(inputs)[:200]
+                reason = next(iter(got.skipped.values()), "the pages have no lines")
+                raise DataError(f"{reason}; no lines to recognise" if reason.startswith(f"{given}: ")
+                                else f"{given}: no lines to recognise ({reason})")
             if got.skipped:
                 log.warning("%s", got.summary())
             texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
