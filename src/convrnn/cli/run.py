@@ -1,6 +1,7 @@
 """``convrnn eval RUN`` and ``convrnn predict RUN INPUT...``: use a trained run."""
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import click
@@ -38,9 +39,14 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
     if threads is not None:
         apply_threads(threads)
 
+    quiet = ctx.find_root().obj["quiet"]
     result = evaluate_run(run, split=split, overrides=parse_pairs(list(sets)), shifts=shifts,
-                      progress=CountProgress("preparing data", quiet=ctx.find_root().obj["quiet"]),
-                      beam=beam, lexicon=lexicon, lm=lm)
+                          progress=CountProgress("preparing data", quiet=quiet),
+                          # a bar in a terminal while the model reads (a beam search over many lines takes
+                          # minutes); no lines in a log, whose output scripts compare
+                          eval_progress=CountProgress("evaluating", quiet=quiet, unit="batches")
+                          if sys.stderr.isatty() and not quiet else None,
+                          beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
     click.echo(f"split: {result.split}")
     if beam or lexicon or lm:  # scores of another decoding than greedy say which

@@ -117,17 +117,19 @@ def eval_split(split: Optional[str], overrides: Optional[dict] = None) -> str:
 
 
 def evaluate_run(run: str, *, split: Optional[str] = None, overrides: dict[str, Any] | None = None,
-                 progress: Optional[Callable] = None, shifts: int = 1, **decoding) -> Evaluation:
+                 progress: Optional[Callable] = None, shifts: int = 1,
+                 eval_progress: Optional[Callable[[int, int], None]] = None, **decoding) -> Evaluation:
     """Metrics of a run's best checkpoint (or the checkpoint file given) on its validation (or test)
     data, rebuilt from its config. ``shifts`` > 1 reads every input that many times, moved by a pixel
     or so, and combines the views (``convrnn.infer.views.with_views``); ``decoding`` options (``beam``,
-    ``lexicon``, ``lm``) go to the task (``Task.with_decoding``)."""
+    ``lexicon``, ``lm``) go to the task (``Task.with_decoding``). ``progress`` follows the data's
+    preparation, ``eval_progress(done, total)`` the batches scored."""
     split = eval_split(split, overrides)
     loaded = load_run(run)
     task = loaded.task.with_decoding(**decoding)
     model = with_views(loaded.model, task, shifts)
     data = run_data(loaded, split, overrides=overrides, progress=progress)
-    metrics = evaluate(model, task, data).compute()
+    metrics = evaluate(model, task, data, progress=eval_progress).compute()
     return Evaluation(metrics, task, loaded.checkpoint, int(loaded.ckpt.get("step", 0)), split)
 
 
