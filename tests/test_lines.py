@@ -349,7 +349,9 @@ def test_eval_decodes_by_beam_word_list_and_language_model(digits_run, capsys, t
         cers[name] = float(re.search(r"^cer: ([0-9.e-]+)$", out, re.M).group(1))
     assert all(0.0 <= v <= 5.0 for v in cers.values())
     code, out, err = run_cli(capsys, "eval", str(run), "--lm", str(tmp_path / "missing.txt"))
-    assert code == 2 and "missing.txt: no such text file" in err
+    assert code == 2 and f"--lm {tmp_path / 'missing.txt'}: no such file" in err and err.count("\n") == 1, err
+    code, out, err = run_cli(capsys, "predict", str(run), str(words), "--lexicon", str(tmp_path))
+    assert code == 2 and f"--lexicon {tmp_path}: a folder; give a text file" in err and err.count("\n") == 1, err
 
 
 def test_decoding_options_on_a_run_that_is_not_a_text_line_run_are_one_line(capsys, tmp_path):

@@ -24,8 +24,8 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
               help="override the run's data config (and train.batch_size); the model and training are the checkpoint's")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
-@click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
-@click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
+@click.option("--lexicon", help=LEXICON_HELP)
+@click.option("--lm", help=LM_HELP)
 @click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context
 def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: int, beam: Optional[int],
@@ -36,6 +36,7 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
     from convrnn.train.config import parse_pairs
     from convrnn.train.threads import apply_threads
 
+    _check_files(lexicon=lexicon, lm=lm)
     if threads is not None:
         apply_threads(threads)
 
@@ -60,8 +61,8 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
 @click.argument("run", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
-@click.option("--lexicon", type=click.Path(dir_okay=False), help=LEXICON_HELP)
-@click.option("--lm", type=click.Path(dir_okay=False), help=LM_HELP)
+@click.option("--lexicon", help=LEXICON_HELP)
+@click.option("--lm", help=LM_HELP)
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
               "into this folder with the recognised text of its lines")
@@ -75,6 +76,7 @@ def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optiona
     from convrnn.infer.run import predict as run_predict
     from convrnn.train.threads import apply_threads
 
+    _check_files(lexicon=lexicon, lm=lm)
     if threads is not None:
         apply_threads(threads)
     options = {k: v for k, v in (("beam", beam), ("lexicon", lexicon), ("lm", lm), ("out", out)) if v is not None}
@@ -90,3 +92,16 @@ def predict(ctx: click.Context, run: str, inputs: tuple[str, ...], beam: Optiona
 def register(cli: click.Group) -> None:
     cli.add_command(eval_cmd)
     cli.add_command(predict)
+
+
+def _check_files(**files: Optional[str]) -> None:
+    """A decoding file (``--lexicon``, ``--lm``) that is missing or a folder: one line naming the option,
+    before the run is loaded."""
+    from pathlib import Path
+
+    from convrnn.errors import DataError
+
+    for name, value in files.items():
+        if value is not None and (Path(value).is_dir() or not Path(value).exists()):  # a pipe may be read
+            raise DataError(f"--{name} {value}: " + ("a folder; give a text file" if Path(value).is_dir()
+                                                      else "no such file"))
