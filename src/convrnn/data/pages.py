@@ -220,7 +220,7 @@ def _alto_line(el: ET.Element, ns: str, index: int) -> PageLine:
     except ValueError as e:
         error = BadLine(line_id, BAD_COORDS, f" ({e})", index)
     if polygon is None and error is None:  # the line's rectangle, when it has one
-        box = [_number(el.get(k)) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")]
+        box = [_number(el.get(k)) for k in ALTO_BOX]
         if all(v is not None for v in box) and box[2] > 0 and box[3] > 0:
             x, y, w, h = box
             polygon = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
@@ -742,6 +742,7 @@ def _load_cache(path: Path, xml_path: Path) -> Optional[PageLines]:
 # -------------------------------------------------------------------------------------- sources
 
 GLOB_CHARS = "*?["
+ALTO_BOX = ("HPOS", "VPOS", "WIDTH", "HEIGHT")  # an ALTO element's rectangle
 
 
 def page_sources(source: str) -> Optional[list[Path]]:
@@ -751,11 +752,14 @@ def page_sources(source: str) -> Optional[list[Path]]:
     if path.is_file():
         return [path] if path.suffix.lower() == ".xml" else None
     if path.is_dir():
-        xmls = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+        entries = list(path.iterdir())
+        xmls = sorted(p for p in entries if p.is_file() and p.suffix.lower() == ".xml")
+        transcribed = any(p.name.endswith(".gt.txt") for p in entries)
         if not xmls:
-            _refuse_xml_one_folder_down(source, path)
+            if not transcribed:
+                _refuse_xml_one_folder_down(source, path)
             return None
-        if any(p.name.endswith(".gt.txt") for p in path.iterdir()):
+        if transcribed:
             raise DataError(f"{source}: holds both page XML files and .gt.txt line transcriptions; "
                             f"expected one kind (point at a folder of either)")
         return xmls
@@ -775,8 +779,6 @@ def _refuse_xml_one_folder_down(source: str, path: Path) -> None:
     """A folder without page XML or line transcriptions whose subfolder holds page XML (a Transkribus
     export keeps it in ``page/`` beside the scans) is a DataError saying where the XML is: read as a
     folder of line images, its page scans would each be taken for one text line."""
-    if any(p.name.endswith(".gt.txt") for p in path.iterdir()):
-        return
     nested = sorted({p.parent for p in path.glob("*/*.xml") if p.is_file()})
     if nested:
         raise DataError(f"{source}: no page XML in this folder, and some in {nested[0]}"
@@ -1078,15 +1080,20 @@ _ATTRIBUTE = re.compile(rb"""(\s+)([^\s=/>]+)(\s*=\s*)("[^"]*"|'[^']*')""")
 _CUSTOM_ENTRY = re.compile(rb"[^\s{}]+\s*\{[^}]*\}")
 
 
-def _edited_start_tag(buf: bytes, node: _Node, drop: Sequence[str] = (), custom: bool = False) -> bytes:
-    """``node``'s start tag as written, less the attributes named in ``drop`` and, with ``custom``, less
-    the entries of a Transkribus ``custom`` attribute that mark characters of the old text
-    (``textStyle {offset:0; length:5; ...}``, ``abbrev``, ``unclear``, ...): on a new text they would
-    mark other characters. Every other byte as it was."""
+def _edited_start_tag(buf: bytes, node: _Node, drop: Sequence[str] = (), custom: bool = False,
+                      values: Optional[dict[str, str]] = None) -> bytes:
+    """``node``'s start tag as written, less the attributes named in ``drop``, with the attributes named
+    in ``values`` given those values (in their own quotes) and, with ``custom``, less the entries of a
+    Transkribus ``custom`` attribute that mark characters of the old text (``textStyle {offset:0;
+    length:5; ...}``, ``abbrev``, ``unclear``, ...): on a new text they would mark other characters.
+    Every other byte as it was."""
     def fix(m: re.Match) -> bytes:
         name = m.group(2).decode("utf-8")
         if name in drop:
             return b""
+        if values and name in values:
+            quote = m.group(4)[:1]
+            return m.group(1) + m.group(2) + m.group(3) + quote + _escape(values[name], True).encode("utf-8") + quote
         if custom and name == "custom":
             quote, value = m.group(4)[:1], m.group(4)[1:-1]
             entries = _CUSTOM_ENTRY.findall(value)
@@ -1118,18 +1125,17 @@ def _alto_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[in
     """One String with CONTENT and WC in place of the line's String/SP/HYP children (with their Glyphs and
     ALTERNATIVEs); the old String's character confidences (CC) and the line's correction status (CS),
     which describe the old text, go."""
-    words = [c for c in line.children if c.uri == line.uri and c.local in ("String", "SP", "HYP")]
+    words = _alto_words(line)
     strings = [c for c in words if c.local == "String"]
     line_attrs = dict(line.attrs)
-    geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
     tag = _edited_start_tag(buf, line, drop=("CS",))
     if len(strings) == 1:  # one word: its own attributes (ID, style, ...), its box only if it is alone
         attrs = [(k, v) for k, v in strings[0].attrs if k not in ("SUBS_TYPE", "SUBS_CONTENT", "CC", "CS")]
         if len(words) > 1:
-            attrs = [(k, line_attrs.get(k, v)) if k in geometry else (k, v) for k, v in attrs]
+            attrs = [(k, line_attrs.get(k, v)) if k in ALTO_BOX else (k, v) for k, v in attrs]
     else:  # several words: one word's style, tags or box would now claim the whole line; the ID stays
         kept = _alto_kept_id(line)
-        attrs = ([("ID", kept)] if kept else []) + [(k, v) for k, v in zip(geometry, _alto_line_box(line))]
+        attrs = ([("ID", kept)] if kept else []) + list(zip(ALTO_BOX, _alto_line_box(line)))
     values = {"CONTENT": text, "WC": _conf_text(conf)}
     attrs = [(k, values.pop(k)) if k in values else (k, v) for k, v in attrs]
     if "CONTENT" in values:
@@ -1156,12 +1162,11 @@ def _alto_kept_id(line: _Node) -> Optional[str]:
 def _alto_line_box(line: _Node) -> tuple[str, ...]:
     """HPOS, VPOS, WIDTH, HEIGHT for a String holding the whole line: the line's own, else the union of its
     Strings' boxes, else none."""
-    geometry = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
     own = dict(line.attrs)
-    if all(k in own for k in geometry):
-        return tuple(own[k] for k in geometry)
+    if all(k in own for k in ALTO_BOX):
+        return tuple(own[k] for k in ALTO_BOX)
     try:
-        boxes = [[float(dict(c.attrs)[k]) for k in geometry] for c in _alto_words(line) if c.local == "String"]
+        boxes = [[float(dict(c.attrs)[k]) for k in ALTO_BOX] for c in _alto_words(line) if c.local == "String"]
     except (KeyError, ValueError):
         return ()
     if not boxes:
@@ -1195,19 +1200,8 @@ def _alto_reference_edits(buf: bytes, lines: Sequence[_Node], every: Sequence[_N
                 edits.append((ref.start - len(_indent_before(buf, ref.start)), ref.end, b""))
             else:
                 named.add(new)
-                edits += _tag_edit(buf, ref, _set_attribute(buf, ref, "REF", new))
+                edits += _tag_edit(buf, ref, _edited_start_tag(buf, ref, values={"REF": new}))
     return edits
-
-
-def _set_attribute(buf: bytes, node: _Node, name: str, value: str) -> bytes:
-    """``node``'s start tag as written with attribute ``name`` given ``value``."""
-    def fix(m: re.Match) -> bytes:
-        if m.group(2).decode("utf-8") != name:
-            return m.group(0)
-        quote = m.group(4)[:1]
-        return m.group(1) + m.group(2) + m.group(3) + quote + _escape(value, True).encode("utf-8") + quote
-
-    return _ATTRIBUTE.sub(fix, buf[node.start: node.tag_end])
 
 
 def _page_edit(buf: bytes, line: _Node, text: str, conf: float) -> list[tuple[int, int, bytes]]:
