@@ -50,8 +50,9 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
                           beam=beam, lexicon=lexicon, lm=lm)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step:,})")
     click.echo(f"split: {result.split}")
-    if beam or lexicon or lm:  # scores of another decoding than greedy say which
-        click.echo("decoding: " + ", ".join([f"beam {beam or 10}"] + [f"lexicon {lexicon}"] * bool(lexicon)
+    search = getattr(result.task, "search", None)
+    if search:  # scores of another decoding than greedy say which
+        click.echo("decoding: " + ", ".join([f"beam {search['beam_width']}"] + [f"lexicon {lexicon}"] * bool(lexicon)
                                             + [f"lm {lm}"] * bool(lm)))
     for line in result.task.metric_lines(result.metrics):
         click.echo(line)
@@ -102,6 +103,9 @@ def _check_files(**files: Optional[str]) -> None:
     from convrnn.errors import DataError
 
     for name, value in files.items():
-        if value is not None and (Path(value).is_dir() or not Path(value).exists()):  # a pipe may be read
-            raise DataError(f"--{name} {value}: " + ("a folder; give a text file" if Path(value).is_dir()
-                                                      else "no such file"))
+        if value is None:
+            continue
+        if Path(value).is_dir():
+            raise DataError(f"--{name} {value}: a folder; give a text file")
+        if not Path(value).exists():  # anything else may be read: a file, a pipe (<(...))
+            raise DataError(f"--{name} {value}: no such file")
