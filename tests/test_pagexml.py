@@ -1042,5 +1042,11 @@ def test_cli_train_checks_every_path_before_cutting_pages(tmp_path, capsys, monk
     assert code == 0, err
     assert "--val and --data share 1 of their files (p1.xml)" in err
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "run"), "--set", f"data.val={tmp_path / 'gone'}")
+    assert code == 2 and err.count("\n") == 1  # the user's own path is named, without a hint to give it
+    assert f"{tmp_path / 'gone'}: no such folder or manifest" in err and "--set" not in err
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "run"), "--set", f"data.val={tmp_path / 'gone' / '*.xml'}")
+    assert code == 2 and "the pattern matches no .xml files" in err and "--set" not in err
+    (tmp_path / "train").rename(tmp_path / "moved")  # the run's own pages moved: say how to give them
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "run"))
     assert code == 2 and err.count("\n") == 1
-    assert "no such folder or manifest" in err and "give this run's val data with --set data.val=PATH" in err
+    assert f"{tmp_path / 'train'}: no such folder" in err and "give this run's val data with --set data.val=PATH" in err

@@ -32,6 +32,10 @@ class DataError(ConvrnnError, ValueError):
     """Input data that is missing, unreadable or of the wrong form (names the file)."""
 
 
+class DataNotFound(DataError):
+    """A data path that names nothing: no such file or folder, or a pattern that matches no file."""
+
+
 class CheckpointError(ConvrnnError, ValueError):
     """A checkpoint that is missing, corrupt, unsafe or of another recipe."""
 

@@ -32,7 +32,7 @@ from convrnn.data.images import load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
 from convrnn.data.text import base_direction, decode_utf8, right_to_left, round_trips
-from convrnn.errors import ConfigError, DataError
+from convrnn.errors import ConfigError, DataError, DataNotFound
 from convrnn.fields import checked, one_of, path_field, seed_field
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def find_source(source: str) -> Optional[list[Path]]:
         raise DataError(f"{source}: an image file, where lines are read from a folder of name.png + name.gt.txt, "
                         f"a TSV file of path<TAB>text, or ALTO/PAGE XML (for a page scan, give its XML file)")
     if xml_paths is None and not Path(source).exists():
-        raise DataError(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
+        raise DataNotFound(f"{source}: no such folder or manifest (expected a folder of name.png + name.gt.txt, "
                         f"a TSV file of path<TAB>text, or ALTO/PAGE XML: a .xml file, a folder of them or a glob "
                         f"pattern)")
     return xml_paths

@@ -49,7 +49,7 @@ import numpy as np
 
 from convrnn.data.images import load_gray, scale_to_height
 from convrnn import files
-from convrnn.errors import ConfigError, DataError
+from convrnn.errors import ConfigError, DataError, DataNotFound
 
 log = logging.getLogger(__name__)
 
@@ -764,12 +764,12 @@ def page_sources(source: str) -> Optional[list[Path]]:
                             f"expected one kind (point at a folder of either)")
         return xmls
     if path.suffix.lower() == ".xml" and not any(c in source for c in GLOB_CHARS):
-        raise DataError(f"{source}: no such page XML file")
+        raise DataNotFound(f"{source}: no such page XML file")
     if any(c in source for c in GLOB_CHARS):
         matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
         xmls = [p for p in matches if p.is_file() and p.suffix.lower() == ".xml"]
         if not xmls:
-            raise DataError(f"{source}: the pattern matches no .xml files"
+            raise DataNotFound(f"{source}: the pattern matches no .xml files"
                             + (f" ({len(matches)} other files)" if matches else ""))
         return xmls
     return None

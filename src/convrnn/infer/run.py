@@ -13,7 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from convrnn.errors import CheckpointError, ConfigError
+from convrnn.errors import CheckpointError, ConfigError, DataNotFound
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import with_views
 from convrnn.recipes.base import Recipe, get_recipe
@@ -79,9 +79,16 @@ def run_config(loaded: Loaded, overrides: Optional[dict] = None) -> RunConfig:
 
 def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
              progress: Optional[Callable] = None):
-    """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``)."""
+    """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``). The
+    run's own data path that names nothing (a run evaluated away from its data) says how to give it;
+    a path the user gave is named alone."""
     cfg = run_config(loaded, overrides)
-    return loaded.recipe.make_split(cfg.data, cfg.train, split, loaded.ckpt["meta"], progress=progress)
+    try:
+        return loaded.recipe.make_split(cfg.data, cfg.train, split, loaded.ckpt["meta"], progress=progress)
+    except DataNotFound as e:
+        if (overrides or {}).get(f"data.{split}"):
+            raise
+        raise DataNotFound(f"{e}; give this run's {split} data with --set data.{split}=PATH") from None
 
 
 class Evaluation(NamedTuple):
