@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.harness import SHARED_DATA
+from bench.harness import SHARED_DATA, paired_ratio
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def _ratio_bench(other: str, quick: bool) -> dict:
     steps, bs, lr = (8, 32, 1e-3) if quick else (80, 32, 1e-3)
     batches = _throughput_batches(steps, bs)
     rate_other = _keras_rate if other == "keras" else _torch_rate
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 9  # the machine switches between fast and slow spells: the median needs rounds
     _convrnn_rate(batches[:2], lr)  # warm up both sides (allocator, kernels, Keras tracing) outside the timing
     rate_other(batches[:2], lr)
     ours, theirs = [], []
@@ -265,12 +266,13 @@ def _ratio_bench(other: str, quick: bool) -> dict:
         ours.append(_convrnn_rate(batches, lr))
         torch.manual_seed(r)
         theirs.append(rate_other(batches, lr))
-    ratio = max(ours) / max(theirs)
+    paired = paired_ratio(ours, theirs)
+    ratio = paired.pop("value")
     name = "Keras 3 (torch backend, TimeDistributed)" if other == "keras" else "a hand-written PyTorch loop"
     details = {"convrnn_samples_per_s": [round(v, 1) for v in ours], f"{other}_samples_per_s": [round(v, 1) for v in theirs],
-               "steps_per_round": steps, "batch_size": bs, "sequence_length": 4, "rounds": rounds,
+               **paired, "steps_per_round": steps, "batch_size": bs, "sequence_length": 4, "rounds": rounds,
                "threads": THREADS, "optimizer": "RMSprop lr 1e-3, MSE, no clipping (the original Keras setup)",
-               "note": "best of interleaved rounds for each side, same batches"}
+               "note": "median over interleaved rounds of the round's ratio, same batches"}
     if other == "keras":
         import keras
         details["keras_version"], details["keras_backend"] = keras.__version__, keras.backend.backend()
@@ -278,7 +280,7 @@ def _ratio_bench(other: str, quick: bool) -> dict:
         "metric": f"caine2016 training samples/s: convrnn Trainer / {name}",
         "value": ratio, "unit": "ratio", "target": 1.0 if other == "keras" else 0.9,
         "target_text": ">= 1.0 (at least as fast)" if other == "keras" else ">= 0.90 (within 10%)",
-        "baseline": max(theirs), "met": ratio >= (1.0 if other == "keras" else 0.9), "details": details,
+        "baseline": statistics.median(theirs), "met": ratio >= (1.0 if other == "keras" else 0.9), "details": details,
     }
 
 

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -61,6 +62,16 @@ def machine() -> dict:
             "load_avg_1min_at_end": load[0],
             "torch": torch.__version__, "python": platform.python_version(), "device": dev,
             "platform": platform.platform()}
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> dict:
+    """A speed ratio from interleaved rounds (``ours[r]`` and ``theirs[r]`` ran back to back): the median
+    over rounds of ``ours[r] / theirs[r]``. Both sides of a round see the same machine conditions, and the
+    median leaves out a round that one side ran through a burst or a stall of the machine; the ratio of
+    each side's best round, given beside it, follows whichever side had the luckiest round."""
+    rounds = [a / b for a, b in zip(ours, theirs)]
+    return {"value": statistics.median(rounds), "round_ratios": [round(r, 3) for r in rounds],
+            "best_over_best": max(ours) / max(theirs)}
 
 
 def result_record(name: str, result: dict, command: str) -> dict:

@@ -45,3 +45,16 @@ def test_a_kept_copiste_run_stands_for_a_new_one_only_with_the_same_settings(mon
     assert not same_config(kept, changed)
     del kept["train"]  # a section missing: another config
     assert not same_config(kept, now)
+
+
+def test_a_speed_ratio_is_the_median_of_the_rounds_ratios(monkeypatch):
+    """One round that a side ran through a fast spell of the machine does not decide the ratio, as it
+    decides the ratio of the best rounds (given beside it)."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    from bench.harness import paired_ratio
+
+    ours, theirs = [600.0, 580.0, 590.0, 610.0, 570.0], [630.0, 900.0, 620.0, 640.0, 600.0]
+    got = paired_ratio(ours, theirs)
+    assert got["round_ratios"] == [0.952, 0.644, 0.952, 0.953, 0.95]
+    assert got["value"] == pytest.approx(590.0 / 620.0)  # the middle of the five ratios
+    assert got["best_over_best"] == pytest.approx(610.0 / 900.0)
