@@ -227,6 +227,11 @@ def test_predict_names_a_folder_without_page_xml_as_a_folder(lines_run, tmp_path
     assert code == 2 and out == ""
     assert one_line(err) == (f"error: {tmp_path / 'scans'}: expected an image file, found a folder; give the "
                              f"image files in it (for example {tmp_path / 'scans' / '*.png'})")
+    Image.new("L", (40, 16), 255).save(tmp_path / "scans" / "a.jpg")  # the example is what the folder holds
+    code, out, err = run_cli(capsys, "predict", str(lines_run), str(tmp_path / "scans"))
+    assert code == 2 and f"(for example {tmp_path / 'scans' / '*.jpg'})" in one_line(err)
+    code, out, err = run_cli(capsys, "predict", str(lines_run), f"{tmp_path / 'gone'}/")
+    assert code == 2 and one_line(err) == f"error: {tmp_path / 'gone'}/: no such folder"
 
 
 def test_ctc_plot_writes_a_symlinks_target_and_leaves_a_fifo_alone(lines_run, tmp_path, capsys):

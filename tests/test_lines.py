@@ -360,8 +360,7 @@ def test_decoding_options_on_a_run_that_is_not_a_text_line_run_are_one_line(caps
                              "--run-dir", str(run))
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run), "--beam", "4")
-    assert code == 2 and err.strip() == "error: --beam: decoding options apply to text-line (CTC) runs, not to a " \
-                                        "classify task"
+    assert code == 2 and err.strip() == f"error: --beam: for text-line runs only; {run} is a fonts run"
 
 
 def test_pruned_beam_search_finds_what_the_full_search_finds():

@@ -885,13 +885,73 @@ def test_cli_predict_of_one_unreadable_page_names_it_once(page_run, capsys, tmp_
     assert last.startswith(f"error: {lost}: page image 'lost.png' not found") and last.count(str(lost)) == 1, err
     assert last.endswith("; no lines to recognise")
 
+def test_cli_predict_of_a_blank_page_writes_it_as_is(page_run, capsys, tmp_path):
+    """A page with no text lines (a cover, the back of a leaf) is no error, alone or among others: a
+    per-page script goes on, and the set written back has every page."""
+    blank = write_alto(tmp_path / "in", "blank", lines={})
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(blank), "--out", str(tmp_path / "out"))
+    assert code == 0 and out == f"wrote {tmp_path / 'out' / 'blank.xml'} (0 lines)\n", err
+    assert f"{blank}: no text lines on this page" in err
+    assert (tmp_path / "out" / "blank.xml").read_bytes() == blank.read_bytes()
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(blank))
+    assert code == 0 and out == "" and "no text lines on this page" in err
+
+
+def test_cli_predict_reads_a_page_given_twice_once(page_run, capsys, tmp_path):
+    alto = write_alto(tmp_path / "in", "p", lines={"l_straight": LINES["l_straight"]})
+    again = tmp_path / "in" / ".." / "in" / "p.xml"
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), str(again))
+    assert code == 0 and out.count("\n") == 1, (out, err)
+    assert f"1 page given more than once, read once: {again} (also {alto})" in err
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), f"{tmp_path / 'in'}/*.xml",
+                             "--out", str(tmp_path / "out"))
+    assert code == 0 and out == f"wrote {tmp_path / 'out' / 'p.xml'} (1 line)\n", err
+
+
+def test_cli_refuses_empty_inputs_rather_than_reading_the_working_folder(page_run, capsys, tmp_path, monkeypatch):
+    """An unset shell variable gives an empty argument: as a path it names the working folder, whose
+    pages would be read in place of the ones meant; as --set data.test= it would score the run's own."""
+    write_alto(tmp_path, "here")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "predict", str(page_run), "")
+    assert code == 2 and out == "" and err == "error: '': an empty path as input 1 of 1 (an unset shell variable?)\n"
+    for key in ("data.val", "data.test"):
+        code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"{key}=")
+        assert code == 2 and out == "" and err.count("\n") == 1 and f"--set {key}=: empty value" in err, err
+
+
+def test_cli_eval_warns_of_pages_it_scores_that_the_run_trained_on(page_run, capsys):
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", f"data.val={page_run.parent / 'train'}")
+    assert code == 0, err
+    assert "data.val and the run's training data share 1 of their files (p1.xml)" in err
+
+
+def test_cli_names_a_folder_of_scans_without_transcriptions_or_xml(page_run, capsys, tmp_path):
+    """Page scans exported without their XML are not line images waiting for transcriptions named one
+    by one: one line says what the folder lacks."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _page_image(scans / "scan.jpg")
+    code, out, err = run_cli(capsys, "train", "lines", "--data", str(scans), "--max-steps", "1",
+                             "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert f"{scans}: 1 image and no transcription (name.gt.txt beside name.png) or page XML" in err
+
+
+def test_cli_names_an_image_given_as_a_decoding_file(page_run, capsys, tmp_path):
+    _page_image(tmp_path / "scan.png")
+    for option in ("--lm", "--lexicon"):
+        code, out, err = run_cli(capsys, "eval", str(page_run), option, str(tmp_path / "scan.png"))
+        assert code == 2 and err == f"error: {option} {tmp_path / 'scan.png'}: an image, where a text file is expected\n"
+
+
 def test_cli_predict_refuses_page_images_and_out_without_pages(page_run, capsys, tmp_path):
     """A page scan read as one line gives a meaningless text: with its XML beside it, it is refused;
     --out writes page XML, so inputs with none are refused rather than writing nothing."""
     alto = write_alto(tmp_path / "export", "scan", image="scan.png")
     code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), str(tmp_path / "export" / "scan.png"))
     assert code == 2 and err.count("\n") == 1 and out == ""
-    assert f"{tmp_path / 'export' / 'scan.png'}: a page image (its page XML {alto} lies beside it)" in err
+    assert f"{tmp_path / 'export' / 'scan.png'}: a page image, whose page XML is {alto}" in err
     image = tmp_path / "line.png"
     shutil.copy(tmp_path / "export" / "scan.png", image)  # the same pixels with no XML beside: a line image
     code, out, err = run_cli(capsys, "predict", str(page_run), str(image), "--out", str(tmp_path / "out"))

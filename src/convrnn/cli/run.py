@@ -95,6 +95,11 @@ def register(cli: click.Group) -> None:
     cli.add_command(predict)
 
 
+# how the image files a decoding option could be given by mistake begin (PNG, JPEG, TIFF, GIF): bytes
+# no text file starts with
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
+
+
 def _check_files(**files: Optional[str]) -> None:
     """A decoding file (``--lexicon``, ``--lm``) that is missing or a folder: one line naming the option,
     before the run is loaded."""
@@ -109,3 +114,8 @@ def _check_files(**files: Optional[str]) -> None:
             raise DataError(f"--{name} {value}: a folder; give a text file")
         if not Path(value).exists():  # anything else may be read: a file, a pipe (<(...))
             raise DataError(f"--{name} {value}: no such file")
+        if Path(value).is_file():
+            with open(value, "rb") as f:
+                head = f.read(8)
+            if head.startswith(IMAGE_MAGIC):  # read as text it would fail on its bytes, not say what it is
+                raise DataError(f"--{name} {value}: an image, where a text file is expected")

@@ -9,6 +9,7 @@ Pillow's decompression-bomb limit refused with one line.
 # H height, W width
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -19,6 +20,8 @@ from convrnn.errors import DataError
 
 U16_MAX = 65535
 FAINT_OVER_WHITE = 32  # grey levels: an image with transparency fainter than this over white is tried over black
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm")  # what a folder of images holds
 
 
 def load_gray(path: str | Path, *, upright: bool = True) -> np.ndarray:
@@ -32,10 +35,11 @@ def load_gray(path: str | Path, *, upright: bool = True) -> np.ndarray:
 
     p = Path(path)
     if p.is_dir():
+        suffixes = sorted({f.suffix for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES})
         raise DataError(f"{path}: expected an image file, found a folder; give the image files in it "
-                        f"(for example {p / '*.png'})")
+                        f"(for example {p / ('*' + (suffixes[0] if suffixes else '.png'))})")
     if not p.is_file():
-        raise DataError(f"{path}: no such image file")
+        raise DataError(f"{path}: no such folder" if str(path).endswith(("/", os.sep)) else f"{path}: no such image file")
     if p.suffix.lower() == ".xml":
         raise DataError(f"{path}: page XML, not an image; page XML is read by text-line runs (convrnn train lines)")
     try:

@@ -28,7 +28,7 @@ import torch
 
 from convrnn.data.augment import AUGMENT_SETS, LineAugment, augment_lines, batch_rng, line_grid
 from convrnn.data.batching import IndexedBatches
-from convrnn.data.images import load_gray, scale_to_height, to_ink
+from convrnn.data.images import IMAGE_SUFFIXES, load_gray, scale_to_height, to_ink
 from convrnn.data.pages import (NORMAL_FORMS, TOO_WIDE, check_normal_form, collect_lines, normalize_text,
                                 page_name, page_root, page_sources, read_pages)
 from convrnn.data.text import base_direction, decode_utf8, right_to_left, round_trips
@@ -37,7 +37,6 @@ from convrnn.fields import checked, one_of, path_field, seed_field
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm")
 GT_SUFFIX = ".gt.txt"
 
 
@@ -147,6 +146,10 @@ def _folder_entries(folder: Path) -> list[tuple[str, Optional[Path], Optional[st
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(GT_SUFFIX):
             images.setdefault(p.name[: -len(p.suffix)], p)
     gts = {p.name[: -len(GT_SUFFIX)] for p in folder.iterdir() if p.name.endswith(GT_SUFFIX)}
+    if images and not gts:  # page scans exported without their XML, or line images not yet transcribed
+        raise DataError(f"{folder}: {len(images)} image{'s' if len(images) > 1 else ''} and no transcription "
+                        f"(name{GT_SUFFIX} beside name.png) or page XML; for page scans, give their ALTO or "
+                        f"PAGE XML files (exported with them)")
     entries = []
     for stem in sorted(set(images) | gts):
         entries.append((stem, images.get(stem), None))

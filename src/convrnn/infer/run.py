@@ -13,10 +13,11 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from convrnn.errors import CheckpointError, ConfigError, DataNotFound
+from convrnn.errors import CheckpointError, ConfigError, DataError, DataNotFound
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import with_views
 from convrnn.recipes.base import Recipe, get_recipe
+from convrnn.tasks.ctc import CTCTask
 from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
 from convrnn.train.config import RunConfig, flatten_config_dict
 from convrnn.train.rundir import check_checkpoint_of_run
@@ -113,6 +114,10 @@ def eval_split(split: Optional[str], overrides: Optional[dict] = None) -> str:
     if unused:  # the checkpoint fixes the model and training; a setting eval does not read is not taken silently
         raise ConfigError(f"--set {unused[0]}: eval takes data settings (data.KEY=VALUE) and "
                           f"{', '.join(EVAL_TRAIN_KEYS)}; the model and its training are the checkpoint's")
+    for key in ("data.val", "data.test"):  # an unset shell variable would score the run's own data instead
+        if key in (overrides or {}) and not str(overrides[key] or "").strip():
+            raise ConfigError(f"--set {key}=: empty value (an unset shell variable?); give the data to score, "
+                              f"or leave the setting out to score the run's own")
     given = [s for s in ("val", "test") if (overrides or {}).get(f"data.{s}")]
     if split is None:
         return given[0] if len(given) == 1 else "val"
@@ -133,6 +138,9 @@ def evaluate_run(run: str, *, split: Optional[str] = None, overrides: dict[str, 
     preparation, ``eval_progress(done, total)`` the batches scored."""
     split = eval_split(split, overrides)
     loaded = load_run(run)
+    given = [f"--{k}" for k, v in decoding.items() if v is not None]
+    if given and not isinstance(loaded.task, CTCTask):  # said as predict says it, in the user's terms
+        raise ConfigError(f"{', '.join(given)}: for text-line runs only; {run} is a {loaded.recipe.name} run")
     task = loaded.task.with_decoding(**decoding)
     model = with_views(loaded.model, task, shifts)
     data = run_data(loaded, split, overrides=overrides, progress=progress)
@@ -144,7 +152,11 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[
             **options) -> list[str]:
     """The recipe's output lines for ``inputs`` (image files, page XML...), read by the run's model
     (with ``shifts`` views, as ``evaluate_run``); ``progress(done, total)`` as a recipe that reports
-    progress (the lines recipe) reads them."""
+    progress (the lines recipe) reads them. An empty input (an unset shell variable) is refused: as a
+    path it names the working folder, whose files would be read in its place."""
+    for k, given in enumerate(inputs):
+        if not given.strip():
+            raise DataError(f"{given!r}: an empty path as input {k + 1} of {len(inputs)} (an unset shell variable?)")
     loaded = load_run(run)
     accepted = inspect.signature(loaded.recipe.predict).parameters
     ignored = [k for k, v in options.items() if v is not None and k not in accepted]

@@ -80,18 +80,28 @@ def _val_cut(val: LineSet) -> str:
     return f"{len(val)} lines, texts {digest}"
 
 
+def _warn_shared(scored_name: str, train_name: str, scored: set, train: set) -> None:
+    """Warn when files scored are also training files: their scores measure memory, not reading."""
+    shared = scored & train
+    if shared:
+        log.warning("%s and %s share %d of their files (%s): its scores measure what the model memorised, "
+                    "not how it reads unseen lines", scored_name, train_name, len(shared), sorted(shared)[0].name)
+
+
+def _source_files(source: str) -> set:
+    """The resolved files of a lines source (a folder or manifest stands for itself)."""
+    return {p.resolve() for p in find_source(source) or [Path(source)]}
+
+
 def load_splits(cfg: LinesDataConfig, progress=None) -> tuple[LineSet, LineSet, Optional[LineSet]]:
     """Train, validation and (optional) test lines for ``cfg``."""
     check(cfg, "data")
     files = {}  # every path checked before any page is cut (synthetic runs: their --val/--test files)
     for flag, source in (("--data", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
         if source:
-            files[flag] = {p.resolve() for p in find_source(source) or [Path(source)]}
+            files[flag] = _source_files(source)
     for flag in ("--val", "--test"):
-        shared = files.get("--data", set()) & files.get(flag, set())
-        if shared:
-            log.warning("%s and --data share %d of their files (%s): its scores measure what the model "
-                        "memorised, not how it reads unseen lines", flag, len(shared), sorted(shared)[0].name)
+        _warn_shared(flag, "--data", files.get(flag, set()), files.get("--data", set()))
     opts = _read_options(cfg, progress)
     if cfg.synthetic:  # drawn lines to train on; --val/--test files, when given, are read instead of drawn ones
         train = _synthetic(cfg, "train", cfg.num_train, progress)
@@ -218,7 +228,12 @@ class LinesRecipe(Recipe):
         if not path:
             raise missing_split("test", "train with --test, or evaluate other lines with --set data.test=PATH")
         check(data_cfg, "data")
-        find_source(path)  # before any page is cut; a path that names nothing is DataNotFound
+        scored = _source_files(path)  # before any page is cut; a path that names nothing is DataNotFound
+        if data_cfg.data and not data_cfg.synthetic:
+            try:
+                _warn_shared(f"data.{split}", "the run's training data", scored, _source_files(data_cfg.data))
+            except DataError:  # the training pages are not on this machine: nothing to compare with
+                pass
         lines = read_lines(path, **_read_options(data_cfg, progress))
         log.info("lines: %d %s lines of height %d", len(lines), split, data_cfg.height)
         return _eval_batches(lines, train_cfg.batch_size)
@@ -245,7 +260,7 @@ class LinesRecipe(Recipe):
         model, task = loaded.model, loaded.task
         height = int(loaded.ckpt["input_shape"][1])
         decode = task.with_decoding(beam=beam, lexicon=lexicon, lm=lm).decode
-        sources = [(inp, page_sources(inp)) for inp in inputs]
+        sources = _read_once([(inp, page_sources(inp)) for inp in inputs])
         paths = [p for _, xmls in sources if xmls for p in xmls]
         images = [inp for inp, xmls in sources if xmls is None]
         for image in images:
@@ -271,14 +286,18 @@ class LinesRecipe(Recipe):
             got = collect_lines(pages, [str(p) for p in paths], normalize="none", require_text=False,
                                 ignore_other_xml=several)  # lines without text are the normal case here
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
-            if not where and not images:  # the error names the problem once, without the warning before it
-                given = ', '.join(inputs)[:200]
-                reason = next(iter(got.skipped.values()), "the pages have no lines")
+            given = ', '.join(inputs)[:200]
+            if not where and not images and failed and len(failed) == len(paths) - passed_over:
+                # no page could be read: the error names the problem once, without the warning before it
+                reason = next(iter(got.skipped.values()), failed[0])
                 raise DataError(f"{reason}; no lines to recognise" if reason.startswith(f"{given}: ")
                                 else f"{given}: no lines to recognise ({reason})")
             if got.skipped:
                 log.warning("%s", got.summary())
-            texts, confs = recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
+            elif not where:  # a blank page (a cover, the back of a leaf) is no error: its copy is written as is
+                log.warning("%s: no text lines on %s", given, "this page" if len(paths) == 1 else "these pages")
+            texts, confs = (recognise(model, task, [pages[k].images[j] for k, j in where], decode, progress=progress)
+                            if where else ([], []))
             ids = [page.line_ids() if page.page_error is None else {} for page in pages]
             for (k, j), text, conf in zip(where, texts, confs):
                 found[k][pages[k].indices[j]] = (ids[k][pages[k].indices[j]], text, conf)
@@ -311,13 +330,38 @@ class LinesRecipe(Recipe):
                                     "were; the warning above names each"] if failed else [])
 
 
+def _read_once(sources: list[tuple[str, Optional[list[Path]]]]) -> list[tuple[str, Optional[list[Path]]]]:
+    """``sources`` (each input with its page XML files) with a page given again (the same file under
+    another path, or matched by two patterns) left out of the later input, and named in one warning:
+    read twice, its lines would be printed twice and its copy written twice."""
+    seen: dict[Path, Path] = {}
+    again: list[tuple[Path, Path]] = []
+    kept = []
+    for inp, xmls in sources:
+        if xmls is not None:
+            fresh = []
+            for path in xmls:
+                key = path.resolve()
+                if key in seen:
+                    again.append((path, seen[key]))
+                else:
+                    seen[key] = path
+                    fresh.append(path)
+            xmls = fresh
+        kept.append((inp, xmls))
+    if again:
+        log.warning("%d page%s given more than once, read once: %s", len(again), "s" if len(again) > 1 else "",
+                    "; ".join(str(p) + (f" (also {first})" if str(p) != str(first) else "") for p, first in again[:3]) + ("; ..." if len(again) > 3 else ""))
+    return kept
+
+
 def _refuse_page_image(image: str) -> None:
     """Refuse an image that is a page scan with its page XML beside it (as an export lays them out):
     read as one text line, a whole page gives an empty or meaningless text."""
     path = Path(image)
     for xml in (path.with_suffix(".xml"), path.parent / "page" / (path.stem + ".xml")):
         if xml.is_file() and path.suffix.lower() != ".xml":
-            raise DataError(f"{image}: a page image (its page XML {xml} lies beside it); give the XML file, "
+            raise DataError(f"{image}: a page image, whose page XML is {xml}; give the XML file, "
                             f"whose lines are cut from this image, or quote a pattern such as '*.xml'")
 
 
