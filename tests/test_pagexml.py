@@ -423,8 +423,15 @@ def test_bad_pages_are_counted_and_named(tmp_path, caplog):
         read_lines(str(folder / "d_mets.xml"), height=16)
     # an unreadable image
     (folder / "page.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="no transcribed lines left.*page.png: not a readable image"):
+    with pytest.raises(DataError, match=r"a_good.xml: .*page.png: not a readable image.*; no transcribed lines left"):
         read_lines(str(folder / "a_good.xml"), height=16, workers=1)
+
+
+def test_coordinates_that_do_not_parse_are_named_in_the_files_terms():
+    with pytest.raises(ValueError, match=r"^'abc' is not a number, in '1,2 abc,4'$"):
+        pages.parse_points("1,2 abc,4")
+    with pytest.raises(ValueError, match="expected finite numbers"):
+        pages.parse_points("1,2 3,inf")
 
 
 def test_sources_folder_glob_and_file(tmp_path):
@@ -906,6 +913,19 @@ def test_cli_predict_reads_a_page_given_twice_once(page_run, capsys, tmp_path):
     code, out, err = run_cli(capsys, "predict", str(page_run), str(alto), f"{tmp_path / 'in'}/*.xml",
                              "--out", str(tmp_path / "out"))
     assert code == 0 and out == f"wrote {tmp_path / 'out' / 'p.xml'} (1 line)\n", err
+
+
+def test_cli_one_unreadable_page_is_one_line_in_training_and_predict(page_run, capsys, tmp_path):
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<alto><Layout>", encoding="utf-8")
+    write_alto(tmp_path / "train", "p1", lines={"l_straight": LINES["l_straight"]})
+    code, out, err = run_cli(capsys, "train", "lines", "--data", str(tmp_path / "train"), "--val", str(broken),
+                             "--height", "16", "--max-steps", "1", "--run-dir", str(tmp_path / "run"))
+    told = [ln for ln in err.splitlines() if not ln.startswith("preparing")]  # progress aside
+    assert code == 2 and len(told) == 1, err
+    assert told[0].startswith(f"error: {broken}: XML does not parse") and told[0].endswith("no transcribed lines left to use")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(broken))
+    assert code == 2 and err.count("\n") == 1 and "XML does not parse" in err, err
 
 
 def test_cli_refuses_empty_inputs_rather_than_reading_the_working_folder(page_run, capsys, tmp_path, monkeypatch):

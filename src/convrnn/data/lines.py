@@ -264,11 +264,14 @@ def _read_page_lines(source: str, paths: list[Path], *, height: int, max_width: 
                 del got.images[k], got.texts[k], got.names[k]
     if got.pages == 0 and got.bad_pages == 0:
         raise DataError(f"{source}: expected ALTO or PAGE XML files, found none ({len(paths)} other .xml files)")
-    if got.skipped:
+    if got.skipped and got.images:  # with none left, the error below names the first problem alone
         log.warning("%s: %s", source, got.summary())
     if not got.images:
         first = next(iter(got.skipped.values()), "the pages have no lines")
-        raise DataError(f"{source}: no transcribed lines left to use in {got.pages + got.bad_pages} pages "
+        if first.startswith(f"{source}: "):  # one file: its problem is the message
+            raise DataError(f"{first}; no transcribed lines left to use")
+        n = got.pages + got.bad_pages
+        raise DataError(f"{source}: no transcribed lines left to use in {n} page{'s' if n != 1 else ''} "
                         f"(first problem: {first})")
     lines = LineSet(got.images, got.texts, got.names)
     lines.skipped = got.skipped

@@ -170,7 +170,11 @@ def parse_points(text: Optional[str]) -> np.ndarray:
     tokens = text.replace(",", " ").replace("(", " ").replace(")", " ").split()
     if not tokens or len(tokens) % 2:
         raise ValueError(f"expected pairs of numbers, got {text[:60]!r}")
-    values = np.array([float(t) for t in tokens], dtype=np.float64)
+    try:
+        values = np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if _number(t) is None and t.lower() not in ("inf", "-inf", "nan"))
+        raise ValueError(f"{bad!r} is not a number, in {text[:60]!r}") from None
     if not np.all(np.isfinite(values)):
         raise ValueError(f"expected finite numbers, got {text[:60]!r}")
     return values.reshape(-1, 2)
@@ -212,8 +216,10 @@ def _alto_line(el: ET.Element, ns: str, index: int) -> PageLine:
         if raw is not None and raw.strip():
             numbers = raw.replace(",", " ").split()
             if len(numbers) == 1:  # ALTO v2/v3: the y of a horizontal baseline across the line's box
-                y, x, w = float(numbers[0]), _number(el.get("HPOS")), _number(el.get("WIDTH"))
-                if x is not None and w is not None and math.isfinite(y):
+                y, x, w = _number(numbers[0]), _number(el.get("HPOS")), _number(el.get("WIDTH"))
+                if y is None:
+                    raise ValueError(f"{numbers[0]!r} is not a number, in BASELINE")
+                if x is not None and w is not None:
                     baseline = np.array([[x, y], [x + w, y]])
             else:
                 baseline = parse_points(raw)
@@ -874,6 +880,8 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
         errors = [results[i].page_error for i in todo if results[i] is not None and results[i].page_error is not None]
         other = sum(isinstance(e, NotPageXml) for e in errors)  # a METS file beside the pages, say
         failed = len(errors) - other
+        if failed == len(paths):  # every page unusable: the error that follows names the problem, alone
+            return results  # type: ignore[return-value]
         log.info("pages: %d of %d read in %.1f s (%d process%s)%s%s, %d from the cache", len(todo), len(paths),
                  time.monotonic() - t0, max(1, n_workers), "es" if n_workers > 1 else "",
                  f", {failed} unusable (named below)" if failed else "",
