@@ -112,6 +112,18 @@ def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
     assert resumed.metrics["loss"] == pytest.approx(whole.metrics["loss"], rel=1e-6)
 
 
+def test_a_validation_mid_epoch_leaves_a_resumable_checkpoint(corpus, tmp_path):
+    """A validation that keeps best.pt keeps last.pt with it: interrupted before the next checkpoint, the
+    run resumes from there rather than holding a best model it can neither resume nor be started over."""
+    run = tmp_path / "run"
+    settings = tiny_overrides(corpus, run, **{"train.max_steps": 6, "train.val_every": 3, "train.checkpoint_every": 100})
+    with pytest.raises(KeyboardInterrupt):
+        train("charlm", settings, callbacks=[StopAt(5)])
+    assert (run / "checkpoints" / "best.pt").exists()
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    assert train("charlm", resume=str(run)).step == 6
+
+
 @pytest.fixture()
 def trained(corpus, tmp_path):
     train("charlm", tiny_overrides(corpus, tmp_path / "run", **{"train.max_steps": 4}))

@@ -38,6 +38,9 @@ def fonts_run(tmp_path_factory):
     (["--text", ""], "--text: empty value (an unset shell variable?)"),
     (["--fonts", " "], "--fonts: empty value"),
     (["--config", ""], "--config: empty value"),
+    # a --set of what a named option gives would drop one of the two without a word
+    (["--set", "train.max_steps=2"], "--set train.max_steps=2: --max-steps gives train.max_steps too (1); give it once"),
+    (["--set", "data.samples_per_font=20"], "--samples-per-font gives data.samples_per_font too (12)"),
 ])
 def test_train_refuses_bad_values_before_writing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

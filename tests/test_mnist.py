@@ -252,7 +252,8 @@ def test_files_unpacked_into_folders_of_their_own_names_are_found(tmp_path):
 def test_a_data_dir_that_is_a_file_or_a_folder_of_images_says_so(tmp_path):
     from convrnn.data.mnist import mnist_source
     write_mnist_dir(tmp_path)
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: a file, not a folder"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: a file, not a folder; give the folder that "
+                                        rf"holds the MNIST files \({tmp_path}\)$"):
         mnist_source(str(tmp_path / "train-images-idx3-ubyte.gz"), what="--data-dir")
     (tmp_path / "pngs").mkdir()
     (tmp_path / "pngs" / "7.png").write_bytes(b"")

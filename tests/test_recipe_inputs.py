@@ -139,6 +139,14 @@ def test_a_font_file_given_twice_is_refused(tmp_path, capsys):
     assert [s.name for s in F.resolve_fonts([SANS, SERIF])] == ["DejaVuSans", "DejaVuSerif"]
 
 
+def test_training_on_one_font_is_refused_before_drawing(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "fonts", "--fonts", SANS, "--run-dir", str(tmp_path / "run"),
+                             "--max-steps", "1", "--threads", "1")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert err == f"error: --fonts {SANS}: 1 font (DejaVuSans); telling fonts apart needs at least 2: give each " \
+                  f"with --fonts, or a folder of them\n"
+
+
 def test_copies_of_one_font_are_named_in_a_warning(tmp_path, caplog):
     copy = tmp_path / "Copy.ttf"
     copy.write_bytes(open(SANS, "rb").read())

@@ -16,8 +16,8 @@ def _common_train_options(f):
                      "(`convrnn models` lists them)"),
         click.option("--spec", help="model spec string; replaces the preset (see docs/spec.md)"),
         click.option("--epochs", type=int, help="number of epochs"),
-        click.option("--max-time", type=float, help="stop after this many seconds of training"),
-        click.option("--max-steps", type=int, help="stop after this many optimizer steps"),
+        click.option("--max-time", type=float, help="stop after this many seconds of training (0: no time limit)"),
+        click.option("--max-steps", type=int, help="stop after this many optimizer steps (0: no step limit)"),
         click.option("--batch-size", type=int, help="batch size"),
         click.option("--lr", type=float, help="learning rate"),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -77,6 +77,7 @@ def _make_train_command(recipe_name: str):
             if value is None or (opt.multiple and not value):
                 continue
             overrides[opt.key] = list(value) if opt.multiple else value
+        _refuse_set_over_option(overrides, parse_pairs(list(sets)), recipe)
         overrides.update(parse_pairs(list(sets)))
         quiet = ctx.find_root().obj["quiet"]
         where = RunWhere()
@@ -103,6 +104,19 @@ def _make_train_command(recipe_name: str):
         command = click.option(opt.flag, *opt.aliases, **kw)(command)
     command = _common_train_options(command)
     train.command(name=recipe.name)(command)
+
+
+def _refuse_set_over_option(options: dict, sets: dict, recipe) -> None:
+    """A --set of a key that a named option also gave, to another value, is an error: one of the two
+    would be dropped without a word (``--data a.txt --set data.path=b.txt`` trained on b.txt)."""
+    from convrnn.errors import ConfigError
+
+    flags = {key: flag for flag, key in ((f"--{n.rstrip('_').replace('_', '-')}", k) for n, k in _COMMON_KEYS.items())}
+    flags.update({opt.key: opt.flag.split("/")[0] for opt in recipe.cli_options})
+    for key, value in sets.items():
+        if key in options and str(options[key]) != str(value):
+            raise ConfigError(f"--set {key}={value}: {flags.get(key, 'an option')} gives {key} too "
+                              f"({options[key]}); give it once")
 
 
 def _refuse_empty(ctx: click.Context, values: dict) -> None:

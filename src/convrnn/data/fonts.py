@@ -653,14 +653,18 @@ def _save_cache(path: str, key: str, arrays: dict) -> None:
 
 
 def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], None] | None = None,
-                    use_cache: bool = True) -> tuple[FontsDataset, FontsDataset, dict]:
-    """Render (or load from the cache) the train and val splits of the fonts dataset.
+                    use_cache: bool = True, min_fonts: int = 1) -> tuple[FontsDataset, FontsDataset, dict]:
+    """Render (or load from the cache) the train and val splits of the fonts dataset; fewer fonts than
+    ``min_fonts`` (training needs 2 to tell apart) is a DataError before any line is drawn.
 
     Returns ``(train, val, meta)`` with meta ``{"classes", "height", "width", "fonts", "alphabet",
     "num_lines", "cache"}``. ``progress(done, total)`` is called while rendering.
     """
     check(config, "data")
     fonts = resolve_fonts(list(config.fonts))
+    if len(fonts) < min_fonts:
+        raise DataError(f"--fonts {', '.join(config.fonts)}: {len(fonts)} font ({fonts[0].name}); telling fonts "
+                        f"apart needs at least {min_fonts}: give each with --fonts, or a folder of them")
     source = config.text if config.text is not None else "<embedded corpus>"
     lines, note = drawable_lines(load_text_lines(config.text), fonts)
     if len(lines) < 2:

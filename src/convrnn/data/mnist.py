@@ -196,6 +196,9 @@ def mnist_source(data_dir: str | os.PathLike | None = None, *, what: str = "data
                    else "no MNIST IDX files in this folder")
         images = [f.name for f in directory.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES] \
             if directory.is_dir() else []
+        if directory.is_file():  # one of the files, say: the option takes the folder that holds them
+            raise DataError(f"{where}: a file, not a folder; give the folder that holds the MNIST files"
+                            + (f" ({directory.parent})" if _any_mnist_file(directory.parent) else ""))
         raise DataError(f"{where}: {problem} (expected train-images-idx3-ubyte.gz and the three other MNIST "
                         f"files; `convrnn data download mnist --to {directory}` fetches them)"
                         + (f"; image files such as {min(images)} are not read: the digits come from IDX files"

@@ -56,7 +56,7 @@ class FontsRecipe(Recipe):
     label_meta = ("classes",)
 
     def make_data(self, data_cfg: FontsDataConfig, train_cfg, *, progress=None) -> DataBundle:
-        train, val, meta = make_fonts_data(data_cfg, progress=progress)
+        train, val, meta = make_fonts_data(data_cfg, progress=progress, min_fonts=2)
         bs = train_cfg.batch_size
         train_src = IndexedBatches(train, bs, fetch=array_fetcher(train.images, train.labels), seed=train_cfg.seed)
         val_src = _val_batches(val, val.labels, bs)

@@ -36,6 +36,32 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
                   resume: Optional[str] = None) -> Trainer:
     """Data, model, task, run directory and trainer for ``cfg``; restores ``resume`` when given.
     Takes no lock on the run directory: :func:`train` holds it while it builds and runs the trainer."""
+    held = _HeldRecords()  # what is said before the run directory exists (the data read) goes into train.log too
+    logging.getLogger("convrnn").addHandler(held)
+    try:
+        trainer, run_dir = _build(cfg, callbacks, progress, resume)
+    finally:
+        logging.getLogger("convrnn").removeHandler(held)
+    if run_dir is not None:
+        run_dir.attach_log(earlier=held.records)
+    if resume:
+        log.info("resumed %s at step %d (epoch %d, batch %d)", run_dir.path if run_dir else resume, trainer.pos.step,
+                 trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
+    return trainer
+
+
+class _HeldRecords(logging.Handler):
+    """Keeps the log records it is given, for a log file opened after they were made."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _build(cfg: RunConfig, callbacks, progress, resume) -> tuple[Trainer, Optional[RunDir]]:
     from convrnn.train.distributed import DistributedTrainer, init_from_env
     from convrnn.train.tensorboard import TensorBoardFilters
 
@@ -76,11 +102,7 @@ def build_trainer(cfg: RunConfig, *, callbacks: Iterable[Any] = (), progress: Op
         trainer.restore(ckpt)
     if run_dir is not None:
         cfg.save(run_path / "config.json")
-        run_dir.attach_log()
-    if ckpt is not None:
-        log.info("resumed %s at step %d (epoch %d, batch %d)", run_path, trainer.pos.step,
-                 trainer.pos.epoch + 1, trainer.pos.batch_in_epoch)
-    return trainer
+    return trainer, run_dir
 
 
 def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -11,7 +11,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from convrnn.errors import CheckpointError, ConfigError, DataError
 from convrnn.train.config import read_run_config
@@ -197,10 +197,13 @@ class RunDir:
     def metrics_csv(self) -> Path:
         return self.path / "metrics.csv"
 
-    def attach_log(self) -> None:
-        """Copy convrnn's log records into ``train.log`` for this run."""
+    def attach_log(self, earlier: Sequence[logging.LogRecord] = ()) -> None:
+        """Copy convrnn's log records into ``train.log`` for this run, after the ``earlier`` ones (what
+        was said before the run directory existed: the data read, its warnings)."""
         handler = logging.FileHandler(self.path / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for record in earlier:
+            handler.handle(record)
         logging.getLogger("convrnn").addHandler(handler)
         self._log_handler = handler
 

@@ -425,11 +425,14 @@ class Trainer:
                     window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
                 stop = self._limits_reached()
                 end_of_epoch = k + 1 == n_batches
-                if cfg.val_every and self.pos.step % cfg.val_every == 0 and not end_of_epoch:
+                validated = bool(cfg.val_every) and self.pos.step % cfg.val_every == 0 and not end_of_epoch
+                if validated:
                     stop = self._validate() or stop
                 if end_of_epoch:
                     break
-                if self.pos.step % cfg.checkpoint_every == 0:
+                # a validation may keep best.pt: a resumable checkpoint goes with it, or an interrupted run
+                # would hold a best model it can neither resume from nor be restarted over
+                if validated or self.pos.step % cfg.checkpoint_every == 0:
                     self.save("last")
                 if stop:
                     break
