@@ -186,3 +186,12 @@ def test_eval_and_predict_take_threads(fonts_run, capsys, tmp_path):
         assert code == 2 and "--threads" in err
     finally:
         torch.set_num_threads(before)
+
+
+def test_resuming_a_run_that_had_ended_says_which_limit_to_raise(fonts_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(fonts_run, run)
+    code, out, err = run_cli(capsys, "train", "fonts", "--resume", str(run))
+    assert code == 0, err
+    assert "the run had already stopped by the step limit at step 1: nothing to train; raise --max-steps to go on" in err

@@ -352,3 +352,34 @@ def _serve(monkeypatch):
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     httpd.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/mnist/"
     return httpd
+
+
+def test_outputs_never_replace_their_inputs_or_the_runs_files(lines_run, tmp_path, capsys):
+    """An --out that names the line image read, or a file the run keeps (a checkpoint, its config, its
+    metrics), is refused before any work: written over, the input or the run would be lost."""
+    image = tmp_path / "line.png"
+    Image.fromarray(line_image()).save(image)
+    before = image.read_bytes()
+    code, out, err = run_cli(capsys, "plot", "ctc", str(lines_run), str(image), "--out", str(image))
+    assert code == 2 and one_line(err) == (f"error: {image}: a file this command reads; refusing to write over "
+                                           f"it, give another file name")
+    assert image.read_bytes() == before
+    best, config = lines_run / "checkpoints" / "best.pt", lines_run / "config.json"
+    kept = {p: p.read_bytes() for p in (best, config, lines_run / "metrics.csv")}
+    for args in (["export", str(lines_run), "--out", str(best)], ["report", str(lines_run), "--out", str(config)],
+                 ["plot", "curves", str(lines_run), "--out", str(lines_run / "metrics.csv")],
+                 ["plot", "filters", str(lines_run), "--out", str(best)]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and "a file this command reads; refusing to write over it" in one_line(err), (args, err)
+    assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+def test_ctc_plot_refuses_an_empty_path_and_a_page_image(lines_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "plot", "ctc", str(lines_run), "")
+    assert code == 2 and one_line(err) == "error: '': an empty path for the line image (an unset shell variable?)"
+    Image.fromarray(line_image()).save(tmp_path / "scan.png")
+    (tmp_path / "scan.xml").write_text("<alto/>", encoding="utf-8")
+    code, out, err = run_cli(capsys, "plot", "ctc", str(lines_run), str(tmp_path / "scan.png"))
+    assert code == 2 and "a page image, whose page XML is" in one_line(err) and "plot ctc draws one line" in err
+    assert not (tmp_path / "ctc.png").exists()

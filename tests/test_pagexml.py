@@ -1130,3 +1130,11 @@ def test_cli_train_checks_every_path_before_cutting_pages(tmp_path, capsys, monk
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "run"))
     assert code == 2 and err.count("\n") == 1
     assert f"{tmp_path / 'train'}: no such folder" in err and "give this run's val data with --set data.val=PATH" in err
+
+
+def test_cli_eval_refuses_another_unicode_form_than_the_runs(page_run, capsys):
+    """References put in another form than the model reads in would count its every accent an error."""
+    code, out, err = run_cli(capsys, "eval", str(page_run), "--set", "data.normalize=NFD")
+    assert code == 2 and out == "" and err == ("error: --set data.normalize=NFD: this run was trained on texts in "
+                                               "Unicode form NFC, and reads in that form; leave the setting out to "
+                                               "score it in its own\n")

@@ -5,7 +5,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 from convrnn.errors import WriteError
 
@@ -67,15 +67,22 @@ def write_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def check_writable(path: str | os.PathLike, *, keep: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse an output file that cannot be written, before the work that makes its content.
 
     :func:`write_target` refuses a folder, FIFO, device or socket at ``path``; this also refuses a
     ``path`` whose folder cannot be made (a part of it is a regular file) or cannot be written in
-    (read-only, no permission), naming it in one :class:`WriteError`. Nothing is created: the folder
-    is made when the file is written. Every command that writes a file calls it before its work.
+    (read-only, no permission), and one that is a file of ``keep`` (the command's inputs, a run's own
+    files: written over, they would be lost), naming it in one :class:`WriteError`. Nothing is created:
+    the folder is made when the file is written. Every command that writes a file calls it before its work.
     """
     target = write_target(path)
+    if target.exists():
+        for kept in keep:
+            if os.path.exists(kept) and os.path.samefile(target, kept):
+                same = "" if str(kept) == str(path) else f"the same file as {kept}, "
+                raise WriteError(f"{path}: {same}a file this command reads; refusing to write over it, give "
+                                 f"another file name")
     folder = target.parent
     while not os.path.lexists(folder) and folder != folder.parent:  # the deepest part that exists
         folder = folder.parent

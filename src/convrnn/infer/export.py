@@ -173,7 +173,8 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     if fmt != "onnx":
         raise ConfigError(f"export format: expected onnx, got {fmt!r}")
     if out is not None:
-        check_writable(out)  # a bad --out fails before the checkpoint is even loaded
+        from convrnn.train.rundir import run_files
+        check_writable(out, keep=run_files(run))  # a bad --out (or a run's own file) fails before the checkpoint is loaded
     model, ckpt, recipe, _, _ = load_run(run)
     if out is None:
         out = str(Path(run) / "model.onnx") if Path(run).is_dir() else str(Path(run).with_suffix(".onnx"))

@@ -83,6 +83,11 @@ def run_data(loaded: Loaded, split: str, *, overrides: Optional[dict] = None,
     """The ``split`` (val or test) data of a loaded run, rebuilt from its config (with ``overrides``). The
     run's own data path that names nothing (a run evaluated away from its data) says how to give it;
     a path the user gave is named alone."""
+    trained = ((loaded.ckpt.get("config") or {}).get("data") or {}).get("normalize")
+    given = (overrides or {}).get("data.normalize")
+    if given is not None and trained is not None and str(given) != str(trained):  # references in another form
+        raise ConfigError(f"--set data.normalize={given}: this run was trained on texts in Unicode form {trained}, "
+                          f"and reads in that form; leave the setting out to score it in its own")
     cfg = run_config(loaded, overrides)
     try:
         return loaded.recipe.make_split(cfg.data, cfg.train, split, loaded.ckpt["meta"], progress=progress)

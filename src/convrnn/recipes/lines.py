@@ -355,14 +355,16 @@ def _read_once(sources: list[tuple[str, Optional[list[Path]]]]) -> list[tuple[st
     return kept
 
 
-def _refuse_page_image(image: str) -> None:
+PAGE_IMAGE_ADVICE = "give the XML file, whose lines are cut from this image, or quote a pattern such as '*.xml'"
+
+
+def _refuse_page_image(image: str, advice: str = PAGE_IMAGE_ADVICE) -> None:
     """Refuse an image that is a page scan with its page XML beside it (as an export lays them out):
     read as one text line, a whole page gives an empty or meaningless text."""
     path = Path(image)
     for xml in (path.with_suffix(".xml"), path.parent / "page" / (path.stem + ".xml")):
         if xml.is_file() and path.suffix.lower() != ".xml":
-            raise DataError(f"{image}: a page image, whose page XML is {xml}; give the XML file, "
-                            f"whose lines are cut from this image, or quote a pattern such as '*.xml'")
+            raise DataError(f"{image}: a page image, whose page XML is {xml}; {advice}")
 
 
 def _warn_page_like(image: str) -> None:
@@ -459,9 +461,15 @@ def run_lines(model, ckpt: dict, inputs: list[str]) -> ModelOutput:
 @click.option("--out", type=click.Path(dir_okay=False), default="ctc.png", show_default=True, help="PNG to write")
 def plot_ctc(run: str, image: str, out: str) -> None:
     """Draw a lines run's per-frame character probabilities for IMAGE, aligned under the image."""
+    from convrnn.files import check_writable
     from convrnn.infer.run import load_run
+    from convrnn.train.rundir import run_files
     from convrnn.viz.ctc_plot import plot_ctc as draw
 
+    if not image.strip():  # an unset shell variable: as a path, the working folder
+        raise DataError(f"{image!r}: an empty path for the line image (an unset shell variable?)")
+    _refuse_page_image(image, "plot ctc draws one line image, not a page")  # its XML names the lines
+    check_writable(out, keep=[image, *run_files(run)])  # the plot must not replace its line or the run's files
     loaded = load_run(run, expect_recipe="lines")
     alphabet = loaded.ckpt["meta"]["alphabet"]
     output = run_lines(loaded.model, loaded.ckpt, [image])  # an ensemble's y: its members' mean frame probabilities

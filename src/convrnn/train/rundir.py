@@ -164,6 +164,16 @@ def check_checkpoint_of_run(ckpt: dict, checkpoint: Path, run: Path) -> None:
                               f"it was copied in from another run: give that run's directory instead")
 
 
+def run_files(run: str | Path) -> list[Path]:
+    """The files a run directory keeps (config, log, metrics, checkpoints), which no output may replace;
+    for a checkpoint file given in place of its run, that file and its run's."""
+    path = Path(run)
+    if path.is_file():
+        return [path] + (run_files(path.parent.parent) if path.parent.name == "checkpoints" else [])
+    names = [path / n for n in ("config.json", "train.log", "metrics.csv")]
+    return names + (sorted((path / "checkpoints").iterdir()) if (path / "checkpoints").is_dir() else [])
+
+
 def new_run_dir(recipe: str, root: str = "runs") -> Path:
     """``runs/<recipe>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that name is taken."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

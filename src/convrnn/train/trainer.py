@@ -398,6 +398,12 @@ class Trainer:
         window_loss, window_n, window_units, window_t = 0.0, 0, 0, 0.0
         shown = _ProgressWindow()  # what the periodic progress line covers
         stop = self._limits_reached()
+        reached = self.stopped_by()
+        if self.pos.step and reached:  # a resume of a run that had ended: say what would let it go on
+            log.warning("the run had already stopped by %s at step %s: nothing to train; raise %s to go on",
+                        STOPPING_LIMITS[reached], f"{self.pos.step:,}",
+                        {"time": "--max-time", "steps": "--max-steps", "epochs": "--epochs"}.get(
+                            reached, "train.early_stopping"))
         while not stop and self.pos.epoch < cfg.epochs:
             epoch, n_batches = self.pos.epoch, self.train_data.num_batches(self.pos.epoch)
             if self.pos.batch_in_epoch == 0:

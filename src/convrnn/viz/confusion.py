@@ -78,7 +78,8 @@ def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str
     from convrnn.files import atomic_write_bytes, check_writable
     from convrnn.viz.html import figure_png
 
-    check_writable(out)  # an unwritable --out fails before the evaluation, not after it
+    from convrnn.train.rundir import run_files
+    check_writable(out, keep=run_files(run))  # an unwritable --out fails before the evaluation, not after it
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,
                                     data_progress=data_progress)
     n = int(counts.sum())

@@ -522,7 +522,9 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, *
                                   f"checkpoints/){hint}")
         raise CheckpointError(f"{run}: expected a run directory (with config.json, metrics.csv, checkpoints/), "
                               "found no such directory")
-    check_writable(Path(out) if out else run_path / "report.html")  # an unwritable --out fails before evaluating
+    from convrnn.train.rundir import run_files
+    # an unwritable --out, or one of the run's own files, fails before evaluating
+    check_writable(Path(out) if out else run_path / "report.html", keep=run_files(run_path))
     loaded = load_run(run_path)  # best.pt, else last.pt; one-line CheckpointError without either
     model, ckpt, recipe, task = loaded.model, loaded.ckpt, loaded.recipe, loaded.task
     has_best = (run_path / "checkpoints" / "best.pt").is_file()
