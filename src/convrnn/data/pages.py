@@ -867,12 +867,23 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
     if n_workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with warnings.catch_warnings(), ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
-            # Python 3.12+ warns when a process with threads forks; the workers run numpy and Pillow
-            # code only and take none of the locks the parent's threads (torch, progress bars) hold
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            for i, lines in zip(todo, pool.map(_extract_job, jobs, chunksize=1)):
-                finish(i, lines)
+        pool = ProcessPoolExecutor(n_workers, mp_context=_pool_context())
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns when a process with threads forks; the workers run numpy and Pillow
+                # code only and take none of the locks the parent's threads (torch, progress bars) hold
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                for i, lines in zip(todo, pool.map(_extract_job, jobs, chunksize=1)):
+                    finish(i, lines)
+        except BaseException:
+            # Ctrl-C (or an error): the workers stop now. Waiting for them to finish the queue, as leaving
+            # the executor's block does, could wait forever on a worker that the same Ctrl-C stopped
+            # mid-task; the pages already cut are cached, the rest are cut on the next run.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for i, job in zip(todo, jobs):
             finish(i, _extract_job(job))
