@@ -91,7 +91,7 @@ def test_cli_eval_and_resume_refuse_data_the_run_was_not_trained_on(tmp_path, ca
     # a refused resume leaves the run as it was: its config still says what the checkpoint holds, so a
     # plain resume goes on
     code, out, err = run_cli(capsys, "train", "fonts", "--resume", str(run), "--height", "24", "--max-steps", "4")
-    assert code == 2 and "height 24 where the checkpoint has 16" in err
+    assert code == 2 and "a resumed run keeps its input height (16, not 24)" in err
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["height"] == 16 and saved["train"]["max_steps"] == 2
     assert [Path(f).name for f in saved["data"]["fonts"]] == [Path(SANS).name, Path(SERIF).name]

@@ -1138,3 +1138,13 @@ def test_cli_eval_refuses_another_unicode_form_than_the_runs(page_run, capsys):
     assert code == 2 and out == "" and err == ("error: --set data.normalize=NFD: this run was trained on texts in "
                                                "Unicode form NFC, and reads in that form; leave the setting out to "
                                                "score it in its own\n")
+
+
+def test_cli_resume_refuses_another_model_or_height_before_cutting_pages(page_run, capsys, tmp_path):
+    """Cutting a real set's pages takes minutes: what a resume cannot continue under is refused first."""
+    run = tmp_path / "run"
+    shutil.copytree(page_run, run)
+    for args, said in ((["--height", "24"], "a resumed run keeps its input height (16, not 24)"),
+                       (["--spec", "conv:4,3x3 pool:2x2 cols lstm:16,bi ctc"], "a resumed run keeps its model")):
+        code, out, err = run_cli(capsys, "train", "lines", "--resume", str(run), *args)
+        assert code == 2 and said in err and "preparing" not in err and err.count("\n") == 1, err

@@ -122,8 +122,27 @@ def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dic
                           f"to continue; start it again with `convrnn train {recorded} --config {saved}` "
                           f"(and delete {resume})")
     cfg = get_recipe(recorded).config(overrides, config_file=str(saved))
+    _check_resume_changes(resume, cfg, get_recipe(recorded).config(None, config_file=str(saved)))
     cfg.run_id = str(recorded_config.get("run_id") or "")  # the run keeps its identity (none for older runs)
     return cfg
+
+
+def _check_resume_changes(resume: str, cfg: RunConfig, was: RunConfig) -> None:
+    """Before any data is read (cutting pages takes minutes): a resume that changes the model or the
+    input height cannot go on from the checkpoint and is refused; one that changes the validation data
+    is warned about, since the best checkpoint is then chosen across two sets of lines."""
+    if cfg.model != was.model:
+        raise CheckpointError(f"--resume {resume}: a resumed run keeps its model; the options give another "
+                              f"({cfg.model.spec or cfg.model.preset} for {was.model.spec or was.model.preset}): "
+                              f"train a new run for it")
+    height = getattr(cfg.data, "height", None)
+    if height != getattr(was.data, "height", None):
+        raise CheckpointError(f"--resume {resume}: a resumed run keeps its input height "
+                              f"({getattr(was.data, 'height', None)}, not {height}): train a new run for another")
+    if getattr(cfg.data, "val", None) != getattr(was.data, "val", None):
+        log.warning("--resume %s: validation now on %s, where the run's best checkpoint was chosen on %s: its "
+                    "best is picked across the two", resume, cfg.data.val or "lines cut from --data",
+                    was.data.val or "lines cut from --data")
 
 
 def _has_checkpoint(run: Path) -> bool:
