@@ -472,6 +472,14 @@ def test_parallel_extraction_matches_one_process(tmp_path):
         assert [x.id for x in a.bad] == [x.id for x in b.bad] == ["l_noarea", "l_outside"]
 
 
+def test_a_cache_variable_naming_a_file_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("CONVRNN_CACHE", str(tmp_path / "file"))
+    write_alto(tmp_path / "pages", "p1")
+    with pytest.raises(ConfigError, match=r"CONVRNN_CACHE=.*file: a file, not a folder"):
+        read_lines(str(tmp_path / "pages"), height=16, workers=1)
+
+
 def test_cache_hits_and_invalidation(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVRNN_CACHE", str(tmp_path / "cache"))
     paths = [write_alto(tmp_path / "d", "p1"), write_alto(tmp_path / "d", "p2")]

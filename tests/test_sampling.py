@@ -223,3 +223,16 @@ def test_stream_decoder_holds_split_characters_and_escapes_invalid():
     assert "".join(pieces) + decoder.flush() == "é€😀\\xffx"
     decoder.feed(b"\xe2\x82")  # incomplete at the end: flushed escaped
     assert decoder.flush() == "\\xe2\\x82"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-1"], "--threads -1: expected 0 (the idle cores) or more"),
+    (["--top-k", "0"], "--top-k 0: expected 1 or more"),
+    (["--top-p", "1.5"], "--top-p 1.5: expected above 0, at most 1"),
+    (["--length", "-2"], "--length -2: expected 0 or more"),
+    (["--num-samples", "0"], "--num-samples 0: expected 1 or more"),
+])
+def test_cli_sample_names_a_bad_option_by_its_flag_before_loading_the_run(tmp_path, capsys, args, message):
+    from helpers import run_cli
+    code, out, err = run_cli(capsys, "sample", str(tmp_path / "no-run"), *args)
+    assert code == 2 and out == "" and err == f"error: {message}\n"

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-from convrnn.errors import WriteError
+from convrnn.errors import ConfigError, WriteError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -154,5 +154,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def cache_dir(name: str) -> Path:
     """Where convrnn caches ``name`` (rendered fonts, cut page lines): ``$CONVRNN_CACHE/name`` when the
     variable is set, else ``~/.cache/convrnn/name``."""
-    root = os.environ.get("CONVRNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
+    given = os.environ.get("CONVRNN_CACHE")
+    root = given or os.path.join(os.path.expanduser("~"), ".cache", "convrnn")
+    if given and os.path.exists(given) and not os.path.isdir(given):  # every cache write would fail unseen
+        raise ConfigError(f"CONVRNN_CACHE={given}: a file, not a folder; point it at a folder (made if missing)")
     return Path(root) / name

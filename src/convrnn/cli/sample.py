@@ -65,6 +65,15 @@ def register(cli: click.Group) -> None:
         from convrnn.train.threads import apply_threads
         from convrnn.train.trainer import resolve_device
 
+        # the options' own names in the message, before the run is loaded (the library names its arguments)
+        for flag, value, ok, wanted in (("--length", length, length >= 0, "0 or more"),
+                                        ("--num-samples", num_samples, num_samples >= 1, "1 or more"),
+                                        ("--top-k", top_k, top_k is None or top_k >= 1, "1 or more"),
+                                        ("--top-p", top_p, top_p is None or 0.0 < top_p <= 1.0, "above 0, at most 1"),
+                                        ("--temperature", temperature, 0 <= temperature < float("inf"), "0 or more"),
+                                        ("--threads", threads, threads >= 0, "0 (the idle cores) or more")):
+            if not ok:
+                raise ConfigError(f"{flag} {value}: expected {wanted}")
         if raw_bytes and sys.stdout.isatty():
             raise ConfigError("--raw-bytes writes bytes that may not be valid UTF-8; refusing to send them to a "
                               "terminal (redirect stdout to a file or pipe)")

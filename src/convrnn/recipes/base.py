@@ -172,9 +172,8 @@ class Recipe:
         parse(preset.spec)  # and a field value the spec cannot take
         if preset.task not in self.fitting_tasks():
             fitting = [n for n in list_models() if get_preset(n).task in self.fitting_tasks()]
-            raise ConfigError(f"preset {cfg.model.preset!r} is a model for {preset.task!r} outputs "
-                              f"({preset.description}), which the {self.name} recipe does not train; its presets: "
-                              f"{', '.join(fitting)} (`convrnn models` lists them all)")
+            raise ConfigError(f"preset {cfg.model.preset!r} ({preset.description}) is not a model the {self.name} "
+                              f"recipe trains; its presets: {', '.join(fitting)} (`convrnn models` lists them all)")
 
     def build_model(self, cfg: RunConfig, bundle: DataBundle):
         """The model a run trains: the explicit spec, or the preset filled for the data (its input

@@ -67,7 +67,7 @@ def split_preset(name: str) -> tuple[str, dict[str, Any]]:
 def _lookup(name: str) -> PresetFn:
     name = split_preset(name)[0]
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.4)
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.6)  # lower names unrelated models
         hint = f"did you mean: {', '.join(close)}?" if close else f"known models: {', '.join(list_models())}"
         raise ConfigError(f"unknown model {name!r}; {hint}")
     return _MODELS[name]
