@@ -278,3 +278,15 @@ def test_characters_named_when_the_data_is_read_are_not_named_again_at_validatio
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == "validation texts use 1 character that no training text has ('\u2602'): they count as errors"
     assert len(said) == 2 and "'\u2601' x1" in said[1]
+
+
+def test_a_language_model_fits_one_long_line_in_linear_time(monkeypatch):
+    """A corpus without line breaks is one text: each character's context is cut from its last n - 1
+    characters, never from a copy of all before it (quadratic: a megabyte took minutes)."""
+    text = "the quick brown fox jumps over the lazy dog " * 200
+    seen = []
+    context = CharNgramLM._context
+    monkeypatch.setattr(CharNgramLM, "_context", lambda self, prev: seen.append(len(prev)) or context(self, prev))
+    lm = CharNgramLM(3).fit([text])
+    assert max(seen) == 2 and len(seen) == len(text)
+    assert lm.counts["th"]["e"] == 400 and lm.counts[CharNgramLM.START * 2]["t"] == 1

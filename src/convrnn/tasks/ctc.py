@@ -118,13 +118,14 @@ class CharNgramLM:
 
     def _context(self, prev_chars: str) -> str:
         n = self.order - 1
-        return (self.START * n + prev_chars)[-n:] if n else ""
+        return (self.START * n + prev_chars[-n:])[-n:] if n else ""  # sliced first: a long text is not copied
 
     def fit(self, texts: Iterable[str]) -> "CharNgramLM":
         for text in texts:
             self.vocab.update(text)
+            n = self.order - 1
             for i, ch in enumerate(text):
-                ctx = self._context(text[:i])
+                ctx = self._context(text[max(0, i - n):i])  # the last n characters, not the whole prefix
                 self.counts[ctx][ch] += 1
                 self.context_totals[ctx] += 1
         return self
