@@ -1,5 +1,6 @@
 """The charlm recipe end to end: streams, carried state, exact resume, sampling, byte mode, CLI."""
 # B batch, T time steps, V vocabulary
+import logging
 import math
 
 import numpy as np
@@ -256,6 +257,15 @@ def test_a_validation_part_of_unknown_characters_is_refused_naming_the_text(trai
     text.write_text(TEXT + "".join(chr(0x400 + i) for i in range(len(TEXT) // 5)), encoding="utf-8")
     with pytest.raises(DataError, match=r"ends.txt: its validation part .* not in the vocabulary, which leaves 0"):
         get_recipe("charlm").make_data(CharLMDataConfig(path=str(text), seq_len=8), TrainConfig(batch_size=4))
+
+
+def test_validation_characters_the_training_part_lacks_are_named_as_such(tmp_path, caplog):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 3 + "Ω", encoding="utf-8")  # one character at the very end
+    with caplog.at_level(logging.WARNING):
+        get_recipe("charlm").make_data(CharLMDataConfig(path=str(text), seq_len=8), TrainConfig(batch_size=4))
+    assert (f"{text}: 1 character(s) of its validation part (the last 10%) never occur in the training part, so "
+            f"the model has no symbol for them; they are left out of the validation score: 'Ω' x1") in caplog.text
 
 
 def test_the_embedded_text_says_that_it_stands_in(corpus, caplog):

@@ -79,8 +79,12 @@ def encode_val(vocab: Vocab, val_text, cfg: CharLMDataConfig):
                         f"{len(val_text):,} {unit}, {unknown:,} of them not in the vocabulary, which leaves "
                         f"{len(ids)} to score; at least 2 are needed: give a longer text, or a text whose end "
                         f"uses the characters of the rest")
-    if vocab.last_unknown:
-        log.warning("%s", vocab.unknown_note())
+    if vocab.last_unknown:  # said in the data's terms: the note alone reads as a fault of the text
+        listing = ", ".join(f"{c!r} x{n}" for c, n in list(vocab.last_unknown.items())[:10])
+        log.warning("%s: %s character(s) of its validation part (the last %.0f%%) never occur in the training "
+                    "part, so the model has no symbol for them; they are left out of the validation score: %s%s",
+                    "the embedded text" if not cfg.path else cfg.path, f"{sum(vocab.last_unknown.values()):,}",
+                    100 * cfg.val_fraction, listing, ", ..." if len(vocab.last_unknown) > 10 else "")
     return ids
 
 
