@@ -383,3 +383,11 @@ def test_ctc_plot_refuses_an_empty_path_and_a_page_image(lines_run, tmp_path, ca
     code, out, err = run_cli(capsys, "plot", "ctc", str(lines_run), str(tmp_path / "scan.png"))
     assert code == 2 and "a page image, whose page XML is" in one_line(err) and "plot ctc draws one line" in err
     assert not (tmp_path / "ctc.png").exists()
+
+
+def test_plot_outputs_are_png_files_by_name(lines_run, tmp_path, capsys):
+    for out, said in ((tmp_path / "c.jpg", "this command writes a PNG image; give a name ending in .png"),
+                      (f"{tmp_path / 'plots'}/", "cannot write, a folder name (it ends with /); give a file name")):
+        code, stdout, err = run_cli(capsys, "plot", "curves", str(lines_run), "--out", str(out))
+        assert code == 2 and one_line(err) == f"error: {out}: {said}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -236,3 +236,22 @@ def test_cli_sample_names_a_bad_option_by_its_flag_before_loading_the_run(tmp_pa
     from helpers import run_cli
     code, out, err = run_cli(capsys, "sample", str(tmp_path / "no-run"), *args)
     assert code == 2 and out == "" and err == f"error: {message}\n"
+
+
+def test_generated_control_characters_reach_a_terminal_as_escapes(monkeypatch):
+    """A model can generate an escape sequence; on a terminal it is shown, not obeyed. A pipe or file
+    gets the text unchanged."""
+    import io
+    import sys
+
+    from convrnn.cli.sample import _writer
+
+    class Screen(io.StringIO):
+        def isatty(self):
+            return True
+
+    text = "a\x1b[2Jb\tc\nd\x07\x9b"
+    for stream, expected in ((Screen(), "a\\x1b[2Jb\tc\nd\\x07\\x9b"), (io.StringIO(), text)):
+        monkeypatch.setattr(sys, "stdout", stream)
+        _writer(False)(text)
+        assert stream.getvalue() == expected

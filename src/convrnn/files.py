@@ -67,15 +67,18 @@ def write_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def check_writable(path: str | os.PathLike, *, keep: Iterable[str | os.PathLike] = ()) -> None:
+def check_writable(path: str | os.PathLike, *, keep: Iterable[str | os.PathLike] = (), png: bool = False) -> None:
     """Refuse an output file that cannot be written, before the work that makes its content.
 
     :func:`write_target` refuses a folder, FIFO, device or socket at ``path``; this also refuses a
     ``path`` whose folder cannot be made (a part of it is a regular file) or cannot be written in
-    (read-only, no permission), and one that is a file of ``keep`` (the command's inputs, a run's own
-    files: written over, they would be lost), naming it in one :class:`WriteError`. Nothing is created:
-    the folder is made when the file is written. Every command that writes a file calls it before its work.
+    (read-only, no permission), a name ending in ``/``, one not named .png when ``png`` (what is
+    written), and a file of ``keep`` (the command's inputs, a run's own files: written over, they would
+    be lost), naming it in one :class:`WriteError`. Nothing is created: the folder is made when the file
+    is written. Every command that writes a file calls it before its work.
     """
+    if str(path).endswith(("/", os.sep)):  # a folder's name: written as a file, it would take that name
+        raise WriteError(f"{path}: cannot write, a folder name (it ends with /); give a file name")
     target = write_target(path)
     if target.exists():
         for kept in keep:
@@ -83,6 +86,8 @@ def check_writable(path: str | os.PathLike, *, keep: Iterable[str | os.PathLike]
                 same = "" if str(kept) == str(path) else f"the same file as {kept}, "
                 raise WriteError(f"{path}: {same}a file this command reads; refusing to write over it, give "
                                  f"another file name")
+    if png and Path(path).suffix.lower() not in ("", ".png"):  # PNG bytes under another name mislead viewers
+        raise WriteError(f"{path}: this command writes a PNG image; give a name ending in .png")
     folder = target.parent
     while not os.path.lexists(folder) and folder != folder.parent:  # the deepest part that exists
         folder = folder.parent

@@ -25,8 +25,13 @@ def _writer(raw: bool):
             out.flush()
         return write_raw
 
+    shown = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
+    on_screen = sys.stdout.isatty()
+
     def write_text(piece: str) -> None:
-        sys.stdout.write(piece)
+        # on a terminal, control characters a model generates (an escape sequence would move the cursor,
+        # change colours or retitle the window) are shown as \xNN; a file or pipe gets the text as is
+        sys.stdout.write(piece.translate(shown) if on_screen else piece)
         sys.stdout.flush()
     return write_text
 

@@ -351,7 +351,8 @@ def _read_once(sources: list[tuple[str, Optional[list[Path]]]]) -> list[tuple[st
         kept.append((inp, xmls))
     if again:
         log.warning("%d page%s given more than once, read once: %s", len(again), "s" if len(again) > 1 else "",
-                    "; ".join(str(p) + (f" (also {first})" if str(p) != str(first) else "") for p, first in again[:3]) + ("; ..." if len(again) > 3 else ""))
+                    "; ".join(str(p) + (f" (also {first})" if str(p) != str(first) else "") for p, first in again[:3])
+                    + ("; ..." if len(again) > 3 else ""))
     return kept
 
 
@@ -469,7 +470,7 @@ def plot_ctc(run: str, image: str, out: str) -> None:
     if not image.strip():  # an unset shell variable: as a path, the working folder
         raise DataError(f"{image!r}: an empty path for the line image (an unset shell variable?)")
     _refuse_page_image(image, "plot ctc draws one line image, not a page")  # its XML names the lines
-    check_writable(out, keep=[image, *run_files(run)])  # the plot must not replace its line or the run's files
+    check_writable(out, keep=[image, *run_files(run)], png=True)  # never over its line or the run's files
     loaded = load_run(run, expect_recipe="lines")
     alphabet = loaded.ckpt["meta"]["alphabet"]
     output = run_lines(loaded.model, loaded.ckpt, [image])  # an ensemble's y: its members' mean frame probabilities

@@ -79,7 +79,7 @@ def plot_confusion(run: str | os.PathLike, out: str | os.PathLike, *, split: str
     from convrnn.viz.html import figure_png
 
     from convrnn.train.rundir import run_files
-    check_writable(out, keep=run_files(run))  # an unwritable --out fails before the evaluation, not after it
+    check_writable(out, keep=run_files(run), png=True)  # an unwritable --out fails before the evaluation, not after it
     counts, classes = run_confusion(run, split=split, max_batches=max_batches, progress=progress,
                                     data_progress=data_progress)
     n = int(counts.sum())

@@ -39,7 +39,7 @@ def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    check_writable(out_png)  # an unwritable ``out_png`` fails before any drawing
+    check_writable(out_png, png=True)  # an unwritable ``out_png`` fails before any drawing
     if probs.ndim != 2 or probs.shape[1] != len(alphabet) + 1:
         raise ValueError(f"expected probabilities (T, {len(alphabet) + 1}) for {len(alphabet)} characters "
                          f"+ blank, got shape {probs.shape}")

@@ -97,7 +97,8 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
-    check_writable(out, keep=[f for r in runs for f in run_files(r)])  # an unwritable --out fails before any run is read
+    # an unwritable --out, or one of the runs' own files, fails before any run is read
+    check_writable(out, keep=[f for r in runs for f in run_files(r)], png=True)
     rows_by_run = [_metrics_rows(r) for r in runs]
     names = list(metrics) if metrics else default_curve_metrics(rows_by_run)
     logged = sorted({r["metric"] for rows in rows_by_run for r in rows})
@@ -199,7 +200,7 @@ def plot_filters(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, p
     """
     if not runs:
         raise DataError("expected at least one run to plot, got none")
-    check_writable(out, keep=[f for r in runs for f in run_files(r)])  # fails before any checkpoint is loaded
+    check_writable(out, keep=[f for r in runs for f in run_files(r)], png=True)  # fails before any checkpoint is loaded
     weights = [first_conv_weights(r) for r in runs]
     fig = filters_figure(weights, [run_label(r) for r in runs], per_kernel_scale=per_kernel_scale)
     return FilterPlot(save_figure(fig, out), [w.shape[0] * w.shape[1] for w in weights])
