@@ -192,6 +192,31 @@ def test_run_passes_lengths_and_state():
         build_model("cols lstm:4 cls:last", (1, 8, None), 3)(torch.randn(2, 2, 8, 5))
 
 
+def test_run_refuses_bad_inputs_with_one_message_naming_what_is_wrong():
+    images = build_model("conv:4,3x3 pool:2x2 cols lstm:4,bi ctc", (1, 8, None), 5).eval()
+    x = torch.rand(2, 1, 8, 20)
+    for lengths, message in [(torch.tensor([0, 20]), r"lengths must lie in \[1, 20\] \(the input's width W\), got \[0, 20\]"),
+                             (torch.tensor([21, 20]), r"got \[21, 20\]"),
+                             (torch.tensor([20, 20, 20]), r"one entry per batch row \(2\)"),
+                             (torch.tensor([20.0, 10.0]), "must be integers")]:
+        with pytest.raises(ValueError, match=message):
+            images.run(x, lengths)
+    assert images.run(x, [20, 10]).lengths.tolist() == [10, 5]  # a list is taken as int64 lengths
+    for bad, message in [(x.double(), "expected a torch.float32 input .* got torch.float64"),
+                         ((x * 255).to(torch.uint8), "floating-point input .* got torch.uint8"),
+                         (torch.rand(2, 1, 8, 1), r"input of shape \(2, 1, 8, 1\) is too small for layer 'pool:2x2'")]:
+        with pytest.raises(ValueError, match=message):
+            images(bad)
+    with pytest.raises(TypeError, match="torch.Tensor input, got numpy.ndarray"):
+        images(x.numpy())
+    tokens = build_model("embed:8 lstm:6 lm", (None,), 11)
+    for bad, message in [(torch.tensor([[1, 11]]), "token id 11 is outside this model's vocabulary of 11"),
+                         (torch.tensor([[-1, 2]]), "token id -1"),
+                         (torch.tensor([[1.0, 2.0]]), "integer token ids")]:
+        with pytest.raises(ValueError, match=message):
+            tokens(bad)
+
+
 def test_lengths_flow_through_conv_pool_cols_to_the_head():
     model = build_model("conv:3,3x3,s=1x2 pool:2x2 cols lstm:4 cls:mean", (1, 8, None), 3).eval()
     x = torch.randn(2, 1, 8, 40)

@@ -245,6 +245,19 @@ def _kind_hint(kind: str, accepts: tuple[str, ...]) -> str:
     return ""
 
 
+def _tracing() -> bool:
+    """Whether the model is being compiled, traced or exported: value checks would break the graph."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _vocabulary(layer: nn.Module) -> Optional[int]:
+    if isinstance(layer, Embedding):
+        return layer.embedding.num_embeddings
+    if isinstance(layer, OneHot):
+        return layer.num_classes
+    return None
+
+
 def _check_input_shape(input_shape: Sequence) -> tuple:
     shape = tuple(None if s is None else int(s) for s in input_shape)
     if len(shape) not in (1, 3, 4) or any(s is not None and s < 1 for s in shape):
@@ -307,11 +320,66 @@ class SpecModel(nn.Module):
         return {"spec": self.spec, "input_shape": list(self.input_shape), "num_outputs": self.num_outputs}
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__module__}.{type(x).__name__}"
+                            + ("; convert it with torch.from_numpy(...).float()" if hasattr(x, "__array__") else ""))
         expected = self.input_shape
         actual = tuple(x.shape[1:])
         if len(actual) != len(expected) or any(e is not None and e != a for e, a in zip(expected, actual)):
             shown = tuple("?" if e is None else e for e in expected)
             raise ValueError(f"expected input of shape (B, {', '.join(map(str, shown))}), got {tuple(x.shape)}")
+        if len(expected) == 1:  # token ids
+            if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                raise ValueError(f"expected integer token ids (int64), got {x.dtype}")
+            vocab = _vocabulary(self.layers[0])
+            if vocab is not None and x.numel() and x.device.type == "cpu" and not _tracing():
+                low, high = int(x.min()), int(x.max())
+                if low < 0 or high >= vocab:
+                    bad = low if low < 0 else high
+                    raise ValueError(f"token id {bad} is outside this model's vocabulary of {vocab} (ids 0 to {vocab - 1})")
+            return
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point input (float32, like the model's weights), got {x.dtype}; "
+                             "convert it with .float() (and scale it the way the training data was)")
+        weight = next(self.parameters(), None)
+        if (weight is not None and weight.is_floating_point() and x.dtype != weight.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(f"expected a {weight.dtype} input (the dtype of the model's weights), got {x.dtype}; "
+                             f"convert it with .to({weight.dtype})")
+
+    def _check_lengths(self, x: torch.Tensor, lengths) -> Optional[torch.Tensor]:
+        """``lengths`` as an int64 tensor, one per batch row, each within the input's time axis (width W
+        of an image, T otherwise); a list or tuple is taken too."""
+        if lengths is None:
+            return None
+        if not isinstance(lengths, torch.Tensor):
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"lengths must be a 1-D tensor of integers, got {type(lengths).__name__}") from None
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be integers (int64), got {lengths.dtype}")
+        if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+            raise ValueError(f"lengths must have one entry per batch row ({x.shape[0]}), got shape {tuple(lengths.shape)}")
+        axis = 3 if x.dim() == 4 else 1
+        if lengths.numel() and not _tracing():
+            steps = x.shape[axis]
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 1 or high > steps:
+                what = "width W" if axis == 3 else "length T"
+                raise ValueError(f"lengths must lie in [1, {steps}] (the input's {what}), got {lengths.tolist()}")
+        return lengths.long()
+
+    def _size_problem(self, shape: tuple) -> Optional[str]:
+        """Why an input of ``shape`` is too small for some layer, or None: walks the layers' shape rules
+        with the concrete sizes (only after a layer has failed, so it costs nothing on the normal path)."""
+        given = shape
+        for name, layer in zip(self.names, self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ValueError as err:
+                return f"an input of shape {given} is too small for layer {name!r} of this model: {err}"
+        return None
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
             state: Optional[list] = None, *, need_state: bool = True) -> ModelOutput:
@@ -323,20 +391,28 @@ class SpecModel(nn.Module):
         last step (its entries may then be None), which is faster on the CPU for unequal lengths.
         """
         self._check_input(x)
+        lengths = self._check_lengths(x, lengths)
         if state is not None and len(state) != self.num_stateful:
             raise ValueError(f"expected a state list with {self.num_stateful} entries (one per stateful layer), "
                              f"got {len(state)}")
         states_in = list(state) if state is not None else [None] * self.num_stateful
         states_out = []
-        for layer in self.layers:
-            if layer.stateful:
-                x, layer_state = layer(x, lengths, states_in[len(states_out)], need_state=need_state)
-                states_out.append(layer_state)
-            elif layer.uses_lengths:
-                x = layer(x, lengths)
-            else:
-                x = layer(x)
-            lengths = layer.output_lengths(lengths)
+        input_shape = tuple(x.shape)
+        try:
+            for layer in self.layers:
+                if layer.stateful:
+                    x, layer_state = layer(x, lengths, states_in[len(states_out)], need_state=need_state)
+                    states_out.append(layer_state)
+                elif layer.uses_lengths:
+                    x = layer(x, lengths)
+                else:
+                    x = layer(x)
+                lengths = layer.output_lengths(lengths)
+        except RuntimeError:
+            problem = None if _tracing() else self._size_problem(input_shape)
+            if problem is None:
+                raise
+            raise ValueError(problem) from None
         return ModelOutput(x, lengths, states_out)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
