@@ -77,6 +77,15 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     assert not os.path.exists(marker)
 
 
+def test_a_whole_pickled_model_is_refused_naming_its_class_not_torchs_advice(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # the whole module, not a state dict
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "GLOBAL torch.nn.modules.linear.Linear" in message and "weights_only" not in message
+
+
 def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"step": 1})

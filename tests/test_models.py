@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from convrnn.errors import ConfigError
+from convrnn.errors import ConfigError, SpecError
 from convrnn.spec.presets import Preset, create_model, get_preset, list_models, preset_fields, register_model, split_preset
 from convrnn.spec import parse
 
@@ -66,6 +66,20 @@ def test_unknown_model_and_field_are_config_errors():
     with pytest.raises(ConfigError, match="given twice"):
         get_preset("fonts", num_classes=3, num_outputs=4)
     assert "hidden_size" in preset_fields("fwtk")
+
+
+def test_keyword_overrides_are_read_by_their_declared_types_not_pasted_into_the_spec():
+    for overrides, message in [({"hidden_size": "x"}, "hidden_size: expected int, got 'x'"),
+                               ({"hidden_size": 96.7}, "expected int, got 96.7"),
+                               ({"filters": -3}, "must not be negative"),
+                               ({"dropout": "0.2,layers=9"}, "expected float")]:
+        with pytest.raises(ConfigError, match=message):
+            create_model("crnn", **overrides)
+    with pytest.raises(ConfigError, match="not a single word"):
+        get_preset("fonts", pool="mean lstm:9")
+    with pytest.raises(SpecError, match="num_outputs must be a positive integer"):
+        create_model("crnn", num_outputs=0)
+    assert "lstm:96," in create_model("crnn", hidden_size=96).spec
 
 
 def test_a_preset_name_can_set_its_fields():

@@ -197,3 +197,29 @@ def test_resume_refusal_names_what_a_checkpoint_cannot_continue_under():
     limits = {"train": {**now["train"], "epochs": 9, "max_steps": 0, "max_time": 60.0}}
     assert resume_refusal(saved, limits, epoch=0, batch_in_epoch=4) == ""
     assert resume_refusal(None, now, epoch=0, batch_in_epoch=4) == ""  # a checkpoint without its config
+
+
+def test_trainer_refuses_parts_that_would_fail_later_and_its_checkpoints_rebuild_alone(tmp_path):
+    from helpers import toy_batches, toy_classification
+    from convrnn.errors import CheckpointError
+    from convrnn.infer.run import load_model, load_run
+
+    x, y = toy_classification()
+    x = x.reshape(len(x), 1, 2, 3)  # six features as a 2x3 image
+    batches = toy_batches(x, y)
+    model = build_model("cols lstm:8 cls:last", (1, 2, 3), 3)
+    config = TrainConfig(epochs=1, batch_size=16)
+    with pytest.raises(ConfigError, match="gives 3 outputs per input where the classify task needs 2"):
+        Trainer(model, ClassifyTask(["a", "b"]), batches, None, config)
+    with pytest.raises(TypeError, match="a model with run"):
+        Trainer(torch.nn.Linear(2, 2), ClassifyTask(["a", "b", "c"]), batches, None, config)
+    with pytest.raises(TypeError, match="train batches must be a convrnn BatchSource"):
+        Trainer(model, ClassifyTask(["a", "b", "c"]), [{"x": x, "y": y}], None, config)
+    with pytest.raises(TypeError, match="must be a convrnn.train.config.TrainConfig"):
+        Trainer(model, ClassifyTask(["a", "b", "c"]), batches, None, {"epochs": 1})
+    # a path is taken as the run directory; the spec model's own description goes into every checkpoint
+    Trainer(model, ClassifyTask(["a", "b", "c"]), batches, None, config, run_dir=tmp_path / "run").fit()
+    again, _ = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    torch.testing.assert_close(again(torch.from_numpy(x[:4])), model.eval()(torch.from_numpy(x[:4])))
+    with pytest.raises(CheckpointError, match="names no recipe.*load_model"):
+        load_run(tmp_path / "run" / "checkpoints" / "last.pt")

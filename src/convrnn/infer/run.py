@@ -45,6 +45,11 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
     ckpt = load_checkpoint(file, map_location=map_location)
     if file.absolute().parent.name == "checkpoints":
         check_checkpoint_of_run(ckpt, file, file.absolute().parent.parent)
+    missing = [key for key in ("spec", "input_shape", "model") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{file}: the checkpoint has no {' or '.join(missing)}, so no model can be built from "
+                              f"it (a Trainer given a model that is not a spec model stores none: pass "
+                              f"checkpoint_meta={{'spec': ..., 'input_shape': ..., 'num_outputs': ...}})")
     if ckpt.get("ensemble"):  # K members of the spec, combined (convrnn.infer.views)
         from convrnn.infer.views import EnsembleModel
         ens = ckpt["ensemble"]
@@ -52,7 +57,12 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu"):
                               int(ens["members"]), str(ens["combine"]))
     else:
         model = build_model(ckpt["spec"], tuple(ckpt["input_shape"]), ckpt.get("num_outputs"))
-    model.load_state_dict(ckpt["model"])  # copies into the parameters where they are (the CPU)...
+    try:
+        model.load_state_dict(ckpt["model"])  # copies into the parameters where they are (the CPU)...
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise CheckpointError(f"{file}: the checkpoint's weights do not fit its model {ckpt['spec']!r} "
+                              f"({first[:200]})") from None
     model.to(map_location).eval()          # ...so the model goes where its checkpoint was mapped
     return model, ckpt
 
@@ -63,6 +73,10 @@ def load_run(run: str | Path, *, expect_recipe: Optional[str] = None, device: st
     path = resolve_checkpoint(run).absolute()
     model, ckpt = load_model(path, map_location=device)
     name = ckpt.get("recipe", "")
+    if not name:
+        raise CheckpointError(f"{run}: this checkpoint names no recipe (a Trainer used from Python wrote it), so it "
+                              f"has no data reader or task to go with it; load its model with "
+                              f"convrnn.infer.run.load_model")
     if expect_recipe and name != expect_recipe:
         raise CheckpointError(f"{run}: this checkpoint is of recipe {name!r}, not {expect_recipe!r}")
     recipe = get_recipe(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -305,6 +306,10 @@ class SpecModel(nn.Module):
 
     def __init__(self, spec: str, input_shape: Sequence, num_outputs: Optional[int] = None):
         super().__init__()
+        if num_outputs is not None:
+            if isinstance(num_outputs, bool) or not isinstance(num_outputs, numbers.Integral) or num_outputs < 1:
+                raise SpecError(f"num_outputs must be a positive integer (or None), got {num_outputs!r}")
+            num_outputs = int(num_outputs)
         self.spec, self.input_shape, self.num_outputs = spec, _check_input_shape(input_shape), num_outputs
         layers, self.names, shapes = _build_layers(spec, self.input_shape, num_outputs)
         self.layers = nn.ModuleList(layers)
@@ -460,8 +465,9 @@ class Summary:
             lines.append("  ".join(cells).rstrip())
         parts = " + ".join(f"{name} {_bytes_text(size)}" for name, size in self.memory.items())
         lines.append(f"params: {self.params:,} (trainable {self.trainable_params:,})")
-        lines.append(f"training memory, batch {self.batch_size} (unknown sizes taken as {self.seq_len}): "
-                     f"~{_bytes_text(self.memory_bytes)} = {parts}")
+        variable = any(size is None for size in self.input_shape)
+        taken = f" (unknown sizes taken as {self.seq_len})" if variable else ""
+        lines.append(f"training memory, batch {self.batch_size}{taken}: ~{_bytes_text(self.memory_bytes)} = {parts}")
         return "\n".join(lines)
 
 

@@ -78,6 +78,17 @@ def preset_fields(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in inspect.signature(_lookup(name)).parameters.items()}
 
 
+def _field_value(key: str, raw: Any, typ: Any) -> Any:
+    """A preset field's value read by its declared type; text may not hold what separates spec tokens
+    or their arguments (a value is written into the spec)."""
+    value = parse_value(key, raw, typ)
+    if isinstance(value, str) and (not value or any(c.isspace() or c in ",:=" for c in value)):
+        raise ConfigError(f"{key}: {value!r} is not a single word (a preset field is written into the spec)")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{key}: must not be negative, got {value}")
+    return value
+
+
 def get_preset(name: str, **overrides: Any) -> Preset:
     """Fill preset ``name`` with ``overrides`` (unknown fields are a ConfigError listing the known ones).
 
@@ -90,20 +101,23 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     fields = preset_fields(base)
     spec = overrides.pop("spec", None)  # replaces the whole spec; the other fields still apply
     resolved: dict[str, Any] = {}
+    hints = typing.get_type_hints(fn)
     for key, value in overrides.items():
         field = _ALIASES.get(key, key)
         if field not in fields:
             raise ConfigError(f"model {base!r} has no field {key!r}; known: {', '.join(fields)}")
         if field in resolved:
             raise ConfigError(f"model {base!r}: {field!r} given twice (as {key!r} and an alias)")
-        resolved[field] = value
-    hints = typing.get_type_hints(fn) if named else {}
+        # read by the field's declared type, as the name's fields are: 96.7 for an int, or text for a
+        # number, would otherwise be pasted into the spec as is
+        resolved[field] = value if field == "input_shape" else \
+            _field_value(f"model {base!r}: {key}", value, hints.get(field, str))
     for key, value in named.items():
         field = _ALIASES.get(key, key)
         if field not in fields or field == "input_shape":
             known = ", ".join(f for f in fields if f != "input_shape")
             raise ConfigError(f"preset {name!r}: model {base!r} has no field {key!r} to set here; known: {known}")
-        resolved[field] = parse_value(f"preset {name!r}: {key}", value, hints.get(field, str))
+        resolved[field] = _field_value(f"preset {name!r}: {key}", value, hints.get(field, str))
     if "input_shape" in resolved:
         resolved["input_shape"] = tuple(resolved["input_shape"])
     try:

@@ -165,9 +165,15 @@ FOREIGN_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
 def _unpickling_reason(e: Exception) -> str:
     """The line of torch's weights-only refusal that names what was refused ("Trying to load unsupported
     GLOBAL posix.system ...", "Unsupported operand 80"), not its paragraph of advice about weights_only."""
-    advice = ("weights only load failed", "please file an issue", "check the documentation", "weightsunpickler error")
+    advice = ("weights only load failed", "please file an issue", "check the documentation", "(1)", "(2)",
+              "in pytorch 2.6")
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    reason = next((line for line in lines if not line.lower().startswith(advice)), lines[0] if lines else "")
+    marked = next((line for line in lines if "weightsunpickler error:" in line.lower()), None)
+    if marked is not None:  # "WeightsUnpickler error: Unsupported global: GLOBAL x.Y was not ... Please use ..."
+        reason = marked[marked.lower().index("weightsunpickler error:") + len("weightsunpickler error:"):].strip()
+        reason = reason.split(". Please use")[0].split(". ")[0]
+    else:
+        reason = next((line for line in lines if not line.lower().startswith(advice)), "")
     return reason[:200] or "unsupported content"
 
 

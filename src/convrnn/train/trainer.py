@@ -219,6 +219,25 @@ class Position:
         return self.epoch if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch + 1
 
 
+def _check_parts(model, task, train, val) -> None:
+    """Refuse, before anything is set up, parts that would only fail (or silently mis-score) later: a
+    model without ``run``, batches that are not a BatchSource, a model whose outputs the task cannot score."""
+    if not callable(getattr(model, "run", None)):
+        raise TypeError(f"Trainer needs a model with run(x, lengths, state) returning a ModelOutput, as "
+                        f"convrnn.spec.build_model gives; got {type(model).__name__}")
+    for name, source in (("train", train), ("val", val)):
+        if source is not None and not (callable(getattr(source, "batches", None))
+                                       and callable(getattr(source, "num_batches", None))):
+            raise TypeError(f"Trainer's {name} batches must be a convrnn BatchSource (num_batches(epoch), "
+                            f"batches(epoch, start)), e.g. convrnn.data.batching.IndexedBatches; got "
+                            f"{type(source).__name__}")
+    shape = getattr(model, "output_shape", None)
+    if shape is not None and hasattr(task, "output_problem"):
+        problem = task.output_problem(tuple(shape))
+        if problem:
+            raise ConfigError(f"the model does not fit the {task.name} task: {problem}")
+
+
 class Trainer:
     """Trains ``model`` on ``task`` with ``train`` batches, validating on ``val``.
 
@@ -231,7 +250,13 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, task: Task, train: BatchSource, val: Optional[BatchSource],
                  config: TrainConfig, *, run_dir: Optional[RunDir] = None,
                  checkpoint_meta: Optional[dict] = None, callbacks: Iterable[Any] = ()):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer's config must be a convrnn.train.config.TrainConfig (TrainConfig(**fields) "
+                            f"from a dict), got {type(config).__name__}")
         check_fields(config, "train")
+        _check_parts(model, task, train, val)
+        if run_dir is not None and not isinstance(run_dir, RunDir):
+            run_dir = RunDir(Path(run_dir))  # a path: the run directory to write
         self.cfg = config
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
@@ -243,6 +268,9 @@ class Trainer:
         self.task, self.train_data, self.val_data = task, train, val
         self.run_dir = run_dir
         self.meta = dict(checkpoint_meta or {})
+        if hasattr(model, "config") and hasattr(model, "spec"):  # a spec model rebuilds itself from these
+            for key, value in model.config().items():
+                self.meta.setdefault(key, value)
         self.callbacks = list(callbacks)
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
         # mixed precision: autocast in the training forward pass; fp16 also scales the loss
