@@ -123,6 +123,16 @@ def test_predict_reads_a_wide_line_and_a_small_crop(tiny_run, capsys, tmp_path):
         assert name in CLASSES and 1 / len(CLASSES) <= float(prob) <= 1.0
 
 
+def test_predict_from_python_takes_one_path_as_a_string_and_refuses_none(tiny_run, tmp_path):
+    from convrnn.errors import DataError
+    from convrnn.infer.run import predict
+
+    line = draw_line(tmp_path / "line.png", (40, 300), 16)
+    assert predict(str(tiny_run), line) == predict(str(tiny_run), [line])  # not read letter by letter
+    with pytest.raises(DataError, match="no inputs given"):
+        predict(str(tiny_run), [])
+
+
 def test_windows_of_several_images_give_the_same_answer_in_small_model_calls(tiny_run, tmp_path, monkeypatch):
     from convrnn.recipes import fonts as recipe_module
     from convrnn.infer.run import load_run

@@ -172,7 +172,13 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[
     """The recipe's output lines for ``inputs`` (image files, page XML...), read by the run's model
     (with ``shifts`` views, as ``evaluate_run``); ``progress(done, total)`` as a recipe that reports
     progress (the lines recipe) reads them. An empty input (an unset shell variable) is refused: as a
-    path it names the working folder, whose files would be read in its place."""
+    path it names the working folder, whose files would be read in its place. One path may be given
+    as a string; no input at all is refused."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    inputs = [str(given) for given in inputs]
+    if not inputs:
+        raise DataError("no inputs given: give image files, page XML or folders of them")
     for k, given in enumerate(inputs):
         if not given.strip():
             raise DataError(f"{given!r}: an empty path as input {k + 1} of {len(inputs)} (an unset shell variable?)")
