@@ -912,6 +912,97 @@ def test_cli_predict_of_a_blank_page_writes_it_as_is(page_run, capsys, tmp_path)
     assert code == 0 and out == "" and "no text lines on this page" in err
 
 
+def test_cli_predict_of_a_blank_page_keeps_its_region_text(page_run, capsys, tmp_path):
+    """A page without lines whose region carries a transcription of its own: nothing is read, so the
+    copy is the input byte for byte, region text included."""
+    cover = write_page(tmp_path / "in", "cover", lines={})
+    cover.write_text(cover.read_text(encoding="utf-8").replace(
+        '<TextRegion id="r1">', '<TextRegion id="r1"><TextEquiv><Unicode>title page</Unicode></TextEquiv>'),
+        encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(cover), "--out", str(tmp_path / "out"))
+    assert code == 0 and out == f"wrote {tmp_path / 'out' / 'cover.xml'} (0 lines)\n", err
+    assert (tmp_path / "out" / "cover.xml").read_bytes() == cover.read_bytes()
+
+
+def test_cli_predict_keeps_exports_apart_and_passes_over_their_mets_files(page_run, capsys, tmp_path):
+    """Two eScriptorium exports, each with its METS.xml, predicted together: the METS files are never
+    written, so they do not collide; pages of the same name in two documents matched by one pattern
+    are written below --out at their paths under the pattern's folder."""
+    mets = '<?xml version="1.0" encoding="UTF-8"?>\n<mets:mets xmlns:mets="http://www.loc.gov/METS/"/>\n'
+    for name in ("a", "b"):
+        write_alto(tmp_path / name, f"p_{name}", lines={"l_straight": LINES["l_straight"]})
+        (tmp_path / name / "METS.xml").write_text(mets, encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "a"), str(tmp_path / "b"),
+                             "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["p_a.xml", "p_b.xml"]
+    for doc in ("DocA", "DocB"):  # a Transkribus export: document folders, each with page/0001.xml
+        write_page(tmp_path / "tk" / doc / "page", "0001", image="../0001.png", lines={"l_straight": LINES["l_straight"]})
+        _page_image(tmp_path / "tk" / doc / "0001.png")
+        (tmp_path / "tk" / doc / "mets.xml").write_text(mets, encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", str(page_run), f"{tmp_path / 'tk'}/**/*.xml",
+                             "--out", str(tmp_path / "tk_out"))
+    assert code == 0, err
+    assert out.splitlines() == [f"wrote {tmp_path / 'tk_out' / doc / 'page' / '0001.xml'} (1 line)"
+                                for doc in ("DocA", "DocB")]
+    # a document folder (METS and metadata beside page/) is named with the folder that holds its pages
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "tk" / "DocA"))
+    assert code == 2 and f"some in {tmp_path / 'tk' / 'DocA' / 'page'}; give that folder" in err, err
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "tk"))
+    assert code == 2 and f"some in {tmp_path / 'tk' / 'DocA' / 'page'} and 1 other subfolder" in err, err
+    # only METS files: an error, not a run that reads nothing
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "a" / "METS.xml"),
+                             str(tmp_path / "b" / "METS.xml"))
+    assert code == 2 and "no ALTO or PAGE XML among these 2 XML files" in err, err
+
+
+def test_cli_predict_out_that_cannot_be_written_is_refused_before_reading(page_run, capsys, tmp_path, monkeypatch):
+    """A page's destination that cannot be written (a folder in its place) stops predict before any
+    line is read; a write that fails later (a full disk) loses that page only."""
+    from convrnn.recipes import lines as lines_module
+
+    first = write_alto(tmp_path / "in", "p1", lines={"l_straight": LINES["l_straight"]})
+    write_alto(tmp_path / "in", "p2", lines={"l_straight": LINES["l_straight"]})
+    (tmp_path / "out" / "p2.xml").mkdir(parents=True)
+    read = []
+    monkeypatch.setattr(lines_module, "recognise", lambda *a, **k: read.append(1) or ([], []))
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "p2.xml: cannot write" in err and not read and out == "", err
+    monkeypatch.undo()
+    (tmp_path / "out" / "p2.xml").rmdir()
+    real = lines_module.write_page_texts
+
+    def full_disk(src, dst, *args, **kwargs):
+        if Path(src) == first:
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(lines_module, "write_page_texts", full_disk)
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert code == 2 and out == f"wrote {tmp_path / 'out' / 'p2.xml'} (1 line)\n", err
+    assert "1 of 2 pages could not be read or written" in err and "No space left" in err
+
+
+def test_a_scan_stored_upside_down_by_exif_is_read_as_stored_with_a_warning(tmp_path, caplog):
+    """A half turn keeps the page's size, so nothing tells whether the XML was drawn on the pixels as
+    stored or as shown: the scan is read as stored, and a warning names the page and the way out."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    _page_image(tmp_path / "page.png")
+    Image.open(tmp_path / "page.png").save(folder / "page.jpg", exif=exif, quality=95)
+    xml = write_alto(folder, "p", image="page.jpg")
+    got = pages.extract_page(xml, 16)
+    assert got.page_error is None and len(got.notes) == 1
+    assert "stored turned 180°" in got.notes[0] and "EXIF orientation 3" in got.notes[0]
+    with caplog.at_level(logging.WARNING):
+        pages.collect_lines([got], [str(xml)])
+    assert "EXIF orientation 3" in caplog.text
+    plain = write_alto(tmp_path / "c", "p")
+    assert pages.extract_page(plain, 16).notes == []
+
+
 def test_cli_predict_reads_a_page_given_twice_once(page_run, capsys, tmp_path):
     alto = write_alto(tmp_path / "in", "p", lines={"l_straight": LINES["l_straight"]})
     again = tmp_path / "in" / ".." / "in" / "p.xml"

@@ -65,7 +65,7 @@ DEFAULT_LINES_PER_PAGE = 40  # line spacing = page height / this, where the page
 BACKGROUND_PERCENTILE = 80   # of the pixels inside a line: its paper
 INK_PERCENTILE = 1           # of the pixels inside a line: its darkest ink
 MIN_CONTRAST = 32            # grey levels: a line fainter than this is not stretched further
-EXTRACT_VERSION = 2          # bump when extraction or text reading changes, so cached lines are cut again
+EXTRACT_VERSION = 3          # bump when extraction or text reading changes, so cached lines are cut again
 ASPECT_TOLERANCE = 0.02      # relative: a page image whose aspect ratio differs more from the XML's is another image
 
 # kinds of bad input, as counted in the skip summary
@@ -609,6 +609,7 @@ class PageLines:
     bad: list[BadLine] = field(default_factory=list)          # lines left out
     page_error: Optional[PageError] = None                    # the whole page left out
     cached: bool = False
+    notes: list[str] = field(default_factory=list)            # warnings about the page as a whole
 
     def line_ids(self) -> dict[int, str]:
         """Each line's id by its position in the file, good and bad lines alike, unique within the page
@@ -639,6 +640,32 @@ def _turned(shape: tuple[int, int], size: tuple[float, float]) -> bool:
     return abs((w / h) / (page_w / page_h) - 1) > 0.02 and abs((h / w) / (page_w / page_h) - 1) <= 0.02
 
 
+_EXIF_TURNS = {2: "mirrored", 3: "turned 180°", 4: "mirrored upside down", 5: "mirrored and turned a quarter",
+               6: "turned a quarter clockwise", 7: "mirrored and turned a quarter", 8: "turned a quarter anticlockwise"}
+
+
+def _orientation_note(path: Path, image: Path, shape: tuple[int, int], size: Optional[tuple[float, float]],
+                      turned: bool) -> Optional[str]:
+    """A warning for a scan whose EXIF orientation is not applied where the page's size cannot tell
+    whether its XML was drawn on the pixels as stored or as a viewer shows them (a half turn or a
+    mirroring keeps the size; so does any turn of a square page, or a page of no declared size)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            orientation = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - the pixels were read; a header that cannot be read again has no tag
+        return None
+    if turned or orientation not in _EXIF_TURNS:
+        return None
+    if orientation >= 5 and size is not None and _turned(shape[::-1], size):
+        return None  # the XML's page has the stored pixels' shape, not the turned one: read as stored
+    return (f"{path}: page image {image.name} is stored {_EXIF_TURNS[orientation]} from how a viewer shows it "
+            f"(EXIF orientation {orientation}); its lines are cut from the pixels as stored, as page XML "
+            f"coordinates usually are; if its XML was drawn on the image as shown, save the image upright "
+            f"(without the tag) and read it again")
+
+
 def extract_page(xml_path: str | Path, height: int) -> PageLines:
     """Every line of one page file cut and scaled to ``height``; problems recorded, never raised."""
     path = Path(xml_path)
@@ -651,10 +678,14 @@ def extract_page(xml_path: str | Path, height: int) -> PageLines:
             # the pixels as stored, unless the page XML's size is that of the image turned as its EXIF
             # orientation says (an export made from the turned image)
             gray = load_gray(image_path, upright=False)
-            if page.size is not None and _turned(gray.shape, page.size):
+            turned = page.size is not None and _turned(gray.shape, page.size)
+            if turned:
                 gray = load_gray(image_path)
         except DataError as e:
             raise PageError(f"{path}: {e}", BAD_IMAGE) from None
+        note = _orientation_note(path, image_path, gray.shape, page.size, turned)
+        if note:
+            result.notes.append(note)
     except PageError as e:
         result.page_error = e
         return result
@@ -718,7 +749,7 @@ def _save_cache(path: Path, lines: PageLines) -> None:
     height = lines.images[0].shape[0] if lines.images else 0
     pixels = np.concatenate(lines.images, axis=1) if lines.images else np.zeros((0, 0), np.uint8)  # (H, sum W)
     meta = {"kind": lines.kind, "ids": lines.ids, "indices": lines.indices, "texts": lines.texts,
-            "problems": lines.problems,
+            "problems": lines.problems, "notes": lines.notes,
             "bad": [[b.id, b.kind, b.detail, b.index] for b in lines.bad], "height": height}
     buffer = io.BytesIO()
     # compressed: ink-bright lines are mostly 0 (copiste/train: 54 MB instead of about 330)
@@ -739,7 +770,7 @@ def _load_cache(path: Path, xml_path: Path) -> Optional[PageLines]:
         images = [np.ascontiguousarray(pixels[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
         return PageLines(xml_path, meta["kind"], images, list(meta["ids"]), list(meta["indices"]),
                          list(meta["texts"]), list(meta["problems"]), [BadLine(*b) for b in meta["bad"]],
-                         cached=True)
+                         cached=True, notes=list(meta.get("notes", [])))
     except Exception as e:  # noqa: BLE001 - an unreadable cache file is cut again
         log.debug("page cache: ignoring %s (%s)", path, e)
         return None
@@ -768,6 +799,8 @@ def page_sources(source: str) -> Optional[list[Path]]:
         if transcribed:
             raise DataError(f"{source}: holds both page XML files and .gt.txt line transcriptions; "
                             f"expected one kind (point at a folder of either)")
+        if all(is_other_xml(p) for p in xmls):  # a Transkribus document folder: mets.xml, metadata.xml, page/
+            _refuse_xml_one_folder_down(source, path)
         return xmls
     if path.suffix.lower() == ".xml" and not any(c in source for c in GLOB_CHARS):
         raise DataNotFound(f"{source}: no such page XML file")
@@ -785,11 +818,25 @@ def _refuse_xml_one_folder_down(source: str, path: Path) -> None:
     """A folder without page XML or line transcriptions whose subfolder holds page XML (a Transkribus
     export keeps it in ``page/`` beside the scans) is a DataError saying where the XML is: read as a
     folder of line images, its page scans would each be taken for one text line."""
-    nested = sorted({p.parent for p in path.glob("*/*.xml") if p.is_file()})
+    found = [p for pattern in ("*/*.xml", "*/*/*.xml") for p in path.glob(pattern)]
+    nested = sorted({p.parent for p in found if p.is_file() and not is_other_xml(p)})
     if nested:
         raise DataError(f"{source}: no page XML in this folder, and some in {nested[0]}"
                         + (f" and {len(nested) - 1} other subfolder(s)" if len(nested) > 1 else "")
                         + f"; give that folder, or the pattern '{path / '**' / '*.xml'}'")
+
+
+def is_other_xml(path: Path) -> bool:
+    """Whether ``path`` is well-formed XML whose root is neither ALTO nor PAGE (an export's METS or
+    metadata file), from its first element only; a file that cannot be read or parsed is not (reading
+    it as a page names its problem)."""
+    try:
+        for _, element in ET.iterparse(path, events=("start",)):
+            local = _local(element.tag)
+            return local.lower() != "alto" and local != "PcGts"
+    except (ET.ParseError, OSError, ValueError, UnicodeError, LookupError):
+        return False
+    return False
 
 
 def page_root(source: str) -> Path:
@@ -952,6 +999,8 @@ def collect_lines(pages: Sequence[PageLines], names: Sequence[str], *, normalize
             out.bad_pages += 1
             out.skip(name, err.kind, str(err))
             continue
+        for note in page.notes:
+            log.warning("%s", note)
         out.pages += 1
         out.lines += len(page.indices) + len(page.bad)
         order = sorted([(k, j) for j, k in enumerate(page.indices)] + [(b.index, b) for b in page.bad],
@@ -1380,7 +1429,8 @@ def write_page_texts(src: str | Path, dst: str | Path, texts: dict[int, tuple[st
             ids = unique_ids([dict(ln.attrs).get("ID" if kind == ALTO else "id") or f"line_{j + 1}"
                               for j, ln in enumerate(lines)])  # named as the reader names them
             raise DataError(f"{src}:{ids[k]}: cannot write its text ({e})") from None
-    around = _ancestor_edits(buf, kind, [lines[k] for k in written], every if len(written) == len(lines) else ())
+    around = _ancestor_edits(buf, kind, [lines[k] for k in written],
+                             every if written and len(written) == len(lines) else ())  # no lines: as it was
     if kind == ALTO:
         around += _alto_reference_edits(buf, [lines[k] for k in written], every)
     edits = sorted(edits + around)

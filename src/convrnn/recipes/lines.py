@@ -27,12 +27,15 @@ from convrnn.data.augment import AUGMENT_SETS, LineAugment
 from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, find_source, line_augment,
                                 line_batches, line_fetcher, prepare_line, read_lines, reading_base,
                                 split_lines, unseen_characters)
-from convrnn.data.pages import NotPageXml, collect_lines, page_sources, read_pages, write_page_texts
+from convrnn.data.pages import (NotPageXml, collect_lines, is_other_xml, page_root, page_sources, read_pages,
+                                 write_page_texts)
 from convrnn.errors import DataError
+from convrnn.files import check_writable
 from convrnn.fields import check
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Predictions, Recipe, check_meta,
                                    missing_split, register_recipe)
 from convrnn.layers.base import ModelOutput
+from convrnn.train.rundir import run_files
 from convrnn.tasks.ctc import BLANK, CTCTask, name_unseen
 
 log = logging.getLogger(__name__)
@@ -270,7 +273,8 @@ class LinesRecipe(Recipe):
             if not paths:
                 raise DataError(f"--out {out}: writes page XML files, and no input is one ({', '.join(inputs)[:120]}); "
                                 f"leave --out out to print the line images' texts")
-            _check_out(paths, Path(out))
+            destinations = _out_destinations(sources, Path(out))
+            _check_out(destinations, Path(out), run_files(loaded.checkpoint))
         image_texts = recognise(model, task, [prepare_line(p, height) for p in images], decode,
                                 progress=progress)[0]
         found: list[dict[int, tuple[str, str, float]]] = [{} for _ in paths]  # per page: index -> (id, text, conf)
@@ -287,6 +291,9 @@ class LinesRecipe(Recipe):
                                 ignore_other_xml=several)  # lines without text are the normal case here
             where = [(k, j) for k, page in enumerate(pages) if page.page_error is None for j in range(len(page.ids))]
             given = ', '.join(inputs)[:200]
+            if passed_over == len(paths) and not images:  # only an export's METS or metadata files
+                raise DataError(f"{given}: no ALTO or PAGE XML among these {len(paths)} XML files (another kind, "
+                                f"such as an export's METS file); give the pages' XML files or their folder")
             if not where and not images and failed and len(failed) == len(paths) - passed_over:
                 # no page could be read: the error names the problem once, without the warning before it
                 reason = next(iter(got.skipped.values()), failed[0])
@@ -312,13 +319,14 @@ class LinesRecipe(Recipe):
                 if out is None:
                     result += [f"{path}:{line_id}\t{text}" for _, (line_id, text, _) in sorted(lines.items())]
                 elif pages[page_no - 1].page_error is None:
-                    dst = Path(out) / path.name
+                    dst = destinations[path]
                     # a line that could not be cut is written without text: the copy's texts are all
                     # the model's, never the input's transcription passed off as a reading
                     try:
                         n = write_page_texts(path, dst, {k: (text, conf) for k, (_, text, conf) in lines.items()},
                                              others=("", 0.0))
-                    except DataError as e:  # this file cannot be rewritten; the other pages still are
+                    except (DataError, OSError) as e:  # this file cannot be rewritten or written (a full
+                        # disk, a folder in its place); the other pages still are
                         log.warning("%s", e)
                         failed.append(str(e))
                         continue
@@ -385,19 +393,37 @@ def _warn_page_like(image: str) -> None:
                     "page scan, give its page XML; turn a vertical line first", image, width, height)
 
 
-def _check_out(pages: list[Path], out: Path) -> None:
-    """Refuse an ``--out`` folder that would overwrite an input or write two inputs to one file."""
+def _out_destinations(sources: list[tuple[str, Optional[list[Path]]]], out: Path) -> dict[Path, Path]:
+    """Where ``--out`` writes each page XML: at its path below its input's folder (a folder given, a
+    file's folder, a pattern's folders before the first wildcard), so ``'export/**/*.xml'`` keeps an
+    export's documents apart. An export's other XML (METS, metadata), which is never written, has none."""
+    destinations = {}
+    for inp, xmls in sources:
+        root = page_root(inp)
+        for path in xmls or []:
+            if is_other_xml(path):
+                continue
+            try:
+                destinations[path] = out / path.relative_to(root)
+            except ValueError:
+                destinations[path] = out / path.name
+    return destinations
+
+
+def _check_out(destinations: dict[Path, Path], out: Path, keep: list) -> None:
+    """Refuse, before any page is recognised, an ``--out`` folder that would overwrite an input or a
+    run's file, write two inputs to one file, or cannot be written in."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out must be a folder, and this is a file")
-    seen: dict[str, Path] = {}
-    for page in pages:
-        dst = out / page.name
+    seen: dict[Path, Path] = {}
+    for page, dst in destinations.items():
         if dst.exists() and dst.resolve() == page.resolve():
             raise DataError(f"{page}: refusing to overwrite the input file; choose another --out folder")
-        if page.name in seen and seen[page.name].resolve() != page.resolve():
-            raise DataError(f"{page} and {seen[page.name]} would both be written to {dst}; "
+        if dst in seen and seen[dst].resolve() != page.resolve():
+            raise DataError(f"{page} and {seen[dst]} would both be written to {dst}; "
                             f"predict them into different --out folders")
-        seen[page.name] = page
+        seen[dst] = page
+        check_writable(dst, keep=[*destinations, *keep])
 
 
 def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:
