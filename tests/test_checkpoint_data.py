@@ -42,12 +42,16 @@ def test_fonts_eval_labels_by_font_name(tmp_path):
         assert not np.array_equal(got, val.labels)  # the data's own numbering would have been wrong
 
 
-def test_fonts_eval_refuses_what_the_model_cannot_read(tmp_path):
+def test_fonts_eval_refuses_what_the_model_cannot_read(tmp_path, monkeypatch):
     recipe = get_recipe("fonts")
     _, _, trained = F.make_fonts_data(fonts_config(tmp_path, [SANS, SERIF]))
-    with pytest.raises(DataError, match=r"font DejaVuSansMono: not among the classes this model was trained on "
-                                        r"\(DejaVuSans, DejaVuSerif\)"):
+    import convrnn.recipes.fonts as fonts_recipe
+    drawn = []
+    monkeypatch.setattr(fonts_recipe, "make_fonts_data", lambda *a, **k: drawn.append(1) or F.make_fonts_data(*a, **k))
+    with pytest.raises(DataError, match=r"font DejaVuSansMono \(in .*\): not among the classes this model was "
+                                        r"trained on \(DejaVuSans, DejaVuSerif\); a font added since training"):
         recipe.make_split(fonts_config(tmp_path, [SANS, MONO]), TrainConfig(), "val", trained)
+    assert not drawn  # refused before any line is drawn
     with pytest.raises(ConfigError, match="the data does not fit this run's model: height 20 where the checkpoint "
                                           "has 16"):
         recipe.make_split(fonts_config(tmp_path, [SANS, SERIF], height=20), TrainConfig(), "val", trained)

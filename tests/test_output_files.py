@@ -267,3 +267,29 @@ def test_a_pickle_with_code_names_what_was_refused_in_full(tmp_path):
     message = str(e.value)
     assert "refused to load" in message and "GLOBAL posix.getcwd" in message and message.endswith(")")
     assert "Re-running" not in message and "\n" not in message
+
+
+def test_no_output_replaces_a_file_the_command_or_the_run_reads(capsys, tmp_path):
+    """fonts preview's own font and text, and a run's data (a report and eval read it again), are
+    refused as --out with one line, and left as they were; a preview named other than .png too."""
+    import matplotlib
+
+    font = tmp_path / "fonts" / "DejaVuSans.ttf"
+    font.parent.mkdir()
+    shutil.copy(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), font)
+    shutil.copy(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSerif.ttf"), font.parent)
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be\nthat is the question\n" * 200, encoding="utf-8")
+    before = {p: p.read_bytes() for p in (font, text)}
+    for out, words in [(font, "a file this command reads"), (text, "a file this command reads"),
+                       (tmp_path / "grid.jpg", "give a name ending in .png")]:
+        code, _, err = run_cli(capsys, "fonts", "preview", "--fonts", str(font.parent), "--text", str(text),
+                               "--out", str(out), "--samples", "2")
+        assert code == 2 and words in one_error_line(err), err
+    run = tmp_path / "lm"
+    code, _, err = run_cli(capsys, "-q", "train", "charlm", "--data", str(text), "--max-steps", "1",
+                           "--spec", "embed:4 lstm:8 lm", "--run-dir", str(run))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "report", str(run), "--out", str(text))
+    assert code == 2 and "a file this command reads" in one_error_line(err), err
+    assert {p: p.read_bytes() for p in before} == before

@@ -71,6 +71,27 @@ def test_empty_or_missing_corpus_is_a_data_error(tmp_path):
         read_corpus(tmp_path / "empty.txt", unit="word")
 
 
+def test_a_run_folder_inside_the_corpus_folder_is_passed_over(tmp_path, caplog):
+    """Training with --data . leaves runs/ inside the corpus: the next run (and eval of this one)
+    reads the same text, not the checkpoints."""
+    (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
+    run = tmp_path / "runs" / "charlm-1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    (run / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04\x00\x00binary")
+    (run / "train.log").write_text("step 1\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        assert read_corpus(tmp_path) == "first\n"
+        assert read_corpus(tmp_path, unit="byte") == b"first\n"
+    assert "passed over 1 convrnn run folder in it (runs/charlm-1)" in caplog.text
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(DataError, match="no text files in this folder \\(only run folders\\)"):
+        read_corpus(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty': no text files in this folder$"):
+        read_corpus(tmp_path / "empty")
+
+
 def test_a_byte_order_mark_is_no_character_of_the_text(tmp_path):
     (tmp_path / "a.txt").write_bytes("\ufefffirst\n".encode("utf-8"))
     (tmp_path / "b.txt").write_bytes("\ufeffsecond".encode("utf-8"))  # a mark in front of every file

@@ -43,7 +43,9 @@ def _check_unit(unit: str) -> None:
 
 
 def _corpus_files(path: Path) -> list[Path]:
-    """The file itself, or every non-hidden file under the folder, sorted by relative path."""
+    """The file itself, or every non-hidden file under the folder, sorted by relative path; a run
+    directory below it (config.json beside checkpoints/, as training with ``--data .`` leaves in
+    ``runs/``) is passed over: its checkpoints and logs are no text of the user's."""
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -51,9 +53,19 @@ def _corpus_files(path: Path) -> list[Path]:
         raise DataError(f"corpus {str(path)!r} does not exist" + (
             " (a pattern is not expanded here: give the folder, whose files are all read)" if pattern else ""))
     files = []
+    runs = []
     for root, dirs, names in os.walk(path):
+        if Path(root) != path and "config.json" in names and "checkpoints" in dirs:
+            runs.append(Path(root))
+            dirs[:] = []
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files += [Path(root) / n for n in names if not n.startswith(".")]
+    if runs:
+        log.info("%s: passed over %d convrnn run folder%s in it (%s)", path, len(runs), "s" if len(runs) > 1 else "",
+                 ", ".join(str(r.relative_to(path)) for r in runs[:3]) + (", ..." if len(runs) > 3 else ""))
+    if not files:
+        raise DataError(f"corpus {str(path)!r}: no text files in this folder" + (" (only run folders)" if runs else ""))
     return sorted(files, key=lambda p: p.relative_to(path).as_posix())
 
 

@@ -70,8 +70,16 @@ class FontsRecipe(Recipe):
         if split != "val":
             raise missing_split(split)
         check_meta(self.input_meta, meta, {"height": data_cfg.height, "width": data_cfg.width}, DOES_NOT_FIT)
-        _, val, data_meta = make_fonts_data(data_cfg, progress=progress)
         known = list(meta["classes"])
+        # named before any line is drawn: a font added to the run's font folder since it was trained
+        # would otherwise be found only after rendering every font
+        unknown = [spec.name for spec in resolve_fonts(list(data_cfg.fonts)) if spec.name not in known]
+        if unknown:
+            given = ", ".join(map(str, data_cfg.fonts)) or "the default faces"
+            raise DataError(f"font{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (in {given}): not among "
+                            f"the classes this model was trained on ({', '.join(known)}); a font added since "
+                            f"training? give the trained ones with --set data.fonts=...")
+        _, val, data_meta = make_fonts_data(data_cfg, progress=progress)
         unknown = [c for c in data_meta["classes"] if c not in known]
         if unknown:
             raise DataError(f"font{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: not among the classes "
@@ -184,7 +192,10 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
     from convrnn.data.fonts import load_text_lines
     if samples < 1 or height < 4 or width < 4:
         raise click.BadParameter("--samples must be at least 1 and --height/--width at least 4")
+    from convrnn.files import check_writable
     specs = resolve_fonts(list(font_paths))
+    # never over a font or the text it draws from; a PNG under another name would mislead a viewer
+    check_writable(out, keep=[s.path for s in specs] + ([text] if text else []), png=True)
     path = preview_grid(specs, load_text_lines(text), out, samples=samples, height=height, width=width, seed=seed,
                         source=text or "<embedded corpus>")
     click.echo(f"wrote {path} ({len(specs)} fonts x {samples} samples)")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
+import itertools
+import json
 import logging
 import os
 import shutil
@@ -171,7 +174,36 @@ def run_files(run: str | Path) -> list[Path]:
     if path.is_file():
         return [path] + (run_files(path.parent.parent) if path.parent.name == "checkpoints" else [])
     names = [path / n for n in ("config.json", "train.log", "metrics.csv")]
-    return names + (sorted((path / "checkpoints").iterdir()) if (path / "checkpoints").is_dir() else [])
+    return (names + (sorted((path / "checkpoints").iterdir()) if (path / "checkpoints").is_dir() else [])
+            + run_data_files(path))
+
+
+DATA_FILES_LIMIT = 20000  # files looked at per data folder or pattern: a guard, not a scan of a whole disk
+
+
+def run_data_files(run: str | Path) -> list[Path]:
+    """The files a run's ``data`` config names: files, the files below named folders and a pattern's
+    matches. ``eval`` and ``report`` read them again, so no output may replace them either."""
+    try:
+        data = json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    values = [v for value in (data.values() if isinstance(data, dict) else [])
+              for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v]
+    found: list[Path] = []
+    for value in values:
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                found.append(path)
+            elif path.is_dir():
+                found += [f for f in itertools.islice(path.rglob("*"), DATA_FILES_LIMIT) if f.is_file()]
+            elif any(c in value for c in "*?["):
+                matches = itertools.islice(glob.iglob(str(path), recursive=True), DATA_FILES_LIMIT)
+                found += [Path(m) for m in matches if os.path.isfile(m)]
+        except OSError:
+            continue
+    return found
 
 
 def new_run_dir(recipe: str, root: str = "runs") -> Path:
