@@ -46,6 +46,47 @@ def test_predict_and_eval(trained_run, capsys, tmp_path):
     assert "accuracy:" in out
 
 
+def test_a_leading_tilde_in_run_input_and_out_paths_is_the_home_folder(trained_run, capsys, tmp_path, monkeypatch):
+    """Quoted, or after ``=``, ``~`` reaches the program unexpanded: every path argument expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs").symlink_to(trained_run.parent, target_is_directory=True)
+    img = tmp_path / "line.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, size=(16, 64)).astype(np.uint8)).save(img)
+    code, out, err = run_cli(capsys, "eval", f"~/runs/{trained_run.name}")
+    assert code == 0, err
+    assert "accuracy:" in out
+    code, out, err = run_cli(capsys, "predict", f"~/runs/{trained_run.name}", "~/line.png")
+    assert code == 0, err
+    assert out.split("\t")[0] == str(img)
+    code, out, err = run_cli(capsys, "plot", "curves", f"~/runs/{trained_run.name}", "--out=~/curves.png")
+    assert code == 0, err
+    assert (tmp_path / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("name, what", [("tab\there.png", "a tab"), ("new\nline.png", "a newline"),
+                                        ("cr\rhere.png", "a carriage return")])
+def test_predict_refuses_a_path_that_would_break_its_output_lines(trained_run, capsys, tmp_path, name, what):
+    """predict prints one ``path<TAB>result`` line per input: a tab or line break in a path would add a
+    column or a row, so such a path is refused, named as repr, before anything is printed."""
+    img = tmp_path / name
+    Image.fromarray(np.full((16, 64), 200, dtype=np.uint8)).save(img, format="PNG")
+    code, out, err = run_cli(capsys, "predict", str(trained_run), str(img))
+    assert code == 2 and out == ""
+    assert _one_error_line(err) == (f"error: {str(img)!r}: {what} in the path would break predict's output of one "
+                                    f"path<TAB>result line per input; rename the file")
+
+
+def test_predict_refuses_page_xml_in_a_folder_whose_name_would_break_its_output(trained_run, capsys, tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    page = pages / "a\tb.xml"
+    page.write_text("<PcGts/>", encoding="utf-8")
+    for given in (str(pages), str(pages / "*.xml")):  # its path is printed, not the folder's or pattern's
+        code, out, err = run_cli(capsys, "predict", str(trained_run), given)
+        assert code == 2 and out == ""
+        assert _one_error_line(err).startswith(f"error: {str(page)!r} (from the input {given}): a tab in the path")
+
+
 def test_resume_continues_the_same_run(trained_run, capsys, tmp_path):
     import shutil
     run = tmp_path / "copy"

@@ -109,7 +109,7 @@ def test_byte_order_marks_are_not_text(tmp_path):
 def test_all_bad_is_an_error_not_an_empty_dataset(tmp_path):
     (tmp_path / "x.png").write_bytes(b"nope")
     (tmp_path / "x.gt.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(DataError, match="all 1 lines are bad"):
+    with pytest.raises(DataError, match="its one line is bad, none left to use"):
         read_lines(str(tmp_path), height=16)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from convrnn.data.mnist import FALLBACK_SOURCE, as_float, load_mnist, load_sklea
 from convrnn.errors import DataError
 
 from conftest import SHARED_DATA
-from helpers import idx_bytes, write_idx
+from helpers import idx_bytes, run_cli, write_idx
 
 SHARED = SHARED_DATA / "mnist"
 
@@ -52,7 +53,7 @@ def error_of(path) -> str:
     with pytest.raises(DataError) as info:
         read_idx(path)
     message = str(info.value)
-    assert "\n" not in message and message.startswith(Path(path).name + ": ")
+    assert "\n" not in message and message.startswith(f"{path}: ")  # the path as given: every folder has these names
     return message
 
 
@@ -61,7 +62,7 @@ def test_truncated_payload_names_expected_and_found_bytes(tmp_path):
     data = idx_bytes(images)[: 16 + 1200]
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(data))
     assert error_of(tmp_path / "t10k-images-idx3-ubyte.gz") == (
-        "t10k-images-idx3-ubyte.gz: expected 7840 bytes of pixel data after the header (dims 10x28x28), found 1200")
+        f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: expected 7840 bytes of pixel data after the header (dims 10x28x28), found 1200")
 
 
 def test_extra_bytes_are_an_error_too(tmp_path):
@@ -270,8 +271,33 @@ def test_dark_digits_on_light_paper_are_inverted_as_predict_reads_images(tmp_pat
     with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
         test = load_mnist(tmp_path, "test")
     assert test.images[0, 0, 0] == 5 and test.images[0, 10, 13] == 245
-    assert "t10k-images-idx3-ubyte.gz: its digits are dark on a light background; inverted" in caplog.text
+    assert f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: its digits are dark on a light background; inverted" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="convrnn.data.mnist"):
         train = load_mnist(tmp_path, "train")  # random pixels: median about 128, no light background
     np.testing.assert_array_equal(train.images, fake_split(12, seed=12)[0])
+
+
+def test_errors_in_a_folder_name_the_file_with_its_folder(tmp_path):
+    """Every MNIST folder has files of these names: a message names the one at fault by its path."""
+    folder = write_mnist_dir(tmp_path / "own_badlabel")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(7, 10, dtype=np.uint8))
+    with pytest.raises(DataError) as info:
+        load_mnist(folder, "test")
+    assert str(info.value) == f"{folder / 't10k-labels-idx1-ubyte.gz'}: expected digit labels 0..9, found 10..10"
+    blob = (folder / "train-images-idx3-ubyte.gz").read_bytes()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match=f"^{re.escape(str(folder / 'train-images-idx3-ubyte.gz'))}: expected a "
+                                        f"complete gzip stream"):
+        load_mnist(folder, "train")
+
+
+def test_the_cli_names_the_bad_file_with_the_folder_given(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_mnist_dir(tmp_path / "own_badlabel")
+    write_idx(tmp_path / "own_badlabel" / "train-labels-idx1-ubyte.gz", np.full(12, 10, dtype=np.uint8))
+    code, out, err = run_cli(capsys, "train", "digits", "--data-dir", "own_badlabel", "--threads", "1",
+                             "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: {tmp_path / 'own_badlabel' / 'train-labels-idx1-ubyte.gz'}: "
+                                            f"expected digit labels 0..9, found 10..10")

@@ -86,6 +86,12 @@ def test_characters_not_every_font_draws_are_named_with_their_counts(tmp_path, c
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing left out: no warning
 
 
+def test_one_left_out_character_is_counted_in_the_singular():
+    lines, note = F.drawable_lines(["ab 你 cd"], F.default_fonts())  # no default font draws 你
+    assert lines == ["ab cd"]
+    assert note.startswith("left out 1 character that not every font draws") and "'你' x1 (all fonts)" in note
+
+
 def test_text_with_nothing_drawable_is_refused_naming_what_was_left_out(tmp_path, capsys):
     text = tmp_path / "cjk.txt"
     text.write_text("你好\n😀😀\n", encoding="utf-8")

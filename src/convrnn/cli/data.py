@@ -5,6 +5,8 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 
 @click.group()
 def data() -> None:
@@ -17,7 +19,7 @@ def download() -> None:
 
 
 @download.command(name="mnist")
-@click.option("--to", "to", type=click.Path(file_okay=False), default=None,
+@click.option("--to", "to", type=UserPath(file_okay=False), default=None,
               help="folder to write to (default $CONVRNN_MNIST_DIR, else ~/.cache/convrnn/mnist)")
 @click.option("--base-url", multiple=True, help="mirror to download from (repeatable, tried in order; "
               "default: the usual MNIST mirrors)")

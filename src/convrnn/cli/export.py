@@ -5,12 +5,14 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 
 def register(cli: click.Group) -> None:
     @cli.command()
-    @click.argument("run", type=click.Path())
+    @click.argument("run", type=UserPath())
     @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-    @click.option("--out", type=click.Path(dir_okay=False), help="output file (default RUN/model.onnx)")
+    @click.option("--out", type=UserPath(dir_okay=False), help="output file (default RUN/model.onnx)")
     def export(run: str, fmt: str, out: Optional[str]) -> None:
         """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
         from convrnn.infer.export import OPSET, export_run

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 
 @click.group()
 def plot() -> None:
@@ -15,8 +17,8 @@ def plot() -> None:
 
 
 @plot.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default="filters.png", show_default=True, help="PNG to write")
+@click.argument("runs", nargs=-1, required=True, type=UserPath())
+@click.option("--out", type=UserPath(dir_okay=False), default="filters.png", show_default=True, help="PNG to write")
 @click.option("--shared-scale", is_flag=True, help="one gray scale per run instead of one per kernel")
 def filters(runs: tuple[str, ...], out: str, shared_scale: bool) -> None:
     """First convolution layer's kernels of each RUN, side by side (one panel per kernel)."""
@@ -26,8 +28,8 @@ def filters(runs: tuple[str, ...], out: str, shared_scale: bool) -> None:
 
 
 @plot.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default="curves.png", show_default=True, help="PNG to write")
+@click.argument("runs", nargs=-1, required=True, type=UserPath())
+@click.option("--out", type=UserPath(dir_okay=False), default="curves.png", show_default=True, help="PNG to write")
 @click.option("--metric", "metrics", multiple=True, help="metric to draw (repeatable; default: loss and two "
               "validation metrics the runs share)")
 def curves(runs: tuple[str, ...], out: str, metrics: tuple[str, ...]) -> None:

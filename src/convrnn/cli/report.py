@@ -9,14 +9,15 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
 from convrnn.cli.run import THREADS_HELP
 
 SPLITS = click.Choice(["val", "test"])
 
 
 @click.command()
-@click.argument("run", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file to write [default: RUN/report.html]")
+@click.argument("run", type=UserPath())
+@click.option("--out", type=UserPath(dir_okay=False), default=None, help="HTML file to write [default: RUN/report.html]")
 @click.option("--split", type=SPLITS, default=None, help="data the recipe sections evaluate on "
               "[default: val; digits: test, whose sequences are longer than training's]")
 @click.option("--max-batches", type=click.IntRange(min=1), default=20, show_default=True,
@@ -41,8 +42,8 @@ def report(ctx: click.Context, run: str, out: Optional[str], split: Optional[str
 
 
 @click.command(name="confusion")
-@click.argument("run", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default="confusion.png", show_default=True, help="PNG to write")
+@click.argument("run", type=UserPath())
+@click.option("--out", type=UserPath(dir_okay=False), default="confusion.png", show_default=True, help="PNG to write")
 @click.option("--split", type=SPLITS, default="val", show_default=True, help="data to evaluate on")
 @click.option("--max-batches", type=click.IntRange(min=1), default=20, show_default=True,
               help="evaluate at most this many batches")

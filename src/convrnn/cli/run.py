@@ -6,6 +6,8 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 BEAM_HELP = "text-line runs: prefix beam search of this width (instead of the best path)"
 LEXICON_HELP = "text-line runs: a word list (a text file): the beam keeps texts made of its words"
 LM_HELP = "text-line runs: a UTF-8 text file to fit a character 3-gram model on, which scores the beam"
@@ -17,15 +19,15 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 
 
 @click.command(name="eval")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=UserPath())
 @click.option("--split", type=click.Choice(["val", "test"]),
               help="the split to score  [default: test when only data.test is set, else val]")
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE",
               help="override the run's data config (and train.batch_size); the model and training are the checkpoint's")
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
-@click.option("--lexicon", help=LEXICON_HELP)
-@click.option("--lm", help=LM_HELP)
+@click.option("--lexicon", type=UserPath(), help=LEXICON_HELP)
+@click.option("--lm", type=UserPath(), help=LM_HELP)
 @click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context
 def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: int, beam: Optional[int],
@@ -59,13 +61,13 @@ def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: i
 
 
 @click.command()
-@click.argument("run", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("run", type=UserPath())
+@click.argument("inputs", nargs=-1, required=True, type=UserPath())
 @click.option("--beam", type=click.IntRange(min=1), help=BEAM_HELP)
-@click.option("--lexicon", help=LEXICON_HELP)
-@click.option("--lm", help=LM_HELP)
+@click.option("--lexicon", type=UserPath(), help=LEXICON_HELP)
+@click.option("--lm", type=UserPath(), help=LM_HELP)
 @click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True, help=VIEWS_HELP)
-@click.option("--out", type=click.Path(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
+@click.option("--out", type=UserPath(file_okay=False), help="text-line runs: write each ALTO/PAGE XML input "
               "into this folder with the recognised text of its lines")
 @click.option("--threads", type=click.IntRange(min=0), help=THREADS_HELP)
 @click.pass_context

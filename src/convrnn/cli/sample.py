@@ -14,6 +14,8 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 
 def _writer(raw: bool):
     """``write(text_or_bytes)`` to stdout, flushed at once so characters appear as they come."""
@@ -38,7 +40,7 @@ def _writer(raw: bool):
 
 def register(cli: click.Group) -> None:
     @cli.command()
-    @click.argument("run", type=click.Path())
+    @click.argument("run", type=UserPath())
     @click.option("--prime", default="", help="text the samples continue (default: start after a newline)")
     @click.option("--length", type=int, default=500, show_default=True, help="symbols to generate per sample")
     @click.option("--temperature", type=float, default=0.8, show_default=True,

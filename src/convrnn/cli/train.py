@@ -7,6 +7,8 @@ from typing import Optional
 
 import click
 
+from convrnn.cli.paths import UserPath
+
 log = logging.getLogger(__name__)
 
 
@@ -31,10 +33,10 @@ def _common_train_options(f):
         click.option("--ensemble", type=int, metavar="K",
                      help="train K models one after another, each on 1/K of --max-time and of --max-steps, and "
                           "average them"),
-        click.option("--run-dir", type=click.Path(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
-        click.option("--config", "config_file", type=click.Path(),
+        click.option("--run-dir", type=UserPath(file_okay=False), help="where to write the run (default runs/<recipe>-<time>)"),
+        click.option("--config", "config_file", type=UserPath(),
                      help="a run's config.json to start a new run from (not with --resume)"),
-        click.option("--resume", type=click.Path(), help="continue the run in this directory where it stopped, "
+        click.option("--resume", type=UserPath(), help="continue the run in this directory where it stopped, "
                      "with its own config.json (options and --set change it)"),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="any config field, e.g. --set train.schedule=cosine (repeatable)"),
@@ -186,7 +188,8 @@ LIMIT_OPTIONS = {"epochs": "--epochs", "time": "--max-time", "steps": "--max-ste
 def results_block(result) -> list[str]:
     """What a finished training prints once: the run, how long it trained, its final validation and
     the best checkpoint (which eval, predict and export use)."""
-    from convrnn.train.trainer import STOPPING_LIMITS, plural  # loaded by the training that made the result
+    from convrnn.train.trainer import STOPPING_LIMITS  # loaded by the training that made the result
+    from convrnn.wording import plural
 
     task = result.task
     stopped = (f"; stopped by {STOPPING_LIMITS[result.stopped_by]} ({LIMIT_OPTIONS[result.stopped_by]})"

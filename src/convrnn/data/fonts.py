@@ -48,6 +48,7 @@ from convrnn.data.text import decode_utf8, right_to_left
 from convrnn.errors import DataError
 from convrnn.fields import check, checked, path_field, seed_field
 from convrnn.files import atomic_write_with, cache_dir
+from convrnn.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +389,7 @@ def drawable_lines(lines: list[str], fonts: list[FontSpec]) -> tuple[list[str], 
         shown = left_out.most_common(LEFT_OUT_SHOWN)
         listing = ", ".join(f"{c!r} x{n} ({lacking(c)})" for c, n in shown)
         more = f" and {len(left_out) - len(shown)} more" if len(left_out) > len(shown) else ""
-        parts.append(f"left out {sum(left_out.values()):,} characters that not every font draws (the fonts share "
+        parts.append(f"left out {plural(sum(left_out.values()), 'character')} that not every font draws (the fonts share "
                      f"one alphabet, so that no character gives a font away): {listing}{more}")
     if dropped:
         parts.append(f"dropped {dropped:,} line{'s' if dropped != 1 else ''} left with fewer than 2 characters")

@@ -237,7 +237,8 @@ def read_lines(source: str, *, height: int, max_width: int = 0, allow_outside_ro
         log.warning("%s: skipped %d of %d lines (%s%s)", source, len(skipped), len(entries), shown,
                     "; ..." if len(skipped) > 10 else "")
     if not images:
-        raise DataError(f"{source}: all {len(entries)} lines are bad, none left to use "
+        raise DataError(f"{source}: {'its one line is' if len(entries) == 1 else f'all {len(entries):,} lines are'} "
+                        f"bad, none left to use "
                         f"(first problem: {next(iter(skipped.values()))})")
     lines = LineSet(images, texts, names)
     lines.skipped = skipped

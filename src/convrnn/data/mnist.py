@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from convrnn.errors import DataError
+from convrnn.wording import plural
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +86,16 @@ def _read_bytes(path: Path) -> tuple[bytes, bool]:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"{path.name}: cannot read {path}: {e.strerror or e}") from e
+        raise DataError(f"{path}: cannot read it: {e.strerror or e}") from e
     if not raw.startswith(_GZIP_MAGIC):
         return raw, False
     try:
         return gzip.decompress(raw), True
     except EOFError as e:
-        raise DataError(f"{path.name}: expected a complete gzip stream, found one cut off after "
+        raise DataError(f"{path}: expected a complete gzip stream, found one cut off after "
                         f"{len(raw)} compressed bytes (truncated download?)") from e
     except (gzip.BadGzipFile, zlib.error, OSError) as e:
-        raise DataError(f"{path.name}: expected valid gzip data, found a corrupt stream ({e})") from e
+        raise DataError(f"{path}: expected valid gzip data, found a corrupt stream ({e})") from e
 
 
 def _check_official(path: Path, kind: str, count: int) -> None:
@@ -109,7 +110,7 @@ def _check_official(path: Path, kind: str, count: int) -> None:
     expected = official[0]
     actual = md5_file(path)
     if actual != expected:
-        raise DataError(f"{path.name}: header says {count} {kind} like the official file, so expected "
+        raise DataError(f"{path}: header says {count} {kind} like the official file, so expected "
                         f"MD5 {expected}, found {actual} (corrupt or modified; delete it and download again)")
 
 
@@ -119,19 +120,20 @@ def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
     Header: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
     0x0E float64), the number of dimensions, then one big-endian uint32 per dimension. The payload
     must have exactly ``prod(dims)`` items. With ``verify``, a gzipped file named and counted like an
-    official MNIST file must match the published MD5. Any violation raises ``DataError``.
+    official MNIST file must match the published MD5. Any violation raises ``DataError`` naming the
+    file by its path as given, folder included: every MNIST folder holds files of the same names.
     """
     path = Path(path)
     data, gzipped = _read_bytes(path)
     if len(data) < 4:
-        raise DataError(f"{path.name}: expected a 4-byte IDX magic number, found a file of {len(data)} bytes")
+        raise DataError(f"{path}: expected a 4-byte IDX magic number, found a file of {len(data)} bytes")
     if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] == 0:
-        raise DataError(f"{path.name}: expected IDX magic 0x0000TTNN (TT a type in "
+        raise DataError(f"{path}: expected IDX magic 0x0000TTNN (TT a type in "
                         f"{sorted(hex(t) for t in _IDX_DTYPES)}, NN >= 1 dims), found 0x{data[:4].hex()}")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise DataError(f"{path.name}: expected a {header_size}-byte header for {ndim} dimensions, "
+        raise DataError(f"{path}: expected a {header_size}-byte header for {ndim} dimensions, "
                         f"found only {len(data)} bytes")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     kind = "images" if ndim == 3 else "labels" if ndim == 1 else "items"
@@ -139,7 +141,7 @@ def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
     found = len(data) - header_size
     if found != expected:
         what = "pixel data" if kind == "images" else "label data" if kind == "labels" else "data"
-        raise DataError(f"{path.name}: expected {expected} bytes of {what} after the header "
+        raise DataError(f"{path}: expected {expected} bytes of {what} after the header "
                         f"(dims {'x'.join(map(str, dims))}), found {found}")
     if verify and gzipped:
         _check_official(path, kind, dims[0])
@@ -229,23 +231,23 @@ def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") 
                         f"split, found other MNIST files but not these")
     images, labels = read_idx(paths["images"]), read_idx(paths["labels"])
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(f"{paths['images'].name}: expected uint8 images (N, H, W), "
+        raise DataError(f"{paths['images']}: expected uint8 images (N, H, W), "
                         f"found {images.dtype} of shape {images.shape}")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{paths['labels'].name}: expected integer labels (N,), found {labels.dtype} of shape "
+        raise DataError(f"{paths['labels']}: expected integer labels (N,), found {labels.dtype} of shape "
                         f"{labels.shape}")
     if len(labels) == 0:
-        raise DataError(f"{paths['labels'].name}: expected digits for the {split} split, found a file of 0 items")
+        raise DataError(f"{paths['labels']}: expected digits for the {split} split, found a file of 0 items")
     if len(images) != len(labels):
-        raise DataError(f"{paths['labels'].name}: expected {len(images)} labels to match "
+        raise DataError(f"{paths['labels']}: expected {plural(len(images), 'label')} to match "
                         f"{paths['images'].name}, found {len(labels)}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{paths['labels'].name}: expected digit labels 0..9, found {labels.min()}..{labels.max()}")
+        raise DataError(f"{paths['labels']}: expected digit labels 0..9, found {labels.min()}..{labels.max()}")
     if float(np.median(images[:1000])) >= LIGHT_BACKGROUND:
         # predict reads every image as light ink on dark (inverting scans), so the digits learnt must be so too
         images = 255 - images
         logger.warning("%s: its digits are dark on a light background; inverted to MNIST's light ink on dark, as "
-                       "predict reads every image", paths["images"].name)
+                       "predict reads every image", paths["images"])
     logger.info("MNIST %s: %d digits of %dx%d from %s", split, len(labels), *images.shape[1:], directory)
     return MnistSplit(images, labels.astype(np.int64), f"mnist ({directory})", 255)
 

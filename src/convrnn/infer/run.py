@@ -7,6 +7,7 @@ data paths it recorded: data that moved is an error naming the path, never other
 """
 from __future__ import annotations
 
+import glob
 import inspect
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -173,7 +174,8 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[
     (with ``shifts`` views, as ``evaluate_run``); ``progress(done, total)`` as a recipe that reports
     progress (the lines recipe) reads them. An empty input (an unset shell variable) is refused: as a
     path it names the working folder, whose files would be read in its place. One path may be given
-    as a string; no input at all is refused."""
+    as a string; no input at all is refused, and so is a path with a tab, newline or carriage return
+    in it, which would break the one ``path<TAB>result`` line printed per input."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     inputs = [str(given) for given in inputs]
@@ -182,6 +184,7 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[
     for k, given in enumerate(inputs):
         if not given.strip():
             raise DataError(f"{given!r}: an empty path as input {k + 1} of {len(inputs)} (an unset shell variable?)")
+    _refuse_output_breaking(inputs)
     loaded = load_run(run)
     accepted = inspect.signature(loaded.recipe.predict).parameters
     ignored = [k for k, v in options.items() if v is not None and k not in accepted]
@@ -192,3 +195,28 @@ def predict(run: str, inputs: list[str], *, shifts: int = 1, progress: Optional[
                           f"{loaded.recipe.name} run")
     loaded = loaded._replace(model=with_views(loaded.model, loaded.task, shifts))
     return loaded.recipe.predict(loaded, inputs, **options)
+
+
+# characters of a path that would break predict's output, one ``path<TAB>result`` line per input
+OUTPUT_BREAKING = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+
+
+def _refuse_output_breaking(inputs: list[str]) -> None:
+    """A DataError naming (as ``repr``) the first path predict would print that holds a tab, newline
+    or carriage return: an input given, or a page XML file that an input folder or glob pattern names.
+    Printed as it is, such a path would add a column or a row to the output a script parses."""
+    for given in inputs:
+        named = [given]
+        try:  # the page XML files a folder or pattern names are printed with their own paths
+            if Path(given).is_dir():
+                named += [str(p) for p in Path(given).iterdir() if p.suffix.lower() == ".xml"]
+            elif any(c in given for c in "*?["):
+                named += [p for p in glob.glob(given, recursive=True) if p.lower().endswith(".xml")]
+        except OSError:  # an unreadable folder: the recipe that reads it says so
+            pass
+        for name in named:
+            what = next((w for c, w in OUTPUT_BREAKING.items() if c in name), None)
+            if what is not None:
+                where = "" if name == given else f" (from the input {given})"
+                raise DataError(f"{name!r}{where}: {what} in the path would break predict's output of one "
+                                f"path<TAB>result line per input; rename the file")

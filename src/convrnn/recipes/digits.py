@@ -41,6 +41,7 @@ from convrnn.recipes.base import CliOption, DataBundle, Recipe, register_recipe
 from convrnn.tasks.values import RegressTask, SumOfValuesTask, ValueClassifyTask
 from convrnn.viz.html import (Section, captioned, esc, evaluate_metrics, figure_img, missing, note,
                               sample_id, table, thumbnail)
+from convrnn.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +189,11 @@ def check_length(count: int, meta: dict, task) -> None:
         largest = num_target_classes(op, count) - 1
         raise DataError(f"{count} images: a sequence of {count} digits can have a {op} up to {largest:,}, but this "
                         f"run's classification head gives 0..{task.num_values - 1:,} (sequences of at most "
-                        f"{trained} digits); predict at most {trained} images, or train a run with a longer "
+                        f"{plural(trained, 'digit')}); predict at most {plural(trained, 'image')}, or train a run with a longer "
                         f"--max-len or a regression head (--preset digits:head=reg)")
-    log.warning("%d images: a sequence longer than this run's training sequences (at most %d digits), which it "
-                "reads less well (`convrnn eval RUN --split test` shows the error per length)", count, trained)
+    log.warning("%d images: a sequence longer than this run's training sequences (at most %s), which it "
+                "reads less well (`convrnn eval RUN --split test` shows the error per length)", count,
+                plural(trained, "digit"))
 
 
 # The share of the image a digit's ink spans along its longer side: MNIST centres each digit's 20x20 box

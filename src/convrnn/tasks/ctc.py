@@ -456,7 +456,8 @@ class CTCTask(Task):
                             for w in word_list(lexicon)})
             usable = [w for w in words if set(w) <= set(self.alphabet)]
             if not usable:  # every reading would come out empty
-                raise ConfigError(f"{lexicon}: none of its {len(words):,} words can be written with the model's "
+                none = "its one word cannot" if len(words) == 1 else f"none of its {len(words):,} words can"
+                raise ConfigError(f"{lexicon}: {none} be written with the model's "
                                   f"alphabet ({''.join(self.alphabet)[:60]!r})")
             if len(usable) < len(words):
                 unusable = [w for w in words if not set(w) <= set(self.alphabet)]

@@ -26,6 +26,7 @@ from convrnn.train.config import TrainConfig
 from convrnn.train.cpu import native_bf16
 from convrnn.train.rundir import RunDir
 from convrnn.train.threads import apply_threads
+from convrnn.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -702,8 +703,3 @@ def _to(state, device):
     if isinstance(state, torch.Tensor):
         return state.to(device)
     return type(state)(_to(s, device) for s in state)
-
-
-def plural(n: int, word: str) -> str:
-    """``1 step``, ``3,750 steps``."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
