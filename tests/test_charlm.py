@@ -277,3 +277,11 @@ def test_the_embedded_text_says_that_it_stands_in(corpus, caplog):
     with caplog.at_level("INFO", logger="convrnn"):
         recipe.make_data(CharLMDataConfig(path=str(corpus), seq_len=8), TrainConfig(batch_size=4))
     assert f"char corpus from {corpus}: " in caplog.text
+
+
+def test_a_text_of_one_distinct_character_trains_with_a_warning(tmp_path, caplog):
+    same = tmp_path / "a.txt"
+    same.write_text("a" * 400, encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        get_recipe("charlm").make_data(CharLMDataConfig(path=str(same), seq_len=8), TrainConfig(batch_size=4))
+    assert "only one distinct character ('a'): there is nothing to predict" in caplog.text

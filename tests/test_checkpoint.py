@@ -170,3 +170,13 @@ def test_rotation_keeps_k_and_falls_back_to_the_previous_good_one(tmp_path):
         p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no loadable checkpoint"):
         load_latest_checkpoint(tmp_path / "run")
+
+
+def test_a_runs_checkpoints_folder_is_read_as_the_run(tmp_path):
+    from convrnn.train.checkpoint import resolve_checkpoint
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (tmp_path / "run" / "checkpoints" / name).write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints" / "best.pt"
+    assert resolve_checkpoint(tmp_path / "run" / "checkpoints", prefer="last").name == "last.pt"

@@ -372,6 +372,13 @@ def test_page_image_names_decoded_and_near_misses_named(tmp_path):
                                 f"(fix the XML or the file name)")
 
 
+def test_a_missing_image_of_a_page_in_the_working_folder_names_that_folder_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_page(tmp_path, "p", image="gone.png", make_image=False)
+    with pytest.raises(pages.PageError, match=r"^p.xml: page image 'gone.png' not found \(looked in \.\)$"):
+        pages.find_image(pages.parse_page("p.xml"))
+
+
 def test_alto_in_tenths_of_millimetres_is_scaled_by_its_page_size(tmp_path):
     """ALTO's mm10 and inch1200 coordinates are scaled to the image by the Page's WIDTH and HEIGHT (as its
     schema says); without them, or in a unit ALTO does not have, the file is refused."""

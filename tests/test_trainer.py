@@ -223,3 +223,5 @@ def test_trainer_refuses_parts_that_would_fail_later_and_its_checkpoints_rebuild
     torch.testing.assert_close(again(torch.from_numpy(x[:4])), model.eval()(torch.from_numpy(x[:4])))
     with pytest.raises(CheckpointError, match="names no recipe.*load_model"):
         load_run(tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match=r"expected logits of shape \(B, 3\), one per class, got \(2, 4\)"):
+        ClassifyTask(["a", "b", "c"]).predict(torch.zeros(2, 4))

@@ -396,8 +396,8 @@ def find_image(page: Page) -> Path:
             pass
     hint = (f"; found {', '.join(near[:3])}, whose name differs in extension or case (fix the XML or the "
             f"file name)" if near else "")
-    raise PageError(f"{page.path}: page image {page.image_name!r} not found (looked in {folder} and {folder.parent})"
-                    f"{hint}", BAD_IMAGE)
+    looked = f"{folder}" if folder.resolve() == folder.parent.resolve() else f"{folder} and {folder.parent}"
+    raise PageError(f"{page.path}: page image {page.image_name!r} not found (looked in {looked}){hint}", BAD_IMAGE)
 
 
 # ------------------------------------------------------------------------------------ geometry

@@ -121,6 +121,10 @@ class CharLMRecipe(Recipe):
         check_length(len(text), data_cfg, train_cfg.batch_size)
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
         vocab = Vocab.from_text(train_text)
+        if len(set(train_text)) < 2:  # every next symbol is known: the loss goes to 0 and nothing is learned
+            log.warning("%s: the training text has only one distinct %s (%r): there is nothing to predict",
+                        data_cfg.path or "the embedded text", "byte" if vocab.is_bytes else "character",
+                        train_text[:1])
         train_ids, val_ids = vocab.encode(train_text), encode_val(vocab, val_text, data_cfg)
         bs, seq_len = train_cfg.batch_size, data_cfg.seq_len
         if data_cfg.stateful:

@@ -57,6 +57,9 @@ class ClassifyTask(Task):
     @torch.inference_mode()
     def predict(self, logits: torch.Tensor) -> list[tuple[str, float]]:
         """``(B, V)`` logits -> the most likely class name and its probability per input."""
+        if logits.dim() != 2 or logits.shape[-1] != len(self.classes):
+            raise ValueError(f"expected logits of shape (B, {len(self.classes)}), one per class, got "
+                             f"{tuple(logits.shape)}")
         probs = logits.float().softmax(dim=-1)
         p, i = probs.max(dim=-1)
         return [(self.classes[int(k)], float(v)) for k, v in zip(i, p)]

@@ -238,6 +238,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
         for name in order:
             if (p / "checkpoints" / name).is_file():
                 return p / "checkpoints" / name
+        if p.name == "checkpoints" and any((p / name).is_file() for name in order):  # RUN/checkpoints given
+            return next(p / name for name in order if (p / name).is_file())
         raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run directory")
     if not p.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
