@@ -162,6 +162,7 @@ def test_best_checkpoint_breaks_ties_by_loss_then_by_the_later_step(tmp_path):
         t.evaluate = lambda data, max_batches=0, a=accuracy, l=loss: {"loss": l, "accuracy": a, "errors": 0.0,
                                                                       "samples": 32.0}
         t._validate_current()
+        t.save("last")  # best.pt is written with the step's last.pt, never before it
         assert (t.pos.best_step == step) == expected, (step, t.pos.best_step)
     assert (t.pos.best, t.pos.best_loss, t.pos.best_step) == (1.0, 0.10, 50)
     best = load_checkpoint(tmp_path / "ties" / "checkpoints" / "best.pt")
@@ -225,3 +226,30 @@ def test_trainer_refuses_parts_that_would_fail_later_and_its_checkpoints_rebuild
         load_run(tmp_path / "run" / "checkpoints" / "last.pt")
     with pytest.raises(ValueError, match=r"expected logits of shape \(B, 3\), one per class, got \(2, 4\)"):
         ClassifyTask(["a", "b", "c"]).predict(torch.zeros(2, 4))
+
+
+def test_best_checkpoint_follows_its_last_checkpoint_and_a_resume_mends_a_missing_one(tmp_path, monkeypatch, caplog):
+    """A kill between a step's last.pt and its best.pt leaves a resumable run; its resume writes the
+    best.pt the interrupted attempt had not (the resumed checkpoint is that best)."""
+    import logging
+    from convrnn.train import trainer as trainer_module
+
+    t = make_trainer(tmp_path, "order", epochs=1)
+    order = []
+    real_rotating, real_save = trainer_module.save_rotating, trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_rotating", lambda d, c, step, keep: order.append(("last", step))
+                        or real_rotating(d, c, step, keep))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, c: order.append((path.name, c["step"]))
+                        or real_save(path, c))
+    t.fit()
+    firsts = [order.index(("best.pt", step)) for name, step in order if name == "best.pt"]
+    assert firsts and all(order.index(("last", order[k][1])) < k for k in firsts)
+    ckdir = tmp_path / "order" / "checkpoints"
+    (ckdir / "best.pt").unlink()  # as a kill right after last.pt leaves it
+    last = load_checkpoint(ckdir / "last.pt")
+    assert last["best_step"] == last["step"]  # the toy run's last validation is its best
+    resumed = make_trainer(tmp_path, "order", epochs=1)
+    with caplog.at_level(logging.INFO):
+        resumed.restore(last)
+    assert load_checkpoint(ckdir / "best.pt")["step"] == last["step"]
+    assert "best.pt: set to the resumed checkpoint" in caplog.text

@@ -17,10 +17,10 @@ import torch
 
 from convrnn.data.batching import BatchSource
 from convrnn.infer.evaluate import evaluate, run_model, to_device
-from convrnn.errors import ConfigError, ConvrnnError, TrainingDiverged
+from convrnn.errors import CheckpointError, ConfigError, ConvrnnError, TrainingDiverged
 from convrnn.tasks.base import Task
 from convrnn.train.averaging import WeightAverage
-from convrnn.train.checkpoint import rng_state, save_checkpoint, save_rotating, set_rng_state
+from convrnn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_rotating, set_rng_state
 from convrnn.fields import check as check_fields
 from convrnn.train.config import TrainConfig
 from convrnn.train.cpu import native_bf16
@@ -285,6 +285,7 @@ class Trainer:
         self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None
         self.pos = Position()
         self.state = None  # recurrent state carried between batches (stateful tasks)
+        self._best_due = False  # a validation found a new best: best.pt goes with the next last.pt
         self.last_val: dict[str, float] = {}
         self.best_metrics: dict[str, float] = {}  # validation metrics of the best checkpoint
         self.val_step = -1  # step of the last validation
@@ -321,10 +322,19 @@ class Trainer:
         }
 
     def save(self, name: str) -> Optional[Path]:
+        """Write ``last`` (the rotating resumable checkpoint) or another named one. A validation that
+        found a new best marks best.pt due; it is written right after the last.pt of the same step, never
+        before: a kill between the two then leaves a resumable run whose best.pt is a step it has passed,
+        not a best.pt from a step its last.pt has not reached (which a resume would pair with other
+        curves, or could not continue from at all)."""
         if self.run_dir is None:
             return None
         if name == "last":
-            return save_rotating(self.run_dir.checkpoints, self.checkpoint(), self.pos.step, self.cfg.keep_checkpoints)
+            path = save_rotating(self.run_dir.checkpoints, self.checkpoint(), self.pos.step, self.cfg.keep_checkpoints)
+            if self._best_due:
+                self._best_due = False
+                save_checkpoint(self.run_dir.checkpoints / "best.pt", self.checkpoint())
+            return path
         path = self.run_dir.checkpoints / f"{name}.pt"
         save_checkpoint(path, self.checkpoint())
         return path
@@ -362,6 +372,31 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.pos.step)
+            self._reconcile_best(ckpt)
+
+    def _reconcile_best(self, ckpt: dict) -> None:
+        """Make best.pt the best of the checkpoint resumed from. A run stopped between writing a step's
+        last.pt and its best.pt (see :meth:`save`), or resumed from an older step file, holds a best.pt of
+        another step than the one its position records: where that step is the resumed checkpoint's own,
+        best.pt is written from it; otherwise a warning says which step best.pt holds."""
+        recorded = ckpt.get("best_step", -1)
+        if recorded is None or recorded < 0:
+            return
+        best = self.run_dir.checkpoints / "best.pt"
+        try:
+            on_disk = load_checkpoint(best).get("step") if best.is_file() else None
+        except CheckpointError:
+            on_disk = None
+        if on_disk == recorded:
+            return
+        if ckpt.get("step") == recorded:
+            save_checkpoint(best, ckpt)
+            log.info("best.pt: set to the resumed checkpoint (step %s), the run's best, which the interrupted "
+                     "attempt had not written", f"{recorded:,}")
+        else:
+            log.warning("best.pt holds %s, and the run's best was at step %s (resumed from step %s): it is replaced at "
+                        "the next validation better than that one", "no checkpoint" if on_disk is None else
+                        f"step {on_disk:,}", f"{recorded:,}", f"{ckpt.get('step', 0):,}")
 
     def _load_optimizer(self, state: dict) -> None:
         """The checkpoint's optimizer state (moments, step counts) under this config's hyper-parameters:
@@ -653,7 +688,7 @@ class Trainer:
             self.pos.best, self.pos.best_loss, self.pos.best_step = value, metrics.get("loss"), self.pos.step
             self.best_metrics = dict(metrics)
             self.pos.stale = 0
-            self.save("best")
+            self._best_due = True  # written with the step's last.pt (save)
         else:
             self.pos.stale += 1
         return self._stalled()
