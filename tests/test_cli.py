@@ -263,3 +263,15 @@ def test_quiet_after_the_subcommand(capsys, tmp_path):
     assert "validation at step" in log  # the log still has them
     # and what was said of the data before the run directory existed: which data the run read
     assert log.index("fonts: the 5 faces bundled with matplotlib") < log.index("INFO convrnn.train.trainer: training ")
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_and_exit_130(monkeypatch, capsys):
+    import convrnn.cli as cli_module
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_module.cli, "commands", {})
+    monkeypatch.setattr(cli_module, "_register", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        cli_module.main(["eval", "run"])
+    assert exc.value.code == 130 and capsys.readouterr().err == "interrupted\n"

@@ -293,3 +293,24 @@ def test_no_output_replaces_a_file_the_command_or_the_run_reads(capsys, tmp_path
     code, _, err = run_cli(capsys, "report", str(run), "--out", str(text))
     assert code == 2 and "a file this command reads" in one_error_line(err), err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_full_disk_under_the_run_is_one_line_for_metrics_and_a_warning_for_tensorboard(tmp_path, monkeypatch, caplog):
+    """metrics.csv that cannot be written stops the run with one WriteError naming it; TensorBoard's
+    event file that cannot be written (its writer thread fails) stops TensorBoard logging only."""
+    import logging
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = RunDir(tmp_path / "run")
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(SummaryWriter, "add_scalar", no_space)
+    with caplog.at_level(logging.WARNING):
+        run.log_metrics(1, 0, "train", {"loss": 1.0})
+        run.log_metrics(2, 0, "train", {"loss": 0.5})  # TensorBoard is off now: no second warning
+        run.close()
+    assert caplog.text.count("TensorBoard events cannot be written (No space left on device)") == 1
+    assert [r["step"] for r in read_metrics(run.metrics_csv)] == [1, 2]
+    monkeypatch.setattr("builtins.open", no_space)
+    with pytest.raises(WriteError, match=r"metrics.csv: cannot write \(No space left on device\); the run stops at"):
+        RunDir(tmp_path / "other", tensorboard=False).log_metrics(1, 0, "train", {"loss": 1.0})

@@ -248,8 +248,10 @@ def test_best_checkpoint_follows_its_last_checkpoint_and_a_resume_mends_a_missin
     (ckdir / "best.pt").unlink()  # as a kill right after last.pt leaves it
     last = load_checkpoint(ckdir / "last.pt")
     assert last["best_step"] == last["step"]  # the toy run's last validation is its best
+    (ckdir / ".step-00000099.pt.k2j3h4.tmp").write_bytes(b"x" * 1000)  # a killed atomic write's file
     resumed = make_trainer(tmp_path, "order", epochs=1)
     with caplog.at_level(logging.INFO):
         resumed.restore(last)
     assert load_checkpoint(ckdir / "best.pt")["step"] == last["step"]
     assert "best.pt: set to the resumed checkpoint" in caplog.text
+    assert not list(ckdir.glob(".*")) and "removed 1 temporary file" in caplog.text

@@ -111,7 +111,11 @@ def _register() -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     from convrnn.cli.progress import stop_all
     if not cli.commands:
-        _register()
+        try:
+            _register()  # the heavy imports (torch): a second or two, in which Ctrl-C is as welcome as later
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
     try:
         _run(argv)
     finally:

@@ -650,7 +650,7 @@ def _save_cache(path: str, key: str, arrays: dict) -> None:
     try:
         atomic_write_with(path, lambda fh: np.savez(fh, key=np.array(key), **arrays))
     except OSError as e:  # WriteError included: the data is rendered, only the cache is lost
-        log.warning("could not write fonts cache %s: %s", path, e)
+        log.warning("fonts cache not written, the next run renders again: %s", e if str(path) in str(e) else f"{path}: {e}")
 
 
 def make_fonts_data(config: FontsDataConfig, *, progress: Callable[[int, int], None] | None = None,

@@ -10,13 +10,14 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from convrnn.errors import CheckpointError, ConfigError, DataError
+from convrnn.errors import CheckpointError, ConfigError, DataError, WriteError
 from convrnn.train.config import read_run_config
 
 try:
@@ -253,12 +254,16 @@ class RunDir:
         """Append one row per metric to ``metrics.csv`` and to TensorBoard as ``split/metric``."""
         new = not self.metrics_csv.exists()
         now = round(time.time(), 3)
-        with open(self.metrics_csv, "a", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(METRIC_FIELDS)
-            for name, value in metrics.items():
-                w.writerow([step, epoch, split, name, metric_text(value), now])
+        try:
+            with open(self.metrics_csv, "a", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(METRIC_FIELDS)
+                for name, value in metrics.items():
+                    w.writerow([step, epoch, split, name, metric_text(value), now])
+        except OSError as e:  # a full disk: one line; a row cut short is dropped on resume (read_metrics)
+            raise WriteError(f"{self.metrics_csv}: cannot write ({e.strerror or e}); the run stops at its last "
+                             f"checkpoint, which --resume continues once there is room") from None
         tb = self.tensorboard()
         if tb is not None:
             for name, value in metrics.items():
@@ -291,8 +296,28 @@ class RunDir:
                 log.warning("tensorboard is not installed; no event files will be written")
                 self._tb_wanted = False
                 return None
-            self._tb = SummaryWriter(log_dir=str(self.path), purge_step=self._tb_purge_step)
+            try:
+                writer = SummaryWriter(log_dir=str(self.path), purge_step=self._tb_purge_step)
+            except OSError as e:
+                self._tb_failed(e)
+                return None
+            _quiet_tensorboard_thread()
+            self._tb = _GuardedWriter(writer, self._tb_failed)
         return self._tb
+
+    def _tb_failed(self, error: BaseException) -> None:
+        """TensorBoard's event file cannot be written (a full disk): its logging stops with one warning,
+        and training goes on (metrics.csv and the checkpoints say the same, and fail loudly themselves)."""
+        if self._tb_wanted:
+            log.warning("%s: TensorBoard events cannot be written (%s); TensorBoard logging stops here, "
+                        "metrics.csv goes on", self.path, getattr(error, "strerror", None) or error)
+        self._tb_wanted = False
+        writer, self._tb = self._tb, None
+        if writer is not None:
+            try:
+                writer.unguarded.close()
+            except Exception:  # noqa: BLE001 - the same failure again, already said
+                pass
 
     def close(self) -> None:
         if self._tb is not None:
@@ -302,6 +327,47 @@ class RunDir:
             logging.getLogger("convrnn").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+class _GuardedWriter:
+    """TensorBoard's SummaryWriter whose calls, on failure, call ``failed(error)`` and return None."""
+
+    def __init__(self, writer, failed: Callable[[BaseException], None]):
+        self.unguarded, self._failed = writer, failed
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.unguarded, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - its own writer thread's failure, raised again here
+                self._failed(e)
+                return None
+        return guarded
+
+
+_TB_THREAD_HOOKED = False
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes from a thread of its own, which prints a traceback when a write fails (a full
+    disk) and then raises the error again at the writer's next call, where :class:`_GuardedWriter`
+    turns it into one warning: the thread's own traceback is left out."""
+    global _TB_THREAD_HOOKED
+    if _TB_THREAD_HOOKED:
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _TB_THREAD_HOOKED = True
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -373,6 +373,24 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.pos.step)
             self._reconcile_best(ckpt)
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Remove what a killed attempt's checkpoint writes left in checkpoints/: the temporary files of
+        atomic writes (``.NAME.XXXX.tmp``) and of last.pt's link (``.last.pt.PID.link``). The run's lock is
+        held, so no other training is writing them."""
+        freed, count = 0, 0
+        for path in self.run_dir.checkpoints.glob(".*"):
+            if path.is_file() and path.name.endswith((".tmp", ".link")):
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except OSError:
+                    continue
+                freed, count = freed + size, count + 1
+        if count:
+            log.info("removed %d temporary file%s (%.1f MB) that an interrupted checkpoint write left in %s", count,
+                     "" if count == 1 else "s", freed / 1e6, self.run_dir.checkpoints)
 
     def _reconcile_best(self, ckpt: dict) -> None:
         """Make best.pt the best of the checkpoint resumed from. A run stopped between writing a step's
