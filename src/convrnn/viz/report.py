@@ -304,9 +304,9 @@ def config_section(run_path: Path, ckpt: dict, cfg: dict, source: str, columns: 
     cols = f'<col style="width:{0.4 * width:.1f}%"><col style="width:{0.6 * width:.1f}%">'  # key, value
     body = (f'<div class="scroll"><table class="config"><colgroup>{cols * columns}</colgroup>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
-    return Section("Config", body + note(
-        f"From {source}; bold values differ from the {ckpt.get('recipe', 'recipe')} recipe's defaults. "
-        f"`convrnn train {ckpt.get('recipe', 'RECIPE')} --config {run_path / 'config.json'}` re-runs it."), "config")
+    command = f"convrnn train {ckpt.get('recipe', 'RECIPE')} --config {run_path / 'config.json'}"
+    said = esc(f"From {source}; bold values differ from the {ckpt.get('recipe', 'recipe')} recipe's defaults.")
+    return Section("Config", body + f'<p class="note">{said} <code>{esc(command)}</code> re-runs it.</p>', "config")
 
 
 def _value(v) -> str:
