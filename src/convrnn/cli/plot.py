@@ -13,7 +13,7 @@ from convrnn.cli.paths import UserPath
 
 @click.group()
 def plot() -> None:
-    """Pictures of runs: first-layer filters, learning curves."""
+    """Pictures of runs: first-layer filters, learning curves, a confusion matrix, a text line's CTC outputs."""
 
 
 @plot.command()

@@ -32,7 +32,7 @@ VIEWS_HELP = ("read every input N times and combine the readings: a text line mo
 @click.pass_context
 def eval_cmd(ctx: click.Context, run: str, split: Optional[str], sets, shifts: int, beam: Optional[int],
              lexicon: Optional[str], lm: Optional[str], threads: Optional[int]) -> None:
-    """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data."""
+    """Metrics of a run's best checkpoint (or of the checkpoint file given) on its validation data (--split test: its test data)."""
     from convrnn.cli.progress import CountProgress
     from convrnn.infer.run import evaluate_run
     from convrnn.train.config import parse_pairs

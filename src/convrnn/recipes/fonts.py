@@ -19,6 +19,7 @@ import torch
 from convrnn.data.batching import IndexedBatches, array_fetcher
 from convrnn.data.fonts import (FontSpec, FontsDataConfig, drawable_lines, file_digest, make_fonts_data,
                                 read_line_windows, render_line, resolve_fonts)
+from convrnn.cli.paths import UserPath
 from convrnn.errors import DataError
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
                                    register_recipe)
@@ -180,13 +181,15 @@ def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_p
 
 
 @click.command()
-@click.option("--fonts", "font_paths", multiple=True, help="font file or folder (repeatable); default: bundled faces")
-@click.option("--text", type=click.Path(), help="UTF-8 text file (default: embedded text)")
-@click.option("--out", type=click.Path(dir_okay=False), default="fonts-preview.png", show_default=True)
+@click.option("--fonts", "font_paths", multiple=True, type=UserPath(),
+              help="font file or folder (repeatable); default: bundled faces")
+@click.option("--text", type=UserPath(), help="UTF-8 text file (default: embedded text)")
+@click.option("--out", type=UserPath(dir_okay=False), default="fonts-preview.png", show_default=True,
+              help="the PNG to write")
 @click.option("--samples", type=int, default=8, show_default=True, help="samples per font")
-@click.option("--height", type=int, default=16, show_default=True)
-@click.option("--width", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--height", type=int, default=16, show_default=True, help="line height in pixels, as the recipe's")
+@click.option("--width", type=int, default=64, show_default=True, help="line width in pixels, as the recipe's")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the lines and distortions drawn")
 def preview(font_paths, text, out, samples, height, width, seed) -> None:
     """Write a PNG grid of rendered samples, one row per font: what the fonts recipe trains on."""
     from convrnn.data.fonts import load_text_lines
