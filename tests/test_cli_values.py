@@ -155,6 +155,15 @@ def test_ctrl_c_in_training_says_what_was_kept(tmp_path, monkeypatch, capsys):
     assert err.strip().splitlines()[-1] == (f"interrupted: {run} keeps its last checkpoint; continue it with "
                                             f"`convrnn train fonts --resume {run}`")
 
+    def interrupted_early(recipe, overrides, **kw):  # while the data is read, before the trainer starts
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", interrupted_early)
+    code, out, err = run_cli(capsys, "train", "fonts", "--resume", str(run))
+    assert code == 130  # a resume had not changed the run yet: it is there to continue, not gone
+    assert err.strip().splitlines()[-1] == (f"interrupted before training went on; {run} keeps its checkpoints; "
+                                            f"continue it with `convrnn train fonts --resume {run}`")
+
 
 def test_unquoted_pattern_gets_a_hint(tmp_path, capsys):
     pages = [str(tmp_path / f"p{k}.xml") for k in range(3)]  # what the shell makes of an unquoted p*.xml

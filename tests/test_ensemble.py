@@ -262,3 +262,93 @@ def test_resume_with_larger_limits_trains_every_member_on(mnist_dir, tmp_path):
     assert steps == [4, 4] and trainer.step == 8
     again = train("digits", None, resume=str(run))  # the same limits: nothing left to train
     assert again.step == 8
+
+
+KILL_SECOND_MEMBER = r"""
+import json, os, signal, sys
+from convrnn.recipes.runner import train
+
+class KillSecondMember:
+    '''SIGKILLs the process at the second member's third step: its first two steps are in its
+    metrics.csv, train.log and events, and it has no checkpoint.'''
+    def on_step(self, trainer, info):
+        if trainer.cfg.seed == 1 and info["step"] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train("digits", json.loads(sys.argv[1]), callbacks=[KillSecondMember()])
+"""
+
+
+def test_a_member_killed_before_its_first_checkpoint_starts_again_from_clean_files(mnist_dir, tmp_path):
+    """The resume trains that member from its start: its metrics.csv holds each step once, under a header
+    (also where the kill left the file empty), and the killed attempt's log, events and partial
+    checkpoint writes are gone; a file of the user's in the member's folder stays."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from convrnn.train.rundir import read_metrics
+
+    killed = tmp_path / "killed"
+    settings = _settings(mnist_dir, killed, **{"train.max_steps": 8, "train.log_every": 1,
+                                               "train.checkpoint_every": 100})
+    proc = subprocess.run([sys.executable, "-c", KILL_SECOND_MEMBER, json.dumps(settings)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    member = killed / "members" / "1"
+    assert {r["step"] for r in read_metrics(member) if r["split"] == "train"} == {1, 2}
+    assert not (member / "checkpoints" / "last.pt").exists()
+    (member / "notes.txt").write_text("mine\n")
+    with open(member / "train.log", "a") as log:  # the killed attempt's log (its lines, in a CLI run)
+        log.write("step 2 of the killed attempt\n")
+    (member / "checkpoints" / ".step-00000004.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    old_events = sorted(p.name for p in member.glob("events.out.tfevents.*"))
+    assert old_events
+    emptied = shutil.copytree(killed, tmp_path / "emptied")
+    (emptied / "members" / "1" / "metrics.csv").write_bytes(b"")  # a kill before the header was written
+
+    for run in (killed, emptied):
+        assert train("digits", None, resume=str(run)).step == 8
+        member = run / "members" / "1"
+        steps = [r["step"] for r in read_metrics(member) if r["split"] == "train" and r["metric"] == "loss"]
+        assert steps == [1, 2, 3, 4], run
+        assert (member / "notes.txt").read_text() == "mine\n"
+        assert sorted(p.name for p in (member / "checkpoints").glob(".*")) == []
+        events = sorted(p.name for p in member.glob("events.out.tfevents.*"))
+        assert len(events) == 1 and events[0] not in old_events
+        assert "killed attempt" not in (member / "train.log").read_text()
+        assert load_checkpoint(run)["ensemble"]["members"] == 2
+
+
+class _InterruptSecondMember:
+    """Ctrl-C at the second member's step ``step``, in place of the CLI's CompileNotice callback."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, info):
+        if trainer.cfg.seed == 1 and info["step"] == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("checkpoint_every, step, kept", [
+    (100, 1, "the last checkpoint of ensemble member 1 of 2"),  # the second member had no checkpoint yet
+    (1, 2, "the last checkpoints of ensemble members 1 and 2 of 2")])  # it had one, of its step 1
+def test_ctrl_c_in_a_member_names_the_ensemble_run_and_what_it_keeps(mnist_dir, tmp_path, capsys, monkeypatch,
+                                                                     checkpoint_every, step, kept):
+    """The advice continues the ensemble (a member's own directory resumed would train that member alone
+    and leave the ensemble unfinished), and following it finishes the ensemble."""
+    import convrnn.cli.train as cli_train
+
+    run = tmp_path / "ens"
+    monkeypatch.setattr(cli_train, "CompileNotice", lambda: _InterruptSecondMember(step))
+    code, _, err = run_cli(capsys, "-q", "train", "digits", "--data-dir", str(mnist_dir), "--run-dir", str(run),
+                           "--ensemble", "2", "--seed", "0", *TINY, "--set", f"train.checkpoint_every={checkpoint_every}")
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: {run} keeps {kept}; continue the ensemble with "
+                                            f"`convrnn train digits --resume {run}`")
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, "-q", "train", "digits", "--resume", str(run))
+    assert code == 0, err
+    assert load_checkpoint(run)["ensemble"]["members"] == 2

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from convrnn.errors import ConfigError
+from convrnn.errors import ConfigError, WriteError
 from convrnn.train.checkpoint import load_checkpoint, save_checkpoint
 from convrnn.train.rundir import RunLock
 from helpers import line_png, run_cli, train_cli
@@ -105,25 +105,73 @@ def test_the_lock_of_a_killed_training_is_released_with_it(capsys, tmp_path):
     assert os.listdir(run) == []
 
 
-@pytest.mark.parametrize("held", ["checkpoint", "config_and_log"])
+@pytest.mark.parametrize("held", ["checkpoint", "config_and_log", "config_and_log_beside_notes"])
 def test_a_new_training_into_a_directory_holding_a_run_is_refused(capsys, tmp_path, trained_run, held):
     run = tmp_path / "run"
+    delete = f"delete {run}"  # how to clear the run that stopped before its first checkpoint
     if held == "checkpoint":
         copy_run(trained_run, run)
         message = f"{run}: this run directory already holds a run; use --resume {run} to continue it"
-    else:  # a run stopped before its first checkpoint
+    else:  # a run stopped before its first checkpoint (killed: an interrupted one removes its files)
         run.mkdir()
         shutil.copy(trained_run / "config.json", run)
         shutil.copy(trained_run / "train.log", run)
-        message = f"{run}: this run directory already holds a run (config.json) that stopped before its first checkpoint"
+        message = (f"{run}: this run directory already holds a run (config.json) that stopped before its first "
+                   f"checkpoint, so there is nothing to --resume; ")
+        if held == "config_and_log_beside_notes":  # the folder is the user's too: only convrnn's files go
+            (run / "notes.txt").write_text("mine\n")
+            delete = f"delete its run files config.json and train.log from {run} (not the folder: it holds other files too)"
+        message += f"{delete} to start it again there, or give another --run-dir"
     before = snapshot(run)
     code, _, err = run_cli(capsys, "train", "fonts", "--run-dir", str(run), *TINY)
     assert code == 2 and message in error_line(err)
     assert snapshot(run) == before and not (run / ".lock").exists()
-    if held == "config_and_log":  # resuming it says the same: nothing to continue
+    if held != "checkpoint":  # resuming it says the same: nothing to continue
         code, _, err = run_cli(capsys, "train", "fonts", "--resume", str(run))
-        assert code == 2 and "stopped before its first checkpoint" in error_line(err)
+        assert code == 2 and error_line(err).endswith(
+            f"stopped before its first checkpoint, so there is nothing to continue; start it again with "
+            f"`convrnn train fonts --config {run / 'config.json'}`, then {delete}")
         assert snapshot(run) == before
+
+
+class _StopAtStep2:
+    """Stands for Ctrl-C (or a failure) at step 2, before the run's first checkpoint (in place of the
+    CLI's CompileNotice callback)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def on_step(self, trainer, info):
+        if info["step"] == 2:
+            raise self.error
+
+
+@pytest.mark.parametrize("error, code, last_line", [
+    (KeyboardInterrupt(), 130, "interrupted before the first checkpoint; nothing was kept"),
+    (WriteError("metrics.csv: cannot write (No space left on device)"), 2, "error: metrics.csv: cannot write")])
+def test_a_run_stopped_before_its_first_checkpoint_in_a_folder_that_existed_removes_only_its_files(
+        capsys, tmp_path, monkeypatch, error, code, last_line):
+    """Interrupted or failed before its first checkpoint, a new run keeps nothing: in a folder that was
+    there before, the files and folders it wrote go and the user's own stay (a checkpoints/ folder of
+    theirs included), so the folder is as it was and a new run starts there without being told to
+    delete it."""
+    import convrnn.cli.train as cli_train
+
+    run = tmp_path / "mydir"
+    (run / "sub").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine\n")
+    (run / "sub" / "data.txt").write_text("also mine\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "README").write_text("my checkpoints go here\n")
+    before, entries = snapshot(run), sorted(run.rglob("*"))
+    monkeypatch.setattr(cli_train, "CompileNotice", lambda: _StopAtStep2(error))
+    got, _, err = run_cli(capsys, "train", "fonts", "--run-dir", str(run), *TINY, "--set", "train.log_every=1")
+    assert got == code and err.strip().splitlines()[-1].startswith(last_line), err
+    assert snapshot(run) == before and sorted(run.rglob("*")) == entries
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "-q", "train", "fonts", "--run-dir", str(run), *TINY)
+    assert code == 0, err
+    assert (run / "notes.txt").read_text() == "mine\n" and (run / "checkpoints" / "last.pt").is_file()
 
 
 @pytest.mark.parametrize("command", ["eval", "report", "predict", "export"])

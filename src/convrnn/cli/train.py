@@ -82,7 +82,7 @@ def _make_train_command(recipe_name: str):
         _refuse_set_over_option(overrides, parse_pairs(list(sets)), recipe)
         overrides.update(parse_pairs(list(sets)))
         quiet = ctx.find_root().obj["quiet"]
-        where = RunWhere()
+        where = RunWhere(resume)
         try:
             result = run_train(recipe_name, overrides, config_file=config_file, resume=resume,
                                callbacks=[CompileNotice(), where, *([TrainProgress(quiet=quiet)] if _reports() else [])],
@@ -142,16 +142,40 @@ def _reports() -> bool:
 
 
 class RunWhere:
-    """Trainer callback that remembers the run directory, to say after an interruption what was kept."""
+    """Trainer callback that remembers the run directory, to say after an interruption what was kept.
 
-    def __init__(self):
+    A member of an ensemble trains in ``RUN/members/N`` but is continued only as part of its ensemble:
+    the advice names the ensemble's run (``trainer.ensemble_run``, set by ``train_ensemble``), and what
+    it keeps is read from the members' checkpoints when the interruption comes. ``resume`` is the run
+    a resume was given: interrupted before it trained on, that run is still there to continue."""
+
+    def __init__(self, resume: Optional[str] = None):
         self.path: Optional[Path] = None
+        self.ensemble: Optional[tuple[Path, int]] = None  # (the ensemble's run directory, its member count)
+        self.resume = resume
 
     def on_train_start(self, trainer) -> None:
         self.path = trainer.run_dir.path if trainer.run_dir is not None else None
+        self.ensemble = getattr(trainer, "ensemble_run", None)
 
     def interrupted(self, recipe: str) -> str:
+        from convrnn.train.runfiles import MEMBERS_DIR
+
+        if self.ensemble is not None:
+            run, k = self.ensemble
+            kept = [i + 1 for i in range(k) if (run / MEMBERS_DIR / str(i) / "checkpoints" / "last.pt").exists()]
+            if not kept:  # the first member's first checkpoint had not come: the run was removed
+                return "interrupted before the first checkpoint; nothing was kept"
+            if len(kept) == 1:
+                what = f"the last checkpoint of ensemble member {kept[0]} of {k}"
+            else:
+                what = f"the last checkpoints of ensemble members {', '.join(map(str, kept[:-1]))} and {kept[-1]} of {k}"
+            return (f"interrupted: {display_path(run)} keeps {what}; continue the ensemble with "
+                    f"`convrnn train {recipe} --resume {display_path(run)}`")
         if self.path is None:
+            if self.resume:  # refused or stopped before training went on: the run is there as it was
+                return (f"interrupted before training went on; {display_path(self.resume)} keeps its checkpoints; "
+                        f"continue it with `convrnn train {recipe} --resume {display_path(self.resume)}`")
             return "interrupted before training started; nothing was kept"
         last = self.path / "checkpoints" / "last.pt"
         if not last.exists():

@@ -19,7 +19,6 @@ import torch
 from convrnn.data.batching import IndexedBatches, array_fetcher
 from convrnn.data.fonts import (FontSpec, FontsDataConfig, drawable_lines, file_digest, make_fonts_data,
                                 read_line_windows, render_line, resolve_fonts)
-from convrnn.cli.paths import UserPath
 from convrnn.errors import DataError
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Recipe, check_meta, missing_split,
                                    register_recipe)
@@ -181,10 +180,10 @@ def preview_grid(fonts: list[FontSpec] | list[str], text_lines: list[str], out_p
 
 
 @click.command()
-@click.option("--fonts", "font_paths", multiple=True, type=UserPath(),
+@click.option("--fonts", "font_paths", multiple=True, type=click.Path(),
               help="font file or folder (repeatable); default: bundled faces")
-@click.option("--text", type=UserPath(), help="UTF-8 text file (default: embedded text)")
-@click.option("--out", type=UserPath(dir_okay=False), default="fonts-preview.png", show_default=True,
+@click.option("--text", type=click.Path(), help="UTF-8 text file (default: embedded text)")
+@click.option("--out", type=click.Path(dir_okay=False), default="fonts-preview.png", show_default=True,
               help="the PNG to write")
 @click.option("--samples", type=int, default=8, show_default=True, help="samples per font")
 @click.option("--height", type=int, default=16, show_default=True, help="line height in pixels, as the recipe's")
@@ -196,6 +195,9 @@ def preview(font_paths, text, out, samples, height, width, seed) -> None:
     if samples < 1 or height < 4 or width < 4:
         raise click.BadParameter("--samples must be at least 1 and --height/--width at least 4")
     from convrnn.files import check_writable
+    # a leading ~ is the home folder, as in every other command's paths (the shell leaves it after =)
+    font_paths = [os.path.expanduser(p) for p in font_paths]
+    text, out = (os.path.expanduser(text) if text else text), os.path.expanduser(out)
     specs = resolve_fonts(list(font_paths))
     # never over a font or the text it draws from; a PNG under another name would mislead a viewer
     check_writable(out, keep=[s.path for s in specs] + ([text] if text else []), png=True)

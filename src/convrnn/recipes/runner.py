@@ -21,6 +21,7 @@ from convrnn.train.checkpoint import load_latest_checkpoint
 from convrnn.train.config import RunConfig, load_config_file
 from convrnn.train.ensemble import MEMBERS_DIR, train_ensemble
 from convrnn.train.rundir import RunDir, RunLock, check_checkpoint_of_run, new_run_dir, new_run_id
+from convrnn.train.runfiles import describe_run_files, other_entries, remove_run_files, run_file_paths
 from convrnn.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ def resume_config(resume: str, recipe_name: Optional[str] = None, overrides: dic
                           f"continue it with `convrnn train {recorded} --resume {resume}`")
     if not _has_checkpoint(run):
         raise ConfigError(f"--resume {resume}: the run stopped before its first checkpoint, so there is nothing "
-                          f"to continue; start it again with `convrnn train {recorded} --config {saved}` "
-                          f"(and delete {resume})")
+                          f"to continue; start it again with `convrnn train {recorded} --config {saved}`, "
+                          f"then {_deletion_advice(run, resume)}")
     cfg = get_recipe(recorded).config(overrides, config_file=str(saved))
     _check_resume_changes(resume, cfg, get_recipe(recorded).config(None, config_file=str(saved)))
     cfg.run_id = str(recorded_config.get("run_id") or "")  # the run keeps its identity (none for older runs)
@@ -151,15 +152,24 @@ def _has_checkpoint(run: Path) -> bool:
 
 def refuse_used_run_dir(run: Path) -> None:
     """A new training (not a resume) into ``run`` when it already holds a run is refused: one with a
-    checkpoint is continued with --resume, one stopped before its first checkpoint is deleted first."""
+    checkpoint is continued with --resume; the files of one stopped before its first checkpoint are deleted first."""
     if _has_checkpoint(run) or (run / MEMBERS_DIR).exists():
         raise ConfigError(f"{run}: this run directory already holds a run; use --resume {run} to continue it, "
                           f"or give another --run-dir")
     held = [name for name in ("config.json", "train.log", "metrics.csv") if (run / name).exists()]
     if held:
         raise ConfigError(f"{run}: this run directory already holds a run ({held[0]}) that stopped before its "
-                          f"first checkpoint, so there is nothing to --resume; delete {run} to start it again "
-                          f"there, or give another --run-dir")
+                          f"first checkpoint, so there is nothing to --resume; {_deletion_advice(run, run)} to "
+                          f"start it again there, or give another --run-dir")
+
+
+def _deletion_advice(run: Path, shown) -> str:
+    """How to clear the run directory ``run`` (named ``shown``) of a run that kept nothing: delete the
+    folder where it holds only convrnn's files, else those files by name, since the folder also holds
+    the user's own (a folder given as --run-dir that was there before)."""
+    if not other_entries(run):
+        return f"delete {shown}"
+    return f"delete its run files {describe_run_files(run)} from {shown} (not the folder: it holds other files too)"
 
 
 def refuse_resume_options(resume: str, config_file: Optional[str], overrides: dict[str, Any]) -> None:
@@ -179,7 +189,8 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
           progress: Optional[Callable] = None) -> Optional[TrainResult]:
     """Train a recipe (or resume a run); the result of the finished run (None on the ranks of a
     torchrun job that do not write it). A new run whose start fails (bad data, a model that does not
-    fit the recipe, an interruption before its first checkpoint) leaves no run directory behind.
+    fit the recipe, an interruption before its first checkpoint) leaves no run directory behind; in a
+    folder that existed before, it removes the files it wrote there and leaves everything else.
 
     The process that writes the run (rank 0) holds the run directory's lock (:class:`RunLock`) from
     before the data is read until it returns: a second training or resume of the same directory is
@@ -204,9 +215,12 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
         get_recipe(cfg.recipe).check_model(cfg)
         run_path = Path(resume or cfg.train.run_dir or new_run_dir(cfg.recipe)).absolute()
         cfg.train.run_dir = str(run_path)
+        before = None  # convrnn's files in a run directory that was there before this run (the user's now)
         if main and not resume:
             lock = RunLock.acquire(run_path)
             refuse_used_run_dir(run_path)
+            if not lock.created:
+                before = set(run_file_paths(run_path))
         try:
             if cfg.train.ensemble > 1:
                 refusal = get_recipe(cfg.recipe).ensemble_refusal
@@ -222,8 +236,13 @@ def train(recipe_name: str, overrides: dict[str, Any] | None = None, *, config_f
                     trainer.run_dir.close()
             return trainer.result()
         except BaseException:
-            if lock is not None and lock.created and not _has_checkpoint(run_path):
-                lock.discard()  # a new run that failed to start leaves no run directory behind
+            if lock is not None and not resume and not _has_checkpoint(run_path):
+                # a new run that failed or was interrupted before its first checkpoint keeps nothing: the
+                # run directory it made goes; in a folder that was there before, only what it wrote there
+                if lock.created:
+                    lock.discard()
+                elif before is not None:
+                    remove_run_files(run_path, keep=before)
             raise
     finally:
         if lock is not None:

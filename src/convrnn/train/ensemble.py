@@ -24,11 +24,11 @@ from convrnn.files import atomic_write_text
 from convrnn.train.checkpoint import load_checkpoint, load_latest_checkpoint, rng_state, save_checkpoint
 from convrnn.train.config import RunConfig, read_run_config
 from convrnn.train.rundir import RunDir
+from convrnn.train.runfiles import MEMBERS_DIR, describe_run_files, remove_run_files
 from convrnn.train.trainer import Trainer, TrainResult, resume_refusal
 
 log = logging.getLogger(__name__)
 
-MEMBERS_DIR = "members"
 DONE_FILE = "done.json"
 
 
@@ -68,6 +68,18 @@ def _check_members_resume(cfg: RunConfig, members: list[int]) -> None:
             raise ConfigError(f"ensemble member {i + 1} of {cfg.train.ensemble}: {refusal}")
 
 
+def _clear_attempt(member_dir: Path, i: int, k: int) -> None:
+    """Remove the run files an attempt at member ``i`` that stopped before its first checkpoint left in
+    ``member_dir`` (metrics.csv, train.log, TensorBoard events, config.json, partial checkpoint writes);
+    anything else there stays."""
+    if not member_dir.is_dir():
+        return
+    names = describe_run_files(member_dir)
+    if remove_run_files(member_dir):
+        log.info("ensemble member %d of %d had no checkpoint yet and starts again: removed the %s of its "
+                 "interrupted attempt from %s", i + 1, k, names, member_dir)
+
+
 def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]], Trainer],
                    resume: bool = False) -> TrainResult:
     """Train the ``cfg.train.ensemble`` members of the run in ``cfg.train.run_dir`` one after another
@@ -93,10 +105,18 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
         if i not in todo:
             continue
         again = (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists()
+        if not again:
+            # a member killed before its first checkpoint starts again: without the files of that attempt
+            # its new metrics.csv would follow the old rows (the same steps twice, or no header after a
+            # kill that left the file empty), and its train.log and TensorBoard events would mix the two
+            _clear_attempt(Path(member.train.run_dir), i, k)
         log.info("ensemble member %d of %d (seed %d, %s): %s", i + 1, k, member.train.seed,
                  f"{member.train.max_time:g} s" if member.train.max_time else "no time limit", member.train.run_dir)
         trainer = build(member, member.train.run_dir if again else None)
         trainer.later_members = sum(1 for j in todo if j > i)  # the time left shown is the ensemble's
+        # the run a member belongs to, for what an interrupted training says (cli.train.RunWhere): the
+        # member's directory alone cannot be continued as the ensemble
+        trainer.ensemble_run = (root, k)
         if not (root / "config.json").exists():  # once the data and the member's run are set up
             cfg.save(root / "config.json")
         try:
