@@ -23,7 +23,7 @@ def _common_train_options(f):
         click.option("--batch-size", type=int, help="batch size"),
         click.option("--lr", type=float, help="learning rate"),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
-        click.option("--threads", type=int, help="CPU threads for PyTorch"),
+        click.option("--threads", type=int, help="CPU threads for PyTorch; 0 = the cores the machine's load leaves idle"),
         click.option("--seed", type=int, help="random seed"),
         click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]),
                      help="32, or bf16/fp16 mixed precision (fp16 on CUDA only)"),
@@ -105,7 +105,25 @@ def _make_train_command(recipe_name: str):
             kw["type"] = opt.type
         command = click.option(opt.flag, *opt.aliases, **kw)(command)
     command = _common_train_options(command)
-    train.command(name=recipe.name)(command)
+    _show_defaults(train.command(name=recipe.name)(command), recipe)
+
+
+def _show_defaults(command: click.Command, recipe) -> None:
+    """Append the recipe's default to the help of each option that sets a config value: the options
+    themselves default to None, so that a value given can be told from the recipe's own."""
+    defaults = recipe.default_config()
+    keys = {**_COMMON_KEYS, **{opt.flag.split("/")[0].lstrip("-").replace("-", "_"): opt.key
+                               for opt in recipe.cli_options}}
+    for param in command.params:
+        key = keys.get(param.name or "")
+        if key is None or not isinstance(param, click.Option) or "default" in (param.help or ""):
+            continue
+        section, _, field = key.partition(".")
+        value = getattr(getattr(defaults, section, None), field, None)
+        if value is None or value == "" or value == [] or isinstance(value, bool):
+            continue
+        param.help = f"{param.help or ''}  [default: {value:g}]" if isinstance(value, float) else \
+            f"{param.help or ''}  [default: {value}]"
 
 
 def _refuse_set_over_option(options: dict, sets: dict, recipe) -> None:
