@@ -43,13 +43,18 @@ def test_unknown_precision_is_rejected():
         check_fields(TrainConfig(precision="fp8"), "train")
 
 
-def test_cli_precision_flag_reaches_the_config(tmp_path, capsys):
+def test_cli_precision_flag_reaches_the_config_and_is_refused_before_any_data(tmp_path, capsys, monkeypatch):
+    from convrnn.recipes import get_recipe
+
+    recipe = type(get_recipe("fonts"))
+    monkeypatch.setattr(recipe, "make_data", lambda *a, **k: pytest.fail("the data was prepared first"))
     with pytest.raises(SystemExit) as e:
         main(["train", "fonts", "--device", "cpu", "--precision", "fp16", "--samples-per-font", "4",
               "--max-steps", "1", "--run-dir", str(tmp_path / "run")])
     assert e.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: train.precision=fp16 needs a CUDA device")
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("error: train.precision=fp16 needs a CUDA device"), err
+    assert not (tmp_path / "run").exists()
 
 
 def bf16_trainer(precision: str = "bf16") -> Trainer:
