@@ -479,6 +479,25 @@ def test_parallel_extraction_matches_one_process(tmp_path):
         assert [x.id for x in a.bad] == [x.id for x in b.bad] == ["l_noarea", "l_outside"]
 
 
+def test_extraction_uses_as_many_processes_as_torch_has_threads(tmp_path, monkeypatch):
+    """--threads 1 (torch.set_num_threads) keeps page cutting to one process too."""
+    import os
+    from concurrent import futures
+    import torch
+
+    paths = [write_alto(tmp_path, "p1"), write_page(tmp_path, "p2")]
+    started = []
+    real = futures.ProcessPoolExecutor
+    monkeypatch.setattr(futures, "ProcessPoolExecutor", lambda n, **kw: started.append(n) or real(n, **kw))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    pages.read_pages(paths, height=16, cache=False)
+    assert started == []  # one process: this one
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    if len(os.sched_getaffinity(0)) > 1:
+        pages.read_pages(paths, height=16, cache=False)
+        assert started == [2]  # one per page, within the cores allowed
+
+
 def test_a_cache_variable_naming_a_file_is_refused(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("CONVRNN_CACHE", str(tmp_path / "file"))

@@ -875,7 +875,7 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
                progress: Optional[Callable[[int, int], None]] = None) -> list[PageLines]:
     """Every line of every page file, cut and scaled to ``height``, in file order: from the cache when a
     page's XML, image and the parameters are unchanged, else cut over ``workers`` processes (default:
-    the cores this process may use). Problems are recorded per page and line, never raised."""
+    torch's thread count, ``--threads``, within the cores this process may use). Problems are recorded per page and line, never raised."""
     results: list[Optional[PageLines]] = [None] * len(paths)
     todo, keys = [], {}
     cache_dir = files.cache_dir("pages")
@@ -898,7 +898,10 @@ def read_pages(paths: Sequence[Path], *, height: int, workers: Optional[int] = N
                     progress(done, len(paths))
                 continue
         todo.append(i)
-    n_workers = min(len(todo), workers if workers is not None else len(os.sched_getaffinity(0)))
+    if workers is None:  # as many as the threads torch was given (--threads), within the cores allowed
+        import torch
+        workers = min(len(os.sched_getaffinity(0)), torch.get_num_threads())
+    n_workers = min(len(todo), workers)
     t0 = time.monotonic()
     jobs = [(paths[i], height) for i in todo]
 

@@ -22,6 +22,7 @@ from convrnn.train.config import RunConfig, load_config_file
 from convrnn.train.ensemble import MEMBERS_DIR, train_ensemble
 from convrnn.train.rundir import RunDir, RunLock, check_checkpoint_of_run, new_run_dir, new_run_id
 from convrnn.train.runfiles import describe_run_files, other_entries, remove_run_files, run_file_paths
+from convrnn.train.threads import apply_threads
 from convrnn.train.trainer import Trainer, TrainResult, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def _build(cfg: RunConfig, callbacks, progress, resume) -> tuple[Trainer, Option
     check_fields(cfg.data, "data")
     recipe.check_model(cfg)
     # a device or precision this machine lacks is refused before the data is read (minutes, for pages)
-    autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    autocast_dtype(cfg.train.precision, device)
+    if device.type == "cpu":
+        apply_threads(cfg.train.threads)  # before the data: cutting pages uses as many processes
     ctx = init_from_env(cfg.train.device)  # one process unless started by torchrun (docs/scaling.md)
     seed_everything(cfg.train.seed)
     run_path = Path(resume or cfg.train.run_dir or new_run_dir(recipe.name)).absolute()
