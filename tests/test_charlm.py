@@ -285,3 +285,12 @@ def test_a_text_of_one_distinct_character_trains_with_a_warning(tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         get_recipe("charlm").make_data(CharLMDataConfig(path=str(same), seq_len=8), TrainConfig(batch_size=4))
     assert "only one distinct character ('a'): there is nothing to predict" in caplog.text
+
+
+def test_eval_of_a_text_that_is_not_utf8_says_what_the_run_reads(trained, tmp_path, capsysbinary):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 50)
+    code, out, err = run_cli(capsysbinary, "-q", "eval", str(trained), "--set", f"data.path={latin}")
+    err = err.decode() if isinstance(err, bytes) else err
+    assert code == 2 and "this run models characters, so the text it scores must be UTF-8" in err, err
+    assert "--unit byte" not in err

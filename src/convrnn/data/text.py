@@ -69,7 +69,10 @@ def _corpus_files(path: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(path).as_posix())
 
 
-def read_corpus(path: str | os.PathLike, unit: str = "char") -> Text:
+BYTE_ADVICE = "; use --unit byte (unit='byte') to model raw bytes"
+
+
+def read_corpus(path: str | os.PathLike, unit: str = "char", *, advice: str = BYTE_ADVICE) -> Text:
     """Read a text corpus: one file, or every file of a folder (recursively, sorted by relative path).
 
     Files of a folder are joined so that each starts on a new line: a ``"\\n"`` is inserted after a
@@ -87,7 +90,7 @@ def read_corpus(path: str | os.PathLike, unit: str = "char") -> Text:
         data = file.read_bytes()
         if unit == "char":
             # checked, and its byte-order mark dropped: a mark is no character of the text
-            data = decode_utf8(data, repr(str(file)), advice="; use --unit byte (unit='byte') to model raw bytes")
+            data = decode_utf8(data, repr(str(file)), advice=advice)
         if parts and not parts[-1].endswith(newline):
             parts.append(newline)
         parts.append(data)

@@ -88,8 +88,12 @@ def encode_val(vocab: Vocab, val_text, cfg: CharLMDataConfig):
     return ids
 
 
-def load_text(cfg: CharLMDataConfig):
-    """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit byte."""
+def load_text(cfg: CharLMDataConfig, *, scoring: bool = False):
+    """The corpus as ``str`` (char) or ``bytes`` (byte); a non-UTF-8 file in char mode suggests --unit
+    byte for training, and says what the run reads when ``scoring`` (its unit is the run's own)."""
+    if scoring:
+        return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit,
+                           advice="; this run models characters, so the text it scores must be UTF-8")
     return read_corpus(cfg.path or DEFAULT_CORPUS, cfg.unit)
 
 
@@ -147,7 +151,7 @@ class CharLMRecipe(Recipe):
         check_meta(self.input_meta, meta, {"unit": data_cfg.unit}, DOES_NOT_FIT)
         if split != "val":
             raise missing_split(split)
-        text = load_text(data_cfg)
+        text = load_text(data_cfg, scoring=True)
         val_text = split_corpus(text, data_cfg.val_fraction)[1]
         return _val_batches(encode_val(Vocab.from_dict(meta["vocab"]), val_text, data_cfg))
 
