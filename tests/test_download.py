@@ -5,6 +5,7 @@ import hashlib
 import http.client
 import http.server
 import threading
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -132,6 +133,20 @@ def test_reading_error_mid_file_is_retried_from_the_part_size(server, tmp_path, 
     fetch(server, tmp_path, [RemoteFile("a.gz", MD5)])
     assert (tmp_path / "a.gz").read_bytes() == PAYLOAD
     assert server.requests == [("a.gz", None), ("a.gz", "bytes=70000-")]
+
+
+def test_a_host_that_does_not_resolve_is_not_retried(server, tmp_path, monkeypatch):
+    import socket
+    calls = []
+
+    def no_dns(*args, **kwargs):
+        calls.append(1)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_dns)
+    with pytest.raises(DataError, match=r"a.gz: .*cannot resolve its host \(Name or service not known\): no network"):
+        fetch(server, tmp_path, [RemoteFile("a.gz", MD5)], retries=3)
+    assert len(calls) == 1
 
 
 def test_persistent_failure_gives_up_after_the_retries(server, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -156,6 +157,10 @@ def _transfer(url: str, part: Path, name: str, *, progress: ProgressFn | None, t
                 return
             raise _TransferFailed(f"HTTP {e.code} {e.reason}") from e
         except _RETRYABLE as e:
+            if isinstance(e, urllib.error.URLError) and isinstance(e.reason, socket.gaierror):
+                # the host's name does not resolve: no network (or no DNS) here; retrying will not help
+                raise _TransferFailed(f"cannot resolve its host ({e.reason.strerror or e.reason}): no network "
+                                      f"here?") from e
             if isinstance(e, _RestartNeeded):
                 part.unlink(missing_ok=True)
             if attempt == retries:
