@@ -115,9 +115,24 @@ def test_cli_export_of_a_run_and_bad_format(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert (run / "model.onnx").is_file()
     assert out.count(str(run / "model.onnx")) == 1 and out.startswith(f"wrote {run / 'model.onnx'} (") and not err
+    assert "every sequence of a batch runs to its full length" in out
     assert not [w for w in caught if "onnx" in str(w.filename).lower() or issubclass(w.category, torch.jit.TracerWarning)]
     with pytest.raises(SystemExit) as e:
         main(["export", str(tmp_path / "missing")])
     assert e.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error:") and "missing" in last
+
+
+def test_cli_export_of_a_language_model_says_it_is_one_step(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be " * 200, encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "train", "charlm", "--data", str(corpus), "--max-steps", "1", "--spec", "embed:4 lstm:8 lm",
+              "--run-dir", str(tmp_path / "lm")])
+    assert e.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tmp_path / "lm")])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "one step with its state" in out and "full length" not in out

@@ -17,6 +17,11 @@ def register(cli: click.Group) -> None:
         """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
         from convrnn.infer.export import OPSET, export_run
 
+        from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
+
         path = export_run(run, out, fmt)
-        click.echo(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB, ONNX opset {OPSET}; every sequence of a "
-                   f"batch runs to its full length: batch lines or steps of equal length, or one at a time)")
+        one_step = len(load_checkpoint(resolve_checkpoint(run)).get("input_shape") or ()) == 1  # token ids
+        note = ("one step with its state: feed the state back in, a symbol at a time" if one_step else
+                "every sequence of a batch runs to its full length: batch lines or steps of equal length, or "
+                "one at a time")
+        click.echo(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB, ONNX opset {OPSET}; {note})")
