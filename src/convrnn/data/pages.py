@@ -70,6 +70,7 @@ ASPECT_TOLERANCE = 0.02      # relative: a page image whose aspect ratio differs
 
 # kinds of bad input, as counted in the skip summary
 BAD_XML = "XML does not parse"
+NO_XML = "XML file missing or unreadable"
 NOT_PAGE = "not ALTO or PAGE XML"
 BAD_IMAGE = "page image missing or unreadable"
 NO_AREA = "polygon with no area"
@@ -315,7 +316,7 @@ def parse_page(path: str | Path, data: Optional[bytes] = None) -> Page:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise PageError(f"{path}: cannot read ({e.strerror or e})", BAD_XML) from None
+            raise PageError(f"{path}: cannot read ({e.strerror or e})", NO_XML) from None
     root = xml_root(path, data)
     try:
         kind, ns = page_kind(root)
