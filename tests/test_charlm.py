@@ -294,3 +294,9 @@ def test_eval_of_a_text_that_is_not_utf8_says_what_the_run_reads(trained, tmp_pa
     err = err.decode() if isinstance(err, bytes) else err
     assert code == 2 and "this run models characters, so the text it scores must be UTF-8" in err, err
     assert "--unit byte" not in err
+
+
+def test_raw_bytes_on_a_character_model_is_refused(trained, capsysbinary):
+    code, out, err = run_cli(capsysbinary, "-q", "sample", str(trained), "--raw-bytes", "--length", "5")
+    err = err.decode() if isinstance(err, bytes) else err
+    assert code == 2 and "--raw-bytes: for byte-level runs (--unit byte) only" in err and not out, err

@@ -95,6 +95,9 @@ def register(cli: click.Group) -> None:
             raise ConfigError(f"{run}: expected a language-model run, got one of recipe {loaded.recipe.name!r}, "
                               f"which reads inputs: use `convrnn predict`")
         model, vocab = loaded.model, loaded.task.vocab
+        if raw_bytes and not vocab.is_bytes:  # characters have no raw form: the flag would do nothing
+            raise ConfigError(f"--raw-bytes: for byte-level runs (--unit byte) only; {run} models characters, "
+                              f"which are written as UTF-8 text")
         write = _writer(raw_bytes)
         streaming = num_samples == 1 and not raw_bytes
         if streaming:
