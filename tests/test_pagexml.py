@@ -1029,6 +1029,22 @@ def test_a_scan_stored_upside_down_by_exif_is_read_as_stored_with_a_warning(tmp_
     assert pages.extract_page(plain, 16).notes == []
 
 
+def test_cli_plot_ctc_draws_a_line_of_a_page_named_as_predict_names_it(page_run, capsys, tmp_path):
+    page = write_alto(tmp_path / "in", "p1", lines={"l_straight": LINES["l_straight"]})
+    code, out, err = run_cli(capsys, "predict", str(page_run), str(page))
+    assert code == 0, err
+    name, text = out.strip().split("\t")
+    assert name == f"{page}:l_straight"
+    code, out, err = run_cli(capsys, "plot", "ctc", str(page_run), name, "--out", str(tmp_path / "l.png"))
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'l.png'} (") and f"text {text!r}" in out, err
+    assert Image.open(tmp_path / "l.png").size[0] > 100
+    for given, words in [(f"{page}:nope", "no line 'nope' on this page; its lines: l_straight"),
+                         (str(page), "a page; plot ctc draws one of its lines: give"),
+                         (f"{tmp_path / 'gone.xml'}:l1", "gone.xml: no such page XML file")]:
+        code, out, err = run_cli(capsys, "plot", "ctc", str(page_run), given, "--out", str(tmp_path / "x.png"))
+        assert code == 2 and words in err and err.count("\n") == 1, err
+
+
 def test_cli_predict_reads_a_page_given_twice_once(page_run, capsys, tmp_path):
     alto = write_alto(tmp_path / "in", "p", lines={"l_straight": LINES["l_straight"]})
     again = tmp_path / "in" / ".." / "in" / "p.xml"

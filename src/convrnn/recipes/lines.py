@@ -29,7 +29,7 @@ from convrnn.data.lines import (LineSet, LinesDataConfig, build_alphabet, find_s
                                 split_lines, unseen_characters)
 from convrnn.data.pages import (NotPageXml, collect_lines, is_other_xml, page_root, page_sources, read_pages,
                                  write_page_texts)
-from convrnn.errors import DataError
+from convrnn.errors import DataError, DataNotFound
 from convrnn.files import check_writable
 from convrnn.fields import check
 from convrnn.recipes.base import (CliOption, DataBundle, DOES_NOT_FIT, Predictions, Recipe, check_meta,
@@ -482,28 +482,66 @@ def run_lines(model, ckpt: dict, inputs: list[str]) -> ModelOutput:
     return run_images(model, [prepare_line(p, height) for p in inputs])
 
 
+def _page_line_argument(given: str) -> Optional[tuple[Path, str]]:
+    """``(page XML, line id)`` of ``page.xml:LINE_ID`` (as ``predict`` prints a page's lines), else None."""
+    at = given.lower().rfind(".xml:")
+    if at < 0 or Path(given).exists():
+        return None
+    return Path(given[:at + 4]), given[at + 5:]
+
+
+def _page_line(xml: Path, line_id: str, height: int) -> np.ndarray:
+    """The line ``line_id`` of the page ``xml``, cut and scaled as training and predict cut it."""
+    if not xml.is_file():
+        raise DataNotFound(f"{xml}: no such page XML file")
+    page = read_pages([xml], height=height)[0]
+    if page.page_error is not None:
+        raise DataError(str(page.page_error))
+    ids = page.line_ids()  # position in the file -> id, unique within the page
+    position = next((k for k, i in ids.items() if i == line_id), None)
+    if position is None:
+        shown = ", ".join(list(ids.values())[:5]) + (", ..." if len(ids) > 5 else "")
+        raise DataError(f"{xml}: no line {line_id!r} on this page; its lines: {shown or 'none'}")
+    if position not in page.indices:
+        bad = next(b for b in page.bad if b.index == position)
+        raise DataError(bad.message(str(xml)))
+    return page.images[page.indices.index(position)]
+
+
 @click.command(name="ctc")
 @click.argument("run", type=click.Path())
 @click.argument("image", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default="ctc.png", show_default=True, help="PNG to write")
 def plot_ctc(run: str, image: str, out: str) -> None:
-    """Draw a lines run's per-frame character probabilities for IMAGE, aligned under the image."""
+    """Draw a lines run's per-frame character probabilities for IMAGE (a line image, or PAGE.xml:LINE_ID
+    for a line of a page, as predict names them), aligned under the line."""
+    import os
+
     from convrnn.files import check_writable
     from convrnn.infer.run import load_run
     from convrnn.train.rundir import run_files
     from convrnn.viz.ctc_plot import plot_ctc as draw
 
+    run, image, out = os.path.expanduser(run), os.path.expanduser(image), os.path.expanduser(out)
     if not image.strip():  # an unset shell variable: as a path, the working folder
         raise DataError(f"{image!r}: an empty path for the line image (an unset shell variable?)")
-    _refuse_page_image(image, "plot ctc draws one line image, not a page")  # its XML names the lines
-    check_writable(out, keep=[image, *run_files(run)], png=True)  # never over its line or the run's files
+    page_line = _page_line_argument(image)
+    if page_line is None and image.lower().endswith(".xml"):
+        raise DataError(f"{image}: a page; plot ctc draws one of its lines: give {image}:LINE_ID (`convrnn predict "
+                        f"RUN {image}` prints each line's)")
+    if page_line is None:
+        _refuse_page_image(image, "plot ctc draws one line: give PAGE.xml:LINE_ID (predict prints them) or a "
+                                  "line image")  # its XML names the lines
+    read = str(page_line[0]) if page_line else image
+    check_writable(out, keep=[read, *run_files(run)], png=True)  # never over its input or the run's files
     loaded = load_run(run, expect_recipe="lines")
     alphabet = loaded.ckpt["meta"]["alphabet"]
-    output = run_lines(loaded.model, loaded.ckpt, [image])  # an ensemble's y: its members' mean frame probabilities
+    height = int(loaded.ckpt["input_shape"][1])
+    pixels = _page_line(page_line[0], page_line[1], height) if page_line else prepare_line(image, height)
+    output = run_images(loaded.model, [pixels])  # an ensemble's y: its members' mean frame probabilities
     n = int(output.lengths[0])
     probs = torch.softmax(output.y[0, :n].float(), dim=-1).numpy()  # (T, V)
     text = loaded.task.decode(output)[0]
-    pixels = prepare_line(image, int(loaded.ckpt["input_shape"][1]))
     path = draw(pixels, probs, alphabet, out, text=loaded.task.visual(text))  # drawn left to right, as the line
     how = "joint beam search of its members" if output.members is not None else "greedy"
     click.echo(f"wrote {path} ({n} frames, text {text!r}, {how})")
