@@ -141,7 +141,7 @@ def test_a_host_that_does_not_resolve_is_not_retried(server, tmp_path, monkeypat
 
     def no_dns(*args, **kwargs):
         calls.append(1)
-        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        raise urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
 
     monkeypatch.setattr(urllib.request, "urlopen", no_dns)
     with pytest.raises(DataError, match=r"a.gz: .*cannot resolve its host \(Name or service not known\): no network"):

@@ -352,3 +352,18 @@ def test_ctrl_c_in_a_member_names_the_ensemble_run_and_what_it_keeps(mnist_dir, 
     code, out, err = run_cli(capsys, "-q", "train", "digits", "--resume", str(run))
     assert code == 0, err
     assert load_checkpoint(run)["ensemble"]["members"] == 2
+
+
+def test_a_member_with_a_step_checkpoint_but_no_last_pt_is_continued_not_cleared(tmp_path):
+    """A kill between a step file's write and last.pt's link leaves a checkpoint to continue from."""
+    from convrnn.train.ensemble import _clear_attempt, _has_checkpoint
+
+    member = tmp_path / "members" / "1"
+    (member / "checkpoints").mkdir(parents=True)
+    assert not _has_checkpoint(member)
+    (member / "checkpoints" / "step-00000001.pt").write_bytes(b"checkpoint")
+    (member / "metrics.csv").write_text("step\n", encoding="utf-8")
+    assert _has_checkpoint(member)
+    _clear_attempt(member, 1, 2)  # even when asked to clear, a checkpoint stays
+    assert (member / "checkpoints" / "step-00000001.pt").read_bytes() == b"checkpoint"
+    assert not (member / "metrics.csv").exists()

@@ -293,6 +293,19 @@ def test_no_output_replaces_a_file_the_command_or_the_run_reads(capsys, tmp_path
     code, _, err = run_cli(capsys, "report", str(run), "--out", str(text))
     assert code == 2 and "a file this command reads" in one_error_line(err), err
     assert {p: p.read_bytes() for p in before} == before
+    # a run kept inside its data folder (--data .): its own outputs are written again, not taken for data
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(text, corpus / "text.txt")
+    inside = corpus / "runs" / "lm"
+    code, _, err = run_cli(capsys, "-q", "train", "charlm", "--data", str(corpus), "--max-steps", "1",
+                           "--spec", "embed:4 lstm:8 lm", "--run-dir", str(inside))
+    assert code == 0, err
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "report", str(inside))
+        assert code == 0, err
+        code, _, err = run_cli(capsys, "plot", "curves", str(inside), "--out", str(tmp_path / "curves.png"))
+        assert code == 0, err
 
 
 def test_a_full_disk_under_the_run_is_one_line_for_metrics_and_a_warning_for_tensorboard(tmp_path, monkeypatch, caplog):

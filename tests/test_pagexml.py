@@ -958,9 +958,10 @@ def test_cli_predict_keeps_exports_apart_and_passes_over_their_mets_files(page_r
     for name in ("a", "b"):
         write_alto(tmp_path / name, f"p_{name}", lines={"l_straight": LINES["l_straight"]})
         (tmp_path / name / "METS.xml").write_text(mets, encoding="utf-8")
-    code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "a"), str(tmp_path / "b"),
-                             "--out", str(tmp_path / "out"))
-    assert code == 0, err
+    for _ in range(2):  # again into the same --out: its files are outputs, not inputs
+        code, out, err = run_cli(capsys, "predict", str(page_run), str(tmp_path / "a"), str(tmp_path / "b"),
+                                 "--out", str(tmp_path / "out"))
+        assert code == 0, err
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["p_a.xml", "p_b.xml"]
     for doc in ("DocA", "DocB"):  # a Transkribus export: document folders, each with page/0001.xml
         write_page(tmp_path / "tk" / doc / "page", "0001", image="../0001.png", lines={"l_straight": LINES["l_straight"]})

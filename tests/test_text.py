@@ -84,6 +84,11 @@ def test_a_run_folder_inside_the_corpus_folder_is_passed_over(tmp_path, caplog):
         assert read_corpus(tmp_path) == "first\n"
         assert read_corpus(tmp_path, unit="byte") == b"first\n"
     assert "passed over 1 convrnn run folder in it (runs/charlm-1)" in caplog.text
+    unfinished = tmp_path / "runs" / "ensemble"  # an ensemble before its first member finished
+    (unfinished / "members").mkdir(parents=True)
+    (unfinished / "config.json").write_text("{}", encoding="utf-8")
+    (unfinished / "members" / "done.json").write_text("[]", encoding="utf-8")
+    assert read_corpus(tmp_path) == "first\n"
     (tmp_path / "a.txt").unlink()
     with pytest.raises(DataError, match="no text files in this folder \\(only run folders\\)"):
         read_corpus(tmp_path)

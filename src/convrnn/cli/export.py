@@ -15,12 +15,9 @@ def register(cli: click.Group) -> None:
     @click.option("--out", type=UserPath(dir_okay=False), help="output file (default RUN/model.onnx)")
     def export(run: str, fmt: str, out: Optional[str]) -> None:
         """Export a run (its best checkpoint) or a checkpoint file; language models export one step with state."""
-        from convrnn.infer.export import OPSET, export_run
+        from convrnn.infer.export import OPSET, export_run_steps
 
-        from convrnn.train.checkpoint import load_checkpoint, resolve_checkpoint
-
-        path = export_run(run, out, fmt)
-        one_step = len(load_checkpoint(resolve_checkpoint(run)).get("input_shape") or ()) == 1  # token ids
+        path, one_step = export_run_steps(run, out, fmt)
         note = ("one step with its state: feed the state back in, a symbol at a time" if one_step else
                 "every sequence of a batch runs to its full length: batch lines or steps of equal length, or "
                 "one at a time")

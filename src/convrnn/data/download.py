@@ -143,6 +143,10 @@ def _fetch_verified(url: str, remote: RemoteFile, final: Path, **options) -> Non
     logger.info("%s: downloaded and verified (MD5 %s)", final, actual)
 
 
+_NO_SUCH_HOST = {code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+                 if code is not None}
+
+
 def _transfer(url: str, part: Path, name: str, *, progress: ProgressFn | None, timeout: float,
               retries: int, retry_wait: float) -> None:
     """Bring ``part`` to the complete remote content, retrying cut connections from its current size."""
@@ -157,8 +161,10 @@ def _transfer(url: str, part: Path, name: str, *, progress: ProgressFn | None, t
                 return
             raise _TransferFailed(f"HTTP {e.code} {e.reason}") from e
         except _RETRYABLE as e:
-            if isinstance(e, urllib.error.URLError) and isinstance(e.reason, socket.gaierror):
+            if (isinstance(e, urllib.error.URLError) and isinstance(e.reason, socket.gaierror)
+                    and e.reason.errno in _NO_SUCH_HOST):
                 # the host's name does not resolve: no network (or no DNS) here; retrying will not help
+                # (a temporary failure, EAI_AGAIN, is retried as a cut connection is)
                 raise _TransferFailed(f"cannot resolve its host ({e.reason.strerror or e.reason}): no network "
                                       f"here?") from e
             if isinstance(e, _RestartNeeded):

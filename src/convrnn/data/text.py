@@ -55,7 +55,8 @@ def _corpus_files(path: Path) -> list[Path]:
     files = []
     runs = []
     for root, dirs, names in os.walk(path):
-        if Path(root) != path and "config.json" in names and "checkpoints" in dirs:
+        if Path(root) != path and ("config.json" in names and ("checkpoints" in dirs or "members" in dirs)
+                                   or ".lock" in names):  # a run, an unfinished ensemble, or one in progress
             runs.append(Path(root))
             dirs[:] = []
             continue

@@ -168,6 +168,11 @@ class _Forward(nn.Module):
 
 def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     """Export a run's best checkpoint (or a checkpoint file); default ``RUN/model.onnx``."""
+    return export_run_steps(run, out, fmt)[0]
+
+
+def export_run_steps(run: str, out: Optional[str] = None, fmt: str = "onnx") -> tuple[Path, bool]:
+    """:func:`export_run`, and whether the graph is one step of a language model with its state."""
     from convrnn.infer.run import load_run
 
     if fmt != "onnx":
@@ -186,7 +191,7 @@ def export_run(run: str, out: Optional[str] = None, fmt: str = "onnx") -> Path:
     for key in ("vocab", "classes", "alphabet", "bidi"):
         if isinstance(ckpt.get("meta"), dict) and ckpt["meta"].get(key) is not None:
             meta[f"convrnn_{key}"] = ckpt["meta"][key]
-    return export_onnx(model, out, metadata=meta)
+    return export_onnx(model, out, metadata=meta), is_language_model(model)
 
 
 def onnx_generate(path: str | Path, prime_ids: list[int], length: int, *, banned: Optional[int] = None) -> list[int]:

@@ -415,15 +415,28 @@ def _check_out(destinations: dict[Path, Path], out: Path, keep: list) -> None:
     run's file, write two inputs to one file, or cannot be written in."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out must be a folder, and this is a file")
+    read: dict[tuple[int, int], Path] = {}  # (device, inode) of every file this command reads, stat'ed once:
+    for path in [*destinations, *keep]:     # a re-run into the same --out checks each page in constant time
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        read.setdefault((st.st_dev, st.st_ino), path)
     seen: dict[Path, Path] = {}
     for page, dst in destinations.items():
-        if dst.exists() and dst.resolve() == page.resolve():
-            raise DataError(f"{page}: refusing to overwrite the input file; choose another --out folder")
+        try:
+            st = dst.stat()
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) in read:
+            what = read[(st.st_dev, st.st_ino)]
+            what = "an input page" if what in destinations else f"a file the run reads ({what})"
+            raise DataError(f"{dst}: {what}; refusing to overwrite the input file, choose another --out folder")
         if dst in seen and seen[dst].resolve() != page.resolve():
             raise DataError(f"{page} and {seen[dst]} would both be written to {dst}; "
                             f"predict them into different --out folders")
         seen[dst] = page
-        check_writable(dst, keep=[*destinations, *keep])
+        check_writable(dst)  # a folder in its place, a read-only folder: before any line is read
 
 
 def line_confidence(task: CTCTask, logits: torch.Tensor, length: int, text: str) -> float:

@@ -367,7 +367,7 @@ class SpecModel(nn.Module):
         if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
             raise ValueError(f"lengths must have one entry per batch row ({x.shape[0]}), got shape {tuple(lengths.shape)}")
         axis = 3 if x.dim() == 4 else 1
-        if lengths.numel() and not _tracing():
+        if lengths.numel() and lengths.device.type == "cpu" and not _tracing():  # no host sync for GPU lengths
             steps = x.shape[axis]
             low, high = int(lengths.min()), int(lengths.max())
             if low < 1 or high > steps:

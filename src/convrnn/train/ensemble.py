@@ -59,13 +59,20 @@ def _check_members_resume(cfg: RunConfig, members: list[int]) -> None:
     as it was, not with its first members trained further."""
     for i in members:
         member = member_config(cfg, i)
-        if not (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists():
+        if not _has_checkpoint(Path(member.train.run_dir)):
             continue
         ckpt = load_latest_checkpoint(Path(member.train.run_dir), map_location="cpu")
         refusal = resume_refusal(ckpt.get("config"), member.to_dict(), epoch=ckpt.get("epoch", 0),
                                  batch_in_epoch=ckpt.get("batch_in_epoch", 0))
         if refusal:
             raise ConfigError(f"ensemble member {i + 1} of {cfg.train.ensemble}: {refusal}")
+
+
+def _has_checkpoint(member_dir: Path) -> bool:
+    """Whether a member run holds a checkpoint to continue from: last.pt, or a step file (a kill between
+    a step file's write and last.pt's link leaves one, which a resume falls back on)."""
+    checkpoints = member_dir / "checkpoints"
+    return (checkpoints / "last.pt").exists() or any(checkpoints.glob("step-*.pt"))
 
 
 def _clear_attempt(member_dir: Path, i: int, k: int) -> None:
@@ -75,7 +82,8 @@ def _clear_attempt(member_dir: Path, i: int, k: int) -> None:
     if not member_dir.is_dir():
         return
     names = describe_run_files(member_dir)
-    if remove_run_files(member_dir):
+    kept = list((member_dir / "checkpoints").glob("*.pt"))  # a checkpoint is never removed here
+    if remove_run_files(member_dir, keep=kept):
         log.info("ensemble member %d of %d had no checkpoint yet and starts again: removed the %s of its "
                  "interrupted attempt from %s", i + 1, k, names, member_dir)
 
@@ -104,7 +112,7 @@ def train_ensemble(cfg: RunConfig, *, build: Callable[[RunConfig, Optional[str]]
         member = member_config(cfg, i)
         if i not in todo:
             continue
-        again = (Path(member.train.run_dir) / "checkpoints" / "last.pt").exists()
+        again = _has_checkpoint(Path(member.train.run_dir))
         if not again:
             # a member killed before its first checkpoint starts again: without the files of that attempt
             # its new metrics.csv would follow the old rows (the same steps twice, or no header after a

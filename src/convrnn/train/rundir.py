@@ -191,6 +191,7 @@ def run_data_files(run: str | Path) -> list[Path]:
         return []
     values = [v for value in (data.values() if isinstance(data, dict) else [])
               for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v]
+    own = Path(run).absolute()
     found: list[Path] = []
     for value in values:
         path = Path(value).expanduser()
@@ -198,13 +199,34 @@ def run_data_files(run: str | Path) -> list[Path]:
             if path.is_file():
                 found.append(path)
             elif path.is_dir():
-                found += [f for f in itertools.islice(path.rglob("*"), DATA_FILES_LIMIT) if f.is_file()]
+                found += itertools.islice(_data_folder_files(path), DATA_FILES_LIMIT)
             elif any(c in value for c in "*?["):
                 matches = itertools.islice(glob.iglob(str(path), recursive=True), DATA_FILES_LIMIT)
-                found += [Path(m) for m in matches if os.path.isfile(m)]
+                found += [Path(m) for m in matches if os.path.isfile(m) and not is_run_path(Path(m))]
         except OSError:
             continue
-    return found
+    # the run's own outputs (report.html, a plot) are written again by the commands that made them
+    return [f for f in found if not f.absolute().is_relative_to(own)]
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A convrnn run directory: config.json beside checkpoints/ or an ensemble's members/, or a lock."""
+    return ((folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / "members").is_dir())
+            or (folder / ".lock").exists())
+
+
+def is_run_path(path: Path) -> bool:
+    """Whether ``path`` lies in a convrnn run directory (any folder above it is one)."""
+    return any(is_run_folder(parent) for parent in path.absolute().parents)
+
+
+def _data_folder_files(folder: Path):
+    """The files below a data folder, run directories in it passed over (a charlm run trained with
+    ``--data .`` keeps its runs there; none of their files is data)."""
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_run_folder(Path(root) / d)]
+        for name in names:
+            yield Path(root) / name
 
 
 def new_run_dir(recipe: str, root: str = "runs") -> Path:
