@@ -24,9 +24,13 @@ def frame_centers(num_frames: int, width: int) -> np.ndarray:
 
 def characters_to_show(probs: np.ndarray, alphabet: Sequence[str], *, threshold: float = 0.1,
                        limit: int = 12) -> list[int]:
-    """Labels (>= 1) whose probability reaches ``threshold`` on some frame, most confident first."""
+    """Labels (>= 1) that win a frame (what greedy decoding emits), then those whose probability reaches
+    ``threshold`` on some frame, each group most confident first: an untrained model's winners, all far
+    below the threshold, are drawn too."""
     peaks = probs[:, 1:].max(axis=0)  # (T, V) -> (V-1,)
-    order = [int(k) + 1 for k in np.argsort(-peaks) if peaks[k] >= threshold]
+    winners = {int(k) for k in probs.argmax(axis=1) if k != BLANK}
+    ranked = [int(k) + 1 for k in np.argsort(-peaks, kind="stable")]
+    order = [k for k in ranked if k in winners] + [k for k in ranked if k not in winners and peaks[k - 1] >= threshold]
     return order[:limit]
 
 
@@ -64,7 +68,11 @@ def plot_ctc(image: np.ndarray, probs: np.ndarray, alphabet: Sequence[str], out_
         for frame in np.flatnonzero(starts):  # name the character where CTC emits it
             ax_p.annotate(alphabet[label - 1], (t[frame], probs[frame, label]), textcoords="offset points",
                           xytext=(0, 3), ha="center", fontsize=8, color=color)
-    ax_p.set_ylim(0, 1.08)
+    top = float(probs.max())
+    ax_p.set_ylim(0, 1.08 if top > 0.5 else top * 1.25)  # a flat, unsure model's curves stay visible
+    if top <= 0.5:
+        ax_p.set_title(f"no probability exceeds {top:.2g} on any frame: the model is still unsure (early "
+                       f"training?)", fontsize=8, loc="left")
     ax_p.set_xlim(0, width)
     ax_p.set_xlabel("x (pixels of the scaled line); one tick per frame")
     ax_p.set_ylabel("p(label | frame)")

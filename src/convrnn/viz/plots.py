@@ -27,6 +27,8 @@ from convrnn.errors import CheckpointError, DataError
 from convrnn.files import atomic_write_bytes, check_writable
 from convrnn.train.rundir import run_files
 
+LOG_SPAN = 20.0  # loss, mse, mae on a log axis when their values span more than this (as the report's)
+
 log = logging.getLogger(__name__)
 
 FIGURE_WIDTH = 11.0  # inches: about a laptop screen's width at 100 dpi
@@ -84,7 +86,8 @@ def default_curve_metrics(rows_by_run: Sequence[list[dict]], limit: int = 3) -> 
     shared = shared or set()
     preferred = ["exact", "accuracy", "mse", "mae", "cer", "bits_per_char"]
     extra = [m for m in preferred if m in shared]
-    extra += sorted(m for m in shared if m not in extra and m != "loss" and "_len" not in m and m != "errors")
+    counts = ("errors", "samples", "lines", "chars", "words", "unseen_chars", "skipped_too_long")  # not scores
+    extra += sorted(m for m in shared if m not in extra and m != "loss" and "_len" not in m and m not in counts)
     return ["loss"] + extra[:limit - 1]
 
 
@@ -126,14 +129,19 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
-        if name in ("loss", "mse", "mae") and drawn:
-            ax.set_yscale("log")
+        values = [v for rows in rows_by_run for r in rows if r["metric"] == name and (v := r["value"]) > 0
+                  and math.isfinite(v)]
+        if name in ("loss", "mse", "mae") and drawn and values and max(values) / min(values) > LOG_SPAN:
+            ax.set_yscale("log")  # as the report: a log axis only where the values span more than LOG_SPAN
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
         if drawn:
             ax.legend(fontsize=8)
         else:
             log.warning("no run logged %s", name)
     for k in range(len(names), nrows * cols):
         axes[k // cols][k % cols].axis("off")
+    fig.canvas.draw()  # tick labels settle before the layout measures them
     fig.tight_layout()
     return save_figure(fig, out)
 

@@ -32,6 +32,7 @@ import torch
 
 from convrnn.errors import CheckpointError, ConfigError, ConvrnnError
 from convrnn.train.cpu import cpu_model
+from convrnn.viz.plots import LOG_SPAN  # the one rule of both pictures of curves
 from convrnn.viz.html import (DENSITY, EVAL_BATCHES, EvalContext, Section, esc, figure_img, gray_png, img,
                               missing, note, split_samples, table)
 
@@ -80,7 +81,6 @@ pre.sample { white-space: pre-wrap; word-break: break-word; }
 COUNT_METRICS = ("errors", "skipped_too_long")  # validation metrics that count samples (shown as k/N)
 LINEAR_ONLY = ("lr",)  # never on a log axis: a schedule's shape reads best on a linear one
 LOG_CANDIDATES = ("loss", "mse", "mae")  # on a log axis when they span more than LOG_SPAN
-LOG_SPAN = 20.0
 
 
 # -------------------------------------------------------------------------------- run totals
@@ -388,7 +388,9 @@ def curve_figure(name: str, by_split: dict[str, list[tuple[int, float]]], best_s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(3.7, 2.4))
-    styles = {"train": dict(lw=1.2, alpha=0.8), "val": dict(lw=1.8, marker="o", ms=3.5)}
+    # one colour per split in every panel: a validation-only panel's line is not read as training's
+    styles = {"train": dict(lw=1.2, alpha=0.8, color="tab:blue"),
+              "val": dict(lw=1.8, marker="o", ms=3.5, color="tab:orange")}
     for split in sorted(by_split, key=lambda s: (s != "train", s != "val", s)):
         pts = by_split[split]
         style = styles.get(split, dict(lw=1.2))
@@ -402,6 +404,8 @@ def curve_figure(name: str, by_split: dict[str, list[tuple[int, float]]], best_s
         ax.set_yscale("log")
     if name in LINEAR_ONLY:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))  # 3e-3 as 3 x 1e-3, on a linear axis
+    elif ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", useOffset=False)  # a WER of 1.0002 reads 1.0002, not "+1" and 0.0002
     if best_step is not None and "val" in by_split:
         ax.axvline(best_step, color="0.45", linestyle=":", linewidth=1.2)
     ax.set_title(name, fontsize=11)
@@ -409,8 +413,9 @@ def curve_figure(name: str, by_split: dict[str, list[tuple[int, float]]], best_s
     ax.tick_params(labelsize=9)
     ax.yaxis.get_offset_text().set_fontsize(9)
     ax.grid(True, alpha=0.3)
-    if len(ax.get_legend_handles_labels()[0]) > 1:
-        ax.legend(fontsize=9, framealpha=0.8)
+    if len(ax.get_legend_handles_labels()[0]) > 1 or "train" not in by_split:
+        ax.legend(fontsize=9, framealpha=0.8)  # a validation-only panel says so
+    fig.canvas.draw()  # autoscaling settles the tick labels first, or the layout cuts "0.950" to ".950"
     fig.tight_layout(pad=0.4)
     return fig
 
