@@ -94,3 +94,27 @@ def test_curves_need_metrics(tmp_path):
     with pytest.raises(DataError, match="metrics.csv"):
         plot_curves([tmp_path / "empty"], tmp_path / "c.png")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_a_ctc_plot_draws_what_greedy_decoding_emits_however_unsure(tmp_path):
+    """An untrained model's probabilities are all near 1/V: the labels that win frames are drawn anyway."""
+    from convrnn.viz.ctc_plot import characters_to_show, plot_ctc
+
+    alphabet = list("abcdefghij")
+    probs = np.full((8, 11), 1 / 11)
+    probs[:4, 3] += 0.01  # 'c' wins the first four frames, 'e' the last four, far below 0.1
+    probs[4:, 5] += 0.01
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert characters_to_show(probs, alphabet) == [3, 5]
+    sure = np.zeros((8, 11))
+    sure[:, 0], sure[2, 0], sure[2, 7] = 1.0, 0.4, 0.6  # blank everywhere but one frame of 'g'
+    assert characters_to_show(sure, alphabet) == [7]
+    plot_ctc(np.zeros((16, 64), np.uint8), probs, alphabet, tmp_path / "unsure.png", text="ce")
+    assert Image.open(tmp_path / "unsure.png").size[0] > 300
+
+
+def test_plot_curves_picks_scores_not_counts_for_its_panels():
+    from convrnn.viz.plots import default_curve_metrics
+
+    rows = [{"split": "val", "metric": m} for m in ("loss", "cer", "chars", "lines", "unseen_chars", "wer")]
+    assert default_curve_metrics([rows]) == ["loss", "cer", "wer"]
