@@ -253,7 +253,8 @@ def name_unseen(unseen: dict[str, int], what: str) -> None:
     training text has; validations over those texts then do not name the same characters again."""
     if unseen:
         log.warning("%s texts use %d character%s that no training text has (%s): they count as errors", what,
-                    len(unseen), "" if len(unseen) == 1 else "s", ", ".join(repr(c) for c in list(unseen)[:20]))
+                    len(unseen), "" if len(unseen) == 1 else "s",
+                    ", ".join(repr(c) for c in list(unseen)[:20]) + (", ..." if len(unseen) > 20 else ""))
         _NAMED.update(unseen)
 
 
