@@ -209,14 +209,18 @@ def save_rotating(directory: Path, ckpt: dict[str, Any], step: int, keep: int) -
     return last
 
 
+def resumable_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoint files a run resumes from, newest first: ``last.pt``, then the ``step-N.pt`` files
+    (a kill between a step file's write and last.pt's link leaves only those)."""
+    ckdir = Path(run_dir) / "checkpoints"
+    return [p for p in [ckdir / "last.pt"] + sorted(ckdir.glob("step-*.pt"), reverse=True) if p.is_file()]
+
+
 def load_latest_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The newest checkpoint of a run that loads and verifies: ``last.pt``, else older ``step-N.pt`` files."""
     ckdir = Path(run_dir) / "checkpoints"
-    candidates = [ckdir / "last.pt"] + sorted(ckdir.glob("step-*.pt"), reverse=True)
     errors = []
-    for path in candidates:
-        if not path.is_file():
-            continue
+    for path in resumable_checkpoints(run_dir):
         try:
             ckpt = load_checkpoint(path, map_location=map_location)
         except CheckpointError as e:

@@ -21,7 +21,8 @@ from convrnn.errors import ConfigError, DataError
 from convrnn.infer.evaluate import evaluate
 from convrnn.infer.views import EnsembleModel
 from convrnn.files import atomic_write_text
-from convrnn.train.checkpoint import load_checkpoint, load_latest_checkpoint, rng_state, save_checkpoint
+from convrnn.train.checkpoint import (load_checkpoint, load_latest_checkpoint, resumable_checkpoints, rng_state,
+                                      save_checkpoint)
 from convrnn.train.config import RunConfig, read_run_config
 from convrnn.train.rundir import RunDir
 from convrnn.train.runfiles import MEMBERS_DIR, describe_run_files, remove_run_files
@@ -69,10 +70,8 @@ def _check_members_resume(cfg: RunConfig, members: list[int]) -> None:
 
 
 def _has_checkpoint(member_dir: Path) -> bool:
-    """Whether a member run holds a checkpoint to continue from: last.pt, or a step file (a kill between
-    a step file's write and last.pt's link leaves one, which a resume falls back on)."""
-    checkpoints = member_dir / "checkpoints"
-    return (checkpoints / "last.pt").exists() or any(checkpoints.glob("step-*.pt"))
+    """Whether a member run holds a checkpoint to continue from (what a resume falls back on included)."""
+    return bool(resumable_checkpoints(member_dir))
 
 
 def _clear_attempt(member_dir: Path, i: int, k: int) -> None:

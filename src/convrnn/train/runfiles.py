@@ -20,9 +20,10 @@ LOCK_FILE = ".lock"  # the run's lock (train.rundir.RunLock), released by its ho
 # are those of atomic_write_* (``.NAME.XXXX.tmp``), which a kill in the middle of a write leaves
 TOP_PATTERNS = ("config.json", "train.log", "metrics.csv", "events.out.tfevents.*",
                 ".config.json.*.tmp", ".metrics.csv.*.tmp")
+# what a killed checkpoint write leaves in RUN/checkpoints: atomic writes' temporary files, last.pt's link
+CHECKPOINT_TEMPORARIES = (".last.pt.*.tmp", ".best.pt.*.tmp", ".step-*.pt.*.tmp", ".last.pt.*.link")
 # what checkpoint.save_checkpoint and save_rotating write in RUN/checkpoints
-CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "step-*.pt", ".last.pt.*.tmp", ".best.pt.*.tmp", ".step-*.pt.*.tmp",
-                       ".last.pt.*.link")
+CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "step-*.pt", *CHECKPOINT_TEMPORARIES)
 # what train_ensemble writes in RUN/members besides the members' own run directories
 MEMBERS_PATTERNS = ("done.json", ".done.json.*.tmp")
 
@@ -32,6 +33,12 @@ def _matching(folder: Path, patterns: Iterable[str]) -> list[Path]:
     for pattern in patterns:
         found.update(p for p in folder.glob(pattern) if p.is_file() and not p.is_symlink())
     return sorted(found)
+
+
+def checkpoint_temporaries(run: str | Path) -> list[Path]:
+    """The temporary files killed checkpoint writes left in ``run``'s checkpoints/ (a resume removes them)."""
+    checkpoints = Path(run) / "checkpoints"
+    return _matching(checkpoints, CHECKPOINT_TEMPORARIES) if checkpoints.is_dir() else []
 
 
 def run_file_paths(run: str | Path) -> list[Path]:

@@ -25,6 +25,7 @@ from convrnn.fields import check as check_fields
 from convrnn.train.config import TrainConfig
 from convrnn.train.cpu import native_bf16
 from convrnn.train.rundir import RunDir
+from convrnn.train.runfiles import checkpoint_temporaries
 from convrnn.train.threads import apply_threads
 from convrnn.wording import plural
 
@@ -380,14 +381,13 @@ class Trainer:
         atomic writes (``.NAME.XXXX.tmp``) and of last.pt's link (``.last.pt.PID.link``). The run's lock is
         held, so no other training is writing them."""
         freed, count = 0, 0
-        for path in self.run_dir.checkpoints.glob(".*"):
-            if path.is_file() and path.name.endswith((".tmp", ".link")):
-                try:
-                    size = path.stat().st_size
-                    path.unlink()
-                except OSError:
-                    continue
-                freed, count = freed + size, count + 1
+        for path in checkpoint_temporaries(self.run_dir.path):
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:
+                continue
+            freed, count = freed + size, count + 1
         if count:
             log.info("removed %d temporary file%s (%.1f MB) that an interrupted checkpoint write left in %s", count,
                      "" if count == 1 else "s", freed / 1e6, self.run_dir.checkpoints)
