@@ -156,6 +156,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A convrnn run directory: config.json beside checkpoints/ or an ensemble's members/, or a run's
+    lock file (a run in progress). What reads a folder of the user's data passes these over."""
+    return ((folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / "members").is_dir())
+            or (folder / ".lock").exists())
+
+
 def cache_dir(name: str) -> Path:
     """Where convrnn caches ``name`` (rendered fonts, cut page lines): ``$CONVRNN_CACHE/name`` when the
     variable is set, else ``~/.cache/convrnn/name``."""

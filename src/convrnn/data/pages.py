@@ -833,8 +833,10 @@ def is_other_xml(path: Path) -> bool:
     it as a page names its problem)."""
     try:
         for _, element in ET.iterparse(path, events=("start",)):
-            local = _local(element.tag)
-            return local.lower() != "alto" and local != "PcGts"
+            page_kind(element)  # the reader's own test of the root element
+            return False
+    except NotPageXml:
+        return True
     except (ET.ParseError, OSError, ValueError, UnicodeError, LookupError):
         return False
     return False

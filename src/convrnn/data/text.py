@@ -29,6 +29,7 @@ import torch
 
 from convrnn.data.batching import BatchSource
 from convrnn.errors import DataError
+from convrnn.files import is_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ def _corpus_files(path: Path) -> list[Path]:
     files = []
     runs = []
     for root, dirs, names in os.walk(path):
-        if Path(root) != path and ("config.json" in names and ("checkpoints" in dirs or "members" in dirs)
-                                   or ".lock" in names):  # a run, an unfinished ensemble, or one in progress
+        if Path(root) != path and is_run_folder(Path(root)):  # a run, an unfinished ensemble, or one in progress
             runs.append(Path(root))
             dirs[:] = []
             continue

@@ -7,7 +7,6 @@ data paths it recorded: data that moved is an error naming the path, never other
 """
 from __future__ import annotations
 
-import glob
 import inspect
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -205,14 +204,13 @@ def _refuse_output_breaking(inputs: list[str]) -> None:
     """A DataError naming (as ``repr``) the first path predict would print that holds a tab, newline
     or carriage return: an input given, or a page XML file that an input folder or glob pattern names.
     Printed as it is, such a path would add a column or a row to the output a script parses."""
+    from convrnn.data.pages import page_sources
+
     for given in inputs:
         named = [given]
         try:  # the page XML files a folder or pattern names are printed with their own paths
-            if Path(given).is_dir():
-                named += [str(p) for p in Path(given).iterdir() if p.suffix.lower() == ".xml"]
-            elif any(c in given for c in "*?["):
-                named += [p for p in glob.glob(given, recursive=True) if p.lower().endswith(".xml")]
-        except OSError:  # an unreadable folder: the recipe that reads it says so
+            named += [str(p) for p in page_sources(given) or []]
+        except (DataError, OSError):  # a source that cannot be read: the recipe that reads it says so
             pass
         for name in named:
             what = next((w for c, w in OUTPUT_BREAKING.items() if c in name), None)

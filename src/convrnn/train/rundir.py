@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from convrnn.errors import CheckpointError, ConfigError, DataError, WriteError
+from convrnn.files import is_run_folder
 from convrnn.train.config import read_run_config
 
 try:
@@ -207,12 +208,6 @@ def run_data_files(run: str | Path) -> list[Path]:
             continue
     # the run's own outputs (report.html, a plot) are written again by the commands that made them
     return [f for f in found if not f.absolute().is_relative_to(own)]
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A convrnn run directory: config.json beside checkpoints/ or an ensemble's members/, or a lock."""
-    return ((folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / "members").is_dir())
-            or (folder / ".lock").exists())
 
 
 def is_run_path(path: Path) -> bool:
