@@ -177,11 +177,12 @@ class RunWhere:
         self.ensemble = getattr(trainer, "ensemble_run", None)
 
     def interrupted(self, recipe: str) -> str:
+        from convrnn.train.checkpoint import resumable_checkpoints
         from convrnn.train.runfiles import MEMBERS_DIR
 
         if self.ensemble is not None:
             run, k = self.ensemble
-            kept = [i + 1 for i in range(k) if (run / MEMBERS_DIR / str(i) / "checkpoints" / "last.pt").exists()]
+            kept = [i + 1 for i in range(k) if resumable_checkpoints(run / MEMBERS_DIR / str(i))]
             if not kept:  # the first member's first checkpoint had not come: the run was removed
                 return "interrupted before the first checkpoint; nothing was kept"
             if len(kept) == 1:
